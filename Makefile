@@ -1,0 +1,26 @@
+# The two commands: `make demo` and `make test`. Each installs what it needs into .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORK ?= fomo_work
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
+	$(BIN)/python -c "import torch, nnunetv2, dynamic_network_architectures, nilearn; print('installed torch', torch.__version__)"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -x -q
+
+demo: install
+	$(BIN)/fomo-nnunet demo --work $(WORK)
+
+clean:
+	rm -rf $(VENV) $(WORK) build *.egg-info

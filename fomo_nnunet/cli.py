@@ -1,0 +1,49 @@
+"""The `fomo-nnunet` command: thin argument parsing that calls library functions.
+
+Each subcommand lives in a module that has `register(subparsers)`; those modules import torch and
+nnU-Net lazily inside their handlers, so `--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that add subcommands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "fomo_nnunet.commands.env",
+    "fomo_nnunet.data.synth_cli",
+    "fomo_nnunet.data.convert_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fomo-nnunet",
+        description="nnU-Net v2 plugin for brain-MRI foundation models (FOMO26): synthetic data, "
+                    "conversion of FOMO folders, MAE pretraining plans, transfer, prediction.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from fomo_nnunet import __version__
+
+    parser.add_argument("--version", action="version", version=f"fomo-nnunet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

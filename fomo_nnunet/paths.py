@@ -1,0 +1,57 @@
+"""Where things live: nnU-Net's environment variables, the plugin's trainer folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def trainers_dir() -> Path:
+    """The folder nnUNet_extTrainer must point to (our installed trainers package)."""
+    import fomo_nnunet.trainers as t
+
+    return Path(t.__file__).resolve().parent
+
+
+def nnunet_defaults(work: str | os.PathLike) -> dict[str, str]:
+    """nnU-Net folders under a work folder, for variables the user has not set."""
+    work = Path(work).resolve()
+    return {"nnUNet_raw": str(work / "nnUNet_raw"),
+            "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
+            "nnUNet_results": str(work / "nnUNet_results")}
+
+
+def environment(work: str | os.PathLike = "fomo_work") -> dict[str, str]:
+    """The variables nnU-Net needs to see our trainers, keeping any the user already set."""
+    env = {"nnUNet_extTrainer": str(trainers_dir())}
+    for k, v in nnunet_defaults(work).items():
+        env[k] = os.environ.get(k) or v
+    return env
+
+
+def apply_environment(work: str | os.PathLike = "fomo_work") -> dict[str, str]:
+    """Set the variables in this process (and so in the subprocesses it starts)."""
+    env = environment(work)
+    os.environ.update(env)
+    return env
+
+
+def require_env(name: str) -> Path:
+    value = os.environ.get(name)
+    if not value:
+        raise SystemExit(f"error: environment variable {name} is not set; run `eval \"$(fomo-nnunet env)\"` "
+                         f"or export it (see README, 'Environment variables')")
+    return Path(value)
+
+
+def dataset_folder(root_var: str, dataset_id: int) -> Path:
+    """The existing DatasetNNN_* folder under nnUNet_raw/_preprocessed/_results, by ID."""
+    root = require_env(root_var)
+    matches = sorted(root.glob(f"Dataset{int(dataset_id):03d}_*")) if root.is_dir() else []
+    if not matches:
+        raise SystemExit(f"error: no Dataset{int(dataset_id):03d}_* folder in {root_var}={root}")
+    if len(matches) > 1:
+        raise SystemExit(f"error: several folders for dataset {dataset_id} in {root}: "
+                         + ", ".join(m.name for m in matches))
+    return matches[0]
