@@ -12,8 +12,6 @@ import sys
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "fomo_nnunet.commands.env",
-    "fomo_nnunet.data.synth_cli",
-    "fomo_nnunet.data.convert_cli",
 )
 
 
