@@ -12,6 +12,7 @@ import sys
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "fomo_nnunet.commands.env",
+    "fomo_nnunet.commands.plan",
 )
 
 

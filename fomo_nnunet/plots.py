@@ -1,0 +1,73 @@
+"""Pictures a person would rather look at than read: loss curves and reconstruction slices."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(path: str | os.PathLike, curves: dict[str, list[float]], title: str,
+                ylabel: str = "loss", secondary: dict[str, list[float]] | None = None,
+                secondary_label: str = "") -> None:
+    """Line plot of named per-epoch curves (and optional curves on a second axis)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name, values in curves.items():
+        ax.plot(np.arange(len(values)), values, label=name, linewidth=2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        ax2 = ax.twinx()
+        for name, values in secondary.items():
+            ax2.plot(np.arange(len(values)), values, label=name, linestyle=":", color="gray")
+        ax2.set_ylabel(secondary_label)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="upper right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
+    """The three orthogonal mid slices of a 3-D volume."""
+    x, y, z = (s // 2 for s in volume.shape)
+    return [volume[x, :, :], volume[:, y, :], volume[:, :, z]]
+
+
+def plot_reconstruction(path: str | os.PathLike, rows: dict[str, np.ndarray], title: str) -> None:
+    """One row per named 3-D volume (input, masked input, reconstruction, target), mid slices as columns."""
+    plt = _pyplot()
+    names = list(rows)
+    ref = rows[names[-1]]
+    vmin, vmax = np.percentile(ref, 1), np.percentile(ref, 99)
+    fig, axes = plt.subplots(len(names), 3, figsize=(7.5, 2.6 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        for c, sl in enumerate(mid_slices(rows[name])):
+            ax = axes[r, c]
+            ax.imshow(np.rot90(sl), cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path) -> None:
+    # write then rename: a viewer never sees half a PNG
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    _pyplot().close(fig)

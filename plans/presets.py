@@ -1,0 +1,42 @@
+"""Foundation-model architecture presets (no heavy imports: the CLI's --help reads this table)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRETRAIN_PLANS_NAME = "fomoPretrainPlans"
+CONFIGURATION = "3d_fullres"
+
+RESENC_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+
+
+@dataclass(frozen=True)
+class ArchPreset:
+    """A foundation-model architecture: widths and depths per resolution stage."""
+
+    name: str
+    network_class: str
+    features_per_stage: tuple[int, ...]
+    blocks_per_stage: tuple[int, ...]          # residual blocks (ResEnc) or convs (plain) per encoder stage
+    convs_per_stage_decoder: tuple[int, ...]
+    default_patch: int
+    default_spacing: float
+    default_batch_size: int
+    description: str
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.features_per_stage)
+
+
+ARCH_PRESETS: dict[str, ArchPreset] = {p.name: p for p in (
+    ArchPreset("resenc_b", RESENC_UNET, (32, 64, 128, 256, 320, 320), (1, 3, 4, 6, 6, 6), (1, 1, 1, 1, 1),
+               160, 1.0, 2, "ResEnc U-Net B of the FOMO26 organisers (102M parameters)"),
+    # nnU-Net's ResEnc-L shares ResEnc-M's topology and differs by its memory target: a larger batch.
+    ArchPreset("resenc_l", RESENC_UNET, (32, 64, 128, 256, 320, 320), (1, 3, 4, 6, 6, 6), (1, 1, 1, 1, 1),
+               160, 1.0, 4, "nnU-Net ResEnc-L as used by nnssl: same topology, 24 GB target, so batch 4 at 160^3 (102M parameters)"),
+    ArchPreset("unet_b", PLAIN_UNET, (32, 64, 128, 256, 320, 320), (2, 2, 2, 2, 2, 2), (2, 2, 2, 2, 2),
+               160, 1.0, 2, "plain-convolution U-Net B (AMAES-style, 31M parameters)"),
+    ArchPreset("tiny", RESENC_UNET, (8, 16, 32, 64), (1, 1, 1, 1), (1, 1, 1),
+               32, 4.0, 2, "CPU-sized network for tests and the demo (0.3M parameters)"),
+)}
