@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "fomo_nnunet.commands.env",
     "fomo_nnunet.commands.plan",
+    "fomo_nnunet.commands.inspect_bench",
 )
 
 
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `fomo-nnunet ... | head` ends quietly
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -9,9 +9,13 @@ work unchanged.
 """
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+from nnunetv2.paths import nnUNet_preprocessed
 
 from fomo_nnunet.plans.presets import (ARCH_PRESETS, CONFIGURATION, PLAIN_UNET, PRETRAIN_PLANS_NAME, RESENC_UNET,
                                       ArchPreset)
@@ -122,6 +126,10 @@ class FomoPretrainPlanner(ExperimentPlanner):
                 self.dataset_fingerprint["foreground_intensity_properties_per_channel"],
             "fomo": {"role": "pretraining", "arch_preset": self.preset.name},
         }
+        # nnU-Net's preprocessing reads dataset.json from the preprocessed folder, as the default planner leaves it
+        os.makedirs(os.path.join(nnUNet_preprocessed, self.dataset_name), exist_ok=True)
+        shutil.copy(os.path.join(self.raw_dataset_folder, "dataset.json"),
+                    os.path.join(nnUNet_preprocessed, self.dataset_name, "dataset.json"))
         self.plans = plans
         self.save_plans(plans)
         return plans
@@ -131,8 +139,6 @@ def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = N
                   spacing: float | None = None, batch_size: int | None = None,
                   plans_name: str = PRETRAIN_PLANS_NAME, num_processes: int = 2) -> dict:
     """Extract nnU-Net's fingerprint when missing, then write the pretraining plans."""
-    import os
-
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 

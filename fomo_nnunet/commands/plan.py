@@ -29,6 +29,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("-np", "--num-processes", type=int, default=2,
                      help="processes for nnU-Net's fingerprint extraction (default: 2)")
     pre.set_defaults(func=run_pretrain)
+
+    tr = psub.add_parser(
+        "transfer", help="plans for a task dataset, derived from a pretrained checkpoint (fomoPlans.json)",
+        description="Write fomoPlans.json for a converted task dataset: network, spacing and normalisation from "
+                    "the pretraining checkpoint's metadata (so every pretrained weight has a place to go), input "
+                    "channels and classes from the task. Patch: the pretraining patch, cropped to the task's median "
+                    "image when smaller (segmentation), or covering the median brain (classification, regression). "
+                    "The plans record the checkpoint (path and sha256); nnUNetTrainerFomo* trainers load it. "
+                    "Next: nnUNetv2_preprocess -d ID -plans_name fomoPlans -c 3d_fullres")
+    tr.add_argument("-d", "--dataset", type=int, required=True, help="dataset ID of the converted task")
+    tr.add_argument("--pretrained", default=None,
+                    help="pretraining checkpoint (.pth) or its results folder (fold_*/checkpoint_final.pth)")
+    tr.add_argument("--from-scratch", action="store_true",
+                    help="the same plans without a link to the checkpoint (network from --pretrained's metadata, "
+                         "or from --arch when there is no checkpoint), for honest from-scratch comparisons")
+    tr.add_argument("--arch", default=None, choices=list(ARCH_PRESETS),
+                    help="with --from-scratch and no --pretrained: the architecture preset")
+    from fomo_nnunet.tasks import task_choices
+
+    tr.add_argument("--task", default=None, choices=task_choices(),
+                    help="the FOMO task (default: read from dataset.json 'fomo_task' or the dataset name)")
+    tr.add_argument("--patch", type=int, default=None, help="cubic patch edge in voxels (default: see above)")
+    tr.add_argument("--batch-size", type=int, default=None, help="batch size (default: the pretraining batch size)")
+    tr.add_argument("--plans-name", default="fomoPlans", help="plans identifier (default: fomoPlans)")
+    tr.add_argument("-np", "--num-processes", type=int, default=2,
+                    help="processes for nnU-Net's fingerprint extraction (default: 2)")
+    tr.set_defaults(func=run_transfer)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 
@@ -46,5 +73,24 @@ def run_pretrain(args: argparse.Namespace) -> int:
     c = plans["configurations"]["3d_fullres"]
     print(f"{args.plans_name}: {args.arch}, patch {c['patch_size']}, spacing {c['spacing']}, "
           f"batch {c['batch_size']}")
+    print(f"next: nnUNetv2_preprocess -d {args.dataset} -plans_name {args.plans_name} -c 3d_fullres")
+    return 0
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    from fomo_nnunet.paths import require_env
+
+    require_env("nnUNet_raw"), require_env("nnUNet_preprocessed")
+    from fomo_nnunet.plans.transfer_planner import plan_transfer
+
+    try:
+        plans = plan_transfer(args.dataset, args.pretrained, args.from_scratch, args.arch, args.task, args.patch,
+                              args.batch_size, args.plans_name, args.num_processes)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    c = plans["configurations"]["3d_fullres"]
+    link = plans["fomo"]["pretrained_checkpoint"] or "none (from scratch)"
+    print(f"{args.plans_name}: {plans['fomo']['task']} ({plans['fomo']['task_kind']}), patch {c['patch_size']}, "
+          f"spacing {c['spacing']}, batch {c['batch_size']}, pretrained checkpoint: {link}")
     print(f"next: nnUNetv2_preprocess -d {args.dataset} -plans_name {args.plans_name} -c 3d_fullres")
     return 0

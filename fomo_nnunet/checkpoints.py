@@ -1,0 +1,77 @@
+"""Finding checkpoints and reading what they say about themselves (safely: weights_only)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Which checkpoint of a fold folder stands for the model, in order of preference.
+CHECKPOINT_PREFERENCE = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def find_checkpoint(path: str | os.PathLike) -> str:
+    """A .pth file as given, or the final (else latest, else best) checkpoint in a results folder.
+
+    A results folder is a trainer folder (`<trainer>__<plans>__<config>`, with fold_* inside) or
+    one of its fold folders; with several folds, fold_all is preferred, then the lowest fold.
+    """
+    p = Path(path)
+    if p.is_file():
+        return str(p)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint or results folder")
+    folds = [p] if any((p / c).is_file() for c in CHECKPOINT_PREFERENCE) else \
+        sorted(p.glob("fold_*"), key=lambda f: (f.name != "fold_all", f.name))
+    for fold in folds:
+        for c in CHECKPOINT_PREFERENCE:
+            if (fold / c).is_file():
+                return str(fold / c)
+    raise FileNotFoundError(f"{p}: no {' / '.join(CHECKPOINT_PREFERENCE)} in it or in its fold_* folders")
+
+
+def read_checkpoint_metadata(checkpoint: str | os.PathLike) -> dict:
+    """The checkpoint's fomo metadata as a validated dict; a clear error when there is none."""
+    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
+
+    ckpt = load_checkpoint_safely(checkpoint)
+    meta = ckpt.get("fomo_metadata")
+    if meta is None:
+        raise ValueError(f"{checkpoint}: has no 'fomo_metadata'; it was not written by a fomo_nnunet pretraining "
+                         f"trainer (nnUNetTrainerFomoMAE and variants)")
+    return PretrainMetadata.from_dict(meta).to_dict()
+
+
+def describe_checkpoint(checkpoint: str | os.PathLike) -> dict:
+    """Metadata (or None) plus tensor and parameter counts of the stored network."""
+    import torch
+
+    from fomo_nnunet.transfer import load_checkpoint_safely
+
+    ckpt = load_checkpoint_safely(checkpoint)
+    weights = ckpt["network_weights"]
+    # nnU-Net's U-Net decoders hold a reference to the encoder: count each stored tensor once
+    unique = {v.untyped_storage().data_ptr(): v for v in weights.values() if isinstance(v, torch.Tensor)}
+    tensors = list(unique.values())
+    return {"fomo_metadata": ckpt.get("fomo_metadata"), "num_tensors": len(tensors),
+            "num_parameters": int(sum(t.numel() for t in tensors if t.is_floating_point())),
+            "trainer_name": ckpt.get("trainer_name"), "epochs_completed": ckpt.get("current_epoch")}
+
+
+def metadata_from_preset(arch: str, patch: int | None = None, spacing: float | None = None) -> dict:
+    """Metadata of an untrained preset network, for from-scratch plans without any checkpoint."""
+    from fomo_nnunet import __version__
+    from fomo_nnunet.plans.pretrain_planner import architecture_dict
+    from fomo_nnunet.plans.presets import ARCH_PRESETS
+    from fomo_nnunet.transfer import PretrainMetadata
+
+    preset = ARCH_PRESETS[arch]
+    patch_size = [patch or preset.default_patch] * 3
+    spacing_mm = [float(spacing or preset.default_spacing)] * 3
+    arch_dict = architecture_dict(preset, patch_size, spacing_mm)
+    return PretrainMetadata(
+        network_class=arch_dict["network_class_name"], network_kwargs=arch_dict["arch_kwargs"],
+        arch_kwargs_requires_import=arch_dict["_kw_requires_import"], patch_size=patch_size, spacing=spacing_mm,
+        normalization=["ZScoreNormalization"], num_input_channels=1,
+        channel_meaning=["any single MRI sequence, z-scored per scan over its non-zero region"],
+        objective="none", objective_settings={"batch_size": preset.default_batch_size, "use_mask_for_norm": [True]},
+        iterations_trained=0, epochs_trained=0, plans_name="", dataset_name="", trainer_name="",
+        fomo_nnunet_version=__version__).to_dict()

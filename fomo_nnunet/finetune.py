@@ -1,0 +1,185 @@
+"""Few-shot finetuning pieces shared by the segmentation, classification and regression trainers.
+
+- which checkpoint the plans name, and loading it into a freshly built network (safe loading,
+  stem adaptation and the report come from fomo_nnunet.transfer);
+- parameter groups that know which tensors are pretrained;
+- the schedule: first only the fresh parts learn (pretrained groups at lr 0), then the whole
+  network warms up linearly, then nnU-Net's polynomial decay. A from-scratch twin has no
+  pretrained group, so the same recipe reduces to warmup + poly for every parameter.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def pretrained_checkpoint_from_plans(plans: dict) -> str | None:
+    """The checkpoint `fomo-nnunet plan transfer` recorded, or None for from-scratch plans."""
+    return (plans.get("fomo") or {}).get("pretrained_checkpoint")
+
+
+def load_pretrained(network: nn.Module, plans: dict, load_decoder: bool, log=print):
+    """Load the plans' pretrained checkpoint into `network`; returns the TransferReport (or None)."""
+    from fomo_nnunet.transfer import transfer_from_checkpoint
+
+    path = pretrained_checkpoint_from_plans(plans)
+    if path is None:
+        raise ValueError(f"plans '{plans.get('plans_name')}' name no pretrained checkpoint (written with "
+                         f"--from-scratch?); use a _scratch trainer or rerun `fomo-nnunet plan transfer --pretrained`")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained checkpoint {path} named in plans '{plans.get('plans_name')}' "
+                                f"does not exist (moved? rerun `fomo-nnunet plan transfer`)")
+    report = transfer_from_checkpoint(network, path, load_decoder=load_decoder)
+    log(f"pretrained weights from {path}: {report.summary()}")
+    return report
+
+
+REPORT_FILE = "transfer_report.json"
+
+
+def save_report(report, folder: str) -> None:
+    """transfer_report.json in the fold folder: what was loaded, adapted and left fresh (read on resume)."""
+    from dataclasses import asdict
+
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, REPORT_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"summary": report.summary(), **asdict(report)}, f, indent=1)
+    os.replace(tmp, os.path.join(folder, REPORT_FILE))
+
+
+def pretrained_names(report) -> set[str]:
+    """Names of the tensors that came from the checkpoint (loaded as they were, or adapted)."""
+    return set(report.loaded) | set(report.adapted)
+
+
+def pretrained_names_from_saved_report(folder: str) -> set[str]:
+    path = os.path.join(folder, REPORT_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: cannot rebuild the pretrained/fresh parameter groups to resume")
+    with open(path) as f:
+        saved = json.load(f)
+    return set(saved["loaded"]) | set(saved["adapted"])
+
+
+def split_parameters(network: nn.Module, pretrained_names: set[str]) -> tuple[list, list]:
+    """(pretrained, fresh) parameter lists; names are matched without DDP/compile prefixes."""
+    pretrained, fresh = [], []
+    for name, p in network.named_parameters():
+        clean = name.replace("module.", "").replace("_orig_mod.", "")
+        (pretrained if clean in pretrained_names else fresh).append(p)
+    return pretrained, fresh
+
+
+@dataclass
+class FinetuneSchedule:
+    """Per-epoch learning-rate factors of the few-shot recipe."""
+
+    num_epochs: int
+    fresh_only_epochs: int
+    warmup_epochs: int
+    exponent: float = 0.9
+
+    def factor(self, epoch: int, pretrained: bool) -> float:
+        if pretrained and epoch < self.fresh_only_epochs:
+            return 0.0
+        start = self.fresh_only_epochs if pretrained else 0
+        if epoch < start + self.warmup_epochs:
+            return (epoch - start + 1) / (self.warmup_epochs + 1)
+        return (1 - epoch / self.num_epochs) ** self.exponent
+
+
+class FinetuneLR:
+    """nnU-Net-style `step(epoch)` scheduler applying FinetuneSchedule to tagged param groups."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: FinetuneSchedule):
+        self.optimizer = optimizer
+        self.schedule = schedule
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+
+    def step(self, epoch: int) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * self.schedule.factor(epoch, g.get("pretrained", False))
+
+
+def build_optimizer(network: nn.Module, pretrained_names: set[str], lr: float, weight_decay: float,
+                    pretrained_lr_scale: float, schedule: FinetuneSchedule):
+    """SGD with nesterov momentum (nnU-Net's), a group for pretrained and one for fresh tensors."""
+    pretrained, fresh = split_parameters(network, pretrained_names)
+    groups = [{"params": fresh, "lr": lr, "pretrained": False}]
+    if pretrained:
+        groups.append({"params": pretrained, "lr": lr * pretrained_lr_scale, "pretrained": True})
+    optimizer = torch.optim.SGD(groups, lr, weight_decay=weight_decay, momentum=0.99, nesterov=True)
+    return optimizer, FinetuneLR(optimizer, schedule)
+
+
+class FinetuneRecipe:
+    """Mixin for nnU-Net trainers: pretrained initialisation from the plans and the few-shot recipe.
+
+    nnU-Net builds the network and then calls `configure_optimizers`: the one moment the network
+    exists and the optimiser does not, so the weights are loaded there and the parameter groups
+    know which tensors are pretrained. Attributes below are the recipe; variants change them.
+    """
+
+    use_pretrained: bool = True
+    load_decoder: bool = True
+    epochs: int = 250
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    lr: float = 1e-2
+    weight_decay_sgd: float = 3e-5
+    fresh_only_epochs: int = 10       # pretrained tensors frozen (lr 0) while fresh ones start
+    warmup_epochs: int = 10           # then the whole network warms up linearly
+    pretrained_lr_scale: float = 1.0  # lr of pretrained tensors relative to fresh ones
+    checkpoint_every: int = 50
+
+    def _apply_recipe(self, resuming: bool) -> None:
+        """Call at the end of __init__, after nnU-Net set its defaults."""
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        self.initial_lr = self.lr
+        self.weight_decay = self.weight_decay_sgd
+        self.save_every = self.checkpoint_every
+        # resuming (--c) restores every weight from checkpoint_latest: no need to load the pretraining
+        self._resuming = resuming
+        self.transfer_report = None
+
+    def _plain(self) -> nn.Module:
+        from torch._dynamo import OptimizedModule
+
+        mod = self.network.module if getattr(self, "is_ddp", False) else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def _network_for_transfer(self) -> nn.Module:
+        """The module whose state dict matches the pretraining U-Net (the whole network by default)."""
+        return self._plain()
+
+    def configure_optimizers(self):
+        pretrained: set[str] = set()
+        if self.use_pretrained:
+            plans = self.plans_manager.plans
+            if self._resuming:
+                # the optimiser state to restore was saved with these groups
+                names = pretrained_names_from_saved_report(self.output_folder)
+            else:
+                self.transfer_report = load_pretrained(self._network_for_transfer(), plans, self.load_decoder,
+                                                       log=self.print_to_log_file)
+                save_report(self.transfer_report, self.output_folder)
+                names = pretrained_names(self.transfer_report)
+            pretrained = {self._transfer_prefix() + n for n in names}
+        else:
+            self.print_to_log_file("training from scratch: random initialisation (the _scratch twin)")
+        schedule = FinetuneSchedule(self.num_epochs, self.fresh_only_epochs if pretrained else 0,
+                                    self.warmup_epochs)
+        return build_optimizer(self.network, pretrained, self.initial_lr, self.weight_decay,
+                               self.pretrained_lr_scale, schedule)
+
+    def _transfer_prefix(self) -> str:
+        """Name prefix of the transferred module inside the trainer's network ('' when it is the network)."""
+        return ""

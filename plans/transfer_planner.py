@@ -1,0 +1,181 @@
+"""Plans transferred from a pretraining checkpoint to a task dataset (`fomoPlans.json`).
+
+The network (class, widths, depths, kernels, strides), the spacing and the normalisation come from
+the checkpoint's metadata, so every pretrained weight has a place to go. The input channels and
+output classes come from the task's dataset.json; the patch comes from the pretraining patch,
+shrunk to the task's images when they are smaller (segmentation), or grown to cover the median
+brain (image-level tasks, whose heads see the whole brain). The plans record the checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.paths import nnUNet_preprocessed
+
+from fomo_nnunet.plans.presets import CONFIGURATION
+from fomo_nnunet.tasks import Task, get_task
+
+TRANSFER_PLANS_NAME = "fomoPlans"
+
+
+def task_of_dataset(dataset_json: dict, dataset_name: str) -> Task:
+    """The FOMO task a converted dataset belongs to (dataset.json's 'fomo_task', else its name)."""
+    key = dataset_json.get("fomo_task")
+    if key is None:
+        m = re.match(r"Dataset\d{3}_FOMO(\d)", dataset_name)
+        if m is None:
+            raise ValueError(f"{dataset_name}: cannot tell which FOMO task it is; dataset.json has no 'fomo_task' "
+                             f"and the name is not Dataset<ID>_FOMO<n>...; pass --task")
+        key = int(m.group(1))
+    return get_task(key)
+
+
+def shape_divisor(strides: list[list[int]]) -> np.ndarray:
+    """Per axis, what a patch must be divisible by for this network's strides."""
+    return np.prod(np.array(strides), axis=0).astype(int)
+
+
+def transfer_patch(pretrain_patch: list[int], median_shape: np.ndarray, divisor: np.ndarray,
+                   cover_median: bool) -> list[int]:
+    """Segmentation: the pretraining patch, cropped to the median image where that is smaller.
+    Image-level: the median image rounded up, so one patch sees the whole brain."""
+    fitted = [int(math.ceil(m / d) * d) for m, d in zip(median_shape, divisor)]
+    minimum = [int(2 * d) for d in divisor]
+    if cover_median:
+        return [max(f, mn) for f, mn in zip(fitted, minimum)]
+    return [max(min(p, f), mn) for p, f, mn in zip(pretrain_patch, fitted, minimum)]
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FomoTransferPlanner(ExperimentPlanner):
+    """One 3d_fullres configuration whose network is the pretrained one."""
+
+    def __init__(self, dataset_name_or_id: str | int, metadata: dict, checkpoint: str | None,
+                 task: Task | None = None, patch: list[int] | None = None, batch_size: int | None = None,
+                 plans_name: str = TRANSFER_PLANS_NAME):
+        super().__init__(dataset_name_or_id, plans_name=plans_name, suppress_transpose=True)
+        self.metadata = metadata
+        self.checkpoint = os.path.abspath(checkpoint) if checkpoint else None
+        self.task = task or task_of_dataset(self.dataset_json, self.dataset_name)
+        self.patch_override = patch
+        self.batch_size = batch_size
+
+    def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self):
+        n = len(self.dataset_json["channel_names"])
+        scheme = self.metadata["normalization"][0]
+        use_mask = bool(self.metadata.get("objective_settings", {}).get("use_mask_for_norm", [True])[0])
+        return [scheme] * n, [use_mask] * n
+
+    def plan_experiment(self) -> dict:
+        meta = self.metadata
+        spacing = np.array(meta["spacing"], dtype=float)
+        arch_kwargs = dict(meta["network_kwargs"])
+        divisor = shape_divisor(arch_kwargs["strides"])
+        shapes = [np.array(s) * np.array(sp) / spacing for s, sp in
+                  zip(self.dataset_fingerprint["shapes_after_crop"], self.dataset_fingerprint["spacings"])]
+        median_shape = np.median(shapes, 0)
+        patch = self.patch_override or transfer_patch(list(meta["patch_size"]), median_shape, divisor,
+                                                      cover_median=self.task.has_image_target)
+        bad = [p for p, d in zip(patch, divisor) if p % d]
+        if bad:
+            raise ValueError(f"patch {patch} must be divisible by {divisor.tolist()} (the network's strides)")
+        resampling_data, rd_kwargs, resampling_seg, rs_kwargs = self.determine_resampling()
+        resampling_softmax, rsm_kwargs = self.determine_segmentation_softmax_export_fn()
+        normalization, use_mask = self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
+        batch = self.batch_size or int(meta.get("objective_settings", {}).get("batch_size", 2))
+        configuration = {
+            "data_identifier": self.generate_data_identifier(CONFIGURATION),
+            "preprocessor_name": self.preprocessor_name,
+            "batch_size": batch,
+            "patch_size": [int(p) for p in patch],
+            "median_image_size_in_voxels": [float(i) for i in median_shape],
+            "spacing": [float(s) for s in spacing],
+            "normalization_schemes": normalization,
+            "use_mask_for_norm": use_mask,
+            "resampling_fn_data": resampling_data.__name__,
+            "resampling_fn_seg": resampling_seg.__name__,
+            "resampling_fn_data_kwargs": rd_kwargs,
+            "resampling_fn_seg_kwargs": rs_kwargs,
+            "resampling_fn_probabilities": resampling_softmax.__name__,
+            "resampling_fn_probabilities_kwargs": rsm_kwargs,
+            "architecture": {"network_class_name": meta["network_class"], "arch_kwargs": arch_kwargs,
+                             "_kw_requires_import": list(meta["arch_kwargs_requires_import"])},
+            "batch_dice": False,
+        }
+        fomo = {"role": "finetune", "task": self.task.key, "task_kind": self.task.kind,
+                "pretrained_checkpoint": self.checkpoint,
+                "pretrained_sha256": file_sha256(self.checkpoint) if self.checkpoint else None,
+                "pretrained_objective": meta.get("objective"),
+                "pretrained_dataset": meta.get("dataset_name")}
+        plans = {
+            "dataset_name": self.dataset_name,
+            "plans_name": self.plans_identifier,
+            "original_median_spacing_after_transp": [float(i) for i in np.median(self.dataset_fingerprint["spacings"], 0)],
+            "original_median_shape_after_transp": [int(round(i)) for i in
+                                                   np.median(self.dataset_fingerprint["shapes_after_crop"], 0)],
+            "image_reader_writer": self.determine_reader_writer().__name__,
+            "transpose_forward": [0, 1, 2],
+            "transpose_backward": [0, 1, 2],
+            "configurations": {CONFIGURATION: configuration},
+            "experiment_planner_used": self.__class__.__name__,
+            "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel":
+                self.dataset_fingerprint["foreground_intensity_properties_per_channel"],
+            "fomo": fomo,
+        }
+        out = os.path.join(nnUNet_preprocessed, self.dataset_name)
+        os.makedirs(out, exist_ok=True)
+        shutil.copy(os.path.join(self.raw_dataset_folder, "dataset.json"), os.path.join(out, "dataset.json"))
+        for extra in ("targets.json", "targetsTs.json", "attributes.json"):
+            # image-level targets travel beside dataset.json, so training finds them after preprocessing
+            src = os.path.join(self.raw_dataset_folder, extra)
+            if os.path.isfile(src):
+                shutil.copy(src, os.path.join(out, extra))
+        self.plans = plans
+        self.save_plans(plans)
+        return plans
+
+
+def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = False, arch: str | None = None,
+                  task: str | None = None, patch: int | None = None, batch_size: int | None = None,
+                  plans_name: str = TRANSFER_PLANS_NAME, num_processes: int = 2) -> dict:
+    """Extract the task's fingerprint when missing, then write the transferred plans."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from fomo_nnunet.checkpoints import find_checkpoint, metadata_from_preset, read_checkpoint_metadata
+
+    if pretrained:
+        checkpoint = find_checkpoint(pretrained)
+        metadata = read_checkpoint_metadata(checkpoint)
+    elif from_scratch and arch:
+        checkpoint, metadata = None, metadata_from_preset(arch)
+    else:
+        raise ValueError("give --pretrained CHECKPOINT_OR_RESULTS_FOLDER (or --from-scratch with --arch PRESET)")
+    if from_scratch:
+        checkpoint = None
+    name = maybe_convert_to_dataset_name(int(dataset_id))
+    if not os.path.isfile(os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset_fingerprint.json")):
+        extract_fingerprints([int(dataset_id)], num_processes=num_processes, check_dataset_integrity=True)
+    planner = FomoTransferPlanner(int(dataset_id), metadata, checkpoint, get_task(task) if task else None,
+                                  [patch] * 3 if patch else None, batch_size, plans_name)
+    return planner.plan_experiment()
+
+
+def read_plans(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)

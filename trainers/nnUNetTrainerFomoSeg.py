@@ -1,0 +1,75 @@
+"""Few-shot segmentation from the pretrained checkpoint: `nnUNetv2_train ... -tr nnUNetTrainerFomoSeg -p fomoPlans`.
+
+The plans written by `fomo-nnunet plan transfer` carry the pretrained network and the link to
+its checkpoint; this trainer loads it (encoder always, decoder where shapes match, output layers
+fresh, stem adapted to the task's channels) and trains with nnU-Net's segmentation loss, deep
+supervision and augmentation under the few-shot recipe of fomo_nnunet.finetune. Prediction is
+nnU-Net's own (`nnUNetv2_predict -tr nnUNetTrainerFomoSeg -p fomoPlans`).
+"""
+from __future__ import annotations
+
+import torch
+
+from fomo_nnunet.finetune import FinetuneRecipe
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class nnUNetTrainerFomoSeg(FinetuneRecipe, nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._apply_recipe(resuming)
+
+
+class nnUNetTrainerFomoSeg_scratch(nnUNetTrainerFomoSeg):
+    """Identical recipe, random initialisation: the comparison that matters."""
+    use_pretrained = False
+
+
+class nnUNetTrainerFomoSeg_nodecoder(nnUNetTrainerFomoSeg):
+    """Load the encoder only; the decoder starts fresh like the output layers."""
+    load_decoder = False
+
+
+class nnUNetTrainerFomoSeg_tiny(nnUNetTrainerFomoSeg):
+    """CPU-sized budget for the demo and tests (pair with tiny-preset plans)."""
+    epochs = 30
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 5
+    fresh_only_epochs = 3
+    warmup_epochs = 3
+    checkpoint_every = 10
+
+
+class nnUNetTrainerFomoSeg_tiny_scratch(nnUNetTrainerFomoSeg_tiny):
+    use_pretrained = False
+
+
+class nnUNetTrainerFomoSeg_tiny_smoke(nnUNetTrainerFomoSeg_tiny):
+    """A few iterations, for tests."""
+    epochs = 2
+    iterations_per_epoch = 3
+    val_iterations_per_epoch = 1
+    fresh_only_epochs = 1
+    warmup_epochs = 0
+
+
+class nnUNetTrainerFomoSeg_tiny_smoke_scratch(nnUNetTrainerFomoSeg_tiny_smoke):
+    use_pretrained = False
+
+
+class nnUNetTrainerFomoSeg_100epochs(nnUNetTrainerFomoSeg):
+    epochs = 100
+
+
+class nnUNetTrainerFomoSeg_100epochs_scratch(nnUNetTrainerFomoSeg_100epochs):
+    use_pretrained = False
+
+
+class nnUNetTrainerFomoSeg_500epochs(nnUNetTrainerFomoSeg):
+    epochs = 500
+
+
+class nnUNetTrainerFomoSeg_500epochs_scratch(nnUNetTrainerFomoSeg_500epochs):
+    use_pretrained = False
