@@ -29,15 +29,10 @@ def find_checkpoint(path: str | os.PathLike) -> str:
 
 
 def read_checkpoint_metadata(checkpoint: str | os.PathLike) -> dict:
-    """The checkpoint's fomo metadata as a validated dict; a clear error when there is none."""
-    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
+    """The checkpoint file's fomo metadata as a validated dict; a clear error when there is none."""
+    from fomo_nnunet.transfer import load_checkpoint_safely, read_metadata
 
-    ckpt = load_checkpoint_safely(checkpoint)
-    meta = ckpt.get("fomo_metadata")
-    if meta is None:
-        raise ValueError(f"{checkpoint}: has no 'fomo_metadata'; it was not written by a fomo_nnunet pretraining "
-                         f"trainer (nnUNetTrainerFomoMAE and variants)")
-    return PretrainMetadata.from_dict(meta).to_dict()
+    return read_metadata(load_checkpoint_safely(checkpoint), source=str(checkpoint)).to_dict()
 
 
 def describe_checkpoint(checkpoint: str | os.PathLike) -> dict:

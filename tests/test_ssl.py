@@ -1,0 +1,164 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from fomo_nnunet.ssl import apply_mask, block_mask, masked_reconstruction_loss
+
+
+def _block_values(mask: torch.Tensor, block: tuple[int, int, int]) -> torch.Tensor:
+    """(B, n_blocks) bool: whether each block is masked; asserts every block is all-or-nothing."""
+    _, _, *shape = mask.shape
+    values = []
+    for starts in itertools.product(*(range(0, s, b) for s, b in zip(shape, block))):
+        region = mask[:, 0, starts[0]:starts[0] + block[0], starts[1]:starts[1] + block[1],
+                      starts[2]:starts[2] + block[2]].flatten(1)
+        assert (region.all(1) | ~region.any(1)).all(), f"block at {starts} is partly masked"
+        values.append(region[:, 0])
+    return torch.stack(values, dim=1)
+
+
+@pytest.mark.parametrize("shape, block", [((16, 16, 16), (4, 4, 4)), ((10, 13, 7), (4, 4, 4)),
+                                          ((10, 13, 7), (3, 5, 2)), ((9, 9, 9), (2, 2, 2))])
+@pytest.mark.parametrize("ratio", [0.25, 0.6, 0.75])
+def test_mask_ratio_is_respected_per_sample(shape, block, ratio):
+    mask = block_mask(shape, 5, block, ratio, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (5, 1, *shape) and mask.dtype == torch.bool
+    n_blocks = math.prod(math.ceil(s / b) for s, b in zip(shape, block))
+    per_block = _block_values(mask, block)
+    assert per_block.shape == (5, n_blocks)
+    assert per_block.sum(1).tolist() == [round(ratio * n_blocks)] * 5
+
+
+def test_voxel_fraction_equals_ratio_when_blocks_divide_the_patch():
+    mask = block_mask((16, 16, 16), 3, 4, 0.75)
+    assert mask.float().mean(dim=(1, 2, 3, 4)).tolist() == [0.75] * 3
+
+
+def test_masks_differ_across_samples():
+    mask = block_mask((16, 16, 16), 8, 4, 0.6, generator=torch.Generator().manual_seed(1))
+    flat = mask.flatten(1)
+    assert len({tuple(row.tolist()) for row in flat}) == 8
+
+
+def test_mask_is_reproducible_with_a_seeded_generator():
+    first = block_mask((12, 12, 12), 4, (3, 4, 5), 0.5, generator=torch.Generator().manual_seed(7))
+    again = block_mask((12, 12, 12), 4, (3, 4, 5), 0.5, generator=torch.Generator().manual_seed(7))
+    other = block_mask((12, 12, 12), 4, (3, 4, 5), 0.5, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(mask_ratio=0.0), "mask_ratio"), (dict(mask_ratio=1.0), "mask_ratio"), (dict(mask_ratio=-0.2), "mask_ratio"),
+    (dict(block_size=0), "block_size"), (dict(block_size=(4, 4)), "block_size"),
+    (dict(block_size=(4, 0, 4)), "block_size"),
+    (dict(batch_size=0), "batch_size"),
+])
+def test_block_mask_rejects_bad_arguments_naming_them(kwargs, argument):
+    arguments = dict(shape=(8, 8, 8), batch_size=2, block_size=2, mask_ratio=0.5) | kwargs
+    with pytest.raises(ValueError, match=argument):
+        block_mask(**arguments)
+
+
+def test_block_mask_refuses_a_mask_that_hides_the_whole_patch():
+    with pytest.raises(ValueError, match="at least one block must be masked and one visible"):
+        block_mask((8, 8, 8), 1, 8, 0.6)
+
+
+def test_apply_mask_zeroes_masked_voxels_only():
+    x = torch.randn(2, 3, 8, 8, 8)
+    mask = block_mask((8, 8, 8), 2, 2, 0.5)
+    out = apply_mask(x, mask)
+    assert (out[mask.expand_as(x)] == 0).all()
+    assert torch.equal(out[~mask.expand_as(x)], x[~mask.expand_as(x)])
+
+
+def test_apply_mask_fills_masked_voxels_with_a_learned_token_per_channel():
+    x = torch.randn(2, 3, 8, 8, 8)
+    mask = block_mask((8, 8, 8), 2, 2, 0.5)
+    token = torch.nn.Parameter(torch.tensor([1.5, -2.0, 3.0]))
+    out = apply_mask(x, mask, token)
+    for c in range(3):
+        assert (out[:, c][mask[:, 0]] == token[c]).all()
+        assert torch.equal(out[:, c][~mask[:, 0]], x[:, c][~mask[:, 0]])
+    out.sum().backward()
+    assert torch.equal(token.grad, torch.full((3,), float(mask.sum())))
+
+
+def test_apply_mask_rejects_a_token_of_the_wrong_length():
+    with pytest.raises(ValueError, match="mask_token"):
+        apply_mask(torch.zeros(1, 2, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4, dtype=torch.bool), torch.zeros(3))
+
+
+def _loss_inputs():
+    torch.manual_seed(0)
+    pred = torch.randn(2, 2, 6, 6, 6)
+    target = torch.randn(2, 2, 6, 6, 6)
+    mask = torch.zeros(2, 1, 6, 6, 6, dtype=torch.bool)
+    mask[:, :, :3] = True
+    brain = torch.zeros(2, 1, 6, 6, 6)
+    brain[:, :, :, :4] = 1
+    return pred, target, mask, brain
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+def test_loss_ignores_unmasked_and_non_brain_voxels(kind):
+    pred, target, mask, brain = _loss_inputs()
+    reference = masked_reconstruction_loss(pred, target, mask, brain, kind)
+    unmasked_brain = (1, 0, 4, 1, 1)          # inside the brain, not masked
+    masked_outside = (0, 1, 1, 5, 2)          # masked, outside the brain
+    masked_brain = (1, 1, 2, 2, 2)            # masked, inside the brain
+    assert not mask[unmasked_brain[0], 0, unmasked_brain[2], unmasked_brain[3], unmasked_brain[4]]
+    for index in (unmasked_brain, masked_outside):
+        changed = pred.clone()
+        changed[index] += 100.0
+        assert masked_reconstruction_loss(changed, target, mask, brain, kind) == reference
+    changed = pred.clone()
+    changed[masked_brain] += 100.0
+    assert masked_reconstruction_loss(changed, target, mask, brain, kind) > reference
+
+
+def test_loss_weights_every_qualifying_voxel_equally_across_the_batch():
+    pred = torch.zeros(2, 1, 2, 2, 2)
+    target = torch.zeros(2, 1, 2, 2, 2)
+    mask = torch.zeros(2, 1, 2, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0, 0, 0] = True                 # one voxel, error 1
+    mask[1, 0, 0] = True                       # four voxels, error 0
+    target[0, 0, 0, 0, 0] = 1.0
+    loss = masked_reconstruction_loss(pred, target, mask)
+    assert loss.item() == pytest.approx(1 / 5)  # not (1 + 0) / 2, the mean of per-sample means
+
+
+def test_loss_with_a_negative_brain_label_counts_it_as_outside():
+    pred, target, mask, _ = _loss_inputs()
+    brain = -torch.ones(2, 1, 6, 6, 6)
+    brain[:, :, :, :4] = 1
+    _, _, _, brain01 = _loss_inputs()
+    expected = masked_reconstruction_loss(pred, target, mask, brain01)
+    assert masked_reconstruction_loss(pred, target, mask, brain) == expected
+
+
+def test_loss_is_zero_with_a_gradient_when_no_voxel_qualifies():
+    pred = torch.randn(1, 1, 4, 4, 4, requires_grad=True)
+    mask = torch.ones(1, 1, 4, 4, 4, dtype=torch.bool)
+    loss = masked_reconstruction_loss(pred, torch.randn(1, 1, 4, 4, 4), mask, torch.zeros(1, 1, 4, 4, 4))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(pred.grad, torch.zeros_like(pred))
+
+
+def test_loss_matches_a_plain_mean_over_masked_voxels():
+    pred, target, mask, _ = _loss_inputs()
+    selected = mask.expand_as(pred)
+    expected = ((pred - target)[selected] ** 2).mean()
+    assert torch.allclose(masked_reconstruction_loss(pred, target, mask), expected)
+    expected_l1 = (pred - target)[selected].abs().mean()
+    assert torch.allclose(masked_reconstruction_loss(pred, target, mask, kind="l1"), expected_l1)
+
+
+def test_loss_rejects_an_unknown_kind():
+    pred, target, mask, _ = _loss_inputs()
+    with pytest.raises(ValueError, match="kind"):
+        masked_reconstruction_loss(pred, target, mask, kind="huber")
