@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="MAE trainer to time (default: nnUNetTrainerFomoMAE)")
     bp.add_argument("--baseline", default="nnUNetTrainer", help="baseline trainer (default: nnUNetTrainer)")
     bp.add_argument("--steps", type=int, default=20, help="timed training steps per trainer (default: 20)")
-    bp.add_argument("--loader-batches", type=int, default=20, help="batches pulled to time a loader (default: 20)")
+    bp.add_argument("--loader-batches", type=int, default=40,
+                    help="batches pulled to time a loader, after draining its prefetch cache (default: 40)")
     bp.add_argument("-device", "--device", default="cpu", choices=["cpu", "cuda"], help="device (default: cpu)")
     bp.add_argument("-o", "--output", default=None, help="also write the figures to this JSON file")
     bp.set_defaults(func=run_bench_pretrain)

@@ -1,0 +1,115 @@
+"""MAE pretraining through nnU-Net's own commands: plans, preprocessing, training, resume, pictures."""
+from __future__ import annotations
+
+import json
+import pydoc
+import re
+import shutil
+
+import pytest
+import torch
+
+from helpers import make_raw_dataset, nnunet_env, run
+
+DATASET = 990
+TRAINER = "nnUNetTrainerFomoMAE_tiny_smoke"
+
+
+@pytest.fixture(scope="module")
+def pretrain_ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    env = nnunet_env(root)
+    make_raw_dataset(root / "raw", DATASET, "Corpus", n_cases=6, seed=1)
+    run(["fomo-nnunet", "plan", "pretrain", "-d", str(DATASET), "--arch", "tiny", "-np", "1"], env)
+    run(["nnUNetv2_preprocess", "-d", str(DATASET), "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
+         "-np", "1"], env)
+    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", TRAINER,
+         "-device", "cpu"], env)
+    fold = root / "results" / f"Dataset{DATASET}_Corpus" / f"{TRAINER}__fomoPretrainPlans__3d_fullres" / "fold_all"
+    return root, env, fold
+
+
+def test_pretrain_plans_name_only_classes_nnunet_resolves(pretrain_ws):
+    root, _, _ = pretrain_ws
+    plans = json.loads((root / "preprocessed" / f"Dataset{DATASET}_Corpus" / "fomoPretrainPlans.json").read_text())
+    c = plans["configurations"]["3d_fullres"]
+    assert c["preprocessor_name"] == "DefaultPreprocessor"
+    assert c["normalization_schemes"] == ["ZScoreNormalization"]
+    arch = c["architecture"]
+    assert pydoc.locate(arch["network_class_name"]) is not None
+    for key in arch["_kw_requires_import"]:
+        if arch["arch_kwargs"][key] is not None:
+            assert pydoc.locate(arch["arch_kwargs"][key]) is not None, key
+    assert c["patch_size"] == [32, 32, 32] and c["spacing"] == [4.0, 4.0, 4.0]
+    assert arch["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 64]
+
+
+def test_trainer_found_by_name_and_reconstruction_loss_goes_down(pretrain_ws):
+    _, _, fold = pretrain_ws
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == TRAINER
+    losses = ckpt["logging"]["train_losses"]
+    val = ckpt["logging"]["val_losses"]
+    assert len(losses) == 3
+    assert losses[-1] < losses[0] and val[-1] < val[0]
+
+
+def test_checkpoint_metadata_round_trips_through_inspect(pretrain_ws):
+    _, env, fold = pretrain_ws
+    out = run(["fomo-nnunet", "inspect", str(fold.parent), "--json"], env).stdout
+    meta = json.loads(out)
+    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
+
+    stored = load_checkpoint_safely(fold / "checkpoint_final.pth")["fomo_metadata"]
+    assert meta == stored
+    m = PretrainMetadata.from_dict(meta)
+    assert m.objective == "mae" and m.objective_settings["mask_ratio"] == 0.75
+    assert m.objective_settings["block_size"] == 4
+    assert m.patch_size == [32, 32, 32] and m.spacing == [4.0, 4.0, 4.0] and m.num_input_channels == 1
+    assert m.epochs_trained == 3 and m.iterations_trained == 12
+    net = m.build_network(num_outputs=1)
+    net.load_state_dict({k: v for k, v in load_checkpoint_safely(fold / "checkpoint_final.pth")
+                         ["network_weights"].items()})
+
+
+def test_pictures_are_written(pretrain_ws):
+    _, _, fold = pretrain_ws
+    assert (fold / "progress.png").stat().st_size > 1000
+    assert (fold / "reconstruction.png").stat().st_size > 1000
+    assert sorted(p.name for p in (fold / "reconstructions").glob("*.png")) == \
+        ["epoch_0001.png", "epoch_0002.png", "epoch_0003.png"]
+
+
+def test_resume_with_c_continues_from_saved_epoch(pretrain_ws, tmp_path):
+    root, env, fold = pretrain_ws
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)
+    env = {**env, "nnUNet_results": str(results)}
+    copy = results / fold.relative_to(root / "results")
+    # as if killed during the last epoch: a checkpoint_latest after epoch 2 of 3, no final
+    ckpt = torch.load(copy / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    ckpt["current_epoch"] = 2
+    ckpt["logging"] = {k: v[:2] for k, v in ckpt["logging"].items()}
+    (copy / "checkpoint_final.pth").unlink()
+    torch.save(ckpt, copy / "checkpoint_latest.pth")
+    for log in copy.glob("training_log_*.txt"):
+        log.unlink()
+    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", TRAINER,
+         "-device", "cpu", "--c"], env)
+    log = "".join(p.read_text() for p in copy.glob("training_log_*.txt"))
+    assert re.findall(r"Epoch (\d+) *\n", log) == ["2"]
+    final = torch.load(copy / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 3 and len(final["logging"]["train_losses"]) == 3
+
+
+def test_bench_reports_both_pipelines(pretrain_ws, monkeypatch):
+    root, env, _ = pretrain_ws
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_n_proc_DA"):
+        monkeypatch.setenv(k, env[k])
+    from fomo_nnunet.bench import bench_pretrain, format_report
+
+    r = bench_pretrain(DATASET, "fomoPretrainPlans", mae_trainer=TRAINER, steps=2, warmup=1, loader_batches=2)
+    assert r["mae"]["trainer"] == TRAINER and r["baseline"]["trainer"] == "nnUNetTrainer"
+    assert r["mae"]["patch_size"] == r["baseline"]["patch_size"] == [32, 32, 32]
+    assert r["step_ratio_mae_over_baseline"] > 0 and r["mae"]["loader_samples_per_second"] > 0
+    assert "MAE step / nnU-Net step" in format_report(r)
