@@ -1,0 +1,143 @@
+"""Segmentation finetuning: plan transfer, pretrained initialisation, nnU-Net's train and predict."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_raw_dataset, nnunet_env, run
+
+MENINGIOMA = 902
+TRIGEMINAL = 904
+SMOKE = "nnUNetTrainerFomoSeg_tiny_smoke"
+
+
+def save_fake_pretraining(path, features=None, seed=0):
+    """A pretraining checkpoint as nnUNetTrainerFomoMAE writes it (random weights: only shapes matter here)."""
+    from fomo_nnunet.checkpoints import metadata_from_preset
+    from fomo_nnunet.transfer import PretrainMetadata
+
+    meta = metadata_from_preset("tiny")
+    meta["objective"] = "mae"
+    if features:
+        meta["network_kwargs"]["features_per_stage"] = features
+    torch.manual_seed(seed)
+    net = PretrainMetadata.from_dict(meta).build_network(num_outputs=1)
+    torch.save({"network_weights": net.state_dict(), "fomo_metadata": meta, "current_epoch": 1}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seg_ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    env = nnunet_env(root)
+    ckpt = save_fake_pretraining(root / "pretrained.pth")
+    make_raw_dataset(root / "raw", MENINGIOMA, "FOMO2Meningioma", n_cases=6, n_channels=3,
+                     labels={"background": 0, "meningioma": 1}, seed=2, test_cases=2)
+    make_raw_dataset(root / "raw", TRIGEMINAL, "FOMO4Trigeminal", n_cases=6, n_channels=1,
+                     labels={"background": 0, "nerve": 1, "vessel": 2}, seed=3, test_cases=2)
+    for d in (MENINGIOMA, TRIGEMINAL):
+        run(["fomo-nnunet", "plan", "transfer", "-d", str(d), "--pretrained", str(ckpt), "-np", "1"], env)
+        run(["nnUNetv2_preprocess", "-d", str(d), "-plans_name", "fomoPlans", "-c", "3d_fullres", "-np", "1"], env)
+    return root, env, ckpt
+
+
+def _trainer(env, monkeypatch, dataset, name):
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(k, env[k])
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    t = get_trainer_from_args(str(dataset), "3d_fullres", 0, name, "fomoPlans", device=torch.device("cpu"))
+    t.initialize()
+    return t
+
+
+def test_transferred_plans_take_network_from_checkpoint_and_channels_from_task(seg_ws):
+    root, _, ckpt = seg_ws
+    plans = json.loads((root / "preprocessed" / f"Dataset{MENINGIOMA}_FOMO2Meningioma" / "fomoPlans.json").read_text())
+    c = plans["configurations"]["3d_fullres"]
+    from fomo_nnunet.checkpoints import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(ckpt)
+    assert c["architecture"]["arch_kwargs"] == meta["network_kwargs"]
+    assert c["spacing"] == meta["spacing"]
+    # images smaller than the pretraining patch: the patch shrinks to cover the median image, on the strides' grid
+    for p, m in zip(c["patch_size"], c["median_image_size_in_voxels"]):
+        assert p % 8 == 0 and m <= p <= 32 and p - m < 8
+    assert plans["fomo"]["task"] == "task2" and plans["fomo"]["pretrained_checkpoint"] == str(ckpt)
+    assert len(json.loads((root / "preprocessed" / f"Dataset{MENINGIOMA}_FOMO2Meningioma" / "dataset.json")
+                          .read_text())["channel_names"]) == 3
+
+
+def test_initialisation_loads_encoder_adapts_stem_and_keeps_output_fresh(seg_ws, monkeypatch):
+    root, env, ckpt = seg_ws
+    trainer = _trainer(env, monkeypatch, MENINGIOMA, SMOKE)
+    state = trainer.network.state_dict()
+    pre = torch.load(ckpt, weights_only=True)["network_weights"]
+    stem = "encoder.stem.convs.0.conv.weight"
+    assert state[stem].shape[1] == 3
+    assert torch.allclose(state[stem], pre[stem].repeat(1, 3, 1, 1, 1) / 3)
+    encoder_keys = [k for k in pre if k.startswith("encoder.") and k != stem and "all_modules" not in k]
+    assert len(encoder_keys) > 20
+    for k in encoder_keys:
+        assert torch.equal(state[k], pre[k]), k
+    for k in [k for k in pre if k.startswith("decoder.stages")]:
+        assert torch.equal(state[k], pre[k]), k
+    out = [k for k in state if k.startswith("decoder.seg_layers")]
+    assert out and all(not torch.equal(state[k], pre[k]) for k in out if state[k].shape == pre[k].shape)
+    report = json.loads((trainer.output_folder and open(f"{trainer.output_folder}/transfer_report.json").read()))
+    assert report["adapted"] and report["fresh"]
+    groups = {g["pretrained"]: g for g in trainer.optimizer.param_groups}
+    assert set(groups) == {True, False}
+
+
+def test_scratch_twin_uses_random_initialisation(seg_ws, monkeypatch):
+    _, env, ckpt = seg_ws
+    trainer = _trainer(env, monkeypatch, MENINGIOMA, SMOKE + "_scratch")
+    pre = torch.load(ckpt, weights_only=True)["network_weights"]
+    k = "encoder.stages.1.blocks.0.conv1.conv.weight"
+    assert not torch.equal(trainer.network.state_dict()[k], pre[k])
+    assert [g["pretrained"] for g in trainer.optimizer.param_groups] == [False]
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(seg_ws, monkeypatch, tmp_path):
+    root, env, ckpt = seg_ws
+    original = ckpt.read_bytes()
+    try:
+        save_fake_pretraining(ckpt, features=[4, 8, 16, 32])
+        with pytest.raises(ValueError) as e:
+            _trainer(env, monkeypatch, TRIGEMINAL, SMOKE)
+        msg = str(e.value)
+        assert type(e.value).__name__ == "WeightTransferError"
+        assert "'encoder.stem.convs.0.conv.weight'" in msg
+        assert "(4, 1, 3, 3, 3) in the checkpoint" in msg and "(8, 1, 3, 3, 3) in the model" in msg
+    finally:
+        ckpt.write_bytes(original)
+
+
+@pytest.mark.parametrize("dataset,name,max_label", [(MENINGIOMA, "FOMO2Meningioma", 1),
+                                                     (TRIGEMINAL, "FOMO4Trigeminal", 2)])
+def test_nnunet_train_and_predict_end_to_end(seg_ws, tmp_path, dataset, name, max_label):
+    root, env, _ = seg_ws
+    run(["nnUNetv2_train", str(dataset), "3d_fullres", "0", "-p", "fomoPlans", "-tr", SMOKE, "-device", "cpu"], env)
+    images = root / "raw" / f"Dataset{dataset}_{name}" / "imagesTs"
+    out = tmp_path / "pred"
+    run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset), "-c", "3d_fullres",
+         "-p", "fomoPlans", "-tr", SMOKE, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+         "--disable_tta"], env)
+    for case in ("casets000", "casets001"):
+        src = nib.load(images / f"{case}_0000.nii.gz")
+        pred = nib.load(out / f"{case}.nii.gz")
+        assert pred.shape == src.shape
+        assert np.allclose(pred.affine, src.affine)
+        values = np.unique(np.asarray(pred.dataobj))
+        assert set(values.tolist()) <= set(range(max_label + 1))
+    labels = root / "raw" / f"Dataset{dataset}_{name}" / "labelsTs"
+    run(["nnUNetv2_evaluate_folder", str(labels), str(out), "-djfile",
+         str(root / "preprocessed" / f"Dataset{dataset}_{name}" / "dataset.json"), "-pfile",
+         str(root / "preprocessed" / f"Dataset{dataset}_{name}" / "fomoPlans.json")], env)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["mean"]) == {str(v) for v in range(1, max_label + 1)}
