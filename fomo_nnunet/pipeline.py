@@ -1,0 +1,83 @@
+"""A resumable chain of steps, each a command a user could type, with its output shown live.
+
+Every step that finishes writes a marker (`steps/<name>.json` with its seconds and results), so a
+rerun skips it; a step killed halfway leaves no marker and runs again. Commands run as
+subprocesses with the nnU-Net variables of the work folder, exactly as a user's shell would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fomo_nnunet.paths import nnunet_defaults, trainers_dir
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+class Pipeline:
+    def __init__(self, work: str | os.PathLike, log=print, threads: int | None = None):
+        self.work = Path(work).resolve()
+        self.steps_dir = self.work / "steps"
+        self.steps_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.env = dict(os.environ)
+        self.env.update(nnunet_defaults(self.work))
+        self.env["nnUNet_extTrainer"] = str(trainers_dir())
+        # small machines: nnU-Net's default pools (8 export workers, 12 augmentation workers) only thrash
+        ncpu = threads or os.cpu_count() or 2
+        self.env.setdefault("nnUNet_def_n_proc", str(max(1, min(ncpu, 4))))
+        self.env.setdefault("nnUNet_n_proc_DA", str(max(1, min(ncpu, 4))))
+        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            Path(self.env[k]).mkdir(parents=True, exist_ok=True)
+        self.bin = Path(sys.executable).parent
+
+    # ---- markers --------------------------------------------------------------------------------
+    def _marker(self, name: str) -> Path:
+        return self.steps_dir / f"{name}.json"
+
+    def done(self, name: str) -> dict | None:
+        m = self._marker(name)
+        return json.loads(m.read_text()) if m.is_file() else None
+
+    def step(self, name: str, fn: Callable[[], dict | None]) -> dict:
+        """Run `fn` unless a previous run finished this step; returns the step's record."""
+        previous = self.done(name)
+        if previous is not None:
+            self.log(f"[skip] {name} (done in an earlier run, {previous['seconds']:.0f} s)")
+            return previous
+        self.log(f"[step] {name}")
+        t0 = time.time()
+        result = fn() or {}
+        record = {"name": name, "seconds": time.time() - t0, "result": result}
+        tmp = self._marker(name).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, self._marker(name))
+        self.log(f"[done] {name} in {record['seconds']:.0f} s")
+        return record
+
+    # ---- commands -------------------------------------------------------------------------------
+    def run(self, cmd: list[str], quiet_patterns: tuple[str, ...] = ("Inspecting module",)) -> str:
+        """Run a command with the work folder's environment, streaming its output; returns the output."""
+        exe = cmd[0] if os.path.isabs(cmd[0]) else str(self.bin / cmd[0]) if (self.bin / cmd[0]).exists() else cmd[0]
+        self.log(f"  $ {shlex.join(cmd)}")
+        proc = subprocess.Popen([exe, *cmd[1:]], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if not any(p in line for p in quiet_patterns):
+                self.log("    " + line.rstrip("\n"))
+        rc = proc.wait()
+        if rc != 0:
+            tail = "".join(lines[-40:])
+            raise StepFailed(f"`{shlex.join(cmd)}` exited with {rc}; last output:\n{tail}")
+        return "".join(lines)
