@@ -152,8 +152,10 @@ class FinetuneRecipe:
 
     def _plain(self) -> nn.Module:
         from torch._dynamo import OptimizedModule
+        from torch.nn.parallel import DistributedDataParallel
 
-        mod = self.network.module if getattr(self, "is_ddp", False) else self.network
+        # check the wrapper, not is_ddp: configure_optimizers runs before nnU-Net wraps the network in DDP
+        mod = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
     def _network_for_transfer(self) -> nn.Module:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fomo_nnunet.schedules import WarmupCosineLR
 from fomo_nnunet.ssl import apply_mask, block_mask, masked_reconstruction_loss
@@ -70,7 +71,8 @@ class nnUNetTrainerFomoMAE(nnUNetTrainer):
                                       deep_supervision=False)
 
     def _plain_network(self) -> torch.nn.Module:
-        mod = self.network.module if self.is_ddp else self.network
+        # check the wrapper, not is_ddp: configure_optimizers runs before nnU-Net wraps the network in DDP
+        mod = self.network.module if isinstance(self.network, DDP) else self.network
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
     def configure_optimizers(self):
