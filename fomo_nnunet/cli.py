@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "fomo_nnunet.commands.env",
     "fomo_nnunet.commands.plan",
     "fomo_nnunet.commands.inspect_bench",
+    "fomo_nnunet.commands.fomo26",
 )
 
 

@@ -1,0 +1,165 @@
+"""`fomo-nnunet fomo26 TASK --flair ... --output PATH`: one challenge case in, one valid output out.
+
+Reads the task's inputs (argument names from the task table), resamples every channel onto the
+reference channel's grid (the task's first channel), runs the bundled model (all its folds,
+ensembled) and writes the output as the official validator requires, atomically. Errors in the
+inputs are one line on stderr naming the argument, with a non-zero exit and no output file.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from fomo_nnunet.fomo26_io import (FomoInputError, InputImage, read_input, resample_onto, select_inputs,
+                                   unused_arguments, write_embedding_npy, write_label_nifti, write_value_txt)
+from fomo_nnunet.tasks import (CLASSIFICATION, EMBEDDING, OUT_EMBEDDING_NPY, OUT_LABEL_NIFTI, OUT_PROBABILITY_TXT,
+                               REGRESSION, SEGMENTATION, Task)
+
+OUTPUT_SUFFIX = {OUT_PROBABILITY_TXT: (".txt",), "txt_value": (".txt",), OUT_LABEL_NIFTI: (".nii.gz", ".nii"),
+                 OUT_EMBEDDING_NPY: (".npy",)}
+
+
+class Timer:
+    def __init__(self):
+        self.steps: list[tuple[str, float]] = []
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Step:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.steps.append((name, time.perf_counter() - self.t0))
+
+        return _Step()
+
+    def report(self) -> str:
+        total = sum(s for _, s in self.steps)
+        return ", ".join(f"{n} {s:.2f} s" for n, s in self.steps) + f", total {total:.2f} s"
+
+
+def check_output_path(task: Task, output: str) -> None:
+    suffixes = OUTPUT_SUFFIX[task.output]
+    if not output.endswith(suffixes):
+        raise FomoInputError(f"--output {output}: {task.key} writes {' or '.join(suffixes)}")
+    folder = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+        raise FomoInputError(f"--output {output}: folder {folder} is not writable")
+
+
+# ---- segmentation through nnU-Net's predictor, weights loaded safely ----------------------------
+def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, device: str):
+    """nnU-Net's predictor holding the bundled folds (loaded with weights_only, never unpickled code)."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from fomo_nnunet.transfer import load_checkpoint_safely
+
+    plans = PlansManager(json.loads((model_dir / "plans.json").read_text()))
+    dataset_json = json.loads((model_dir / "dataset.json").read_text())
+    checkpoints = [load_checkpoint_safely(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in entry["folds"]]
+    configuration = plans.get_configuration(checkpoints[0]["init_args"]["configuration"])
+    trainer_class = _trainer_class(checkpoints[0]["trainer_name"])
+    network = trainer_class.build_network_architecture(
+        plans, configuration, len(dataset_json["channel_names"]),
+        plans.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    dev = torch.device(device)
+    with contextlib.redirect_stdout(io.StringIO()):  # a CPU notice nobody needs in a container log
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,
+                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(network, plans, configuration, [c["network_weights"] for c in checkpoints],
+                                    dataset_json, checkpoints[0]["trainer_name"],
+                                    checkpoints[0].get("inference_allowed_mirroring_axes"))
+    return predictor
+
+
+def segment(predictor, channels: list[InputImage]) -> np.ndarray:
+    """Label map on the reference grid (channels[0]): nnU-Net's preprocessing, sliding window, export."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    with tempfile.TemporaryDirectory(prefix="fomo26_") as tmp:
+        # nnU-Net's own reader gives the array and properties its preprocessing expects
+        files = []
+        for i, ch in enumerate(channels):
+            f = os.path.join(tmp, f"case_{i:04d}.nii.gz")
+            nib.save(nib.Nifti1Image(ch.data, channels[0].affine), f)
+            files.append(f)
+        data, props = SimpleITKIO().read_images(files)
+        seg = predictor.predict_single_npy_array(data, props, None, None, False)
+    # SimpleITK arrays are (z, y, x) of the same voxel grid that nibabel indexes (x, y, z)
+    return np.asarray(seg).transpose(2, 1, 0)
+
+
+def _trainer_class(name: str):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from fomo_nnunet.paths import trainers_dir
+
+    os.environ.setdefault("nnUNet_extTrainer", str(trainers_dir()))
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
+        return recursive_find_trainer_class_by_name(name)
+
+
+# ---- the entry point ----------------------------------------------------------------------------
+def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str, mirror: bool = True,
+             device: str = "auto", verbose: bool = False, log=lambda m: print(m, file=sys.stderr)) -> Timer:
+    """Run one case; raises FomoInputError for bad inputs (nothing is written then)."""
+    from fomo_nnunet.bundle import load_manifest, model_entry
+
+    timer = Timer()
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_output_path(task, output)
+    for a in unused_arguments(task, given):
+        log(f"note: --{a} is not used by {task.key} ({task.name}), ignored")
+    with timer("read inputs"):
+        chosen = select_inputs(task, given)
+        images = [read_input(arg, path) for arg, path in chosen]
+    with timer("resample to reference"):
+        reference = images[0]
+        images = [reference] + [resample_onto(im, reference) for im in images[1:]]
+    for im in images:
+        for n in im.notes:
+            log(f"note: {n}")
+    manifest = load_manifest(bundle)
+    model_dir, entry = model_entry(bundle, manifest, task)
+    if task.kind == SEGMENTATION:
+        with timer("load model"):
+            predictor = load_segmentation_predictor(model_dir, entry, mirror, device)
+        with timer("preprocess + inference"):
+            labels = segment(predictor, images)
+        with timer("export"):
+            write_label_nifti(output, labels, reference, task.max_label)
+    elif task.kind in (CLASSIFICATION, REGRESSION):
+        from fomo_nnunet.inference import predict_case_arrays
+
+        with timer("preprocess + inference"):
+            value = predict_case_arrays(model_dir, entry["folds"], [im.data for im in images], reference.affine,
+                                        mirror=mirror, device=device)
+        with timer("export"):
+            write_value_txt(output, value, probability=task.kind == CLASSIFICATION)
+    elif task.kind == EMBEDDING:
+        from fomo_nnunet.inference import embed_array
+
+        with timer("preprocess + inference"):
+            vector = embed_array(model_dir, reference.data, reference.affine, device=device)
+        with timer("export"):
+            write_embedding_npy(output, vector)
+    if verbose:
+        log(f"{task.key} timing: {timer.report()}")
+    return timer
