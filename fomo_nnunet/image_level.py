@@ -1,0 +1,190 @@
+"""Image-level targets (classification, regression) on top of nnU-Net's data pipeline.
+
+nnU-Net's preprocessing handles images and a label map; image-level targets travel in
+`targets.json` beside dataset.json (the converter writes it into nnUNet_raw and `fomo-nnunet plan
+transfer` copies it into nnUNet_preprocessed). This module reads them, balances classes, scales
+regression targets, and crops the whole brain around its centre instead of sampling a label map.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+TARGETS_FILE = "targets.json"
+
+
+class TargetError(ValueError):
+    """A case without a usable target (the message names the case and the file)."""
+
+
+def load_targets(folder: str | os.PathLike, cases: Sequence[str], kind: str,
+                 filename: str = TARGETS_FILE) -> dict[str, float]:
+    """Targets of `cases` from `folder/targets.json`; an error names a missing or unusable case."""
+    path = os.path.join(folder, filename)
+    if not os.path.isfile(path):
+        raise TargetError(f"{path} is missing: image-level tasks need the converter's targets.json beside "
+                          f"dataset.json (run `fomo-nnunet plan transfer`, which copies it from nnUNet_raw)")
+    with open(path) as f:
+        table = json.load(f)
+    out: dict[str, float] = {}
+    for case in cases:
+        if case not in table:
+            raise TargetError(f"{path}: case '{case}' has no target")
+        value = table[case]
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TargetError(f"{path}: case '{case}' has target {value!r}, not a number") from None
+        if not np.isfinite(value):
+            raise TargetError(f"{path}: case '{case}' has a non-finite target {value}")
+        if kind == "classification" and (value != int(value) or value < 0):
+            raise TargetError(f"{path}: case '{case}' has target {value}, not a class index")
+        out[case] = value
+    return out
+
+
+def class_balanced_probabilities(cases: Sequence[str], targets: Mapping[str, float]) -> np.ndarray:
+    """Sampling probability per case (in `cases` order) so that every class is drawn equally often."""
+    classes = [int(targets[c]) for c in cases]
+    counts = Counter(classes)
+    p = np.array([1.0 / (len(counts) * counts[k]) for k in classes])
+    return p / p.sum()
+
+
+@dataclass(frozen=True)
+class TargetScaler:
+    """Regression targets standardised for training and mapped back (to years) at prediction."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, values: Sequence[float]) -> TargetScaler:
+        v = np.asarray(values, dtype=float)
+        std = float(v.std())
+        return cls(float(v.mean()), std if std > 1e-8 else 1.0)
+
+    def forward(self, y):
+        return (y - self.mean) / self.std
+
+    def inverse(self, z):
+        return z * self.std + self.mean
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> TargetScaler:
+        return cls(float(d["mean"]), float(d["std"]))
+
+
+def centred_bbox(shape: Sequence[int], patch: Sequence[int], jitter: Sequence[int] | int = 0,
+                 rng: np.random.Generator | None = None) -> tuple[list[int], list[int]]:
+    """Lower/upper corners of a patch centred on the volume (nnU-Net crops volumes to the brain's
+    bounding box, so the volume centre is the brain centre), shifted by up to `jitter` voxels."""
+    jitter = [jitter] * len(shape) if isinstance(jitter, int) else list(jitter)
+    lbs = []
+    for s, p, j in zip(shape, patch, jitter):
+        lb = (int(s) - int(p)) // 2
+        if j > 0:  # nnU-Net seeds np.random per data-loading worker
+            lb += int(rng.integers(-j, j + 1)) if rng is not None else int(np.random.randint(-j, j + 1))
+        lbs.append(lb)
+    return lbs, [lb + int(p) for lb, p in zip(lbs, patch)]
+
+
+def crop_or_pad(data: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """(C, *spatial) -> (C, *patch): centred crop, zero padding where the volume is smaller."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+    lbs, ubs = centred_bbox(data.shape[1:], patch)
+    return crop_and_pad_nd(data, [[lb, ub] for lb, ub in zip(lbs, ubs)], 0)
+
+
+def image_level_outputs(task) -> int:
+    """Network outputs of an image-level task: one logit per class, or one value."""
+    from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION
+
+    if task.kind == CLASSIFICATION:
+        return max(2, task.num_classes)
+    if task.kind == REGRESSION:
+        return 1
+    raise ValueError(f"{task.key} ({task.name}) is a {task.kind} task, not classification or regression")
+
+
+def task_from_plans(plans: Mapping):
+    """The FOMO task that `fomo-nnunet plan transfer` recorded in the plans."""
+    from fomo_nnunet.tasks import get_task
+
+    fomo = plans.get("fomo") or {}
+    if "task" not in fomo:
+        raise ValueError(f"plans '{plans.get('plans_name')}' do not name a FOMO task: write them with "
+                         f"`fomo-nnunet plan transfer` (image-level trainers need the task's kind and classes)")
+    return get_task(fomo["task"])
+
+
+def decode_outputs(outputs, kind: str, target_stats=None) -> np.ndarray:
+    """Network outputs (B, K) -> class probabilities (B, K) or values in the task's unit (B,)."""
+    outputs = outputs.float()
+    if kind == "classification":
+        return torch.softmax(outputs, 1).cpu().numpy()
+    values = outputs[:, 0]
+    if target_stats is not None:
+        values = values * target_stats[1] + target_stats[0]
+    return values.cpu().numpy()
+
+
+def validation_score(kind: str, predictions: np.ndarray, targets: np.ndarray) -> tuple[str, float, float]:
+    """(metric name, value, score where higher is better) of the task's own metric.
+
+    AUROC (macro one-vs-rest beyond two classes) for classification, MAE for regression. An AUROC
+    that is undefined (one class only among the validation cases) is NaN.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if kind == "classification":
+        y = targets.astype(int)
+        if len(np.unique(y)) < 2:
+            return "auroc", float("nan"), float("nan")
+        if predictions.shape[1] == 2:
+            auc = roc_auc_score(y, predictions[:, 1])
+        else:
+            present = np.unique(y)
+            p = predictions[:, present] / np.clip(predictions[:, present].sum(1, keepdims=True), 1e-8, None)
+            auc = roc_auc_score(y, p, multi_class="ovr", average="macro", labels=present) if len(present) > 2 \
+                else roc_auc_score(y == present[1], p[:, 1])
+        return "auroc", float(auc), float(auc)
+    mae = float(np.mean(np.abs(predictions - targets)))
+    return "mae", mae, -mae
+
+
+
+class ImageLevelDataLoader(nnUNetDataLoader):
+    """nnU-Net's data loader for image-level tasks: crops centred on the (brain-cropped) volume with a
+    random shift of up to `jitter` voxels, never on a label map's foreground; draws classes equally
+    often with `balance`; adds `batch['fomo_target']`, the target of each case in `batch['keys']`."""
+
+    def __init__(self, data, batch_size, patch_size, final_patch_size, label_manager,
+                 targets: Mapping[str, float], balance: bool = False, jitter=0, transforms=None):
+        missing = [k for k in data.identifiers if k not in targets]
+        if missing:
+            raise TargetError(f"no target for case(s) {', '.join(missing[:5])}")
+        probs = class_balanced_probabilities(data.identifiers, targets) if balance else None
+        super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
+                         oversample_foreground_percent=0.0, sampling_probabilities=probs, transforms=transforms)
+        self.targets = dict(targets)
+        self.jitter = jitter
+
+    def get_bbox(self, data_shape, force_fg, class_locations, overwrite_class=None, verbose=False):
+        return centred_bbox(data_shape, self.patch_size, self.jitter)
+
+    def generate_train_batch(self):
+        batch = super().generate_train_batch()
+        batch["fomo_target"] = torch.tensor([self.targets[k] for k in batch["keys"]], dtype=torch.float32)
+        return batch

@@ -1,0 +1,316 @@
+"""Prediction for classification/regression models and embeddings from the pretrained encoder.
+
+Segmentation models predict through nnU-Net's own predictor (`nnUNetv2_predict`). Image-level
+models use nnU-Net's preprocessing of the model's plans on the raw images, then one centred crop
+of the brain (the crop the trainer trained on), optional mirroring test-time augmentation, and the
+mean over folds. Weights are always loaded safely (fomo_nnunet.transfer.load_checkpoint_safely).
+
+Embedding rule (tasks 6 and 7): the image is preprocessed as the pretraining data was (cropped to
+its non-zero region, normalised with the checkpoint's scheme over that region, resampled to the
+checkpoint's spacing), centre-cropped or zero-padded to the pretraining patch, passed through the
+FROZEN encoder; the embedding is the global average pool of the deepest stage (its width long).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from fomo_nnunet.image_level import crop_or_pad, decode_outputs, task_from_plans
+from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
+
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def strip_nifti(name: str) -> str:
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def group_cases(folder: str | os.PathLike, num_channels: int) -> dict[str, list[str]]:
+    """nnU-Net's naming: {case: [case_0000.nii.gz, case_0001.nii.gz, ...]}; an incomplete case is an error."""
+    files: dict[str, dict[int, str]] = {}
+    for f in sorted(os.listdir(folder)):
+        m = CHANNEL_SUFFIX.match(strip_nifti(f))
+        if f.endswith((".nii.gz", ".nii")) and m:
+            files.setdefault(m["case"], {})[int(m["channel"])] = os.path.join(folder, f)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no images named CASE_0000.nii.gz (nnU-Net's naming)")
+    out = {}
+    for case, chans in files.items():
+        missing = [c for c in range(num_channels) if c not in chans]
+        if missing:
+            raise FileNotFoundError(f"{folder}: case '{case}' lacks channel(s) "
+                                    f"{', '.join(f'{case}_{c:04d}' for c in missing)}")
+        out[case] = [chans[c] for c in range(num_channels)]
+    return out
+
+
+def mirror_combinations(axes) -> list[tuple[int, ...]]:
+    """Every subset of the allowed spatial mirroring axes, as tensor dims (the identity first)."""
+    dims = [a + 2 for a in (axes or ())]
+    return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
+
+
+@dataclass
+class ImageLevelModel:
+    """The folds of one trained classification or regression model, ready to predict."""
+
+    networks: list
+    plans_manager: object
+    configuration_manager: object
+    dataset_json: dict
+    task: object
+    mirror_axes: tuple
+    device: torch.device
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, folds=("all",), checkpoint: str = "checkpoint_final.pth",
+             device: str = "cpu") -> ImageLevelModel:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from fomo_nnunet.transfer import load_checkpoint_safely
+
+        model_dir = Path(model_dir)
+        plans = json.loads((model_dir / "plans.json").read_text())
+        task = task_from_plans(plans)
+        if task.kind == SEGMENTATION:
+            raise ValueError(f"{model_dir} is a segmentation model ({task.key}); predict it with nnUNetv2_predict "
+                             f"-d ... -p {plans.get('plans_name')} -tr <trainer> (nnU-Net's predictor)")
+        if task.kind not in (CLASSIFICATION, REGRESSION):
+            raise ValueError(f"{model_dir}: {task.key} is a {task.kind} task; use `fomo-nnunet embed`")
+        dataset_json = json.loads((model_dir / "dataset.json").read_text())
+        pm = PlansManager(plans)
+        networks, mirror_axes, trainer_name = [], None, None
+        dev = torch.device(device)
+        for fold in folds:
+            path = model_dir / f"fold_{fold}" / checkpoint
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist (trained? other folds: "
+                                        f"{sorted(p.name for p in model_dir.glob('fold_*'))})")
+            ckpt = load_checkpoint_safely(path)
+            trainer_name = ckpt["trainer_name"]
+            cm = pm.get_configuration(ckpt["init_args"]["configuration"])
+            net = _trainer_class(trainer_name).build_network_architecture(
+                pm, cm, len(dataset_json["channel_names"]), 2, enable_deep_supervision=False)
+            net.load_state_dict(ckpt["network_weights"])
+            networks.append(net.to(dev).eval())
+            mirror_axes = ckpt.get("inference_allowed_mirroring_axes")
+        return cls(networks, pm, cm, dataset_json, task, tuple(mirror_axes or ()), dev)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.dataset_json["channel_names"])
+
+    def preprocess_files(self, files: list[str]) -> np.ndarray:
+        """nnU-Net's preprocessing of the model's plans: (C, *patch-ready spatial) float32."""
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            data, _, _ = preprocessor.run_case(files, None, self.plans_manager, self.configuration_manager,
+                                               self.dataset_json)
+        return np.asarray(data, dtype=np.float32)
+
+    def predict_preprocessed(self, data: np.ndarray, mirror: bool = False) -> np.ndarray:
+        """Class probabilities (K,) or the value (1,) in the task's unit, averaged over folds and mirrorings."""
+        x = torch.from_numpy(crop_or_pad(data, self.configuration_manager.patch_size)[None]).float().to(self.device)
+        flips = mirror_combinations(self.mirror_axes) if mirror else [()]
+        outs = []
+        with torch.no_grad():
+            for net in self.networks:
+                stats = getattr(net, "fomo_target_stats", None)
+                stats = None if stats is None else tuple(float(v) for v in stats)
+                for dims in flips:
+                    xi = torch.flip(x, dims) if dims else x
+                    outs.append(decode_outputs(net(xi), self.task.kind, stats)[0])
+        return np.mean(outs, axis=0).reshape(-1)
+
+    def predict_files(self, files: list[str], mirror: bool = False) -> np.ndarray:
+        return self.predict_preprocessed(self.preprocess_files(files), mirror)
+
+    def value(self, output: np.ndarray) -> float:
+        """The one number the challenge wants: P(positive) for binary classification, else the value."""
+        if self.task.kind == CLASSIFICATION:
+            if output.shape[0] != 2:
+                raise ValueError(f"{self.task.key} has {output.shape[0]} classes; one probability needs two")
+            return float(output[1])
+        return float(output[0])
+
+
+def _trainer_class(name: str):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from fomo_nnunet.paths import trainers_dir
+
+    os.environ.setdefault("nnUNet_extTrainer", str(trainers_dir()))
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
+        return recursive_find_trainer_class_by_name(name)
+
+
+def predict_folder(images: str | os.PathLike, output: str | os.PathLike, model_dir: str | os.PathLike,
+                   folds=("all",), checkpoint: str = "checkpoint_final.pth", mirror: bool = False,
+                   device: str = "cpu", progress: bool = True) -> Path:
+    """Predict every case of an nnU-Net images folder; writes OUTPUT/predictions.csv (case_id, prediction
+    [, probability per class]) atomically and returns its path."""
+    from tqdm import tqdm
+
+    model = ImageLevelModel.load(model_dir, folds, checkpoint, device)
+    cases = group_cases(images, model.num_channels)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = list(model.task.classes) if model.task.kind == CLASSIFICATION else []
+    rows = []
+    for case, files in tqdm(sorted(cases.items()), desc=f"predict {model.task.key}", disable=not progress):
+        o = model.predict_files(files, mirror)
+        value = model.value(o) if not (classes and len(classes) > 2) else int(np.argmax(o))
+        rows.append([case, f"{value:.6g}", *(f"{p:.6g}" for p in (o if classes else []))])
+    tmp = out / "predictions.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "prediction", *(f"p_{c}" for c in classes)])
+        w.writerows(rows)
+    os.replace(tmp, out / "predictions.csv")
+    return out / "predictions.csv"
+
+
+def _write_temp_nifti(arrays: list[np.ndarray], affine: np.ndarray, folder: str) -> list[str]:
+    files = []
+    for i, a in enumerate(arrays):
+        f = os.path.join(folder, f"case_{i:04d}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(a, dtype=np.float32), affine), f)
+        files.append(f)
+    return files
+
+
+def predict_case_arrays(model_dir: str | os.PathLike, folds, arrays: list[np.ndarray], affine: np.ndarray,
+                        mirror: bool = True, device: str = "cpu") -> float:
+    """One case given as arrays on one grid (nibabel order) -> P(positive) or the value (fomo26)."""
+    model = ImageLevelModel.load(model_dir, folds, device=device)
+    if len(arrays) != model.num_channels:
+        raise ValueError(f"the model takes {model.num_channels} channel(s), got {len(arrays)}")
+    with tempfile.TemporaryDirectory(prefix="fomo_predict_") as tmp:
+        return model.value(model.predict_files(_write_temp_nifti(arrays, affine, tmp), mirror))
+
+
+# ---- embeddings from the frozen pretrained encoder ---------------------------------------------
+@dataclass
+class Embedder:
+    encoder: torch.nn.Module
+    metadata: object
+    device: torch.device
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike, device: str = "cpu") -> Embedder:
+        from fomo_nnunet.checkpoints import find_checkpoint
+        from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely, read_metadata
+
+        path = find_checkpoint(checkpoint) if os.path.isdir(checkpoint) else str(checkpoint)
+        ckpt = load_checkpoint_safely(path)
+        meta: PretrainMetadata = read_metadata(ckpt, path)
+        net = meta.build_network(num_outputs=meta.num_input_channels)
+        weights = {k: v for k, v in ckpt["network_weights"].items() if k != "fomo_mask_token"}
+        net.load_state_dict(weights)
+        encoder = net.encoder
+        encoder.return_skips = True
+        return cls(encoder.to(torch.device(device)).eval(), meta, torch.device(device))
+
+    @property
+    def length(self) -> int:
+        from fomo_nnunet.heads import encoder_stage_widths
+
+        return encoder_stage_widths(self.encoder)[-1]
+
+    def preprocess_file(self, file: str) -> np.ndarray:
+        """As the pretraining data: crop to non-zero, normalise over it, resample to the checkpoint's spacing."""
+        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+        from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
+        from nnunetv2.preprocessing.resampling.default_resampling import (compute_new_shape,
+                                                                         resample_data_or_seg_to_shape)
+
+        data, props = SimpleITKIO().read_images([file])
+        data = np.nan_to_num(data.astype(np.float32))
+        data, seg, _ = crop_to_nonzero(data)
+        spacing = list(props["spacing"])
+        target = list(self.metadata.spacing)
+        scheme = _normalizer(self.metadata.normalization[0])
+        use_mask = bool(self.metadata.objective_settings.get("use_mask_for_norm", [True])[0])
+        data[0] = scheme(use_mask_for_norm=use_mask, intensityproperties={}).run(data[0], seg[0])
+        new_shape = compute_new_shape(data.shape[1:], spacing, target)
+        return resample_data_or_seg_to_shape(data, new_shape, spacing, target, is_seg=False, order=3, order_z=0,
+                                             force_separate_z=None).astype(np.float32)
+
+    def embed_preprocessed(self, data: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(crop_or_pad(data, self.metadata.patch_size)[None]).float().to(self.device)
+        with torch.no_grad():
+            deepest = self.encoder(x)[-1]
+        vector = deepest.float().mean(dim=tuple(range(2, deepest.ndim)))[0].cpu().numpy().astype(np.float32)
+        if not np.all(np.isfinite(vector)):
+            raise ValueError("the embedding is not finite (an image without signal?)")
+        return vector
+
+    def embed_file(self, file: str) -> np.ndarray:
+        return self.embed_preprocessed(self.preprocess_file(file))
+
+
+def _normalizer(name: str):
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    found = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "preprocessing", "normalization"),
+                                        name, "nnunetv2.preprocessing.normalization")
+    if found is None:
+        raise ValueError(f"normalisation scheme {name!r} (from the checkpoint's metadata) is not one of nnU-Net's")
+    return found
+
+
+def embed_array(checkpoint: str | os.PathLike, data: np.ndarray, affine: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """One image (nibabel order) -> its 1-D float32 embedding (fomo26 tasks 6 and 7)."""
+    embedder = Embedder.load(checkpoint, device)
+    with tempfile.TemporaryDirectory(prefix="fomo_embed_") as tmp:
+        return embedder.embed_file(_write_temp_nifti([data], affine, tmp)[0])
+
+
+def embed_folder(images: str | os.PathLike, output: str | os.PathLike, checkpoint: str | os.PathLike,
+                 device: str = "cpu", progress: bool = True, overwrite: bool = False) -> dict:
+    """One OUTPUT/<case>.npy per image (nnU-Net's `_0000` channel suffix dropped); existing files are kept
+    unless `overwrite`. Unusable images are reported, not fatal. Returns {written, skipped, failed}."""
+    from tqdm import tqdm
+
+    embedder = Embedder.load(checkpoint, device)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(f for f in os.listdir(images) if f.endswith((".nii.gz", ".nii")))
+    if not files:
+        raise FileNotFoundError(f"{images}: no .nii.gz images")
+    report = {"written": 0, "skipped": 0, "failed": {}, "length": embedder.length}
+    for f in tqdm(files, desc="embed", disable=not progress):
+        stem = strip_nifti(f)
+        m = CHANNEL_SUFFIX.match(stem)
+        case = m["case"] if m else stem
+        target = out / f"{case}.npy"
+        if target.exists() and not overwrite:
+            report["skipped"] += 1
+            continue
+        try:
+            vector = embedder.embed_file(os.path.join(images, f))
+        except Exception as e:  # one bad image must not stop a folder of thousands
+            report["failed"][f] = f"{type(e).__name__}: {e}"
+            continue
+        tmp = out / f".{case}.npy.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, vector, allow_pickle=False)
+        os.replace(tmp, target)
+        report["written"] += 1
+    return report

@@ -1,0 +1,282 @@
+"""Image-level finetuning: `nnUNetv2_train ... -p fomoPlans -tr nnUNetTrainerFomoCls | nnUNetTrainerFomoReg`.
+
+The pretrained encoder (loaded exactly as for segmentation: safe loading, stem adaptation, the
+report) feeds a pooling head (fomo_nnunet.heads). nnU-Net's planning, preprocessing, augmentation
+and training loop stay; what changes is what a batch carries (the case's target from targets.json),
+where a patch is cut (the brain centre, with a small random shift, no foreground oversampling), the
+loss, and validation by the task's own metric (AUROC, MAE), which also picks checkpoint_best.pth.
+Predict with `fomo-nnunet predict` (nnU-Net's predictor is for segmentations).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from time import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from fomo_nnunet.finetune import FinetuneRecipe
+from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs,
+                                     image_level_outputs, load_targets, task_from_plans, validation_score)
+from fomo_nnunet.tasks import CLASSIFICATION
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+
+
+class nnUNetTrainerFomoImageLevel(FinetuneRecipe, nnUNetTrainer):
+    """Shared by the classification and regression trainers; the task's kind (from the plans) decides."""
+
+    # the head (fomo_nnunet.heads.PoolingHead)
+    head_stages: tuple[int, ...] = (-1,)   # encoder stages pooled and concatenated; -1 is the deepest
+    head_hidden: int = 256
+    head_dropout: float = 0.2
+    # data
+    crop_jitter_fraction: float = 0.1      # random shift of the centred crop, as a fraction of the patch
+    balance_classes: bool = True           # classification: draw every class equally often
+    huber_delta: float = 1.0               # regression: Huber loss on standardised targets
+    # the few-shot recipe (fomo_nnunet.finetune.FinetuneRecipe) for tens of cases
+    epochs = 100
+    iterations_per_epoch = 50
+    val_iterations_per_epoch = 10
+    fresh_only_epochs = 5
+    warmup_epochs = 5
+    checkpoint_every = 20
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._apply_recipe(resuming)
+        self.task = task_from_plans(self.plans_manager.plans)
+        self.kind = self.task.kind
+        self.enable_deep_supervision = False
+        self.oversample_foreground_percent = 0.0
+        self.logger.local_logger.my_fantastic_logging["val_metric"] = []
+        self.targets: dict[str, float] = {}
+
+    # ---- network: the pretrained U-Net's encoder and a pooling head ----------------------------
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+        from fomo_nnunet.heads import EncoderClassifier, PoolingHead, encoder_stage_widths
+
+        task = task_from_plans(plans_manager.plans)
+        unet = get_network_from_plans(configuration_manager.network_arch_class_name,
+                                      configuration_manager.network_arch_init_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, 2, allow_init=True, deep_supervision=False)
+        head = PoolingHead(encoder_stage_widths(unet.encoder), image_level_outputs(task), cls.head_stages,
+                           cls.head_hidden, cls.head_dropout)
+        network = EncoderClassifier(unet.encoder, head)
+        if task.kind != CLASSIFICATION:
+            # mean and std of the training targets: saved with the weights, so predictions map back to years
+            network.register_buffer("fomo_target_stats", torch.tensor([0.0, 1.0]))
+        return network
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        pass  # a pooling head has one output
+
+    def _build_loss(self):
+        if self.kind == CLASSIFICATION:
+            return nn.CrossEntropyLoss()
+        return nn.HuberLoss(delta=self.huber_delta)
+
+    # ---- data: targets from targets.json, centred crops, balanced classes -----------------------
+    def get_dataloaders(self):
+        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch = self.configuration_manager.patch_size
+        rotation, dummy_2d, initial_patch, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        common = dict(is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
+                      ignore_label=None)
+        tr_transforms = self.get_training_transforms(patch, rotation, None, mirror_axes, dummy_2d,
+                                                     use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+                                                     **common)
+        val_transforms = self.get_validation_transforms(None, **common)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        self.targets = load_targets(self.preprocessed_dataset_folder_base,
+                                    sorted({*dataset_tr.identifiers, *dataset_val.identifiers}), self.kind)
+        if self.kind != CLASSIFICATION:
+            self._set_target_stats(TargetScaler.fit([self.targets[k] for k in dataset_tr.identifiers]))
+        jitter = [int(round(self.crop_jitter_fraction * p)) for p in patch]
+        balance = self.kind == CLASSIFICATION and self.balance_classes
+        dl_tr = ImageLevelDataLoader(dataset_tr, self.batch_size, initial_patch, patch, self.label_manager,
+                                     self.targets, balance=balance, jitter=jitter, transforms=tr_transforms)
+        dl_val = ImageLevelDataLoader(dataset_val, self.batch_size, patch, patch, self.label_manager,
+                                      self.targets, transforms=val_transforms)
+        processes = get_allowed_n_proc_DA()
+        if processes == 0:
+            return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        pin = self.device.type == "cuda"
+        mt_tr = NonDetMultiThreadedAugmenter(dl_tr, None, processes, max(6, processes // 2), None, pin, 0.002)
+        mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, processes // 2), max(3, processes // 4), None,
+                                              pin, 0.002)
+        _ = next(mt_tr), next(mt_val)
+        return mt_tr, mt_val
+
+    def _set_target_stats(self, scaler: TargetScaler) -> None:
+        self._network_for_transfer().fomo_target_stats.copy_(torch.tensor([scaler.mean, scaler.std]))
+        self.print_to_log_file(f"regression targets standardised with mean {scaler.mean:.3f} and std "
+                               f"{scaler.std:.3f} ({self.task.unit})")
+
+    def _target_stats(self) -> tuple[float, float] | None:
+        stats = getattr(self._network_for_transfer(), "fomo_target_stats", None)
+        return None if stats is None else tuple(float(v) for v in stats)
+
+    def _batch_targets(self, batch: dict) -> torch.Tensor:
+        y = batch["fomo_target"].to(self.device, non_blocking=True)
+        if self.kind == CLASSIFICATION:
+            return y.long()
+        mean, std = self._target_stats()
+        return ((y - mean) / std)[:, None]
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = self._batch_targets(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self.loss(self.network(data).float(), target)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def validation_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = self._batch_targets(batch)
+        with torch.no_grad(), self._autocast():
+            out = self.network(data).float()
+            loss = self.loss(out, target)
+        return {"loss": loss.detach().cpu().numpy(),
+                "prediction": decode_outputs(out, self.kind, self._target_stats()),
+                "target": batch["fomo_target"].numpy()}
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]):
+        outputs = collate_outputs(val_outputs)
+        loss = float(np.mean(outputs["loss"]))
+        predictions, targets = np.concatenate(outputs["prediction"]), np.concatenate(outputs["target"])
+        if self.is_ddp:
+            import torch.distributed as dist
+
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (loss, predictions, targets))
+            loss = float(np.mean([g[0] for g in gathered]))
+            predictions = np.concatenate([g[1] for g in gathered])
+            targets = np.concatenate([g[2] for g in gathered])
+        self._metric_name, value, _ = validation_score(self.kind, predictions, targets)
+        self.logger.log("val_losses", loss, self.current_epoch)
+        self.logger.log("val_metric", value, self.current_epoch)
+
+    # ---- epoch end: the task's metric picks checkpoint_best ------------------------------------
+    def on_epoch_end(self):
+        self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
+        log = self.logger.get_value
+        name = getattr(self, "_metric_name", "metric")
+        value = log("val_metric", -1)
+        self.print_to_log_file("train_loss", np.round(log("train_losses", -1), 4))
+        self.print_to_log_file("val_loss", np.round(log("val_losses", -1), 4))
+        self.print_to_log_file(f"val {name} (sampled crops)", np.round(value, 4))
+        self.print_to_log_file(f"Epoch time: {np.round(log('epoch_end_timestamps', -1) - log('epoch_start_timestamps', -1), 2)} s")
+        epoch = self.current_epoch
+        if (epoch + 1) % self.save_every == 0 and epoch != self.num_epochs - 1:
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        score = value if name == "auroc" else -value
+        if np.isfinite(score) and (self._best_ema is None or score > self._best_ema):
+            self._best_ema = score  # nnU-Net saves `_best_ema` in checkpoints; here: the best score
+            self.print_to_log_file(f"New best val {name}: {np.round(value, 4)}")
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_best.pth"))
+        if self.local_rank == 0:
+            self._plot_progress()
+        self.current_epoch += 1
+
+    def _plot_progress(self) -> None:
+        from fomo_nnunet.plots import plot_curves
+
+        log = self.logger.get_value
+        n = min(len(log(k, None)) for k in ("train_losses", "val_losses", "val_metric"))
+        plot_curves(os.path.join(self.output_folder, "progress.png"),
+                    {"train loss": log("train_losses", None)[:n], "val loss": log("val_losses", None)[:n]},
+                    f"{self.__class__.__name__}: {self.task.key} ({self.task.name})",
+                    secondary={f"val {getattr(self, '_metric_name', 'metric')}": log("val_metric", None)[:n]},
+                    secondary_label=getattr(self, "_metric_name", "metric"))
+
+    # ---- final validation: every validation case once, centred, written as CSV -----------------
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.local_rank != 0:
+            return
+        _, dataset_val = self.get_tr_and_val_datasets()
+        if not self.targets:
+            self.targets = load_targets(self.preprocessed_dataset_folder_base, dataset_val.identifiers, self.kind)
+        net = self._plain()
+        net.eval()
+        rows = []
+        for key in dataset_val.identifiers:
+            data = dataset_val.load_case(key)[0]
+            x = torch.from_numpy(crop_or_pad(np.asarray(data), self.configuration_manager.patch_size)[None]).float()
+            with torch.no_grad():
+                out = decode_outputs(net(x.to(self.device)), self.kind, self._target_stats())[0]
+            rows.append((key, float(out[1]) if self.kind == CLASSIFICATION and out.shape[0] == 2 else out,
+                         self.targets[key]))
+        folder = os.path.join(self.output_folder, "validation")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "predictions.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["case_id", "prediction", "target"])
+            for key, p, t in rows:
+                w.writerow([key, p if np.ndim(p) == 0 else json.dumps(np.asarray(p).tolist()), t])
+        preds = np.array([r[1] for r in rows], dtype=float)
+        if self.kind == CLASSIFICATION and preds.ndim == 1:
+            preds = np.stack([1 - preds, preds], 1)
+        name, value, _ = validation_score(self.kind, preds, np.array([r[2] for r in rows], dtype=float))
+        with open(os.path.join(folder, "summary.json"), "w") as f:
+            json.dump({"metric": name, "value": value, "n_cases": len(rows)}, f, indent=1)
+        self.print_to_log_file(f"final validation on {len(rows)} case(s), centred crop: {name} = {value:.4f}")
+
+
+class nnUNetTrainerFomoCls(nnUNetTrainerFomoImageLevel):
+    """Classification (infarct, polymicrogyria; binary or multiclass): cross-entropy, balanced classes."""
+
+
+class nnUNetTrainerFomoReg(nnUNetTrainerFomoImageLevel):
+    """Regression (brain age): standardised targets, Huber loss, predictions in years."""
+
+
+def _variants(base: type, prefix: str) -> dict[str, type]:
+    """The same variants for both trainers: _scratch, _tiny (CPU-sized), _tiny_smoke (tests), epochs."""
+    tiny = dict(epochs=30, iterations_per_epoch=20, val_iterations_per_epoch=4, fresh_only_epochs=3,
+                warmup_epochs=3, checkpoint_every=10, head_hidden=64)
+    smoke = dict(tiny, epochs=2, iterations_per_epoch=3, val_iterations_per_epoch=1, fresh_only_epochs=1,
+                 warmup_epochs=0)
+    specs = {"_scratch": {"use_pretrained": False}, "_tiny": tiny, "_tiny_scratch": dict(tiny, use_pretrained=False),
+             "_tiny_smoke": smoke, "_tiny_smoke_scratch": dict(smoke, use_pretrained=False),
+             "_250epochs": {"epochs": 250}, "_250epochs_scratch": {"epochs": 250, "use_pretrained": False}}
+    return {prefix + suffix: type(prefix + suffix, (base,), {**attrs, "__module__": __name__,
+                                                             "__doc__": f"{prefix} with {attrs}"})
+            for suffix, attrs in specs.items()}
+
+
+globals().update(_variants(nnUNetTrainerFomoCls, "nnUNetTrainerFomoCls"))
+globals().update(_variants(nnUNetTrainerFomoReg, "nnUNetTrainerFomoReg"))
