@@ -20,7 +20,7 @@ test: install
 	$(BIN)/python -m pytest -x -q
 
 demo: install
-	$(BIN)/fomo-nnunet demo --work $(WORK)
+	$(BIN)/fomo-nnunet benchmark --preset tiny --work $(WORK)
 
 clean:
 	rm -rf $(VENV) $(WORK) build *.egg-info

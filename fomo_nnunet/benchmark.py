@@ -37,6 +37,9 @@ PRESETS = {p.name: p for p in (
     BenchmarkPreset("small", "small", "tiny", "nnUNetTrainerFomoMAE_tiny", "nnUNetTrainerFomoSeg_tiny",
                     "nnUNetTrainerFomoCls_tiny", "nnUNetTrainerFomoReg_tiny",
                     extra_plan_args=("--spacing", "2.0", "--patch", "64")),
+    # a handful of iterations per step: proves the chain and the report in CI, the numbers mean nothing
+    BenchmarkPreset("smoke", "tiny", "tiny", "nnUNetTrainerFomoMAE_tiny_smoke", "nnUNetTrainerFomoSeg_tiny_smoke",
+                    "nnUNetTrainerFomoCls_tiny_smoke", "nnUNetTrainerFomoReg_tiny_smoke"),
     BenchmarkPreset("full", "full", "resenc_b", "nnUNetTrainerFomoMAE", "nnUNetTrainerFomoSeg",
                     "nnUNetTrainerFomoCls", "nnUNetTrainerFomoReg"),
 )}
@@ -44,8 +47,10 @@ PRESETS = {p.name: p for p in (
 
 class Benchmark:
     def __init__(self, work: str | os.PathLike, preset: str = "tiny", seed: int = 0, num_processes: int = 2,
-                 log=print):
+                 log=print, tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int, int] | None = None):
         self.p = PRESETS[preset]
+        self.tasks = tuple(tasks or self.p.tasks)
+        self.synth_sizes = synth_sizes
         self.seed = seed
         self.np = str(num_processes)
         self.pipe = Pipeline(work, log=log)
@@ -58,9 +63,11 @@ class Benchmark:
 
     # ---- data -----------------------------------------------------------------------------------
     def synthesize(self) -> None:
-        self.pipe.step("synth", lambda: self.pipe.run(
-            ["fomo-nnunet", "synth", "-o", str(self.synth_dir), "--preset", self.p.synth_preset,
-             "--seed", str(self.seed), "-np", self.np]) and None)
+        cmd = ["fomo-nnunet", "synth", "-o", str(self.synth_dir), "--preset", self.p.synth_preset,
+               "--seed", str(self.seed), "-np", self.np, "--tasks", *map(str, self.tasks)]
+        if self.synth_sizes:
+            cmd += ["--n-train", str(self.synth_sizes[0]), "--n-test", str(self.synth_sizes[1])]
+        self.pipe.step("synth", lambda: self.pipe.run(cmd) and None)
 
     def convert(self, tasks: tuple[int, ...]) -> None:
         self.pipe.step("convert_pretrain", lambda: self.pipe.run(
@@ -162,17 +169,104 @@ class Benchmark:
         return scores
 
     # ---- the whole story ------------------------------------------------------------------------
-    def run(self) -> dict:
-        tasks = self.p.tasks
+    def run(self) -> Path:
+        """Every step (resumable), then report.md; returns the report's path."""
+        from fomo_nnunet.report import write_report
+
         self.synthesize()
-        self.convert(tasks)
+        self.convert(self.tasks)
         pretrained = self.pretrain()
         results = {}
-        for n in tasks:
+        for n in self.tasks:
             task = TASKS_BY_NUMBER[n]
             results[task.key] = self.probe(task, pretrained) if task.kind == EMBEDDING else \
                 self.finetune(task, pretrained)
+        settings = {"preset": self.p.name, "seed": self.seed, "synthetic data": self.p.synth_preset,
+                    "architecture": self.p.arch, "pretraining trainer": self.p.pretrain_trainer,
+                    "segmentation trainer": self.p.seg_trainer, "classification trainer": self.p.cls_trainer,
+                    "regression trainer": self.p.reg_trainer, "folds": " ".join(self.p.folds),
+                    "tasks 6/7": "logistic-regression probe on frozen embeddings (pretrained vs random-init encoder)"}
+        container = self.container_check(self.bundle())
+        report = write_report(self.work, results, settings, self.pipe.seconds(), self.pretrain_folder(),
+                              self.overlays(), container)
+        self.log(f"report: {report}")
+        return report
+
+    def overlays(self) -> list[dict]:
+        """One segmentation overlay per segmentation task: the first out-of-domain test case."""
+        out = []
+        for n in self.tasks:
+            task = TASKS_BY_NUMBER[n]
+            if task.kind != SEGMENTATION:
+                continue
+            folder = self.raw / self.dataset_name(task)
+            gts = sorted((folder / "labelsTs").glob("*.nii.gz"))
+            if not gts:
+                continue
+            case = gts[0].name[: -len(".nii.gz")]
+            preds = {v: self.work / "predictions" / task.key / v / gts[0].name for v in ("pretrained", "scratch")}
+            out.append({"file": f"overlay_{task.key}.png", "image": folder / "imagesTs" / f"{case}_0000.nii.gz",
+                        "gt": gts[0], "predictions": preds, "title": f"{task.key} {task.name}: {case}"})
+        return out
+
+    # ---- the submission: bundle the pretrained models, run the container entry per task ---------
+    def bundle(self) -> Path:
+        from fomo_nnunet.checkpoints import find_checkpoint
+
+        out = self.work / "bundle"
+        args = ["fomo-nnunet", "bundle", "-o", str(out)]
+        for n in self.tasks:
+            task = TASKS_BY_NUMBER[n]
+            if task.kind != EMBEDDING:
+                trainer = self.trainer_for(task)
+                args += [f"--task{n}", str(self.results / self.dataset_name(task) / f"{trainer}__fomoPlans__3d_fullres")]
+        args += ["--embedding", find_checkpoint(self.pretrain_folder())]
+        self.pipe.step("bundle", lambda: self.pipe.run(args) and None)
+        return out
+
+    def container_check(self, bundle: Path) -> dict:
+        """Run the container's entry (container/predict.py in a checkout, else `fomo-nnunet fomo26`) on the
+        first out-of-domain test case of every task, with the official argument names, and check the output."""
+        from fomo_nnunet.fomo26_io import check_output_file
+
+        script = Path(__file__).resolve().parent.parent / "container" / "predict.py"
+        results = {}
+        for n in self.tasks:
+            task = TASKS_BY_NUMBER[n]
+            case = sorted((self.synth_dir / "finetune" / task.key / "test" / "preprocessed").glob("sub_*/ses_*"))[0]
+            args = case_arguments(task, case)
+            suffix = {"nifti_labels": ".nii.gz", "npy_embedding": ".npy"}.get(task.output, ".txt")
+            output = self.work / "container_check" / f"{task.key}_{case.parent.name}{suffix}"
+            output.parent.mkdir(parents=True, exist_ok=True)
+            if script.is_file():
+                cmd = [str(self.pipe.bin / "python"), str(script), *args, "--output", str(output), "--verbose"]
+                env_task = task.key
+            else:
+                cmd, env_task = ["fomo-nnunet", "fomo26", task.key, *args, "--output", str(output), "--verbose"], None
+
+            def go(cmd=cmd, env_task=env_task, output=output, args=args, task=task):
+                self.pipe.env.update({"FOMO_BUNDLE": str(bundle), **({"FOMO_TASK": env_task} if env_task else {})})
+                self.pipe.run(cmd)
+                return {"output": str(output), "check": check_output_file(task, str(output), args[1::2])}
+
+            results[task.key] = self.pipe.step(f"container_{task.key}", go)["result"]
         return results
+
+
+def case_arguments(task: Task, session_folder: Path) -> list[str]:
+    """The container's arguments for one case in the FOMO finetuning layout (official names)."""
+    args = []
+    for channel in task.channels:
+        for stem in channel.file_stems:
+            f = session_folder / f"{stem}.nii.gz"
+            if f.is_file():
+                arg = channel.cli_args[0] if len(channel.cli_args) == 1 else stem
+                args += [f"--{arg}", str(f)]
+                break
+        else:
+            raise FileNotFoundError(f"{session_folder}: no file for {task.key}'s {channel.name} channel "
+                                    f"(looked for {', '.join(channel.file_stems)})")
+    return args
 
 
 def write_probe_table(dataset_folder: Path, table: Path) -> None:

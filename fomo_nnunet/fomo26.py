@@ -71,6 +71,8 @@ def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, devi
     dataset_json = json.loads((model_dir / "dataset.json").read_text())
     checkpoints = [load_checkpoint_safely(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in entry["folds"]]
     configuration = plans.get_configuration(checkpoints[0]["init_args"]["configuration"])
+    from fomo_nnunet.inference import _trainer_class
+
     trainer_class = _trainer_class(checkpoints[0]["trainer_name"])
     network = trainer_class.build_network_architecture(
         plans, configuration, len(dataset_json["channel_names"]),
@@ -101,16 +103,6 @@ def segment(predictor, channels: list[InputImage]) -> np.ndarray:
         seg = predictor.predict_single_npy_array(data, props, None, None, False)
     # SimpleITK arrays are (z, y, x) of the same voxel grid that nibabel indexes (x, y, z)
     return np.asarray(seg).transpose(2, 1, 0)
-
-
-def _trainer_class(name: str):
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    from fomo_nnunet.paths import trainers_dir
-
-    os.environ.setdefault("nnUNet_extTrainer", str(trainers_dir()))
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
-        return recursive_find_trainer_class_by_name(name)
 
 
 # ---- the entry point ----------------------------------------------------------------------------

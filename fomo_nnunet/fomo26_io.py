@@ -183,3 +183,42 @@ def write_embedding_npy(path: str, vector: np.ndarray) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_output_file(task: Task, path: str, inputs: list[str] = ()) -> str:
+    """The official validator's rules for one output file (FOMO.md, "Output rules").
+
+    Raises ValueError naming the broken rule; returns a one-line description of a valid output.
+    """
+    from fomo_nnunet.tasks import OUT_EMBEDDING_NPY, OUT_LABEL_NIFTI, OUT_PROBABILITY_TXT
+
+    if task.output == OUT_LABEL_NIFTI:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+        if data.ndim != 3:
+            raise ValueError(f"{path}: {data.ndim}-D, a segmentation must be 3-D")
+        if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-8:
+            raise ValueError(f"{path}: the affine is not finite or degenerate")
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise ValueError(f"{path}: labels are not integers")
+        if data.min() < 0 or data.max() > task.max_label:
+            raise ValueError(f"{path}: labels {data.min()}..{data.max()} outside [0, {task.max_label}]")
+        shapes = [tuple(nib.load(f).shape[:3]) for f in inputs]
+        if shapes and tuple(data.shape) not in shapes:
+            raise ValueError(f"{path}: shape {data.shape} is none of the inputs' shapes {shapes}")
+        return f"labels {sorted(int(v) for v in np.unique(data))}, shape {data.shape}"
+    if task.output == OUT_EMBEDDING_NPY:
+        v = np.load(path, allow_pickle=False)
+        if v.ndim != 1 or not np.all(np.isfinite(v)):
+            raise ValueError(f"{path}: an embedding must be a 1-D finite vector, got shape {v.shape}")
+        return f"embedding of length {v.shape[0]}"
+    with open(path, encoding="utf-8") as f:
+        tokens = f.read().split()
+    if len(tokens) != 1:
+        raise ValueError(f"{path}: {len(tokens)} tokens, exactly one float expected")
+    value = float(tokens[0])
+    if not np.isfinite(value):
+        raise ValueError(f"{path}: {value} is not finite")
+    if task.output == OUT_PROBABILITY_TXT and not 0 <= value <= 1:
+        raise ValueError(f"{path}: probability {value} outside [0, 1]")
+    return f"value {value}"

@@ -150,6 +150,7 @@ class ImageLevelModel:
 
 
 def _trainer_class(name: str):
+    """The trainer class nnU-Net would use, found the way nnU-Net finds it (our trainers included)."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     from fomo_nnunet.paths import trainers_dir

@@ -63,6 +63,10 @@ class Pipeline:
         self.log(f"[done] {name} in {record['seconds']:.0f} s")
         return record
 
+    def seconds(self) -> dict[str, float]:
+        """Seconds of every finished step, by name."""
+        return {m.stem: json.loads(m.read_text())["seconds"] for m in sorted(self.steps_dir.glob("*.json"))}
+
     # ---- commands -------------------------------------------------------------------------------
     def run(self, cmd: list[str], quiet_patterns: tuple[str, ...] = ("Inspecting module",)) -> str:
         """Run a command with the work folder's environment, streaming its output; returns the output."""
