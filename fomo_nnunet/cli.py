@@ -13,9 +13,14 @@ import sys
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "fomo_nnunet.commands.env",
+    "fomo_nnunet.commands.synth",
+    "fomo_nnunet.commands.convert",
     "fomo_nnunet.commands.plan",
     "fomo_nnunet.commands.inspect_bench",
+    "fomo_nnunet.commands.predict",
     "fomo_nnunet.commands.fomo26",
+    "fomo_nnunet.commands.evaluate",
+    "fomo_nnunet.commands.benchmark",
 )
 
 

@@ -1,0 +1,138 @@
+"""`fomo-nnunet convert`: FOMO folders -> nnU-Net raw datasets (pretraining corpus, task folders)."""
+from __future__ import annotations
+
+import argparse
+
+_COMMON = """
+Checks every source file; unusable ones (unreadable, truncated gzip, not gzip behind .nii.gz, 2D,
+fewer than 15 slices along an axis, all NaN/Inf, all zero, broken links or link loops) are skipped
+and listed with their reason in conversion_report.json. A real 4D series keeps its first volume
+(noted); partial NaN/Inf become 0 (noted). Images are written as float32 in RAS orientation with
+their own spacing. Reruns skip finished cases; nothing is ever half-written. --shard i/n converts the
+cases with index % n == i (for job arrays); every run rebuilds the dataset-level JSON files from
+the per-case records in .fomo_records/, so shards and reruns give the same result.
+Needs $nnUNet_raw (see `fomo-nnunet env`)."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default=None,
+                   help="dataset name after DatasetNNN_ (letters, digits, _ and -; default: see above)")
+    p.add_argument("-np", "--num-processes", type=int, default=1,
+                   help="worker processes (default: 1)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="convert only cases with index %% N == I, e.g. 0/4 (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert FOMO folders into nnU-Net raw datasets",
+                       description="Convert FOMO folders (pretraining corpora, task folders) into nnU-Net raw "
+                                   "datasets under $nnUNet_raw.")
+    csub = p.add_subparsers(dest="convert_command", metavar="WHAT")
+
+    from fomo_nnunet.tasks import PRETRAIN_DATASET_ID, PRETRAIN_DATASET_NAME, TASKS, task_choices
+
+    pre = csub.add_parser(
+        "pretrain", help="a FOMO60K/FOMO300K corpus -> one single-channel case per scan",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"""Convert a pretraining corpus: every scan becomes one case imagesTr/<case>_0000.nii.gz
+(channel "MRI") with its brain (non-zero) mask as labelsTr/<case>.nii.gz. subjects.json links the
+scans of one session (source/subject/session -> {{case: sequence}}) and carries participants.tsv
+(and mri_info.tsv) metadata where present.
+
+Layouts (detected, or --layout):
+  fomo60k   SRC/sub_1/ses_1/t1.nii.gz, repeats t1_2.nii.gz
+  fomo300k  SRC/PT001_<Source>/sub-01/ses-01/t1w.nii.gz, SRC/participants.tsv
+{_COMMON}
+
+examples:
+  fomo-nnunet convert pretrain /data/FOMO300K                 # -> {PRETRAIN_DATASET_NAME}
+  fomo-nnunet convert pretrain /data/FOMO60K -d 901 --name FOMO60K -np 8
+  fomo-nnunet convert pretrain /data/FOMO300K -np 16 --shard $SLURM_ARRAY_TASK_ID/32
+next: fomo-nnunet plan pretrain -d {PRETRAIN_DATASET_ID}""")
+    pre.add_argument("src", help="the corpus folder")
+    pre.add_argument("-d", "--dataset", type=int, default=PRETRAIN_DATASET_ID,
+                     help=f"dataset ID (default: {PRETRAIN_DATASET_ID})")
+    pre.add_argument("--layout", choices=("auto", "fomo60k", "fomo300k"), default="auto",
+                     help="folder layout (default: auto)")
+    _add_common(pre)
+    pre.set_defaults(func=run_pretrain)
+
+    table = "\n".join(f"  {t.key:6s} {t.name:15s} {t.kind:15s} {', '.join(t.channel_names):28s} -> "
+                      f"{t.dataset_name}" for t in TASKS)
+    tk = csub.add_parser(
+        "task", help="a FOMO task folder -> a multi-channel dataset with labels/targets",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"""Convert a FOMO task folder (FOMO25 layout): SRC/preprocessed/sub_X/ses_1/<seq>.nii.gz with
+SRC/labels/sub_X/ses_1/{{seg.nii.gz|label.txt}}, or the same under SRC/train/ and SRC/test/ (each
+with an optional participants.tsv). One channel per task input, in the order below (t2s or swi fill
+one channel; tasks 6/7 take whichever single sequence exists); channels on another grid than the
+first are resampled onto it. Segmentation tasks: labelsTr = seg.nii.gz (values checked). Other
+tasks: labelsTr = brain mask of the first channel, label.txt values in targets.json (train) and
+targetsTs.json (test). The test split goes to imagesTs/labelsTs. attributes.json holds sex/age/
+source/split from participants.tsv; subjects.json the source files of every case.
+
+tasks (channel order, default dataset):
+{table}
+{_COMMON}
+
+examples:
+  fomo-nnunet convert task task2 /data/fomo26/task2           # -> Dataset902_FOMO2Meningioma
+  fomo-nnunet convert task brainage /data/fomo26/task3 -d 913 --name BrainAgeV2 -np 4
+next: fomo-nnunet plan transfer -d ID --pretrained RESULTS""")
+    tk.add_argument("task", choices=task_choices(), metavar="TASK",
+                    help="task1..task7 or a task name (" + ", ".join(t.name for t in TASKS) + ")")
+    tk.add_argument("src", help="the task folder")
+    tk.add_argument("-d", "--dataset", type=int, default=None,
+                    help="dataset ID (default: 900 + task number)")
+    _add_common(tk)
+    tk.set_defaults(func=run_task)
+    p.set_defaults(func=lambda a: p.print_help() or 2)
+
+
+def _print_summary(result, what: str) -> None:
+    r = result.report
+    print(f"{what} -> {result.folder}")
+    print(f"  this run: {result.converted} converted, {len(result.skipped)} skipped, "
+          f"{result.already_done} already done (of {result.in_shard} in this shard, {result.total} in total)")
+    print(f"  dataset: {r.get('converted', 0)} cases, {len(r.get('skipped', []))} skipped items "
+          f"(see {result.folder / 'conversion_report.json'})")
+    for s in result.skipped[:20]:
+        print(f"  skipped {s['path']}: {s['reason']}")
+    if len(result.skipped) > 20:
+        print(f"  ... and {len(result.skipped) - 20} more")
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from fomo_nnunet.paths import require_env
+
+    require_env("nnUNet_raw")
+    from fomo_nnunet.data.convert import convert_pretrain
+
+    try:
+        res = convert_pretrain(args.src, args.dataset, args.name, None if args.layout == "auto" else args.layout,
+                               args.num_processes, args.shard, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    _print_summary(res, f"pretraining corpus {args.src}")
+    print(f"next: fomo-nnunet plan pretrain -d {args.dataset}")
+    return 0
+
+
+def run_task(args: argparse.Namespace) -> int:
+    from fomo_nnunet.paths import require_env
+
+    require_env("nnUNet_raw")
+    from fomo_nnunet.data.convert import convert_task
+    from fomo_nnunet.tasks import get_task
+
+    task = get_task(args.task)
+    try:
+        res = convert_task(task, args.src, args.dataset, args.name, args.num_processes, args.shard,
+                           progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    _print_summary(res, f"{task.key} ({task.name}) {args.src}")
+    did = args.dataset if args.dataset is not None else task.default_dataset_id
+    print(f"next: fomo-nnunet plan transfer -d {did} --pretrained RESULTS")
+    return 0

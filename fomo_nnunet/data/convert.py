@@ -1,0 +1,567 @@
+"""Writing nnU-Net raw datasets from FOMO folders (pretraining corpora and task folders).
+
+Every source file is checked before anything is written; a case whose files fail a check is
+skipped with a reason in `conversion_report.json`. Outputs are written to a temporary file in the
+target folder and moved into place with `os.replace`, and a case's record (in the hidden
+`.fomo_records/` folder) is written only after all of its images and its label: a case is finished
+exactly when its record says "ok" and its files exist. Reruns skip finished cases; `shard=(i, n)`
+takes the cases with index % n == i of the stable sorted list. The dataset-level JSON files
+(dataset.json, subjects.json, targets*.json, attributes.json, conversion_report.json) are rebuilt
+from all records at the end of every run, so shards and reruns converge to the same files.
+
+Checks on each image: a regular readable file (no broken link, no link loop), real gzip behind a
+`.nii.gz` name, loadable and fully decompressible, 3D (a singleton 4th axis is dropped; a real 4D
+series is reduced to its FIRST volume, with a note, as FOMO300K does), at least MIN_SLICES voxels
+along every axis, a finite non-degenerate affine, some finite voxels (partial NaN/Inf set to 0
+with a note) and some non-zero voxels. Images are written as float32, reoriented to the closest
+RAS orientation (nibabel.as_closest_canonical), keeping the spacing.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import math
+import os
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fomo_nnunet import tasks as T
+from fomo_nnunet.data import fomo_layout as L
+
+MIN_SLICES = getattr(T, "MIN_SLICES", 15)
+RECORDS = ".fomo_records"
+REPORT = "conversion_report.json"
+FILE_ENDING = ".nii.gz"
+BRAIN_LABELS = {"background": 0, "brain": 1}
+AFFINE_ATOL = 1e-3
+
+
+class ScanError(Exception):
+    """A source file that cannot be used; the message is the reason in the report."""
+
+
+# ------------------------------------------------------------------------------------ reading
+def check_file(path: Path) -> None:
+    """Cheap checks before nibabel sees the file."""
+    name = Path(path).name
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ScanError("symlink loop") from None
+        if os.path.islink(path):
+            raise ScanError("broken symlink") from None
+        raise ScanError(f"cannot read: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ScanError("not a regular file")
+    if st.st_size == 0:
+        raise ScanError("empty file (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ScanError(f"cannot read: {e.strerror}") from None
+    if name.endswith(".gz") and head[:2] != b"\x1f\x8b":
+        raise ScanError("named .nii.gz but not gzip-compressed (wrong extension or not an image)")
+    if name.endswith(".nii") and len(head) == 4:
+        size_le, size_be = int.from_bytes(head, "little"), int.from_bytes(head, "big")
+        if {size_le, size_be}.isdisjoint({348, 540}):
+            raise ScanError("named .nii but not a NIfTI file")
+
+
+def load_volume(path: Path, label: bool = False):
+    """Load, check and reorient one file; returns (nibabel image, notes).
+
+    Images come back as float32; with `label=True` as uint8 (integer values 0..255 required, an
+    empty label map allowed).
+    """
+    import nibabel as nib
+
+    check_file(path)
+    notes: list[str] = []
+    try:
+        img = nib.load(str(path))
+        if label:
+            data = np.asanyarray(img.dataobj)
+        else:
+            data = img.get_fdata(dtype=np.float32)
+    except ScanError:
+        raise
+    except MemoryError:
+        raise ScanError("too large to load") from None
+    except Exception as e:  # truncated gzip (EOFError, zlib.error), bad header, wrong format...
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ScanError(f"unreadable ({type(e).__name__}{': ' + msg if msg else ''})") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 4:
+        if label:
+            raise ScanError(f"4D label map {data.shape}")
+        notes.append(f"4D with {data.shape[3]} volumes: kept the first")
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ScanError(f"{data.ndim}D image {tuple(data.shape)}, expected 3D")
+    if min(data.shape) < MIN_SLICES:
+        raise ScanError(f"too few slices: shape {tuple(data.shape)}, need >= {MIN_SLICES} along every axis")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-8:
+        raise ScanError("degenerate or non-finite affine")
+    if label:
+        if not np.issubdtype(data.dtype, np.integer):
+            data = np.asarray(data, dtype=np.float64)
+            if not np.all(np.isfinite(data)):
+                raise ScanError("label map has NaN/Inf")
+            if not np.all(data == np.round(data)):
+                raise ScanError("label map has non-integer values")
+        if data.size and (data.min() < 0 or data.max() > 255):
+            raise ScanError(f"label values outside 0..255 ({data.min()}..{data.max()})")
+        data = np.asarray(data, dtype=np.uint8)
+    else:
+        finite = np.isfinite(data)
+        n_bad = int(data.size - np.count_nonzero(finite))
+        if n_bad == data.size:
+            raise ScanError("no finite voxels (all NaN/Inf)")
+        if n_bad:
+            data = np.where(finite, data, np.float32(0)).astype(np.float32)
+            notes.append(f"{n_bad} NaN/Inf voxels set to 0")
+        if not np.any(data):
+            raise ScanError("empty image (all voxels zero)")
+    hdr = img.header.copy() if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)) else None
+    out = nib.Nifti1Image(data, affine, hdr)
+    out.header.set_data_dtype(np.uint8 if label else np.float32)
+    out.header.set_slope_inter(1, 0)
+    canon = nib.as_closest_canonical(out)
+    if canon is not out:
+        notes.append("reoriented to RAS")
+    return canon, notes
+
+
+def same_grid(a, b) -> bool:
+    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and np.allclose(a.affine, b.affine, rtol=0, atol=AFFINE_ATOL)
+
+
+def resample_onto(img, ref):
+    """`img` resampled (linear) onto the grid of `ref`."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    res = resample_from_to(img, (ref.shape[:3], ref.affine), order=1, cval=0.0)
+    data = np.asarray(res.dataobj, dtype=np.float32)
+    return nib.Nifti1Image(data, ref.affine, ref.header.copy())
+
+
+def brain_mask(img):
+    """uint8 map of the non-zero voxels, in the image's grid and header."""
+    import nibabel as nib
+
+    data = np.asanyarray(img.dataobj)
+    hdr = img.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    return nib.Nifti1Image((data != 0).astype(np.uint8), img.affine, hdr)
+
+
+# ------------------------------------------------------------------------------------ writing
+def _tmp_path(final: Path) -> Path:
+    # Hidden and not ending in .nii.gz: nnU-Net never mistakes a leftover for a case.
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def save_nifti(img, final: Path) -> None:
+    """Write a NIfTI (gzip level 1, reproducible bytes) atomically."""
+    import nibabel as nib
+
+    tmp = _tmp_path(final)
+    try:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+            img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(obj, final: Path) -> None:
+    """Write JSON atomically (a temporary file in the same folder, then os.replace)."""
+    final = Path(final)
+    tmp = _tmp_path(final)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_case(folder: Path, images: list[tuple[object, str]], record: dict) -> None:
+    """Write a case's images (img, relative path), then its record; on failure remove what was written."""
+    done: list[Path] = []
+    try:
+        for img, rel in images:
+            final = folder / rel
+            save_nifti(img, final)
+            done.append(final)
+        record["outputs"] = [rel for _, rel in images]
+        write_json(record, folder / RECORDS / f"{record['case']}.json")
+    except BaseException:
+        for p in done:
+            p.unlink(missing_ok=True)
+        raise
+
+
+def _skip_record(folder: Path, record: dict, reason: str, path) -> dict:
+    record.update(status="skipped", reason=reason, path=str(path))
+    write_json(record, folder / RECORDS / f"{record['case']}.json")
+    return record
+
+
+# ----------------------------------------------------------------------------- dataset folder
+def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    if isinstance(text, tuple):
+        i, n = text
+    else:
+        try:
+            i, n = (int(x) for x in str(text).split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {i}/{n}")
+    return i, n
+
+
+def dataset_folder(dataset_id: int, name: str) -> Path:
+    """nnUNet_raw/DatasetNNN_name; refuses an ID that another folder already uses."""
+    from fomo_nnunet.paths import require_env
+
+    if not L._UNSAFE.sub("", name) == name or not name:
+        raise ValueError(f"dataset name {name!r} may only hold letters, digits, '_' and '-'")
+    if not 0 < int(dataset_id) < 1000:
+        raise ValueError(f"dataset ID must be 1..999, got {dataset_id}")
+    root = require_env("nnUNet_raw")
+    folder = root / f"Dataset{int(dataset_id):03d}_{name}"
+    others = sorted(p.name for p in root.glob(f"Dataset{int(dataset_id):03d}_*") if p != folder) if root.is_dir() else []
+    if others:
+        raise ValueError(f"dataset ID {dataset_id} is already used by {root / others[0]}; choose another -d "
+                         f"or --name {others[0].split('_', 1)[1]}")
+    return folder
+
+
+def _check_role(folder: Path, key: str, value) -> None:
+    ds = folder / "dataset.json"
+    if ds.is_file():
+        try:
+            old = json.loads(ds.read_text())
+        except (OSError, ValueError):
+            return
+        if key in old and old[key] != value:
+            raise ValueError(f"{folder} holds a different conversion ({key}={old[key]!r}, not {value!r}); "
+                             f"choose another -d/--name")
+        if key not in old:
+            raise ValueError(f"{folder} exists and was not written by `fomo-nnunet convert`; choose another -d/--name")
+
+
+def _load_records(folder: Path) -> dict[str, dict]:
+    out = {}
+    rec_dir = folder / RECORDS
+    if not rec_dir.is_dir():
+        return out
+    with os.scandir(rec_dir) as it:
+        names = sorted(e.name for e in it if e.name.endswith(".json") and not e.name.startswith("."))
+    for n in names:
+        try:
+            rec = json.loads((rec_dir / n).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        out[rec.get("case", n[:-5])] = rec
+    return out
+
+
+def _finished(folder: Path, rec: dict | None) -> bool:
+    return bool(rec) and rec.get("status") == "ok" and all((folder / r).is_file() for r in rec.get("outputs", []))
+
+
+@dataclass
+class ConvertResult:
+    folder: Path
+    total: int = 0                   # cases in the source
+    in_shard: int = 0                # cases this run was responsible for
+    already_done: int = 0            # finished by an earlier run
+    converted: int = 0               # finished by this run
+    skipped: list[dict] = field(default_factory=list)   # skipped by this run: case, path, reason
+    report: dict = field(default_factory=dict)
+
+
+def _run_jobs(fn, jobs: list, num_processes: int, progress: bool, desc: str) -> list[dict]:
+    from tqdm import tqdm
+
+    results: list[dict] = []
+    if num_processes <= 1 or len(jobs) <= 1:
+        with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
+            for j in jobs:
+                results.append(fn(j))
+                bar.update()
+        return results
+    import multiprocessing as mp
+
+    # fork where there is one: workers need nothing but this module, and unlike spawn it does not
+    # re-run an unguarded calling script. The pool starts before tqdm's monitor thread exists.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(min(num_processes, len(jobs))) as pool:
+        with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
+            for r in pool.imap_unordered(fn, jobs, chunksize=1 if len(jobs) < 200 else 4):
+                results.append(r)
+                bar.update()
+    return results
+
+
+def _summarise(folder: Path, result: ConvertResult, records: dict[str, dict], extra: dict) -> dict:
+    ok = {c: r for c, r in records.items() if r.get("status") == "ok"}
+    skipped = [{"case": c, "path": r.get("path", ""), "reason": r.get("reason", "")}
+               for c, r in sorted(records.items()) if r.get("status") != "ok"]
+    notes = {c: r["notes"] for c, r in sorted(ok.items()) if r.get("notes")}
+    report = {"dataset": folder.name, **extra, "converted": len(ok), "skipped": skipped, "notes": notes}
+    write_json(report, folder / REPORT)
+    result.report = report
+    return report
+
+
+# ---------------------------------------------------------------------------------- pretraining
+def _pretrain_job(job: tuple) -> dict:
+    folder, scan, meta = job
+    folder = Path(folder)
+    rec = {"case": scan.case_id, "source": scan.source, "subject": scan.subject, "session": scan.session,
+           "sequence": scan.sequence, "stem": scan.stem, "path": str(scan.path), **meta}
+    try:
+        img, notes = load_volume(scan.path)
+    except ScanError as e:
+        return _skip_record(folder, rec, str(e), scan.path)
+    rec.update(status="ok", notes=notes)
+    _write_case(folder, [(img, f"imagesTr/{scan.case_id}_0000{FILE_ENDING}"),
+                         (brain_mask(img), f"labelsTr/{scan.case_id}{FILE_ENDING}")], rec)
+    return rec
+
+
+def convert_pretrain(src, dataset_id: int = T.PRETRAIN_DATASET_ID, name: str | None = None,
+                     layout: str | None = None, num_processes: int = 1, shard=None,
+                     progress: bool = True) -> ConvertResult:
+    """Convert a FOMO60K/FOMO300K tree into nnUNet_raw/DatasetNNN_name (one case per scan)."""
+    src = Path(src)
+    name = name or T.PRETRAIN_DATASET_NAME.split("_", 1)[1]
+    folder = dataset_folder(dataset_id, name)
+    shard_i, shard_n = parse_shard(shard)
+    layout, scans = L.list_pretrain_scans(src, layout)
+    _check_role(folder, "fomo_role", "pretrain")
+    participants = L.pretrain_participants(src)
+    mri_info = L.pretrain_mri_info(src)
+    for sub in ("imagesTr", "labelsTr", RECORDS):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    result = ConvertResult(folder, total=len(scans))
+    records = _load_records(folder)
+    jobs = []
+    for i, scan in enumerate(scans):
+        if i % shard_n != shard_i:
+            continue
+        result.in_shard += 1
+        if _finished(folder, records.get(scan.case_id)):
+            result.already_done += 1
+            continue
+        meta = {"participant": participants.metadata(scan.subject, scan.session, scan.source)}
+        info = mri_info.get((scan.source, scan.subject, scan.session)) or \
+            mri_info.get(("", scan.subject, scan.session)) or []
+        info = [r for r in info if str(r.get("scan", r.get("filename", r.get("sequence", scan.stem)))).split(".")[0]
+                in (scan.stem, scan.sequence)] or ([] if len(info) != 1 else info)
+        if info:
+            meta["mri_info"] = info[0] if len(info) == 1 else info
+        jobs.append((str(folder), scan, meta))
+    for r in _run_jobs(_pretrain_job, jobs, num_processes, progress, f"convert {folder.name}"):
+        if r.get("status") == "ok":
+            result.converted += 1
+        else:
+            result.skipped.append({"case": r["case"], "path": r.get("path", ""), "reason": r.get("reason", "")})
+    finalize_pretrain(folder, result, layout)
+    return result
+
+
+def finalize_pretrain(folder: Path, result: ConvertResult | None = None, layout: str = "") -> dict:
+    """Rebuild dataset.json, subjects.json and the report from all case records."""
+    result = result or ConvertResult(folder)
+    records = _load_records(folder)
+    ok = {c: r for c, r in sorted(records.items()) if r.get("status") == "ok"}
+    subjects: dict[str, dict] = {}
+    for c, r in ok.items():
+        key = f"{r['source']}/{r['subject']}/{r['session']}"
+        entry = subjects.setdefault(key, {"source": r["source"], "subject": r["subject"],
+                                          "session": r["session"], "scans": {}})
+        entry["scans"][c] = r["sequence"]
+        for k, v in (r.get("participant") or {}).items():
+            entry.setdefault(k, v)
+        if r.get("mri_info") is not None:
+            entry.setdefault("mri_info", {})[c] = r["mri_info"]
+    subjects = dict(sorted(subjects.items()))
+    dataset = {"channel_names": {"0": "MRI"}, "labels": dict(BRAIN_LABELS), "numTraining": len(ok),
+               "file_ending": FILE_ENDING, "fomo_role": "pretrain", "name": folder.name,
+               "description": "FOMO pretraining corpus; label = brain (non-zero) mask; sessions in subjects.json"}
+    write_json(subjects, folder / "subjects.json")
+    write_json(dataset, folder / "dataset.json")
+    return _summarise(folder, result, records, {"role": "pretrain", **({"layout": layout} if layout else {})})
+
+
+# ------------------------------------------------------------------------------------- tasks
+def parse_target(task: T.Task, path: Path):
+    """The image-level target in label.txt: an int class (classification, embedding) or a float."""
+    check_file(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScanError(f"cannot read label.txt: {e}") from None
+    tokens = text.split()
+    if len(tokens) != 1:
+        raise ScanError(f"label.txt must hold one value, found {len(tokens)} tokens")
+    try:
+        value = float(tokens[0])
+    except ValueError:
+        raise ScanError(f"label.txt value {tokens[0][:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ScanError("label.txt value is not finite")
+    if task.kind == T.REGRESSION:
+        return value
+    if value != int(value) or value < 0:
+        raise ScanError(f"label.txt value {tokens[0]!r} is not a class index")
+    if task.kind == T.CLASSIFICATION and int(value) >= task.num_classes:
+        raise ScanError(f"class {int(value)} outside 0..{task.num_classes - 1} ({', '.join(task.classes)})")
+    return int(value)
+
+
+def _task_job(job: tuple) -> dict:
+    folder, task_number, case = job
+    folder, task = Path(folder), T.TASKS_BY_NUMBER[task_number]
+    sfx = "Tr" if case.split == L.TRAIN else "Ts"
+    rec = {"case": case.case_id, "split": case.split, "subject": case.subject, "session": case.session,
+           "files": {k: str(v) for k, v in case.files.items()},
+           "label": str(case.label) if case.label else None, "attributes": case.attributes}
+    if case.problem:
+        return _skip_record(folder, rec, case.problem, case.image_dir)
+    notes = list(case.notes)
+    images = []
+    ref = None
+    for k, ch in enumerate(task.channels):
+        path = case.files[ch.name]
+        try:
+            img, n = load_volume(path)
+        except ScanError as e:
+            return _skip_record(folder, rec, f"{ch.name}: {e}", path)
+        notes += [f"{ch.name}: {x}" for x in n]
+        if ref is None:
+            ref = img
+        elif not same_grid(img, ref):
+            notes.append(f"{ch.name}: grid {tuple(img.shape)} differs from {task.channels[0].name} "
+                         f"{tuple(ref.shape)}; resampled (linear) onto it")
+            img = resample_onto(img, ref)
+            if not np.any(np.asanyarray(img.dataobj)):
+                return _skip_record(folder, rec, f"{ch.name}: empty after resampling onto "
+                                                 f"{task.channels[0].name} (no overlap)", path)
+        images.append((img, f"images{sfx}/{case.case_id}_{k:04d}{FILE_ENDING}"))
+    if task.kind == T.SEGMENTATION:
+        try:
+            seg, n = load_volume(case.label, label=True)
+        except ScanError as e:
+            return _skip_record(folder, rec, f"segmentation: {e}", case.label)
+        notes += [f"segmentation: {x}" for x in n]
+        if not same_grid(seg, ref):
+            return _skip_record(folder, rec, f"segmentation grid {tuple(seg.shape)} differs from the images' "
+                                             f"{tuple(ref.shape)}", case.label)
+        bad = sorted(set(np.unique(np.asanyarray(seg.dataobj)).tolist()) - set(task.labels.values()))
+        if bad:
+            return _skip_record(folder, rec, f"segmentation values {bad} not in task labels "
+                                             f"{sorted(task.labels.values())}", case.label)
+        hdr = ref.header.copy()
+        hdr.set_data_dtype(np.uint8)
+        import nibabel as nib
+
+        label_img = nib.Nifti1Image(np.asarray(seg.dataobj, dtype=np.uint8), ref.affine, hdr)
+    else:
+        try:
+            rec["target"] = parse_target(task, case.label)
+        except ScanError as e:
+            return _skip_record(folder, rec, str(e), case.label)
+        label_img = brain_mask(ref)
+    images.append((label_img, f"labels{sfx}/{case.case_id}{FILE_ENDING}"))
+    rec.update(status="ok", notes=notes)
+    _write_case(folder, images, rec)
+    return rec
+
+
+def convert_task(task: T.Task | str | int, src, dataset_id: int | None = None, name: str | None = None,
+                 num_processes: int = 1, shard=None, progress: bool = True) -> ConvertResult:
+    """Convert a FOMO task folder into nnUNet_raw/DatasetNNN_name."""
+    task = task if isinstance(task, T.Task) else T.get_task(task)
+    src = Path(src)
+    dataset_id = task.default_dataset_id if dataset_id is None else dataset_id
+    name = name or task.dataset_name.split("_", 1)[1]
+    folder = dataset_folder(dataset_id, name)
+    shard_i, shard_n = parse_shard(shard)
+    cases = L.list_task_cases(task, src)
+    _check_role(folder, "fomo_task", task.number)
+    for sub in ("imagesTr", "labelsTr", RECORDS):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    if any(c.split == L.TEST for c in cases):
+        (folder / "imagesTs").mkdir(exist_ok=True)
+        (folder / "labelsTs").mkdir(exist_ok=True)
+    result = ConvertResult(folder, total=len(cases))
+    records = _load_records(folder)
+    jobs = []
+    for i, case in enumerate(cases):
+        if i % shard_n != shard_i:
+            continue
+        result.in_shard += 1
+        if _finished(folder, records.get(case.case_id)):
+            result.already_done += 1
+            continue
+        jobs.append((str(folder), task.number, case))
+    for r in _run_jobs(_task_job, jobs, num_processes, progress, f"convert {folder.name}"):
+        if r.get("status") == "ok":
+            result.converted += 1
+        else:
+            result.skipped.append({"case": r["case"], "path": r.get("path", ""), "reason": r.get("reason", "")})
+    finalize_task(folder, task, result)
+    return result
+
+
+def finalize_task(folder: Path, task: T.Task, result: ConvertResult | None = None) -> dict:
+    """Rebuild dataset.json, targets(Ts).json, attributes.json, subjects.json and the report."""
+    result = result or ConvertResult(folder)
+    records = _load_records(folder)
+    ok = {c: r for c, r in sorted(records.items()) if r.get("status") == "ok"}
+    train = {c: r for c, r in ok.items() if r["split"] == L.TRAIN}
+    test = {c: r for c, r in ok.items() if r["split"] == L.TEST}
+    dataset = {"channel_names": {str(i): n for i, n in enumerate(task.channel_names)},
+               "labels": dict(task.labels) if task.kind == T.SEGMENTATION else dict(BRAIN_LABELS),
+               "numTraining": len(train), "file_ending": FILE_ENDING,
+               "fomo_task": task.number, "fomo_kind": task.kind, "name": folder.name,
+               "description": task.description}
+    if test:
+        dataset["numTest"] = len(test)
+    if task.kind == T.CLASSIFICATION:
+        dataset["fomo_classes"] = list(task.classes)
+    if task.kind == T.REGRESSION:
+        dataset["fomo_unit"] = task.unit
+    write_json(dataset, folder / "dataset.json")
+    if task.kind != T.SEGMENTATION:
+        write_json({c: r.get("target") for c, r in train.items()}, folder / "targets.json")
+        if test:
+            write_json({c: r.get("target") for c, r in test.items()}, folder / "targetsTs.json")
+    write_json({c: {**(r.get("attributes") or {}), "split": r["split"]} for c, r in ok.items()},
+               folder / "attributes.json")
+    write_json({c: {"subject": r["subject"], "session": r["session"], "split": r["split"], "files": r["files"],
+                    **({"label": r["label"]} if task.kind == T.SEGMENTATION else {})}
+                for c, r in ok.items()}, folder / "subjects.json")
+    return _summarise(folder, result, records, {"task": task.key, "kind": task.kind,
+                                                "train": len(train), "test": len(test)})
