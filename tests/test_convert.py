@@ -252,7 +252,7 @@ def test_task2_segmentation_train_test(tmp_path, raw):
         ["attributes.json", "conversion_report.json", "dataset.json", "subjects.json"]
         + [f"imagesTr/sub_{i}_ses_1_{k:04d}.nii.gz" for i in (1, 2) for k in range(3)]
         + [f"labelsTr/sub_{i}_ses_1.nii.gz" for i in (1, 2)]
-        + [f"imagesTs/sub_10_ses_1_{k:04d}.nii.gz" for k in range(3)] + ["labelsTs/sub_10_ses_1.nii.gz"])
+        + [f"imagesTs/test_sub_10_ses_1_{k:04d}.nii.gz" for k in range(3)] + ["labelsTs/test_sub_10_ses_1.nii.gz"])
     # channel order: flair=10, dwi=20, swi/t2s=30 inside the brain
     for k, v in enumerate((10.0, 20.0, 30.0)):
         d = nib.load(folder / f"imagesTr/sub_1_ses_1_{k:04d}.nii.gz").get_fdata()
@@ -265,11 +265,11 @@ def test_task2_segmentation_train_test(tmp_path, raw):
     subjects = json.loads((folder / "subjects.json").read_text())
     assert subjects["sub_1_ses_1"]["files"]["t2s_or_swi"].endswith("swi.nii.gz")
     assert subjects["sub_2_ses_1"]["files"]["t2s_or_swi"].endswith("t2s.nii.gz")
-    assert subjects["sub_10_ses_1"]["split"] == "test"
+    assert subjects["test_sub_10_ses_1"]["split"] == "test"
     attrs = json.loads((folder / "attributes.json").read_text())
     assert attrs["sub_1_ses_1"] == {"sex": "F", "age": 61, "source": "siteA", "split": "train"}
     assert attrs["sub_2_ses_1"]["age"] == 70.5
-    assert attrs["sub_10_ses_1"] == {"sex": "M", "age": 50, "source": "siteC", "split": "test"}
+    assert attrs["test_sub_10_ses_1"] == {"sex": "M", "age": 50, "source": "siteC", "split": "test"}
     report = json.loads((folder / "conversion_report.json").read_text())
     reasons = {s["case"]: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"sub_3_ses_1", "sub_4_ses_1", "sub_5_ses_1"}
@@ -304,8 +304,8 @@ def test_classification_regression_embedding(tmp_path, raw):
     ts = json.loads((f3 / "targetsTs.json").read_text())
     # sorted subjects sub_1..sub_6, every third goes to test
     assert tr == {"sub_1_ses_1": 41.5, "sub_2_ses_1": 42.5, "sub_4_ses_1": 44.5, "sub_5_ses_1": 45.5}
-    assert ts == {"sub_3_ses_1": 43.5, "sub_6_ses_1": 46.5}
-    assert (f3 / "imagesTs/sub_3_ses_1_0000.nii.gz").is_file() and (f3 / "labelsTs/sub_3_ses_1.nii.gz").is_file()
+    assert ts == {"test_sub_3_ses_1": 43.5, "test_sub_6_ses_1": 46.5}
+    assert (f3 / "imagesTs/test_sub_3_ses_1_0000.nii.gz").is_file() and (f3 / "labelsTs/test_sub_3_ses_1.nii.gz").is_file()
     assert json.loads((f3 / "dataset.json").read_text())["numTraining"] == 4
 
     t6 = get_task(6)

@@ -331,8 +331,8 @@ def list_task_cases(task: Task, src: Path) -> list[TaskCase]:
                 case.attributes = {"sex": meta.pop("sex", None), "age": meta.pop("age", None),
                                    "source": meta.pop("source", None), **meta, "split": split}
                 cases.append(case)
-    ids = unique_case_ids([f"{c.subject}_{c.session}" for c in cases])
-    # The same subject/session in train and test would collide: unique_case_ids hashes both.
+    # Train and test splits may both number their subjects from sub_1: test ids carry a prefix.
+    ids = unique_case_ids([f"{'test_' if c.split == TEST else ''}{c.subject}_{c.session}" for c in cases])
     for c, cid in zip(cases, ids):
         c.case_id = cid
     return cases
