@@ -137,6 +137,7 @@ class FinetuneRecipe:
     warmup_epochs: int = 10           # then the whole network warms up linearly
     pretrained_lr_scale: float = 1.0  # lr of pretrained tensors relative to fresh ones
     checkpoint_every: int = 50
+    test_time_mirroring: bool = True  # mirroring TTA in validation and nnUNetv2_predict (8x the forwards)
 
     def _apply_recipe(self, resuming: bool) -> None:
         """Call at the end of __init__, after nnU-Net set its defaults."""
@@ -149,6 +150,13 @@ class FinetuneRecipe:
         # resuming (--c) restores every weight from checkpoint_latest: no need to load the pretraining
         self._resuming = resuming
         self.transfer_report = None
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.test_time_mirroring:
+            # mirroring stays in the training augmentation; only inference skips it (saved in checkpoints)
+            self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch, mirror_axes
 
     def _plain(self) -> nn.Module:
         from torch._dynamo import OptimizedModule
