@@ -618,7 +618,7 @@ def build_case(atlas: Atlas, subj: Subject, rng: np.random.Generator, src: Sourc
     hd = samp_a(atlas.hull_dist.ravel()).reshape(shape)
     path_maps = {k: np.clip((samp_a if k in ("mening", "tumor", "edema") else samp_t)(v.ravel()).reshape(shape), 0, 1)
                  for k, v in maps.items()}
-    del samp_t, samp_a, st
+    del samp_t, samp_a
     del ijk_t, ijk_a, xa, xt
 
     # --- ageing: cortical thinning, ventricle growth -----------------------------------------
