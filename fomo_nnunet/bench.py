@@ -121,3 +121,43 @@ def format_report(r: dict) -> str:
         f"MAE loader / nnU-Net loader: {r['loader_ratio_mae_over_baseline']:.3f} (target >= 1.00)",
     ]
     return "\n".join(lines)
+
+
+# ---- untrained models of the real size, for timing the challenge entry ---------------------------
+TRAINER_FOR_KIND = {"segmentation": "nnUNetTrainerFomoSeg", "classification": "nnUNetTrainerFomoCls",
+                    "regression": "nnUNetTrainerFomoReg"}
+
+
+def write_untrained_model(preprocessed_dataset: str | os.PathLike, results_folder: str | os.PathLike,
+                          plans_name: str = "fomoPlans", seed: int = 0) -> str:
+    """A results folder (plans.json, dataset.json, fold_all/checkpoint_final.pth) holding the network
+    the plans describe with its initial weights, as the task's trainer would build it. For timing
+    and for testing the I/O of prediction; the predictions mean nothing."""
+    import json
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from fomo_nnunet.image_level import task_from_plans
+    from fomo_nnunet.inference import _trainer_class
+
+    pre = os.fspath(preprocessed_dataset)
+    with open(os.path.join(pre, f"{plans_name}.json")) as f:
+        plans = json.load(f)
+    with open(os.path.join(pre, "dataset.json")) as f:
+        dataset = json.load(f)
+    trainer = TRAINER_FOR_KIND[task_from_plans(plans).kind]
+    model = os.path.join(os.fspath(results_folder), plans["dataset_name"], f"{trainer}__{plans_name}__3d_fullres")
+    os.makedirs(os.path.join(model, "fold_all"), exist_ok=True)
+    for name, content in (("plans.json", plans), ("dataset.json", dataset)):
+        with open(os.path.join(model, name), "w") as f:
+            json.dump(content, f, indent=1)
+    pm = PlansManager(plans)
+    torch.manual_seed(seed)
+    net = _trainer_class(trainer).build_network_architecture(
+        pm, pm.get_configuration("3d_fullres"), len(dataset["channel_names"]),
+        pm.get_label_manager(dataset).num_segmentation_heads, False)
+    torch.save({"network_weights": net.state_dict(), "trainer_name": trainer,
+                "init_args": {"configuration": "3d_fullres", "fold": "all"},
+                "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 0},
+               os.path.join(model, "fold_all", "checkpoint_final.pth"))
+    return model

@@ -11,9 +11,9 @@ import numpy as np
 from fomo_nnunet.plots import _pyplot, _save
 from fomo_nnunet.tasks import TASKS_BY_NUMBER
 
-# The main metric of each task (the one the goal is stated in) and whether lower is better.
-MAIN_METRIC = {1: ("auroc", False), 2: ("dice", False), 3: ("mae", True), 4: ("dice", False), 5: ("auroc", False),
-               6: ("macro_auroc", False), 7: ("macro_auroc", False)}
+# The main metric of each task (the one the goal is stated in); metrics where lower is better.
+MAIN_METRIC = {1: "auroc", 2: "dice", 3: "mae", 4: "dice", 5: "auroc", 6: "macro_auroc", 7: "macro_auroc"}
+LOWER_IS_BETTER = {"mae"}
 # Further metrics shown in the table.
 EXTRA_METRICS = {2: ("nsd",), 3: ("pearson_r",), 4: ("nsd",), 6: ("macro_f1",), 7: ("macro_f1",)}
 
@@ -32,12 +32,12 @@ def table_rows(results: dict[str, dict]) -> list[dict]:
     rows = []
     for key, variants in results.items():
         n = int(key[4:])
-        main, lower = MAIN_METRIC[n]
+        main = MAIN_METRIC[n]
         names = [main, *EXTRA_METRICS.get(n, ())] + (["macro_auroc_gap"] if n == 7 else [])
         for name in names:
             p = metric_value(variants.get("pretrained", {}), name)
             s = metric_value(variants.get("scratch", {}), name)
-            low = lower or name.endswith("_gap")
+            low = name in LOWER_IS_BETTER or name.endswith("_gap")
             diff = p - s
             helped = None if math.isnan(diff) else (diff < 0 if low else diff > 0)
             rows.append({"task": key, "name": TASKS_BY_NUMBER[n].name, "metric": name, "main": name == main,

@@ -137,7 +137,8 @@ class FomoPretrainPlanner(ExperimentPlanner):
 
 def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = None,
                   spacing: float | None = None, batch_size: int | None = None,
-                  plans_name: str = PRETRAIN_PLANS_NAME, num_processes: int = 2) -> dict:
+                  plans_name: str = PRETRAIN_PLANS_NAME, num_processes: int = 2,
+                  verify_dataset_integrity: bool = False) -> dict:
     """Extract nnU-Net's fingerprint when missing, then write the pretraining plans."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -148,7 +149,8 @@ def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = N
     name = maybe_convert_to_dataset_name(int(dataset_id))
     fingerprint = os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset_fingerprint.json")
     if not os.path.isfile(fingerprint):
-        extract_fingerprints([int(dataset_id)], num_processes=num_processes, check_dataset_integrity=True)
+        extract_fingerprints([int(dataset_id)], num_processes=num_processes,
+                             check_dataset_integrity=verify_dataset_integrity)
     patch = patch or preset.default_patch
     spacing = spacing or preset.default_spacing
     planner = FomoPretrainPlanner(int(dataset_id), preset, (patch,) * 3, (float(spacing),) * 3,

@@ -152,7 +152,8 @@ class FomoTransferPlanner(ExperimentPlanner):
 
 def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = False, arch: str | None = None,
                   task: str | None = None, patch: int | None = None, batch_size: int | None = None,
-                  plans_name: str = TRANSFER_PLANS_NAME, num_processes: int = 2) -> dict:
+                  plans_name: str = TRANSFER_PLANS_NAME, num_processes: int = 2,
+                  verify_dataset_integrity: bool = False) -> dict:
     """Extract the task's fingerprint when missing, then write the transferred plans."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -170,7 +171,8 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
         checkpoint = None
     name = maybe_convert_to_dataset_name(int(dataset_id))
     if not os.path.isfile(os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset_fingerprint.json")):
-        extract_fingerprints([int(dataset_id)], num_processes=num_processes, check_dataset_integrity=True)
+        extract_fingerprints([int(dataset_id)], num_processes=num_processes,
+                             check_dataset_integrity=verify_dataset_integrity)
     planner = FomoTransferPlanner(int(dataset_id), metadata, checkpoint, get_task(task) if task else None,
                                   [patch] * 3 if patch else None, batch_size, plans_name)
     return planner.plan_experiment()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from fomo_nnunet.paths import trainers_dir
 
@@ -89,3 +90,18 @@ def make_raw_dataset(raw: Path, dataset_id: int, name: str, n_cases: int, n_chan
                "numTraining": n_cases, "file_ending": ".nii.gz", **(extra or {})}
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return folder
+
+
+def save_fake_pretraining(path, features=None, seed=0):
+    """A pretraining checkpoint as nnUNetTrainerFomoMAE writes it (random weights: only shapes matter here)."""
+    from fomo_nnunet.checkpoints import metadata_from_preset
+    from fomo_nnunet.transfer import PretrainMetadata
+
+    meta = metadata_from_preset("tiny")
+    meta["objective"] = "mae"
+    if features:
+        meta["network_kwargs"]["features_per_stage"] = features
+    torch.manual_seed(seed)
+    net = PretrainMetadata.from_dict(meta).build_network(num_outputs=1)
+    torch.save({"network_weights": net.state_dict(), "fomo_metadata": meta, "current_epoch": 1}, path)
+    return path

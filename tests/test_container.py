@@ -13,57 +13,22 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from fomo_nnunet.fomo26_io import check_output_file
 from fomo_nnunet.tasks import TASKS_BY_NUMBER, get_task
-from helpers import make_raw_dataset, nnunet_env, run
-from test_finetune_seg import save_fake_pretraining
+from helpers import run, save_fake_pretraining
 
 ROOT = Path(__file__).resolve().parent.parent
 PREDICT = ROOT / "container" / "predict.py"
-TRAINERS = {"segmentation": "nnUNetTrainerFomoSeg", "classification": "nnUNetTrainerFomoCls",
-            "regression": "nnUNetTrainerFomoReg"}
-
-
-def fake_trained_model(root: Path, env: dict, number: int, ckpt: Path, seed: int = 0) -> Path:
-    """plan transfer on a tiny raw dataset, then a results folder with an untrained fold_all checkpoint."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from fomo_nnunet.inference import _trainer_class
-    import json
-
-    task = TASKS_BY_NUMBER[number]
-    labels = task.labels if task.kind == "segmentation" else None
-    d = task.default_dataset_id
-    make_raw_dataset(root / "raw", d, task.dataset_name.split("_", 1)[1], n_cases=4, n_channels=len(task.channels),
-                     labels=labels, seed=seed + number, extra={"fomo_task": number})
-    run(["fomo-nnunet", "plan", "transfer", "-d", str(d), "--pretrained", str(ckpt), "-np", "1"], env)
-    pre = root / "preprocessed" / task.dataset_name
-    plans, dataset = json.loads((pre / "fomoPlans.json").read_text()), json.loads((pre / "dataset.json").read_text())
-    trainer = TRAINERS[task.kind]
-    model = root / "results" / task.dataset_name / f"{trainer}__fomoPlans__3d_fullres"
-    (model / "fold_all").mkdir(parents=True, exist_ok=True)
-    (model / "plans.json").write_text(json.dumps(plans))
-    (model / "dataset.json").write_text(json.dumps(dataset))
-    pm = PlansManager(plans)
-    cm = pm.get_configuration("3d_fullres")
-    torch.manual_seed(seed)
-    net = _trainer_class(trainer).build_network_architecture(
-        pm, cm, len(dataset["channel_names"]), pm.get_label_manager(dataset).num_segmentation_heads, False)
-    torch.save({"network_weights": net.state_dict(), "trainer_name": trainer,
-                "init_args": {"configuration": "3d_fullres", "fold": "all"},
-                "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 1},
-               model / "fold_all" / "checkpoint_final.pth")
-    return model
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("container")
-    env = nnunet_env(root)
-    ckpt = save_fake_pretraining(root / "pretrained.pth")
-    models = {n: fake_trained_model(root, env, n, ckpt) for n in (1, 2, 3, 4, 5)}
+def bundle(tasks_ws):
+    root, env, ckpt = tasks_ws
+    from fomo_nnunet.bench import write_untrained_model
+
+    models = {n: Path(write_untrained_model(root / "preprocessed" / TASKS_BY_NUMBER[n].dataset_name, root / "results"))
+              for n in (1, 2, 3, 4, 5)}
     out = root / "bundle"
     args = ["fomo-nnunet", "bundle", "-o", str(out), "--embedding", str(ckpt)]
     for n, m in models.items():
@@ -107,7 +72,9 @@ def test_every_task_writes_a_valid_output(bundle, tmp_path, task):
     args = [x for a, p in inputs.items() for x in (f"--{a}", p)]
     output = tmp_path / "out" / f"sub_1{SUFFIX.get(t.kind, '.txt')}"
     output.parent.mkdir()
-    p = predict(env, out, task, [*args, "--output", str(output), "--verbose"])
+    # mirroring TTA only where it is cheap (one crop); a sliding window with it is 8x the CPU time
+    tta = [] if t.kind in ("classification", "regression") else ["--no-mirroring"]
+    p = predict(env, out, task, [*args, "--output", str(output), "--verbose", *tta])
     assert p.returncode == 0, p.stderr[-3000:]
     check_output_file(t, str(output), list(inputs.values()))
     assert "timing" in p.stderr  # --verbose: seconds per step
@@ -126,7 +93,8 @@ def test_segmentation_on_inputs_of_different_grids_follows_the_reference(bundle,
     dwi = _image(tmp_path / "dwi.nii.gz", shape=(27, 30, 27), spacing=6.0, seed=1)
     swi = _image(tmp_path / "swi.nii.gz", shape=(54, 58, 54), spacing=3.0, seed=2)
     output = tmp_path / "seg.nii.gz"
-    p = predict(env, out, "task2", ["--flair", flair, "--dwi", dwi, "--swi", swi, "--output", str(output)])
+    p = predict(env, out, "task2", ["--flair", flair, "--dwi", dwi, "--swi", swi, "--output", str(output),
+                                    "--no-mirroring"])
     assert p.returncode == 0, p.stderr[-3000:]
     seg, ref = nib.load(output), nib.load(flair)
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)

@@ -8,41 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_raw_dataset, nnunet_env, run
+from helpers import run, save_fake_pretraining
 
 MENINGIOMA = 902
 TRIGEMINAL = 904
 SMOKE = "nnUNetTrainerFomoSeg_tiny_smoke"
 
 
-def save_fake_pretraining(path, features=None, seed=0):
-    """A pretraining checkpoint as nnUNetTrainerFomoMAE writes it (random weights: only shapes matter here)."""
-    from fomo_nnunet.checkpoints import metadata_from_preset
-    from fomo_nnunet.transfer import PretrainMetadata
-
-    meta = metadata_from_preset("tiny")
-    meta["objective"] = "mae"
-    if features:
-        meta["network_kwargs"]["features_per_stage"] = features
-    torch.manual_seed(seed)
-    net = PretrainMetadata.from_dict(meta).build_network(num_outputs=1)
-    torch.save({"network_weights": net.state_dict(), "fomo_metadata": meta, "current_epoch": 1}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def seg_ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seg")
-    env = nnunet_env(root)
-    ckpt = save_fake_pretraining(root / "pretrained.pth")
-    make_raw_dataset(root / "raw", MENINGIOMA, "FOMO2Meningioma", n_cases=6, n_channels=3,
-                     labels={"background": 0, "meningioma": 1}, seed=2, test_cases=2)
-    make_raw_dataset(root / "raw", TRIGEMINAL, "FOMO4Trigeminal", n_cases=6, n_channels=1,
-                     labels={"background": 0, "nerve": 1, "vessel": 2}, seed=3, test_cases=2)
-    for d in (MENINGIOMA, TRIGEMINAL):
-        run(["fomo-nnunet", "plan", "transfer", "-d", str(d), "--pretrained", str(ckpt), "-np", "1"], env)
-        run(["nnUNetv2_preprocess", "-d", str(d), "-plans_name", "fomoPlans", "-c", "3d_fullres", "-np", "1"], env)
-    return root, env, ckpt
+def seg_ws(tasks_ws):
+    return tasks_ws
 
 
 def _trainer(env, monkeypatch, dataset, name):

@@ -8,35 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_raw_dataset, nnunet_env, run
-from test_finetune_seg import save_fake_pretraining
+from helpers import run
 
 INFARCT = 901
 BRAINAGE = 903
 N_TRAIN = 8
 
 
-def _write_targets(folder, targets, name="targets.json"):
-    (folder / name).write_text(json.dumps(targets))
-
-
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagelevel")
-    env = nnunet_env(root)
-    ckpt = save_fake_pretraining(root / "pretrained.pth")
-    # infarct: 4 channels, unbalanced 6 positive / 2 negative
-    f1 = make_raw_dataset(root / "raw", INFARCT, "FOMO1Infarct", n_cases=N_TRAIN, n_channels=4, seed=4,
-                          test_cases=3, extra={"fomo_task": 1})
-    _write_targets(f1, {f"casetr{i:03d}": int(i < 6) for i in range(N_TRAIN)})
-    _write_targets(f1, {f"casets{i:03d}": i % 2 for i in range(3)}, "targetsTs.json")
-    f3 = make_raw_dataset(root / "raw", BRAINAGE, "FOMO3Brainage", n_cases=N_TRAIN, n_channels=1, seed=5,
-                          test_cases=3, extra={"fomo_task": 3})
-    _write_targets(f3, {f"casetr{i:03d}": 20.0 + 8 * i for i in range(N_TRAIN)})
-    for d in (INFARCT, BRAINAGE):
-        run(["fomo-nnunet", "plan", "transfer", "-d", str(d), "--pretrained", str(ckpt), "-np", "1"], env)
-        run(["nnUNetv2_preprocess", "-d", str(d), "-plans_name", "fomoPlans", "-c", "3d_fullres", "-np", "1"], env)
-    return root, env, ckpt
+def ws(tasks_ws):
+    return tasks_ws
 
 
 def _trainer(env, monkeypatch, dataset, name, fold=0):

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--plans-name", default=PRETRAIN_PLANS_NAME, help="plans identifier (default: fomoPretrainPlans)")
     pre.add_argument("-np", "--num-processes", type=int, default=2,
                      help="processes for nnU-Net's fingerprint extraction (default: 2)")
+    pre.add_argument("--verify_dataset_integrity", action="store_true",
+                     help="check the raw dataset first, as nnUNetv2_plan_and_preprocess does with this flag")
     pre.set_defaults(func=run_pretrain)
 
     tr = psub.add_parser(
@@ -55,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--plans-name", default="fomoPlans", help="plans identifier (default: fomoPlans)")
     tr.add_argument("-np", "--num-processes", type=int, default=2,
                     help="processes for nnU-Net's fingerprint extraction (default: 2)")
+    tr.add_argument("--verify_dataset_integrity", action="store_true",
+                    help="check the raw dataset first, as nnUNetv2_plan_and_preprocess does with this flag")
     tr.set_defaults(func=run_transfer)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
@@ -67,7 +71,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     try:
         plans = plan_pretrain(args.dataset, args.arch, args.patch, args.spacing, args.batch_size,
-                              args.plans_name, args.num_processes)
+                              args.plans_name, args.num_processes, args.verify_dataset_integrity)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     c = plans["configurations"]["3d_fullres"]
@@ -85,7 +89,7 @@ def run_transfer(args: argparse.Namespace) -> int:
 
     try:
         plans = plan_transfer(args.dataset, args.pretrained, args.from_scratch, args.arch, args.task, args.patch,
-                              args.batch_size, args.plans_name, args.num_processes)
+                              args.batch_size, args.plans_name, args.num_processes, args.verify_dataset_integrity)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     c = plans["configurations"]["3d_fullres"]

@@ -1,0 +1,51 @@
+"""One workspace of tiny task datasets, planned and preprocessed once for the whole session.
+
+Planning and preprocessing start nnU-Net in subprocesses, which costs seconds each on two cores;
+the segmentation, classification/regression and container tests share this one.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from helpers import make_raw_dataset, nnunet_env, run, save_fake_pretraining
+
+# dataset id -> (name, cases, channels, segmentation labels or None, test cases, seed)
+TASK_DATASETS = {
+    901: ("FOMO1Infarct", 8, 4, None, 3, 4),
+    902: ("FOMO2Meningioma", 6, 3, {"background": 0, "meningioma": 1}, 2, 2),
+    903: ("FOMO3Brainage", 8, 1, None, 3, 5),
+    904: ("FOMO4Trigeminal", 6, 1, {"background": 0, "nerve": 1, "vessel": 2}, 2, 3),
+    905: ("FOMO5Polymicrogyria", 4, 1, None, 0, 6),
+}
+# image-level targets: infarct unbalanced 6 positive / 2 negative, ages 20..76
+TARGETS = {
+    901: ({f"casetr{i:03d}": int(i < 6) for i in range(8)}, {f"casets{i:03d}": i % 2 for i in range(3)}),
+    903: ({f"casetr{i:03d}": 20.0 + 8 * i for i in range(8)}, {}),
+    905: ({f"casetr{i:03d}": i % 2 for i in range(4)}, {}),
+}
+PREPROCESSED = (901, 902, 903, 904)
+
+
+@pytest.fixture(scope="session")
+def tasks_ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    env = nnunet_env(root)
+    ckpt = save_fake_pretraining(root / "pretrained.pth")
+    for d, (name, n, channels, labels, n_test, seed) in TASK_DATASETS.items():
+        folder = make_raw_dataset(root / "raw", d, name, n_cases=n, n_channels=channels, labels=labels, seed=seed,
+                                  test_cases=n_test, extra={"fomo_task": d - 900})
+        if d in TARGETS:
+            tr, ts = TARGETS[d]
+            (folder / "targets.json").write_text(json.dumps(tr))
+            if ts:
+                (folder / "targetsTs.json").write_text(json.dumps(ts))
+    # `fomo-nnunet plan transfer` for all five in one process (the command is a thin wrapper of this)
+    run([sys.executable, "-c", "import sys; from fomo_nnunet.plans.transfer_planner import plan_transfer; "
+         "[plan_transfer(int(d), sys.argv[1], num_processes=1) for d in sys.argv[2:]]",
+         str(ckpt), *map(str, TASK_DATASETS)], env)
+    run(["nnUNetv2_preprocess", "-d", *map(str, PREPROCESSED), "-plans_name", "fomoPlans", "-c", "3d_fullres",
+         "-np", "2"], env)
+    return root, env, ckpt

@@ -1,0 +1,46 @@
+"""The benchmark end to end in miniature: every step runs (a few iterations each) and the report is written."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fomo_nnunet.report import markdown_table, table_rows
+from helpers import nnunet_env, run
+
+
+def test_report_table_marks_which_variant_is_better():
+    results = {"task2": {"pretrained": {"metrics": {"dice": 0.6, "nsd": 0.5}}, "scratch": {"metrics": {"dice": 0.4}}},
+               "task3": {"pretrained": {"metrics": {"mae": 9.0, "pearson_r": 0.5}},
+                         "scratch": {"metrics": {"mae": 7.0, "pearson_r": 0.6}}},
+               "task7": {"pretrained": {"metrics": {"macro_auroc": 0.7}, "gap": {"macro_auroc": 0.1}},
+                         "scratch": {"metrics": {"macro_auroc": 0.6}, "gap": {"macro_auroc": 0.3}}}}
+    rows = {(r["task"], r["metric"]): r for r in table_rows(results)}
+    assert rows[("task2", "dice")]["pretraining_helped"] is True
+    assert rows[("task2", "nsd")]["pretraining_helped"] is None  # scratch has no NSD: n/a, not a guess
+    assert rows[("task3", "mae")]["pretraining_helped"] is False and rows[("task3", "mae")]["lower_is_better"]
+    assert rows[("task7", "macro_auroc_gap")]["pretraining_helped"] is True  # a smaller gap is better
+    table = markdown_table(list(rows.values()))
+    assert "| task2 meningioma | **dice** | 0.600 | 0.400 | 0.200 | yes |" in table
+
+
+@pytest.mark.slow
+def test_miniature_benchmark_writes_the_report_and_resumes(tmp_path):
+    work = tmp_path / "work"
+    env = nnunet_env(tmp_path / "unused")
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env.pop(k)  # the benchmark puts nnU-Net's folders in its work folder
+    cmd = ["fomo-nnunet", "benchmark", "--preset", "smoke", "--tasks", "3", "6", "--n-train", "6", "--n-test", "6",
+           "--work", str(work), "-np", "2"]
+    first = run(cmd, env, timeout=900)
+    report = work / "report" / "report.md"
+    text = report.read_text()
+    assert "| task3 brainage | **mae (lower is better)** |" in text and "| task6 probing | **macro_auroc** |" in text
+    for png in ("pretrained_vs_scratch.png", "pretraining_loss.png", "reconstruction.png"):
+        assert (work / "report" / png).is_file(), png
+    results = json.loads((work / "report" / "results.json").read_text())
+    assert {r["task"] for r in results["rows"]} == {"task3", "task6"}
+    assert "container_task3" in results["step_seconds"] and "The submission" in text
+    assert "| task" in first.stdout  # the table is printed at the end
+    second = run(cmd, env, timeout=300)
+    assert "[step]" not in second.stdout and second.stdout.count("[skip]") >= 10
