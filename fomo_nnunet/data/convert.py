@@ -284,6 +284,18 @@ def _load_records(folder: Path) -> dict[str, dict]:
     return out
 
 
+def _pending(items, folder: Path, records: dict, shard_i: int, shard_n: int, result):
+    """The items (with .case_id) of this shard that a previous run has not finished; counts both."""
+    for i, item in enumerate(items):
+        if i % shard_n != shard_i:
+            continue
+        result.in_shard += 1
+        if _finished(folder, records.get(item.case_id)):
+            result.already_done += 1
+            continue
+        yield item
+
+
 def _finished(folder: Path, rec: dict | None) -> bool:
     return bool(rec) and rec.get("status") == "ok" and all((folder / r).is_file() for r in rec.get("outputs", []))
 
@@ -366,13 +378,7 @@ def convert_pretrain(src, dataset_id: int = T.PRETRAIN_DATASET_ID, name: str | N
     result = ConvertResult(folder, total=len(scans))
     records = _load_records(folder)
     jobs = []
-    for i, scan in enumerate(scans):
-        if i % shard_n != shard_i:
-            continue
-        result.in_shard += 1
-        if _finished(folder, records.get(scan.case_id)):
-            result.already_done += 1
-            continue
+    for scan in _pending(scans, folder, records, shard_i, shard_n, result):
         meta = {"participant": participants.metadata(scan.subject, scan.session, scan.source)}
         info = mri_info.get((scan.source, scan.subject, scan.session)) or \
             mri_info.get(("", scan.subject, scan.session)) or []
@@ -517,15 +523,7 @@ def convert_task(task: T.Task | str | int, src, dataset_id: int | None = None, n
         (folder / "labelsTs").mkdir(exist_ok=True)
     result = ConvertResult(folder, total=len(cases))
     records = _load_records(folder)
-    jobs = []
-    for i, case in enumerate(cases):
-        if i % shard_n != shard_i:
-            continue
-        result.in_shard += 1
-        if _finished(folder, records.get(case.case_id)):
-            result.already_done += 1
-            continue
-        jobs.append((str(folder), task.number, case))
+    jobs = [(str(folder), task.number, case) for case in _pending(cases, folder, records, shard_i, shard_n, result)]
     for r in _run_jobs(_task_job, jobs, num_processes, progress, f"convert {folder.name}"):
         if r.get("status") == "ok":
             result.converted += 1
