@@ -33,9 +33,9 @@ class nnUNetTrainerFomoSeg_nodecoder(nnUNetTrainerFomoSeg):
 
 
 class nnUNetTrainerFomoSeg_tiny(nnUNetTrainerFomoSeg):
-    """CPU-sized budget for the demo and tests (pair with tiny-preset plans): about 1.2 min on 2 cores.
+    """CPU-sized budget for the demo and tests (pair with tiny-preset plans): about 1.5 min on 2 cores.
     No mirroring at inference: on a CPU it multiplies prediction time by eight."""
-    epochs = 12
+    epochs = 15
     iterations_per_epoch = 15
     val_iterations_per_epoch = 3
     fresh_only_epochs = 2
