@@ -272,6 +272,7 @@ def _variants(base: type, prefix: str) -> dict[str, type]:
                  warmup_epochs=0)
     specs = {"_scratch": {"use_pretrained": False}, "_tiny": tiny, "_tiny_scratch": dict(tiny, use_pretrained=False),
              "_tiny_smoke": smoke, "_tiny_smoke_scratch": dict(smoke, use_pretrained=False),
+             "_tiny_60epochs": dict(tiny, epochs=60), "_tiny_60epochs_scratch": dict(tiny, epochs=60, use_pretrained=False),
              "_250epochs": {"epochs": 250}, "_250epochs_scratch": {"epochs": 250, "use_pretrained": False}}
     return {prefix + suffix: type(prefix + suffix, (base,), {**attrs, "__module__": __name__,
                                                              "__doc__": f"{prefix} with {attrs}"})
