@@ -284,6 +284,15 @@ def _load_records(folder: Path) -> dict[str, dict]:
     return out
 
 
+def _tally(job_results, result) -> None:
+    """Count converted cases and list skipped ones (with the reason) as the workers report them."""
+    for r in job_results:
+        if r.get("status") == "ok":
+            result.converted += 1
+        else:
+            result.skipped.append({"case": r["case"], "path": r.get("path", ""), "reason": r.get("reason", "")})
+
+
 def _pending(items, folder: Path, records: dict, shard_i: int, shard_n: int, result):
     """The items (with .case_id) of this shard that a previous run has not finished; counts both."""
     for i, item in enumerate(items):
@@ -387,11 +396,7 @@ def convert_pretrain(src, dataset_id: int = T.PRETRAIN_DATASET_ID, name: str | N
         if info:
             meta["mri_info"] = info[0] if len(info) == 1 else info
         jobs.append((str(folder), scan, meta))
-    for r in _run_jobs(_pretrain_job, jobs, num_processes, progress, f"convert {folder.name}"):
-        if r.get("status") == "ok":
-            result.converted += 1
-        else:
-            result.skipped.append({"case": r["case"], "path": r.get("path", ""), "reason": r.get("reason", "")})
+    _tally(_run_jobs(_pretrain_job, jobs, num_processes, progress, f"convert {folder.name}"), result)
     finalize_pretrain(folder, result, layout)
     return result
 
@@ -524,11 +529,7 @@ def convert_task(task: T.Task | str | int, src, dataset_id: int | None = None, n
     result = ConvertResult(folder, total=len(cases))
     records = _load_records(folder)
     jobs = [(str(folder), task.number, case) for case in _pending(cases, folder, records, shard_i, shard_n, result)]
-    for r in _run_jobs(_task_job, jobs, num_processes, progress, f"convert {folder.name}"):
-        if r.get("status") == "ok":
-            result.converted += 1
-        else:
-            result.skipped.append({"case": r["case"], "path": r.get("path", ""), "reason": r.get("reason", "")})
+    _tally(_run_jobs(_task_job, jobs, num_processes, progress, f"convert {folder.name}"), result)
     finalize_task(folder, task, result)
     return result
 
