@@ -116,3 +116,23 @@ def test_nnunet_train_and_predict_end_to_end(seg_ws, tmp_path, dataset, name, ma
          str(root / "preprocessed" / f"Dataset{dataset}_{name}" / "fomoPlans.json")], env)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["mean"]) == {str(v) for v in range(1, max_label + 1)}
+
+
+def test_tiny_variants_skip_fold_all_self_validation_and_draw_progress_every_few_epochs(seg_ws, monkeypatch):
+    _, env, _ = seg_ws
+    trainer = _trainer(env, monkeypatch, MENINGIOMA, SMOKE + "_scratch")
+    from types import SimpleNamespace
+
+    assert trainer.logger.plot_progress_png.__name__ == "maybe_draw"  # installed by the tiny recipe
+    drawn = []
+    trainer.num_epochs = 12
+    trainer.logger = SimpleNamespace(plot_progress_png=lambda folder: drawn.append(trainer.current_epoch))
+    trainer._throttle_progress_plot()
+    for epoch in range(12):
+        trainer.current_epoch = epoch
+        trainer.logger.plot_progress_png(trainer.output_folder)
+    assert drawn == [4, 9, 11]  # every 5th epoch and the last
+    trainer.fold = "all"
+    assert trainer.perform_actual_validation() is None  # returns before any sliding window
+    with open(trainer.log_file) as f:
+        assert "final validation skipped" in f.read()

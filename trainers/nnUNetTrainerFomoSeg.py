@@ -15,11 +15,22 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainerFomoSeg(FinetuneRecipe, nnUNetTrainer):
+    # nnU-Net validates fold 'all' on its own training cases: a sliding window over every training
+    # case that says nothing about generalisation (about 30 s per tiny run on a CPU). False skips it.
+    validate_fold_all: bool = True
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._apply_recipe(resuming)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.fold == "all" and not self.validate_fold_all:
+            self.print_to_log_file("fold 'all' trains on every case, so its validation cases are training cases: "
+                                   "final validation skipped (validate_fold_all = False)")
+            return
+        return super().perform_actual_validation(save_probabilities)
 
 
 class nnUNetTrainerFomoSeg_scratch(nnUNetTrainerFomoSeg):
@@ -42,6 +53,8 @@ class nnUNetTrainerFomoSeg_tiny(nnUNetTrainerFomoSeg):
     warmup_epochs = 2
     checkpoint_every = 5
     test_time_mirroring = False
+    validate_fold_all = False
+    progress_plot_every = 5
 
 
 class nnUNetTrainerFomoSeg_tiny_scratch(nnUNetTrainerFomoSeg_tiny):
@@ -58,6 +71,15 @@ class nnUNetTrainerFomoSeg_tiny_smoke(nnUNetTrainerFomoSeg_tiny):
 
 
 class nnUNetTrainerFomoSeg_tiny_smoke_scratch(nnUNetTrainerFomoSeg_tiny_smoke):
+    use_pretrained = False
+
+
+class nnUNetTrainerFomoSeg_tiny_60epochs(nnUNetTrainerFomoSeg_tiny):
+    """Four times the tiny budget: does pretraining pay once the tiny models learn at all?"""
+    epochs = 60
+
+
+class nnUNetTrainerFomoSeg_tiny_60epochs_scratch(nnUNetTrainerFomoSeg_tiny_60epochs):
     use_pretrained = False
 
 
