@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fomo_nnunet.pipeline import Pipeline
+from fomo_nnunet.report import learning_check
 from fomo_nnunet.tasks import (CLASSIFICATION, EMBEDDING, PRETRAIN_DATASET_ID, REGRESSION, SEGMENTATION,
                                TASKS_BY_NUMBER, Task)
 
@@ -134,6 +135,7 @@ class Benchmark:
             self.pipe.step(f"predict_{task.key}_{variant}", lambda cmd=cmd: self.pipe.run(cmd) and None)
             scores[variant] = self.pipe.step(f"evaluate_{task.key}_{variant}",
                                              lambda pred=pred, gt=gt, out=out: self.evaluate(task, pred, gt, out))
+            scores[variant]["result"]["learning_check"] = learning_check(task.kind, out, out.parent / f"{out.name}_scores")
         return {v: r["result"] for v, r in scores.items()}
 
     def evaluate(self, task: Task, pred: Path, gt: Path, out: Path) -> dict:

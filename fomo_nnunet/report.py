@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fomo_nnunet.plots import _pyplot, _save
-from fomo_nnunet.tasks import TASKS_BY_NUMBER
+from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION, TASKS_BY_NUMBER
 
 # The main metric of each task (the one the goal is stated in); metrics where lower is better.
 MAIN_METRIC = {1: "auroc", 2: "dice", 3: "mae", 4: "dice", 5: "auroc", 6: "macro_auroc", 7: "macro_auroc"}
@@ -40,10 +40,43 @@ def table_rows(results: dict[str, dict]) -> list[dict]:
             low = name in LOWER_IS_BETTER or name.endswith("_gap")
             diff = p - s
             helped = None if math.isnan(diff) else (diff < 0 if low else diff > 0)
+            checks = [(variants.get(v) or {}).get("learning_check") for v in ("pretrained", "scratch")]
             rows.append({"task": key, "name": TASKS_BY_NUMBER[n].name, "metric": name, "main": name == main,
                          "lower_is_better": low, "pretrained": p, "scratch": s, "difference": diff,
-                         "pretraining_helped": helped})
+                         "pretraining_helped": helped,
+                         "neither_learned": all(c and c["degenerate"] for c in checks)})
     return rows
+
+
+def learning_check(kind: str, predictions: Path, scores: Path) -> dict:
+    """Did the model learn anything? A look at its test predictions, independent of the metric.
+
+    A metric compares two models; this says whether either is more than its starting point:
+    a segmentation model that predicts no foreground anywhere, a classifier whose probabilities
+    barely move between cases, a regressor that predicts about the training mean for everyone.
+    Returns {"text": one line, "degenerate": bool}.
+    """
+    import csv
+
+    if kind == SEGMENTATION:
+        import nibabel as nib
+
+        files = sorted(Path(predictions).glob("*.nii.gz"))
+        with_fg = sum(bool(np.any(np.asarray(nib.load(f).dataobj))) for f in files)
+        return {"text": f"predicts foreground in {with_fg} of {len(files)} test cases", "degenerate": with_fg == 0}
+    with open(Path(scores) / "per_case.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("status") == "ok"]
+    pred = np.array([float(r["prediction"]) for r in rows]) if rows else np.zeros(0)
+    if kind == CLASSIFICATION:
+        spread = float(np.std(pred)) if len(pred) else 0.0
+        return {"text": f"predicted probability {np.mean(pred):.3f} ± {spread:.3f} (mean ± sd over test cases)",
+                "degenerate": spread < 0.02}
+    if kind == REGRESSION:
+        target = np.array([float(r["target"]) for r in rows]) if rows else np.zeros(0)
+        ratio = float(np.std(pred) / np.std(target)) if len(rows) > 1 and np.std(target) > 0 else 0.0
+        return {"text": f"prediction sd / target sd = {ratio:.2f} (0: the same value for everyone)",
+                "degenerate": ratio < 0.1}
+    raise ValueError(f"no learning check for task kind {kind!r}")
 
 
 def _fmt(v: float) -> str:
@@ -55,6 +88,8 @@ def markdown_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         helped = "n/a" if r["pretraining_helped"] is None else ("yes" if r["pretraining_helped"] else "no")
+        if r.get("neither_learned"):
+            helped += " (neither learned)"
         metric = r["metric"] + (" (lower is better)" if r["lower_is_better"] else "")
         if r["main"]:
             metric = f"**{metric}**"
@@ -135,6 +170,14 @@ def write_report(work: Path, results: dict[str, dict], settings: dict, step_seco
         markdown_table(rows), "",
         f"Pretraining helped on the main metric of {len(helped)} of {len(main)} tasks"
         + (f" ({', '.join(helped)})." if helped else "."), "",
+        *(["## Did the models learn?", "",
+            "Independent of which variant wins: what each model predicts on the test split. A near-constant "
+            "prediction means the budget was too small for that model to leave its starting point, and the "
+            "comparison above is noise for that task.", "",
+            *(f"- {task} {variant}: {c['text']}" + (" **(has not learned)**" if c["degenerate"] else "")
+              for task, variants in results.items() for variant, r in variants.items()
+              for c in [r.get("learning_check")] if c), ""]
+          if any(r.get("learning_check") for v in results.values() for r in v.values()) else []),
         *(["## The submission", "",
             "The pretrained models bundled (`fomo-nnunet bundle`) and run through the container's entry "
             "(`container/predict.py`) on one out-of-domain test case per task; each output passes the "

@@ -22,6 +22,9 @@ def test_report_table_marks_which_variant_is_better():
     assert rows[("task7", "macro_auroc_gap")]["pretraining_helped"] is True  # a smaller gap is better
     table = markdown_table(list(rows.values()))
     assert "| task2 meningioma | **dice** | 0.600 | 0.400 | 0.200 | yes |" in table
+    flat = {"text": "", "degenerate": True}
+    results["task2"]["pretrained"]["learning_check"] = results["task2"]["scratch"]["learning_check"] = flat
+    assert "| 0.200 | yes (neither learned) |" in markdown_table(table_rows(results))
 
 
 @pytest.mark.slow
@@ -44,3 +47,37 @@ def test_miniature_benchmark_writes_the_report_and_resumes(tmp_path):
     assert "| task" in first.stdout  # the table is printed at the end
     second = run(cmd, env, timeout=300)
     assert "[step]" not in second.stdout and second.stdout.count("[skip]") >= 10
+
+
+def test_learning_check_flags_models_that_have_not_left_their_start(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from fomo_nnunet.report import learning_check
+    from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
+
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    for i, fg in enumerate((0, 0, 1)):
+        a = np.zeros((4, 4, 4), np.uint8)
+        a[1, 1, 1] = fg
+        nib.save(nib.Nifti1Image(a, np.eye(4)), seg / f"c{i}.nii.gz")
+    assert learning_check(SEGMENTATION, seg, tmp_path) == {"text": "predicts foreground in 1 of 3 test cases",
+                                                           "degenerate": False}
+    (seg / "c2.nii.gz").unlink()
+    assert learning_check(SEGMENTATION, seg, tmp_path)["degenerate"]
+
+    def scores(name, targets, preds):
+        d = tmp_path / name
+        d.mkdir()
+        lines = ["case,target,prediction,score_used,status"] + [
+            f"c{i},{t},{p},{p},ok" for i, (t, p) in enumerate(zip(targets, preds))] + ["cx,1,,0,missing"]
+        (d / "per_case.csv").write_text("\n".join(lines) + "\n")
+        return d
+
+    flat = learning_check(CLASSIFICATION, tmp_path, scores("c1", [0, 1, 0, 1], [0.57, 0.571, 0.569, 0.57]))
+    assert flat["degenerate"] and "0.570 ± 0.001" in flat["text"]
+    assert not learning_check(CLASSIFICATION, tmp_path, scores("c2", [0, 1, 0, 1], [0.2, 0.8, 0.3, 0.6]))["degenerate"]
+    mean_predictor = learning_check(REGRESSION, tmp_path, scores("r1", [20, 40, 60, 80], [50, 50.1, 49.9, 50]))
+    assert mean_predictor["degenerate"] and "= 0.00" in mean_predictor["text"]
+    assert not learning_check(REGRESSION, tmp_path, scores("r2", [20, 40, 60, 80], [30, 45, 50, 70]))["degenerate"]
