@@ -8,6 +8,7 @@ import sys
 EXAMPLES = """\
 examples:
   fomo-nnunet benchmark --preset tiny --work fomo_work        # `make demo`: about 30 min on 2 CPU cores
+  fomo-nnunet benchmark --preset tiny-long --work fomo_work   # 4x the finetuning steps: about 1.5 h
   fomo-nnunet benchmark --preset smoke --tasks 2 3 6 --work /tmp/w   # a few iterations, proves the chain
   fomo-nnunet benchmark --preset full --work /data/fomo_synth  # real sizes (GPU)
 
@@ -45,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.n_train or args.n_test:
         from fomo_nnunet.data.synth import PRESETS as SYNTH
 
-        base = SYNTH[args.preset if args.preset in SYNTH else "tiny"]
+        from fomo_nnunet.benchmark import PRESETS as BENCH
+
+        base = SYNTH[BENCH[args.preset].synth_preset]
         sizes = (args.n_train or base.n_train, args.n_test or base.n_test)
     bench = Benchmark(args.work, args.preset, args.seed, args.num_processes, tasks=args.tasks, synth_sizes=sizes)
     try:
