@@ -176,7 +176,11 @@ def write_report(work: Path, results: dict[str, dict], settings: dict, step_seco
             "comparison above is noise for that task.", "",
             *(f"- {task} {variant}: {c['text']}" + (" **(has not learned)**" if c["degenerate"] else "")
               for task, variants in results.items() for variant, r in variants.items()
-              for c in [r.get("learning_check")] if c), ""]
+              for c in [r.get("learning_check")] if c), "",
+            *(["Models that have not learned need more steps: the `tiny-long` preset finetunes the same "
+               "checkpoint 4x longer (60 epochs).", ""]
+              if any((r.get("learning_check") or {}).get("degenerate") for v in results.values() for r in v.values())
+              else [])]
           if any(r.get("learning_check") for v in results.values() for r in v.values()) else []),
         *(["## The submission", "",
             "The pretrained models bundled (`fomo-nnunet bundle`) and run through the container's entry "

@@ -286,6 +286,13 @@ class nnUNetTrainerFomoMAE_tiny(nnUNetTrainerFomoMAE):
     picture_every = 5
 
 
+class nnUNetTrainerFomoMAE_tiny_80epochs(nnUNetTrainerFomoMAE_tiny):
+    """Four times the tiny pretraining (2000 steps): do longer-pretrained features probe better?"""
+    epochs = 80
+    checkpoint_every = 10
+    picture_every = 20
+
+
 class nnUNetTrainerFomoMAE_tiny_smoke(nnUNetTrainerFomoMAE_tiny):
     """A few iterations, for tests."""
     epochs = 3
