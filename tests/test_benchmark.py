@@ -81,3 +81,25 @@ def test_learning_check_flags_models_that_have_not_left_their_start(tmp_path):
     mean_predictor = learning_check(REGRESSION, tmp_path, scores("r1", [20, 40, 60, 80], [50, 50.1, 49.9, 50]))
     assert mean_predictor["degenerate"] and "= 0.00" in mean_predictor["text"]
     assert not learning_check(REGRESSION, tmp_path, scores("r2", [20, 40, 60, 80], [30, 45, 50, 70]))["degenerate"]
+
+
+def test_pipeline_runs_light_commands_in_process_with_the_work_folders_environment(tmp_path, monkeypatch):
+    import os
+
+    from fomo_nnunet.pipeline import Pipeline, StepFailed
+
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    pipe = Pipeline(tmp_path / "work", log=lambda *a: None)
+    gt = tmp_path / "targets.json"
+    gt.write_text(json.dumps({"a": 0, "b": 1, "c": 0, "d": 1}))
+    pred = tmp_path / "predictions.csv"
+    pred.write_text("case_id,prediction\na,0.1\nb,0.9\nc,0.4\nd,0.6\n")
+    assert pipe.run(["fomo-nnunet", "evaluate", "task1", "--pred", str(pred), "--gt", str(gt),
+                     "-o", str(tmp_path / "scores")]) == ""  # in process: nothing captured
+    assert json.loads((tmp_path / "scores" / "summary.json").read_text())["metrics"]["auroc"] == 1.0
+    assert "nnUNet_raw" not in os.environ  # the work folder's variables were lent, then taken back
+    with pytest.raises(StepFailed, match="fomo-nnunet evaluate task1"):
+        pipe.run(["fomo-nnunet", "evaluate", "task1", "--pred", str(tmp_path / "missing.csv"), "--gt", str(gt),
+                  "-o", str(tmp_path / "scores2")])
+    with pytest.raises(StepFailed, match="exited with 2"):
+        pipe.run(["fomo-nnunet", "evaluate", "--no-such-flag"])

@@ -266,7 +266,7 @@ class nnUNetTrainerFomoReg(nnUNetTrainerFomoImageLevel):
 
 def _variants(base: type, prefix: str) -> dict[str, type]:
     """The same variants for both trainers: _scratch, _tiny (CPU-sized), _tiny_smoke (tests), epochs."""
-    tiny = dict(epochs=10, iterations_per_epoch=15, val_iterations_per_epoch=3, fresh_only_epochs=2,
+    tiny = dict(epochs=6, iterations_per_epoch=15, val_iterations_per_epoch=3, fresh_only_epochs=2,
                 warmup_epochs=2, checkpoint_every=5, head_hidden=64)
     smoke = dict(tiny, epochs=2, iterations_per_epoch=3, val_iterations_per_epoch=1, fresh_only_epochs=1,
                  warmup_epochs=0)

@@ -45,10 +45,10 @@ class nnUNetTrainerFomoSeg_nodecoder(nnUNetTrainerFomoSeg):
 
 class nnUNetTrainerFomoSeg_tiny(nnUNetTrainerFomoSeg):
     """CPU-sized budget for the demo and tests (pair with tiny-preset plans): about a minute on 2 cores.
-    150 steps run every part of the chain but are too few to find the foreground (the 60-epoch
-    pretrained model found it after about 350 steps; see _tiny_60epochs and the tiny-long benchmark).
+    90 steps run every part of the chain but are far too few to find the foreground (a 60-epoch
+    pretrained run found it after about 350 steps; see _tiny_60epochs and the tiny-long benchmark).
     No mirroring at inference: on a CPU it multiplies prediction time by eight."""
-    epochs = 10
+    epochs = 6
     iterations_per_epoch = 15
     val_iterations_per_epoch = 3
     fresh_only_epochs = 2
