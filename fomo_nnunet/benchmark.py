@@ -2,8 +2,8 @@
 finetune it and its from-scratch twin on each task, predict the out-of-domain test split and score.
 
 Every step is a command a user could type (nnU-Net's own where nnU-Net has one); the chain is
-resumable (fomo_nnunet.pipeline) and seeded, so a rerun skips finished steps and gives the same
-numbers.
+resumable (fomo_nnunet.pipeline): a rerun skips finished steps and reports the same numbers. The
+synthetic data and the probe split are seeded; nnU-Net training is not, so a fresh run differs.
 """
 from __future__ import annotations
 

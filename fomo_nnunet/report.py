@@ -39,11 +39,12 @@ def table_rows(results: dict[str, dict]) -> list[dict]:
             s = metric_value(variants.get("scratch", {}), name)
             low = name in LOWER_IS_BETTER or name.endswith("_gap")
             diff = p - s
-            helped = None if math.isnan(diff) else (diff < 0 if low else diff > 0)
+            tie = not math.isnan(diff) and abs(diff) < 1e-9
+            helped = None if math.isnan(diff) or tie else (diff < 0 if low else diff > 0)
             checks = [(variants.get(v) or {}).get("learning_check") for v in ("pretrained", "scratch")]
             rows.append({"task": key, "name": TASKS_BY_NUMBER[n].name, "metric": name, "main": name == main,
                          "lower_is_better": low, "pretrained": p, "scratch": s, "difference": diff,
-                         "pretraining_helped": helped,
+                         "pretraining_helped": helped, "tie": tie,
                          "neither_learned": all(c and c["degenerate"] for c in checks)})
     return rows
 
@@ -87,7 +88,8 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| task | metric | pretrained | scratch | difference | pretraining helped |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        helped = "n/a" if r["pretraining_helped"] is None else ("yes" if r["pretraining_helped"] else "no")
+        helped = ("tie" if r.get("tie") else "n/a") if r["pretraining_helped"] is None else \
+            ("yes" if r["pretraining_helped"] else "no")
         if r.get("neither_learned"):
             helped += " (neither learned)"
         metric = r["metric"] + (" (lower is better)" if r["lower_is_better"] else "")

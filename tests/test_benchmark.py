@@ -25,6 +25,8 @@ def test_report_table_marks_which_variant_is_better():
     flat = {"text": "", "degenerate": True}
     results["task2"]["pretrained"]["learning_check"] = results["task2"]["scratch"]["learning_check"] = flat
     assert "| 0.200 | yes (neither learned) |" in markdown_table(table_rows(results))
+    results["task2"]["scratch"]["metrics"]["dice"] = 0.6
+    assert "| 0.000 | tie (neither learned) |" in markdown_table(table_rows(results))
 
 
 @pytest.mark.slow

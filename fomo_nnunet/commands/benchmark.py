@@ -18,7 +18,8 @@ twin with the same budget, predict the out-of-domain test split and score it (ta
 probe on frozen embeddings, pretrained vs random-init encoder). Finally the pretrained models are
 bundled and the container's entry runs once per task. Writes WORK/report/report.md with the table
 and plots. Every finished step leaves a marker in WORK/steps: a rerun skips it (delete a marker to
-redo a step). Seeds are fixed, so a rerun gives the same numbers.
+redo a step). The data and the probe split are seeded; nnU-Net training is not, so a fresh work
+folder gives different numbers (at tiny budgets, differences as large as pretrained vs scratch).
 """
 
 
