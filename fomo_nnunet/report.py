@@ -14,6 +14,7 @@ from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION, TASKS_BY
 # The main metric of each task (the one the goal is stated in); metrics where lower is better.
 MAIN_METRIC = {1: "auroc", 2: "dice", 3: "mae", 4: "dice", 5: "auroc", 6: "macro_auroc", 7: "macro_auroc"}
 LOWER_IS_BETTER = {"mae"}
+UNBOUNDED_METRICS = {"mae"}  # in the target's units (years), not in [0, 1]
 # Further metrics shown in the table.
 EXTRA_METRICS = {2: ("nsd",), 3: ("pearson_r",), 4: ("nsd",), 6: ("macro_f1",), 7: ("macro_f1",)}
 
@@ -101,16 +102,23 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_bars(path: Path, rows: list[dict]) -> None:
+    """Main metric per task; scores in [0, 1] share a panel, errors in their own units (MAE) get their own."""
     plt = _pyplot()
     main = [r for r in rows if r["main"]]
-    fig, ax = plt.subplots(figsize=(1.6 * len(main) + 3, 4.5))
-    x = np.arange(len(main))
-    ax.bar(x - 0.2, [r["pretrained"] for r in main], 0.4, label="pretrained (MAE)")
-    ax.bar(x + 0.2, [r["scratch"] for r in main], 0.4, label="from scratch")
-    ax.set_xticks(x)
-    ax.set_xticklabels([f"{r['task']}\n{r['metric']}" + (" ↓" if r["lower_is_better"] else "") for r in main])
-    ax.set_title("FOMO-Synth: pretrained vs scratch, out-of-domain test split (↓: lower is better)")
-    ax.legend()
+    panels = [p for p in ([r for r in main if r["metric"] not in UNBOUNDED_METRICS],
+                          [r for r in main if r["metric"] in UNBOUNDED_METRICS]) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.6 * len(main) + 3, 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(p) + 0.5 for p in panels]})
+    for ax, panel in zip(axes[0], panels):
+        x = np.arange(len(panel))
+        ax.bar(x - 0.2, [r["pretrained"] for r in panel], 0.4, label="pretrained (MAE)")
+        ax.bar(x + 0.2, [r["scratch"] for r in panel], 0.4, label="from scratch")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{r['task']}\n{r['metric']}" + (" ↓" if r["lower_is_better"] else "") for r in panel])
+        if panel[0]["metric"] not in UNBOUNDED_METRICS:
+            ax.set_ylim(0, 1)
+    axes[0][0].legend()
+    fig.suptitle("FOMO-Synth: pretrained vs scratch, out-of-domain test split (↓: lower is better)")
     fig.tight_layout()
     _save(fig, path)
 
