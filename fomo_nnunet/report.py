@@ -105,6 +105,8 @@ def plot_bars(path: Path, rows: list[dict]) -> None:
     """Main metric per task; scores in [0, 1] share a panel, errors in their own units (MAE) get their own."""
     plt = _pyplot()
     main = [r for r in rows if r["main"]]
+    if not main:
+        return
     panels = [p for p in ([r for r in main if r["metric"] not in UNBOUNDED_METRICS],
                           [r for r in main if r["metric"] in UNBOUNDED_METRICS]) if p]
     fig, axes = plt.subplots(1, len(panels), figsize=(1.6 * len(main) + 3, 4.5), squeeze=False,
