@@ -172,6 +172,8 @@ def write_report(work: Path, results: dict[str, dict], settings: dict, step_seco
             print(f"overlay {o['file']} not drawn: {e}")
     main = [r for r in rows if r["main"]]
     helped = [r["task"] for r in main if r["pretraining_helped"]]
+    checks = [(task, variant, r["learning_check"]) for task, variants in results.items()
+              for variant, r in variants.items() if r.get("learning_check")]
     total = sum(step_seconds.values())
     lines = [
         "# FOMO-Synth benchmark", "",
@@ -187,13 +189,11 @@ def write_report(work: Path, results: dict[str, dict], settings: dict, step_seco
             "prediction means the budget was too small for that model to leave its starting point, and the "
             "comparison above is noise for that task.", "",
             *(f"- {task} {variant}: {c['text']}" + (" **(has not learned)**" if c["degenerate"] else "")
-              for task, variants in results.items() for variant, r in variants.items()
-              for c in [r.get("learning_check")] if c), "",
+              for task, variant, c in checks), "",
             *(["Models that have not learned need more steps: the `tiny-long` preset finetunes the same "
-               "checkpoint 4x longer (60 epochs).", ""]
-              if any((r.get("learning_check") or {}).get("degenerate") for v in results.values() for r in v.values())
-              else [])]
-          if any(r.get("learning_check") for v in results.values() for r in v.values()) else []),
+               "checkpoint 10x longer (60 epochs instead of 6).", ""]
+              if any(c["degenerate"] for _, _, c in checks) else [])]
+          if checks else []),
         *(["## The submission", "",
             "The pretrained models bundled (`fomo-nnunet bundle`) and run through the container's entry "
             "(`container/predict.py`) on one out-of-domain test case per task; each output passes the "

@@ -77,7 +77,7 @@ class nnUNetTrainerFomoSeg_tiny_smoke_scratch(nnUNetTrainerFomoSeg_tiny_smoke):
 
 
 class nnUNetTrainerFomoSeg_tiny_60epochs(nnUNetTrainerFomoSeg_tiny):
-    """Four times the tiny budget: does pretraining pay once the tiny models learn at all?"""
+    """Ten times the tiny budget (900 steps): does pretraining pay once the tiny models learn at all?"""
     epochs = 60
 
 

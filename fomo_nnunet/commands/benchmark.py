@@ -8,7 +8,7 @@ import sys
 EXAMPLES = """\
 examples:
   fomo-nnunet benchmark --preset tiny --work fomo_work        # `make demo`: about 22 min on 2 CPU cores
-  fomo-nnunet benchmark --preset tiny-long --work fomo_work   # 4x the finetuning steps: about 1.5 h
+  fomo-nnunet benchmark --preset tiny-long --work fomo_work   # 10x the finetuning steps: about 1.5 h
   fomo-nnunet benchmark --preset smoke --tasks 2 3 6 --work /tmp/w   # a few iterations, proves the chain
   fomo-nnunet benchmark --preset full --work /data/fomo_synth  # real sizes (GPU)
 
