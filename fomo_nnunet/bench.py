@@ -36,7 +36,7 @@ def _make_trainer(name: str, dataset_id: int, plans_name: str, configuration: st
                                          num_processes=1, verify=True)
     trainer.on_train_epoch_start()
     if hasattr(trainer, "_mask_generator"):
-        trainer._mask_generator = torch.Generator(device=trainer.device).manual_seed(trainer.mask_seed)
+        trainer._mask_generator = torch.Generator(device=trainer.device).manual_seed(trainer.stream_seed("mask"))
     return trainer
 
 

@@ -2,8 +2,9 @@
 finetune it and its from-scratch twin on each task, predict the out-of-domain test split and score.
 
 Every step is a command a user could type (nnU-Net's own where nnU-Net has one); the chain is
-resumable (fomo_nnunet.pipeline): a rerun skips finished steps and reports the same numbers. The
-synthetic data and the probe split are seeded; nnU-Net training is not, so a fresh run differs.
+resumable (fomo_nnunet.pipeline): a rerun skips finished steps. Repetitions: seed s pretrains and
+finetunes both arms with FOMO_SEED=s (fomo_nnunet.seeding), so on a CPU a fresh run in a new folder
+gives the same table for the same seeds, and the report states mean, sd and paired differences.
 """
 from __future__ import annotations
 
@@ -50,13 +51,28 @@ PRESETS = {p.name: p for p in (
 )}
 
 
+TASK_PLANS_DATA = "fomoPlans_3d_fullres"  # the preprocessed task data every seed's plans share
+
+
 class Benchmark:
-    def __init__(self, work: str | os.PathLike, preset: str = "tiny", seed: int = 0, num_processes: int = 2,
-                 log=print, tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int, int] | None = None):
+    """The benchmark over repetitions: seed s pretrains and finetunes both arms with FOMO_SEED=s.
+
+    Shared by every seed: the synthetic data (`data_seed`), its conversion, the pretraining plans and
+    all preprocessing. Per seed: an nnUNet_results folder (`runs/seed<s>/nnUNet_results`), task plans
+    `fomoPlans_seed<s>` (they name that seed's checkpoint, and share one preprocessed data folder),
+    predictions and scores. Every step is resumable per seed, so adding seeds later reuses the rest.
+    """
+
+    def __init__(self, work: str | os.PathLike, preset: str = "tiny", data_seed: int = 0,
+                 seeds: tuple[int, ...] = (0,), num_processes: int = 2, log=print,
+                 tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int, int] | None = None):
+        if not seeds:
+            raise ValueError("give at least one seed")
         self.p = PRESETS[preset]
         self.tasks = tuple(tasks or self.p.tasks)
         self.synth_sizes = synth_sizes
-        self.seed = seed
+        self.data_seed = data_seed
+        self.seeds = tuple(dict.fromkeys(int(s) for s in seeds))
         self.np = str(num_processes)
         self.pipe = Pipeline(work, log=log)
         self.work = self.pipe.work
@@ -64,12 +80,25 @@ class Benchmark:
         self.synth_dir = self.work / "synth"
         self.raw = Path(self.pipe.env["nnUNet_raw"])
         self.pre = Path(self.pipe.env["nnUNet_preprocessed"])
-        self.results = Path(self.pipe.env["nnUNet_results"])
+        self.use_seed(self.seeds[0])
+
+    # ---- repetitions ------------------------------------------------------------------------------
+    def use_seed(self, seed: int) -> None:
+        """Point the nnU-Net results folder, FOMO_SEED and the output folders at repetition `seed`."""
+        self.seed = seed
+        self.run_dir = self.work / "runs" / f"seed{seed}"
+        self.results = self.run_dir / "nnUNet_results"
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.pipe.env.update({"nnUNet_results": str(self.results), "FOMO_SEED": str(seed)})
+        self.plans = f"fomoPlans_seed{seed}"
+
+    def _s(self, name: str) -> str:
+        return f"{name}_seed{self.seed}"
 
     # ---- data -----------------------------------------------------------------------------------
     def synthesize(self) -> None:
         cmd = ["fomo-nnunet", "synth", "-o", str(self.synth_dir), "--preset", self.p.synth_preset,
-               "--seed", str(self.seed), "-np", self.np, "--tasks", *map(str, self.tasks)]
+               "--seed", str(self.data_seed), "-np", self.np, "--tasks", *map(str, self.tasks)]
         if self.synth_sizes:
             cmd += ["--n-train", str(self.synth_sizes[0]), "--n-test", str(self.synth_sizes[1])]
         self.pipe.step("synth", lambda: self.pipe.run(cmd) and None)
@@ -93,13 +122,13 @@ class Benchmark:
         self.pipe.step("preprocess_pretrain", lambda: self.pipe.run(
             ["nnUNetv2_preprocess", "-d", d, "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
              "-np", self.np]) and None)
-        self.pipe.step("pretrain", lambda: self.pipe.run(
+        self.pipe.step(self._s("pretrain"), lambda: self.pipe.run(
             ["nnUNetv2_train", d, "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", self.p.pretrain_trainer,
              "-device", "cpu"]) and None)
         return self.pretrain_folder()
 
     def pretrain_folder(self) -> Path:
-        name = next(self.results.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*")).name
+        name = next(self.pre.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*")).name
         return self.results / name / f"{self.p.pretrain_trainer}__fomoPretrainPlans__3d_fullres"
 
     # ---- finetuned tasks (segmentation, classification, regression) ------------------------------
@@ -110,34 +139,38 @@ class Benchmark:
         return {SEGMENTATION: self.p.seg_trainer, CLASSIFICATION: self.p.cls_trainer,
                 REGRESSION: self.p.reg_trainer}[task.kind]
 
+    def model_folder(self, task: Task, trainer: str) -> Path:
+        return self.results / self.dataset_name(task) / f"{trainer}__{self.plans}__3d_fullres"
+
     def finetune(self, task: Task, pretrained: Path) -> dict:
         d = str(task.default_dataset_id)
-        self.pipe.step(f"plan_{task.key}", lambda: self.pipe.run(
-            ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "-np", self.np]) and None)
+        self.pipe.step(self._s(f"plan_{task.key}"), lambda: self.pipe.run(
+            ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "-np", self.np,
+             "--plans-name", self.plans, "--data-identifier", TASK_PLANS_DATA]) and None)
+        # every seed's plans differ only in the checkpoint they name: one preprocessing serves all
         self.pipe.step(f"preprocess_{task.key}", lambda: self.pipe.run(
-            ["nnUNetv2_preprocess", "-d", d, "-plans_name", "fomoPlans", "-c", "3d_fullres", "-np", self.np])
+            ["nnUNetv2_preprocess", "-d", d, "-plans_name", self.plans, "-c", "3d_fullres", "-np", self.np])
             and None)
         images = self.raw / self.dataset_name(task) / "imagesTs"
         scores = {}
         base = self.trainer_for(task)
         for variant, trainer in (("pretrained", base), ("scratch", base + "_scratch")):
             for fold in self.p.folds:
-                self.pipe.step(f"train_{task.key}_{variant}_fold{fold}", lambda trainer=trainer, fold=fold:
-                               self.pipe.run(["nnUNetv2_train", d, "3d_fullres", fold, "-p", "fomoPlans",
+                self.pipe.step(self._s(f"train_{task.key}_{variant}_fold{fold}"), lambda trainer=trainer, fold=fold:
+                               self.pipe.run(["nnUNetv2_train", d, "3d_fullres", fold, "-p", self.plans,
                                               "-tr", trainer, "-device", "cpu"]) and None)
-            out = self.work / "predictions" / task.key / variant
-            model = self.results / self.dataset_name(task) / f"{trainer}__fomoPlans__3d_fullres"
+            out = self.run_dir / "predictions" / task.key / variant
             if task.kind == SEGMENTATION:
                 cmd = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", d, "-c", "3d_fullres",
-                       "-p", "fomoPlans", "-tr", trainer, "-f", *self.p.folds, "-device", "cpu",
+                       "-p", self.plans, "-tr", trainer, "-f", *self.p.folds, "-device", "cpu",
                        "-npp", "1", "-nps", "1"]
                 pred, gt = out, self.raw / self.dataset_name(task) / "labelsTs"
             else:
-                cmd = ["fomo-nnunet", "predict", "-i", str(images), "-o", str(out), "-m", str(model),
-                       "-f", *self.p.folds]
+                cmd = ["fomo-nnunet", "predict", "-i", str(images), "-o", str(out),
+                       "-m", str(self.model_folder(task, trainer)), "-f", *self.p.folds]
                 pred, gt = out / "predictions.csv", self.raw / self.dataset_name(task) / "targetsTs.json"
-            self.pipe.step(f"predict_{task.key}_{variant}", lambda cmd=cmd: self.pipe.run(cmd) and None)
-            scores[variant] = self.pipe.step(f"evaluate_{task.key}_{variant}",
+            self.pipe.step(self._s(f"predict_{task.key}_{variant}"), lambda cmd=cmd: self.pipe.run(cmd) and None)
+            scores[variant] = self.pipe.step(self._s(f"evaluate_{task.key}_{variant}"),
                                              lambda pred=pred, gt=gt, out=out: self.evaluate(task, pred, gt, out))
             scores[variant]["result"]["learning_check"] = learning_check(task.kind, out, out.parent / f"{out.name}_scores")
         return {v: r["result"] for v, r in scores.items()}
@@ -156,50 +189,58 @@ class Benchmark:
         folder = self.raw / name
         table = self.work / "probe" / task.key / "labels.tsv"
         self.pipe.step(f"labels_{task.key}", lambda: write_probe_table(folder, table) and None)
-        random_init = self.work / "probe" / "random_init_encoder.pth"
-        self.pipe.step("random_init_encoder", lambda: save_random_init(find_checkpoint(pretrained), random_init,
-                                                                       self.seed) and None)
+        random_init = self.run_dir / "probe" / "random_init_encoder.pth"
+        self.pipe.step(self._s("random_init_encoder"), lambda: save_random_init(
+            find_checkpoint(pretrained), random_init, self.seed) and None)
         scores = {}
         for variant, ckpt in (("pretrained", find_checkpoint(pretrained)), ("scratch", str(random_init))):
-            emb = self.work / "probe" / task.key / f"embeddings_{variant}"
+            emb = self.run_dir / "probe" / task.key / f"embeddings_{variant}"
             for split in ("imagesTr", "imagesTs"):
-                self.pipe.step(f"embed_{task.key}_{variant}_{split}", lambda split=split, emb=emb, ckpt=ckpt:
+                self.pipe.step(self._s(f"embed_{task.key}_{variant}_{split}"), lambda split=split, emb=emb, ckpt=ckpt:
                                self.pipe.run(["fomo-nnunet", "embed", "-i", str(folder / split), "-o", str(emb),
                                               "--checkpoint", ckpt]) and None)
-            out = self.work / "probe" / task.key / f"probe_{variant}"
-            cmd = ["fomo-nnunet", "probe", str(emb), "--labels", str(table), "--seed", str(self.seed), "-o", str(out)]
+            out = self.run_dir / "probe" / task.key / f"probe_{variant}"
+            # the probe's split is part of the evaluation protocol: the data seed, the same for every repetition
+            cmd = ["fomo-nnunet", "probe", str(emb), "--labels", str(table), "--seed", str(self.data_seed),
+                   "-o", str(out)]
             if task.number == 7:
                 cmd += ["--groups", "sex"]
-            self.pipe.step(f"probe_{task.key}_{variant}", lambda cmd=cmd: self.pipe.run(cmd) and None)
+            self.pipe.step(self._s(f"probe_{task.key}_{variant}"), lambda cmd=cmd: self.pipe.run(cmd) and None)
             scores[variant] = json.loads((out / "probe.json").read_text())
         return scores
 
     # ---- the whole story ------------------------------------------------------------------------
     def run(self) -> Path:
-        """Every step (resumable), then report.md; returns the report's path."""
+        """Every step (resumable) for every seed, then report.md; returns the report's path."""
         from fomo_nnunet.report import write_report
 
         self.synthesize()
         self.convert(self.tasks)
-        pretrained = self.pretrain()
-        results = {}
-        for n in self.tasks:
-            task = TASKS_BY_NUMBER[n]
-            results[task.key] = self.probe(task, pretrained) if task.kind == EMBEDDING else \
-                self.finetune(task, pretrained)
-        settings = {"preset": self.p.name, "seed": self.seed, "synthetic data": self.p.synth_preset,
-                    "architecture": self.p.arch, "pretraining trainer": self.p.pretrain_trainer,
-                    "segmentation trainer": self.p.seg_trainer, "classification trainer": self.p.cls_trainer,
-                    "regression trainer": self.p.reg_trainer, "folds": " ".join(self.p.folds),
-                    "tasks 6/7": "logistic-regression probe on frozen embeddings (pretrained vs random-init encoder)"}
+        runs = {}
+        for seed in self.seeds:
+            self.use_seed(seed)
+            self.log(f"==== repetition with seed {seed} ({self.seeds.index(seed) + 1} of {len(self.seeds)})")
+            pretrained = self.pretrain()
+            runs[seed] = {}
+            for n in self.tasks:
+                task = TASKS_BY_NUMBER[n]
+                runs[seed][task.key] = self.probe(task, pretrained) if task.kind == EMBEDDING else \
+                    self.finetune(task, pretrained)
+        self.use_seed(self.seeds[0])  # the submission check uses the first repetition's models
+        settings = {"preset": self.p.name, "seeds": " ".join(map(str, self.seeds)), "data seed": self.data_seed,
+                    "synthetic data": self.p.synth_preset, "architecture": self.p.arch,
+                    "pretraining trainer": self.p.pretrain_trainer, "segmentation trainer": self.p.seg_trainer,
+                    "classification trainer": self.p.cls_trainer, "regression trainer": self.p.reg_trainer,
+                    "folds": " ".join(self.p.folds), "augmentation workers": self.pipe.env.get("nnUNet_n_proc_DA"),
+                    "tasks 6/7": "linear probe on frozen embeddings (pretrained vs random-init encoder)"}
         container = self.container_check(self.bundle())
-        report = write_report(self.work, results, settings, self.pipe.seconds(), self.pretrain_folder(),
+        report = write_report(self.work, runs, settings, self.pipe.seconds(), self.pretrain_folder(),
                               self.overlays(), container)
         self.log(f"report: {report}")
         return report
 
     def overlays(self) -> list[dict]:
-        """One segmentation overlay per segmentation task: the first out-of-domain test case."""
+        """One segmentation overlay per segmentation task: the first out-of-domain test case, first seed."""
         out = []
         for n in self.tasks:
             task = TASKS_BY_NUMBER[n]
@@ -210,9 +251,10 @@ class Benchmark:
             if not gts:
                 continue
             case = gts[0].name[: -len(".nii.gz")]
-            preds = {v: self.work / "predictions" / task.key / v / gts[0].name for v in ("pretrained", "scratch")}
+            preds = {v: self.run_dir / "predictions" / task.key / v / gts[0].name for v in ("pretrained", "scratch")}
             out.append({"file": f"overlay_{task.key}.png", "image": folder / "imagesTs" / f"{case}_0000.nii.gz",
-                        "gt": gts[0], "predictions": preds, "title": f"{task.key} {task.name}: {case}"})
+                        "gt": gts[0], "predictions": preds,
+                        "title": f"{task.key} {task.name}: {case} (seed {self.seed})"})
         return out
 
     # ---- the submission: bundle the pretrained models, run the container entry per task ---------
@@ -224,8 +266,7 @@ class Benchmark:
         for n in self.tasks:
             task = TASKS_BY_NUMBER[n]
             if task.kind != EMBEDDING:
-                trainer = self.trainer_for(task)
-                args += [f"--task{n}", str(self.results / self.dataset_name(task) / f"{trainer}__fomoPlans__3d_fullres")]
+                args += [f"--task{n}", str(self.model_folder(task, self.trainer_for(task)))]
         args += ["--embedding", find_checkpoint(self.pretrain_folder())]
         self.pipe.step("bundle", lambda: self.pipe.run(args) and None)
         return out

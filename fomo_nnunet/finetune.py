@@ -107,14 +107,23 @@ class FinetuneLR:
             g["lr"] = g["initial_lr"] * self.schedule.factor(epoch, g.get("pretrained", False))
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def build_optimizer(network: nn.Module, pretrained_names: set[str], lr: float, weight_decay: float,
-                    pretrained_lr_scale: float, schedule: FinetuneSchedule):
-    """SGD with nesterov momentum (nnU-Net's), a group for pretrained and one for fresh tensors."""
+                    pretrained_lr_scale: float, schedule: FinetuneSchedule, kind: str = "sgd"):
+    """A group for pretrained and one for fresh tensors; `kind` "sgd" is nnU-Net's (nesterov momentum 0.99),
+    "adamw" is AdamW (betas 0.9/0.999), as the FOMO baselines finetune."""
     pretrained, fresh = split_parameters(network, pretrained_names)
     groups = [{"params": fresh, "lr": lr, "pretrained": False}]
     if pretrained:
         groups.append({"params": pretrained, "lr": lr * pretrained_lr_scale, "pretrained": True})
-    optimizer = torch.optim.SGD(groups, lr, weight_decay=weight_decay, momentum=0.99, nesterov=True)
+    if kind == "sgd":
+        optimizer = torch.optim.SGD(groups, lr, weight_decay=weight_decay, momentum=0.99, nesterov=True)
+    elif kind == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {kind!r} (choose from {', '.join(OPTIMIZERS)})")
     return optimizer, FinetuneLR(optimizer, schedule)
 
 
@@ -131,8 +140,9 @@ class FinetuneRecipe:
     epochs: int = 250
     iterations_per_epoch: int = 250
     val_iterations_per_epoch: int = 50
+    optimizer_name: str = "sgd"       # "sgd" (nnU-Net's) or "adamw"
     lr: float = 1e-2
-    weight_decay_sgd: float = 3e-5
+    weight_decay_sgd: float = 3e-5    # the weight decay, whichever the optimizer
     fresh_only_epochs: int = 10       # pretrained tensors frozen (lr 0) while fresh ones start
     warmup_epochs: int = 10           # then the whole network warms up linearly
     pretrained_lr_scale: float = 1.0  # lr of pretrained tensors relative to fresh ones
@@ -202,7 +212,7 @@ class FinetuneRecipe:
         schedule = FinetuneSchedule(self.num_epochs, self.fresh_only_epochs if pretrained else 0,
                                     self.warmup_epochs)
         return build_optimizer(self.network, pretrained, self.initial_lr, self.weight_decay,
-                               self.pretrained_lr_scale, schedule)
+                               self.pretrained_lr_scale, schedule, self.optimizer_name)
 
     def _transfer_prefix(self) -> str:
         """Name prefix of the transferred module inside the trainer's network ('' when it is the network)."""

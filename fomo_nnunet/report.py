@@ -28,35 +28,83 @@ def metric_value(result: dict, name: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def table_rows(results: dict[str, dict]) -> list[dict]:
-    """One row per (task, metric): pretrained, scratch, difference and whether pretraining helped."""
+VERDICT_RULE = ("better: pretrained wins in every repetition (the paired difference pretrained - scratch favours "
+                "it for every seed, N >= 2) and the mean difference exceeds its standard deviation; worse: the "
+                "same with scratch winning; tie: every difference is 0; otherwise undecided (one seed is always "
+                "undecided).")
+
+
+def verdict(differences: list[float], lower_is_better: bool) -> str:
+    """The rule in VERDICT_RULE, applied to paired differences (pretrained - scratch) over seeds."""
+    d = np.array([x for x in differences if not math.isnan(x)], dtype=float)
+    if len(d) == 0:
+        return "n/a"
+    if np.all(np.abs(d) < 1e-9):
+        return "tie"
+    if len(d) < 2:
+        return "undecided"
+    signed = -d if lower_is_better else d  # > 0: pretrained better
+    consistent = np.all(signed > 1e-9) or np.all(signed < -1e-9)
+    if consistent and abs(d.mean()) > d.std(ddof=1):
+        return "better" if signed.mean() > 0 else "worse"
+    return "undecided"
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    v = np.array([x for x in values if not math.isnan(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+def table_rows(runs: dict[int, dict[str, dict]]) -> list[dict]:
+    """One row per (task, metric) over the repetitions: {seed: {task: {arm: result}}} -> mean, sd, the paired
+    difference, wins and the verdict (VERDICT_RULE); each result may carry its `learning_check`."""
+    seeds = sorted(runs)
+    tasks = list(dict.fromkeys(k for s in seeds for k in runs[s]))
     rows = []
-    for key, variants in results.items():
+    for key in tasks:
         n = int(key[4:])
         main = MAIN_METRIC[n]
         names = [main, *EXTRA_METRICS.get(n, ())] + (["macro_auroc_gap"] if n == 7 else [])
+        arms = {s: runs[s].get(key, {}) for s in seeds}
+        not_learned = {arm: sum(1 for s in seeds if not ((arms[s].get(arm) or {}).get("learning_check")
+                                                         or {"learned": True})["learned"])
+                       for arm in ("pretrained", "scratch")}
         for name in names:
-            p = metric_value(variants.get("pretrained", {}), name)
-            s = metric_value(variants.get("scratch", {}), name)
             low = name in LOWER_IS_BETTER or name.endswith("_gap")
-            diff = p - s
-            tie = not math.isnan(diff) and abs(diff) < 1e-9
-            helped = None if math.isnan(diff) or tie else (diff < 0 if low else diff > 0)
-            checks = [(variants.get(v) or {}).get("learning_check") for v in ("pretrained", "scratch")]
+            p = [metric_value(arms[s].get("pretrained", {}), name) for s in seeds]
+            q = [metric_value(arms[s].get("scratch", {}), name) for s in seeds]
+            d = [a - b for a, b in zip(p, q)]
+            signed = [(-x if low else x) for x in d if not math.isnan(x)]
+            (pm, psd), (qm, qsd), (dm, dsd) = _mean_sd(p), _mean_sd(q), _mean_sd(d)
             rows.append({"task": key, "name": TASKS_BY_NUMBER[n].name, "metric": name, "main": name == main,
-                         "lower_is_better": low, "pretrained": p, "scratch": s, "difference": diff,
-                         "pretraining_helped": helped, "tie": tie,
-                         "neither_learned": all(c and c["degenerate"] for c in checks)})
+                         "lower_is_better": low, "seeds": seeds, "pretrained": p, "scratch": q, "difference": d,
+                         "pretrained_mean": pm, "pretrained_sd": psd, "scratch_mean": qm, "scratch_sd": qsd,
+                         "difference_mean": dm, "difference_sd": dsd,
+                         "wins": sum(x > 1e-9 for x in signed), "losses": sum(x < -1e-9 for x in signed),
+                         "n": len(signed), "verdict": verdict(d, low), "not_learned": not_learned})
     return rows
 
 
-def learning_check(kind: str, predictions: Path, scores: Path) -> dict:
-    """Did the model learn anything? A look at its test predictions, independent of the metric.
+# What "learned" means, per kind of task: strict enough that a model at its starting point fails.
+LEARNING_CRITERIA = {
+    SEGMENTATION: "predicts foreground in >= 80 % of the test cases and reaches a mean Dice >= 0.3",
+    CLASSIFICATION: "the predicted probability varies across test cases: sd >= 0.05",
+    REGRESSION: "predictions spread like the targets: prediction sd / target sd >= 0.3",
+}
+SEG_MIN_FOREGROUND_FRACTION, SEG_MIN_DICE = 0.8, 0.3
+CLS_MIN_SD = 0.05
+REG_MIN_SD_RATIO = 0.3
 
-    A metric compares two models; this says whether either is more than its starting point:
-    a segmentation model that predicts no foreground anywhere, a classifier whose probabilities
-    barely move between cases, a regressor that predicts about the training mean for everyone.
-    Returns {"text": one line, "degenerate": bool}.
+
+def learning_check(kind: str, predictions: Path, scores: Path) -> dict:
+    """Did the model learn anything? A look at its test predictions beside the metric.
+
+    A metric compares two models; this says whether each is more than its starting point (criteria in
+    LEARNING_CRITERIA): a segmentation model must find the structure in most test cases, a classifier's
+    probabilities must move between cases, a regressor must not predict about the training mean for
+    everyone. Returns {"learned": bool, "text": one line, "figures": {...}, "criterion": text}.
     """
     import csv
 
@@ -65,19 +113,28 @@ def learning_check(kind: str, predictions: Path, scores: Path) -> dict:
 
         files = sorted(Path(predictions).glob("*.nii.gz"))
         with_fg = sum(bool(np.any(np.asarray(nib.load(f).dataobj))) for f in files)
-        return {"text": f"predicts foreground in {with_fg} of {len(files)} test cases", "degenerate": with_fg == 0}
+        summary = Path(scores) / "summary.json"
+        dice = metric_value(json.loads(summary.read_text()), "dice") if summary.is_file() else float("nan")
+        fraction = with_fg / len(files) if files else 0.0
+        learned = fraction >= SEG_MIN_FOREGROUND_FRACTION and not math.isnan(dice) and dice >= SEG_MIN_DICE
+        return {"learned": bool(learned), "criterion": LEARNING_CRITERIA[kind],
+                "figures": {"cases_with_foreground": with_fg, "cases": len(files), "mean_dice": dice},
+                "text": f"predicts foreground in {with_fg} of {len(files)} test cases, mean Dice {_fmt(dice)}"}
     with open(Path(scores) / "per_case.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("status") == "ok"]
     pred = np.array([float(r["prediction"]) for r in rows]) if rows else np.zeros(0)
     if kind == CLASSIFICATION:
         spread = float(np.std(pred)) if len(pred) else 0.0
-        return {"text": f"predicted probability {np.mean(pred):.3f} ± {spread:.3f} (mean ± sd over test cases)",
-                "degenerate": spread < 0.02}
+        return {"learned": spread >= CLS_MIN_SD, "criterion": LEARNING_CRITERIA[kind],
+                "figures": {"probability_mean": float(np.mean(pred)) if len(pred) else float("nan"),
+                            "probability_sd": spread},
+                "text": f"predicted probability {np.mean(pred):.3f} ± {spread:.3f} (mean ± sd over test cases)"}
     if kind == REGRESSION:
         target = np.array([float(r["target"]) for r in rows]) if rows else np.zeros(0)
         ratio = float(np.std(pred) / np.std(target)) if len(rows) > 1 and np.std(target) > 0 else 0.0
-        return {"text": f"prediction sd / target sd = {ratio:.2f} (0: the same value for everyone)",
-                "degenerate": ratio < 0.1}
+        return {"learned": ratio >= REG_MIN_SD_RATIO, "criterion": LEARNING_CRITERIA[kind],
+                "figures": {"prediction_sd_over_target_sd": ratio},
+                "text": f"prediction sd / target sd = {ratio:.2f} (0: the same value for everyone)"}
     raise ValueError(f"no learning check for task kind {kind!r}")
 
 
@@ -85,24 +142,31 @@ def _fmt(v: float) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+def _fmt_mean_sd(mean: float, sd: float) -> str:
+    return _fmt(mean) if math.isnan(sd) else f"{_fmt(mean)} ± {sd:.3f}"
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| task | metric | pretrained | scratch | difference | pretraining helped |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | metric | pretrained | scratch | difference (pretrained - scratch) | pretrained wins | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        helped = ("tie" if r.get("tie") else "n/a") if r["pretraining_helped"] is None else \
-            ("yes" if r["pretraining_helped"] else "no")
-        if r.get("neither_learned"):
-            helped += " (neither learned)"
         metric = r["metric"] + (" (lower is better)" if r["lower_is_better"] else "")
         if r["main"]:
             metric = f"**{metric}**"
-        lines.append(f"| {r['task']} {r['name']} | {metric} | {_fmt(r['pretrained'])} | {_fmt(r['scratch'])} | "
-                     f"{_fmt(r['difference'])} | {helped} |")
+        v = r["verdict"] if r["n"] != 1 else f"{r['verdict']} (1 seed)"
+        nl = r.get("not_learned") or {}
+        if r["main"] and any(nl.values()):
+            v += f" (not learned: pretrained {nl['pretrained']}/{len(r['seeds'])}, scratch " \
+                 f"{nl['scratch']}/{len(r['seeds'])})"
+        lines.append(f"| {r['task']} {r['name']} | {metric} | {_fmt_mean_sd(r['pretrained_mean'], r['pretrained_sd'])}"
+                     f" | {_fmt_mean_sd(r['scratch_mean'], r['scratch_sd'])} | "
+                     f"{_fmt_mean_sd(r['difference_mean'], r['difference_sd'])} | {r['wins']}/{r['n']} | {v} |")
     return "\n".join(lines)
 
 
 def plot_bars(path: Path, rows: list[dict]) -> None:
-    """Main metric per task; scores in [0, 1] share a panel, errors in their own units (MAE) get their own."""
+    """Main metric per task, mean over seeds with the sd as error bar; scores in [0, 1] share a panel,
+    errors in their own units (MAE) get their own."""
     plt = _pyplot()
     main = [r for r in rows if r["main"]]
     if not main:
@@ -113,14 +177,17 @@ def plot_bars(path: Path, rows: list[dict]) -> None:
                              gridspec_kw={"width_ratios": [len(p) + 0.5 for p in panels]})
     for ax, panel in zip(axes[0], panels):
         x = np.arange(len(panel))
-        ax.bar(x - 0.2, [r["pretrained"] for r in panel], 0.4, label="pretrained (MAE)")
-        ax.bar(x + 0.2, [r["scratch"] for r in panel], 0.4, label="from scratch")
+        for offset, arm, label in ((-0.2, "pretrained", "pretrained (MAE)"), (0.2, "scratch", "from scratch")):
+            sd = [0.0 if math.isnan(r[f"{arm}_sd"]) else r[f"{arm}_sd"] for r in panel]
+            ax.bar(x + offset, [r[f"{arm}_mean"] for r in panel], 0.4, yerr=sd, capsize=3, label=label)
         ax.set_xticks(x)
         ax.set_xticklabels([f"{r['task']}\n{r['metric']}" + (" ↓" if r["lower_is_better"] else "") for r in panel])
         if panel[0]["metric"] not in UNBOUNDED_METRICS:
             ax.set_ylim(0, 1)
     axes[0][0].legend()
-    fig.suptitle("FOMO-Synth: pretrained vs scratch, out-of-domain test split (↓: lower is better)")
+    n = len(main[0]["seeds"])
+    fig.suptitle(f"FOMO-Synth: pretrained vs scratch, out-of-domain test split, mean ± sd over {n} seed(s) "
+                 "(↓: lower is better)")
     fig.tight_layout()
     _save(fig, path)
 
@@ -147,15 +214,25 @@ def plot_overlay(path: Path, image: Path, gt: Path, predictions: dict[str, Path]
     _save(fig, path)
 
 
-def write_report(work: Path, results: dict[str, dict], settings: dict, step_seconds: dict[str, float],
+def learning_checks(runs: dict[int, dict[str, dict]]) -> list[dict]:
+    """Every (seed, task, arm) learning check, flat, for the report and results.json."""
+    return [{"seed": seed, "task": task, "arm": arm, **result["learning_check"]}
+            for seed, tasks in sorted(runs.items()) for task, arms in tasks.items()
+            for arm, result in arms.items() if result.get("learning_check")]
+
+
+def write_report(work: Path, runs: dict[int, dict[str, dict]], settings: dict, step_seconds: dict[str, float],
                  pretrain_folder: Path | None = None, overlays: list[dict] | None = None,
                  container: dict[str, dict] | None = None) -> Path:
-    """work/report/report.md (+ results.json and PNGs); returns the report's path."""
+    """work/report/report.md (+ results.json and PNGs) from {seed: {task: {arm: result}}}; returns its path."""
     out = work / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(results)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "results": results, "settings": settings,
-                                                  "step_seconds": step_seconds}, indent=1, default=str))
+    rows = table_rows(runs)
+    checks = learning_checks(runs)
+    (out / "results.json").write_text(json.dumps({
+        "seeds": sorted(runs), "verdict_rule": VERDICT_RULE, "learning_criteria": LEARNING_CRITERIA,
+        "rows": rows, "learning_checks": checks, "runs": {str(s): r for s, r in sorted(runs.items())},
+        "settings": settings, "step_seconds": step_seconds}, indent=1, default=str))
     plot_bars(out / "pretrained_vs_scratch.png", rows)
     pictures = ["pretrained_vs_scratch.png"]
     if pretrain_folder is not None:
@@ -171,34 +248,34 @@ def write_report(work: Path, results: dict[str, dict], settings: dict, step_seco
         except (OSError, ValueError) as e:  # a picture must not sink the report
             print(f"overlay {o['file']} not drawn: {e}")
     main = [r for r in rows if r["main"]]
-    helped = [r["task"] for r in main if r["pretraining_helped"]]
-    checks = [(task, variant, r["learning_check"]) for task, variants in results.items()
-              for variant, r in variants.items() if r.get("learning_check")]
+    counts = {v: [r["task"] for r in main if r["verdict"] == v] for v in ("better", "worse", "undecided", "tie")}
+    failed = [c for c in checks if not c["learned"]]
+    seeds = sorted(runs)
     total = sum(step_seconds.values())
     lines = [
         "# FOMO-Synth benchmark", "",
-        f"Preset **{settings.get('preset')}**, seed {settings.get('seed')}. One MAE-pretrained checkpoint, finetuned "
-        "per task (tasks 6/7: a linear probe on its frozen embeddings), against the from-scratch twin with the same "
-        "budget (tasks 6/7: the same architecture with random weights). Scores on each task's out-of-domain test "
-        "split (test sources differ from training sources).", "",
+        f"Preset **{settings.get('preset')}**, {len(seeds)} repetition(s) (seeds {', '.join(map(str, seeds))}). "
+        "Repetition s pretrains ONE MAE checkpoint with seed s and finetunes it per task with seed s (tasks 6/7: a "
+        "linear probe on its frozen embeddings), against the from-scratch twin trained with the same seed, data "
+        "order and budget (tasks 6/7: the same architecture with random weights drawn with seed s). Scores on "
+        "each task's out-of-domain test split (test sources differ from training sources); mean ± sd over the "
+        "seeds, the paired difference per seed, and in how many seeds pretraining won.", "",
         markdown_table(rows), "",
-        f"Pretraining helped on the main metric of {len(helped)} of {len(main)} tasks"
-        + (f" ({', '.join(helped)})." if helped else "."), "",
+        f"Verdict rule: {VERDICT_RULE}", "",
+        "Main metrics: " + "; ".join(f"{v} on {len(t)} ({', '.join(t)})" for v, t in counts.items() if t) + ".", "",
         *(["## Did the models learn?", "",
-            "Independent of which variant wins: what each model predicts on the test split. A near-constant "
-            "prediction means the budget was too small for that model to leave its starting point, and the "
-            "comparison above is noise for that task.", "",
-            *(f"- {task} {variant}: {c['text']}" + (" **(has not learned)**" if c["degenerate"] else "")
-              for task, variant, c in checks), "",
-            *(["Models that have not learned need more steps: the `tiny-long` preset finetunes the same "
-               "checkpoint 10x longer (60 epochs instead of 6).", ""]
-              if any(c["degenerate"] for _, _, c in checks) else [])]
-          if checks else []),
+           "Independent of which arm wins: what each model predicts on the test split, per seed and arm. A model "
+           "that fails its criterion has not left its starting point, and a comparison involving it is noise. "
+           "Criteria: " + "; ".join(f"{k}: {v}" for k, v in LEARNING_CRITERIA.items()) + ".", "",
+           f"**{len(checks) - len(failed)} of {len(checks)} finetuned models learned.**", "",
+           *(f"- seed {c['seed']} {c['task']} {c['arm']}: {c['text']}" + ("" if c["learned"] else
+                                                                        " **(has not learned)**") for c in checks),
+           ""] if checks else []),
         *(["## The submission", "",
-            "The pretrained models bundled (`fomo-nnunet bundle`) and run through the container's entry "
-            "(`container/predict.py`) on one out-of-domain test case per task; each output passes the "
-            "official validator's rules:", "",
-            *(f"- {k}: `{Path(v['output']).name}`: {v['check']}" for k, v in container.items()), ""]
+           f"The pretrained models of seed {seeds[0]} bundled (`fomo-nnunet bundle`) and run through the "
+           "container's entry (`container/predict.py`) on one out-of-domain test case per task; each output "
+           "passes the official validator's rules:", "",
+           *(f"- {k}: `{Path(v['output']).name}`: {v['check']}" for k, v in container.items()), ""]
           if container else []),
         "## Settings", "",
         *(f"- {k}: `{v}`" for k, v in settings.items()), "",

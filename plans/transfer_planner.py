@@ -66,8 +66,11 @@ class FomoTransferPlanner(ExperimentPlanner):
 
     def __init__(self, dataset_name_or_id: str | int, metadata: dict, checkpoint: str | None,
                  task: Task | None = None, patch: list[int] | None = None, batch_size: int | None = None,
-                 plans_name: str = TRANSFER_PLANS_NAME):
+                 plans_name: str = TRANSFER_PLANS_NAME, data_identifier: str | None = None):
         super().__init__(dataset_name_or_id, plans_name=plans_name, suppress_transpose=True)
+        # plans that differ only in their checkpoint (one per pretraining seed) can share preprocessed data,
+        # as nnU-Net's ResEnc planners share nnUNetPlans_<configuration>
+        self.data_identifier = data_identifier
         self.metadata = metadata
         self.checkpoint = os.path.abspath(checkpoint) if checkpoint else None
         self.task = task or task_of_dataset(self.dataset_json, self.dataset_name)
@@ -98,7 +101,7 @@ class FomoTransferPlanner(ExperimentPlanner):
         normalization, use_mask = self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
         batch = self.batch_size or int(meta.get("objective_settings", {}).get("batch_size", 2))
         configuration = {
-            "data_identifier": self.generate_data_identifier(CONFIGURATION),
+            "data_identifier": self.data_identifier or self.generate_data_identifier(CONFIGURATION),
             "preprocessor_name": self.preprocessor_name,
             "batch_size": batch,
             "patch_size": [int(p) for p in patch],
@@ -153,7 +156,7 @@ class FomoTransferPlanner(ExperimentPlanner):
 def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = False, arch: str | None = None,
                   task: str | None = None, patch: int | None = None, batch_size: int | None = None,
                   plans_name: str = TRANSFER_PLANS_NAME, num_processes: int = 2,
-                  verify_dataset_integrity: bool = False) -> dict:
+                  verify_dataset_integrity: bool = False, data_identifier: str | None = None) -> dict:
     """Extract the task's fingerprint when missing, then write the transferred plans."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -174,7 +177,7 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
         extract_fingerprints([int(dataset_id)], num_processes=num_processes,
                              check_dataset_integrity=verify_dataset_integrity)
     planner = FomoTransferPlanner(int(dataset_id), metadata, checkpoint, get_task(task) if task else None,
-                                  [patch] * 3 if patch else None, batch_size, plans_name)
+                                  [patch] * 3 if patch else None, batch_size, plans_name, data_identifier)
     return planner.plan_experiment()
 
 

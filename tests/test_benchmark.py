@@ -9,24 +9,54 @@ from fomo_nnunet.report import markdown_table, table_rows
 from helpers import nnunet_env, run
 
 
-def test_report_table_marks_which_variant_is_better():
-    results = {"task2": {"pretrained": {"metrics": {"dice": 0.6, "nsd": 0.5}}, "scratch": {"metrics": {"dice": 0.4}}},
-               "task3": {"pretrained": {"metrics": {"mae": 9.0, "pearson_r": 0.5}},
-                         "scratch": {"metrics": {"mae": 7.0, "pearson_r": 0.6}}},
-               "task7": {"pretrained": {"metrics": {"macro_auroc": 0.7}, "gap": {"macro_auroc": 0.1}},
-                         "scratch": {"metrics": {"macro_auroc": 0.6}, "gap": {"macro_auroc": 0.3}}}}
-    rows = {(r["task"], r["metric"]): r for r in table_rows(results)}
-    assert rows[("task2", "dice")]["pretraining_helped"] is True
-    assert rows[("task2", "nsd")]["pretraining_helped"] is None  # scratch has no NSD: n/a, not a guess
-    assert rows[("task3", "mae")]["pretraining_helped"] is False and rows[("task3", "mae")]["lower_is_better"]
-    assert rows[("task7", "macro_auroc_gap")]["pretraining_helped"] is True  # a smaller gap is better
+def _run(p: dict, q: dict) -> dict:
+    return {"pretrained": {"metrics": p}, "scratch": {"metrics": q}}
+
+
+def test_report_table_gives_mean_sd_paired_differences_wins_and_verdicts():
+    runs = {
+        0: {"task2": _run({"dice": 0.6, "nsd": 0.5}, {"dice": 0.4}), "task3": _run({"mae": 9.0}, {"mae": 7.0}),
+            "task1": _run({"auroc": 0.7}, {"auroc": 0.6})},
+        1: {"task2": _run({"dice": 0.7, "nsd": 0.5}, {"dice": 0.4}), "task3": _run({"mae": 8.0}, {"mae": 7.5}),
+            "task1": _run({"auroc": 0.5}, {"auroc": 0.6})},
+        2: {"task2": _run({"dice": 0.5, "nsd": 0.5}, {"dice": 0.45}), "task3": _run({"mae": 9.5}, {"mae": 8.0}),
+            "task1": _run({"auroc": 0.9}, {"auroc": 0.6})},
+    }
+    rows = {(r["task"], r["metric"]): r for r in table_rows(runs)}
+    dice = rows[("task2", "dice")]
+    assert dice["pretrained"] == [0.6, 0.7, 0.5] and dice["wins"] == 3 and dice["n"] == 3
+    assert abs(dice["pretrained_mean"] - 0.6) < 1e-12 and abs(dice["pretrained_sd"] - 0.1) < 1e-12
+    assert abs(dice["difference_mean"] - 0.55 / 3) < 1e-12
+    assert dice["verdict"] == "better"  # every seed favours pretrained, mean diff 0.18 > sd 0.13
+    assert rows[("task2", "nsd")]["verdict"] == "n/a" and rows[("task2", "nsd")]["n"] == 0  # scratch has no NSD
+    mae = rows[("task3", "mae")]  # lower is better: pretrained has the larger error in every seed
+    assert mae["lower_is_better"] and mae["wins"] == 0 and mae["verdict"] == "worse"
+    assert rows[("task1", "auroc")]["verdict"] == "undecided"  # wins 2 of 3: signs differ
     table = markdown_table(list(rows.values()))
-    assert "| task2 meningioma | **dice** | 0.600 | 0.400 | 0.200 | yes |" in table
-    flat = {"text": "", "degenerate": True}
-    results["task2"]["pretrained"]["learning_check"] = results["task2"]["scratch"]["learning_check"] = flat
-    assert "| 0.200 | yes (neither learned) |" in markdown_table(table_rows(results))
-    results["task2"]["scratch"]["metrics"]["dice"] = 0.6
-    assert "| 0.000 | tie (neither learned) |" in markdown_table(table_rows(results))
+    assert "| task2 meningioma | **dice** | 0.600 ± 0.100 | 0.417 ± 0.029 | 0.183 ± 0.126 | 3/3 | better |" in table
+    one = table_rows({0: runs[0]})
+    assert {r["verdict"] for r in one if r["n"]} == {"undecided"}  # one seed never decides
+    assert "| 1/1 | undecided (1 seed) |" in markdown_table(one)
+
+
+def test_verdict_rule_needs_consistent_sign_and_mean_beyond_sd():
+    from fomo_nnunet.report import verdict
+
+    assert verdict([0.1, 0.12, 0.11], False) == "better"
+    assert verdict([0.01, 0.5], False) == "undecided"  # same sign, but mean 0.255 < sd 0.35
+    assert verdict([-0.1, -0.12], True) == "better"  # lower is better (MAE): pretrained lower in both seeds
+    assert verdict([0.0, 0.0], False) == "tie"
+    assert verdict([0.2], False) == "undecided"
+    assert verdict([float("nan")], False) == "n/a"
+
+
+def test_not_learned_models_are_counted_per_arm_in_the_table():
+    failed, passed = {"learned": False, "text": ""}, {"learned": True, "text": ""}
+    runs = {s: {"task2": {"pretrained": {"metrics": {"dice": 0.1}, "learning_check": failed if s else passed},
+                          "scratch": {"metrics": {"dice": 0.0}, "learning_check": failed}}} for s in (0, 1)}
+    rows = table_rows(runs)
+    assert rows[0]["not_learned"] == {"pretrained": 1, "scratch": 2}
+    assert "(not learned: pretrained 1/2, scratch 2/2)" in markdown_table(rows)
 
 
 @pytest.mark.slow
@@ -51,7 +81,7 @@ def test_miniature_benchmark_writes_the_report_and_resumes(tmp_path):
     assert "[step]" not in second.stdout and second.stdout.count("[skip]") >= 10
 
 
-def test_learning_check_flags_models_that_have_not_left_their_start(tmp_path):
+def test_learning_check_applies_the_strict_criteria(tmp_path):
     import nibabel as nib
     import numpy as np
 
@@ -60,16 +90,25 @@ def test_learning_check_flags_models_that_have_not_left_their_start(tmp_path):
 
     seg = tmp_path / "seg"
     seg.mkdir()
-    for i, fg in enumerate((0, 0, 1)):
+    for i in range(5):
         a = np.zeros((4, 4, 4), np.uint8)
-        a[1, 1, 1] = fg
+        a[1, 1, 1] = int(i > 0)
         nib.save(nib.Nifti1Image(a, np.eye(4)), seg / f"c{i}.nii.gz")
-    assert learning_check(SEGMENTATION, seg, tmp_path) == {"text": "predicts foreground in 1 of 3 test cases",
-                                                           "degenerate": False}
+    scores = tmp_path / "seg_scores"
+    scores.mkdir()
+    (scores / "summary.json").write_text(json.dumps({"metrics": {"dice": 0.31}}))
+    check = learning_check(SEGMENTATION, seg, scores)
+    assert check["learned"] and check["figures"]["cases_with_foreground"] == 4  # 4 of 5 = 80 %, Dice 0.31
+    assert check["text"] == "predicts foreground in 4 of 5 test cases, mean Dice 0.310"
+    (scores / "summary.json").write_text(json.dumps({"metrics": {"dice": 0.29}}))
+    assert not learning_check(SEGMENTATION, seg, scores)["learned"]  # foreground, but Dice below 0.3
+    (scores / "summary.json").write_text(json.dumps({"metrics": {"dice": 0.9}}))
+    (seg / "c1.nii.gz").unlink()
     (seg / "c2.nii.gz").unlink()
-    assert learning_check(SEGMENTATION, seg, tmp_path)["degenerate"]
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), seg / "c5.nii.gz")
+    assert not learning_check(SEGMENTATION, seg, scores)["learned"]  # foreground in 2 of 4 cases only
 
-    def scores(name, targets, preds):
+    def scores_csv(name, targets, preds):
         d = tmp_path / name
         d.mkdir()
         lines = ["case,target,prediction,score_used,status"] + [
@@ -77,12 +116,16 @@ def test_learning_check_flags_models_that_have_not_left_their_start(tmp_path):
         (d / "per_case.csv").write_text("\n".join(lines) + "\n")
         return d
 
-    flat = learning_check(CLASSIFICATION, tmp_path, scores("c1", [0, 1, 0, 1], [0.57, 0.571, 0.569, 0.57]))
-    assert flat["degenerate"] and "0.570 ± 0.001" in flat["text"]
-    assert not learning_check(CLASSIFICATION, tmp_path, scores("c2", [0, 1, 0, 1], [0.2, 0.8, 0.3, 0.6]))["degenerate"]
-    mean_predictor = learning_check(REGRESSION, tmp_path, scores("r1", [20, 40, 60, 80], [50, 50.1, 49.9, 50]))
-    assert mean_predictor["degenerate"] and "= 0.00" in mean_predictor["text"]
-    assert not learning_check(REGRESSION, tmp_path, scores("r2", [20, 40, 60, 80], [30, 45, 50, 70]))["degenerate"]
+    flat = learning_check(CLASSIFICATION, tmp_path, scores_csv("c1", [0, 1, 0, 1], [0.57, 0.571, 0.569, 0.57]))
+    assert not flat["learned"] and "0.570 ± 0.001" in flat["text"]
+    # sd 0.04: moves a little, still below the 0.05 the criterion asks for
+    assert not learning_check(CLASSIFICATION, tmp_path, scores_csv("c2", [0, 1], [0.46, 0.54]))["learned"]
+    assert learning_check(CLASSIFICATION, tmp_path, scores_csv("c3", [0, 1, 0, 1], [0.2, 0.8, 0.3, 0.6]))["learned"]
+    mean_predictor = learning_check(REGRESSION, tmp_path, scores_csv("r1", [20, 40, 60, 80], [50, 50.1, 49.9, 50]))
+    assert not mean_predictor["learned"] and "= 0.00" in mean_predictor["text"]
+    # sd ratio 0.2: some spread, not enough
+    assert not learning_check(REGRESSION, tmp_path, scores_csv("r2", [20, 40, 60, 80], [46, 49, 51, 54]))["learned"]
+    assert learning_check(REGRESSION, tmp_path, scores_csv("r3", [20, 40, 60, 80], [30, 45, 50, 70]))["learned"]
 
 
 def test_pipeline_runs_light_commands_in_process_with_the_work_folders_environment(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fomo_nnunet.finetune import FinetuneRecipe
+from fomo_nnunet.training import SeededRun
 from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs,
                                      image_level_outputs, load_targets, task_from_plans, validation_score)
 from fomo_nnunet.tasks import CLASSIFICATION
@@ -29,7 +30,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 
 
-class nnUNetTrainerFomoImageLevel(FinetuneRecipe, nnUNetTrainer):
+class nnUNetTrainerFomoImageLevel(SeededRun, FinetuneRecipe, nnUNetTrainer):
     """Shared by the classification and regression trainers; the task's kind (from the plans) decides."""
 
     # the head (fomo_nnunet.heads.PoolingHead)
@@ -91,8 +92,6 @@ class nnUNetTrainerFomoImageLevel(FinetuneRecipe, nnUNetTrainer):
 
     # ---- data: targets from targets.json, centred crops, balanced classes -----------------------
     def get_dataloaders(self):
-        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
         from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
         if self.dataset_class is None:
@@ -116,15 +115,7 @@ class nnUNetTrainerFomoImageLevel(FinetuneRecipe, nnUNetTrainer):
                                      self.targets, balance=balance, jitter=jitter, transforms=tr_transforms)
         dl_val = ImageLevelDataLoader(dataset_val, self.batch_size, patch, patch, self.label_manager,
                                       self.targets, transforms=val_transforms)
-        processes = get_allowed_n_proc_DA()
-        if processes == 0:
-            return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        pin = self.device.type == "cuda"
-        mt_tr = NonDetMultiThreadedAugmenter(dl_tr, None, processes, max(6, processes // 2), None, pin, 0.002)
-        mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, processes // 2), max(3, processes // 4), None,
-                                              pin, 0.002)
-        _ = next(mt_tr), next(mt_val)
-        return mt_tr, mt_val
+        return self.seeded_augmenters(dl_tr, dl_val, get_allowed_n_proc_DA())
 
     def _set_target_stats(self, scaler: TargetScaler) -> None:
         self._network_for_transfer().fomo_target_stats.copy_(torch.tensor([scaler.mean, scaler.std]))

@@ -18,6 +18,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fomo_nnunet.schedules import WarmupCosineLR
+from fomo_nnunet.training import SeededRun
 from fomo_nnunet.ssl import apply_mask, block_mask, masked_reconstruction_loss
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -26,7 +27,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.helpers import dummy_context
 
 
-class nnUNetTrainerFomoMAE(nnUNetTrainer):
+class nnUNetTrainerFomoMAE(SeededRun, nnUNetTrainer):
     # masking (nnssl's recipe for a 1 mm, 160^3 patch: 75 % of 16^3 blocks)
     mask_ratio: float = 0.75
     block_size: int = 16
@@ -44,7 +45,9 @@ class nnUNetTrainerFomoMAE(nnUNetTrainer):
     # checkpoints and pictures
     checkpoint_every: int = 50
     picture_every: int = 10
-    mask_seed: int = 1234
+    # validation masks are the same for every run and epoch, so validation losses compare across seeds;
+    # the training mask stream derives from the run's seed (FOMO_SEED)
+    val_mask_seed: int = 11234
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -148,13 +151,13 @@ class nnUNetTrainerFomoMAE(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
-        # a different mask stream per DDP rank, reproducible per run
-        self._mask_generator = torch.Generator(device=self.device).manual_seed(self.mask_seed + self.local_rank)
+        # a different mask stream per DDP rank, reproducible per run seed
+        self._mask_generator = torch.Generator(device=self.device).manual_seed(self.stream_seed("mask"))
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
         # the same masks every epoch, so validation losses are comparable across epochs
-        self._val_generator = torch.Generator(device=self.device).manual_seed(self.mask_seed + 10_000 + self.local_rank)
+        self._val_generator = torch.Generator(device=self.device).manual_seed(self.val_mask_seed + self.local_rank)
         self._val_example = None
 
     def validation_step(self, batch: dict) -> dict:
@@ -235,7 +238,8 @@ class nnUNetTrainerFomoMAE(nnUNetTrainer):
                                 "loss_region": "masked voxels inside the brain mask",
                                 "optimizer": "AdamW", "lr": self.initial_lr, "weight_decay": self.weight_decay,
                                 "warmup_fraction": self.warmup_fraction, "schedule": "warmup+cosine",
-                                "batch_size": int(self.batch_size), "use_mask_for_norm": list(cm.use_mask_for_norm)},
+                                "batch_size": int(self.batch_size), "use_mask_for_norm": list(cm.use_mask_for_norm),
+                                "seed": int(self.fomo_seed)},
             iterations_trained=int(epochs_completed * self.num_iterations_per_epoch),
             epochs_trained=int(epochs_completed),
             plans_name=self.plans_manager.plans_name,

@@ -11,19 +11,23 @@ from __future__ import annotations
 import torch
 
 from fomo_nnunet.finetune import FinetuneRecipe
+from fomo_nnunet.training import SeededRun
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
-class nnUNetTrainerFomoSeg(FinetuneRecipe, nnUNetTrainer):
+class nnUNetTrainerFomoSeg(SeededRun, FinetuneRecipe, nnUNetTrainer):
     # nnU-Net validates fold 'all' on its own training cases: a sliding window over every training
     # case that says nothing about generalisation (about 30 s per tiny run on a CPU). False skips it.
     validate_fold_all: bool = True
+    # share of each batch forced to contain foreground (nnU-Net: 0.33)
+    oversample_foreground: float = 0.33
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._apply_recipe(resuming)
+        self.oversample_foreground_percent = self.oversample_foreground
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.fold == "all" and not self.validate_fold_all:

@@ -7,8 +7,10 @@ import sys
 
 EXAMPLES = """\
 examples:
-  fomo-nnunet benchmark --preset tiny --work fomo_work        # `make demo`: about 22 min on 2 CPU cores
-  fomo-nnunet benchmark --preset tiny-long --work fomo_work   # 10x the finetuning steps: about 1.5 h
+  fomo-nnunet benchmark --preset tiny --work fomo_work        # `make demo`: one seed
+  fomo-nnunet benchmark --preset tiny --seeds 3 --work w      # seeds 0, 1, 2: mean, sd, paired differences
+  fomo-nnunet benchmark --preset tiny --seed-list 3 4 --work w   # add seeds 3 and 4 to the same folder
+  fomo-nnunet benchmark --preset tiny-long --seeds 3 --work w # longer finetuning (hours on 2 CPU cores)
   fomo-nnunet benchmark --preset smoke --tasks 2 3 6 --work /tmp/w   # a few iterations, proves the chain
   fomo-nnunet benchmark --preset full --work /data/fomo_synth  # real sizes (GPU)
 
@@ -18,8 +20,15 @@ twin with the same budget, predict the out-of-domain test split and score it (ta
 probe on frozen embeddings, pretrained vs random-init encoder). Finally the pretrained models are
 bundled and the container's entry runs once per task. Writes WORK/report/report.md with the table
 and plots. Every finished step leaves a marker in WORK/steps: a rerun skips it (delete a marker to
-redo a step). The data and the probe split are seeded; nnU-Net training is not, so a fresh work
-folder gives different numbers (at tiny budgets, differences as large as pretrained vs scratch).
+redo a step).
+
+Repetitions: with --seeds N (seeds 0..N-1) or --seed-list, repetition s pretrains with FOMO_SEED=s
+and finetunes both arms with FOMO_SEED=s (the same data order for both arms); results per seed in
+WORK/runs/seed<s>. The table gives mean ± sd per arm, the paired difference, wins k/N and a verdict
+per task and metric ("better": pretrained wins in every seed and the mean difference exceeds its
+sd; "worse": the reverse; else "undecided"; one seed is always undecided). WORK/report/results.json
+holds every seed, arm, task, metric and learning check. On a CPU the same seeds give the same
+table bit for bit (same -np and nnUNet_n_proc_DA).
 """
 
 
@@ -31,7 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="size and budget preset (default: tiny)")
     p.add_argument("--work", default="fomo_work", help="work folder (nnU-Net folders, steps, report); default fomo_work")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the probe split (default: 0)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=1, metavar="N",
+                       help="repetitions with training seeds 0..N-1 (default: 1, seed 0)")
+    seeds.add_argument("--seed-list", type=int, nargs="+", default=None, metavar="S",
+                       help="repetitions with exactly these training seeds")
+    p.add_argument("--data-seed", "--seed", type=int, default=0, dest="data_seed",
+                   help="seed of the synthetic data and the probe split, the same for every repetition (default: 0)")
     p.add_argument("--tasks", type=int, nargs="+", default=None, metavar="N", help="only these tasks (default: 1-7)")
     p.add_argument("--n-train", type=int, default=None, help="override the synthetic train cases per task")
     p.add_argument("--n-test", type=int, default=None, help="override the synthetic test cases per task")
@@ -51,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
 
         base = SYNTH[BENCH[args.preset].synth_preset]
         sizes = (args.n_train or base.n_train, args.n_test or base.n_test)
-    bench = Benchmark(args.work, args.preset, args.seed, args.num_processes, tasks=args.tasks, synth_sizes=sizes)
+    if args.seed_list is None and args.seeds < 1:
+        print(f"error: --seeds must be at least 1 (got {args.seeds})", file=sys.stderr)
+        return 2
+    seeds = tuple(args.seed_list) if args.seed_list is not None else tuple(range(args.seeds))
+    bench = Benchmark(args.work, args.preset, args.data_seed, seeds, args.num_processes, tasks=args.tasks,
+                      synth_sizes=sizes)
     try:
         report = bench.run()
     except StepFailed as e:

@@ -55,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--patch", type=int, default=None, help="cubic patch edge in voxels (default: see above)")
     tr.add_argument("--batch-size", type=int, default=None, help="batch size (default: the pretraining batch size)")
     tr.add_argument("--plans-name", default="fomoPlans", help="plans identifier (default: fomoPlans)")
+    tr.add_argument("--data-identifier", default=None,
+                    help="folder name of the preprocessed data (default: PLANS_NAME_3d_fullres); plans that differ "
+                         "only in their checkpoint, e.g. one per pretraining seed, can share one preprocessing, as "
+                         "nnU-Net's ResEnc planners do")
     tr.add_argument("-np", "--num-processes", type=int, default=2,
                     help="processes for nnU-Net's fingerprint extraction (default: 2)")
     tr.add_argument("--verify_dataset_integrity", action="store_true",
@@ -89,7 +93,8 @@ def run_transfer(args: argparse.Namespace) -> int:
 
     try:
         plans = plan_transfer(args.dataset, args.pretrained, args.from_scratch, args.arch, args.task, args.patch,
-                              args.batch_size, args.plans_name, args.num_processes, args.verify_dataset_integrity)
+                              args.batch_size, args.plans_name, args.num_processes, args.verify_dataset_integrity,
+                              args.data_identifier)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     c = plans["configurations"]["3d_fullres"]

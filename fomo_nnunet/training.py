@@ -1,0 +1,61 @@
+"""Pieces every fomo trainer shares, as mixins placed before nnU-Net's trainer in the bases.
+
+`SeededRun`: the run's seed (fomo_nnunet.seeding) reaches the weight initialisation, the data
+loader and every augmentation worker; it is printed in the log, written to `seed.json` in the fold
+folder and stored in every checkpoint (`init_args["fomo_seed"]`, which nnU-Net saves and restores).
+"""
+from __future__ import annotations
+
+from fomo_nnunet.seeding import (DETERMINISTIC_ENV, SEED_ENV, derive_seed, deterministic_requested, environment,
+                                 run_seed, seed_everything, seeded_augmenters, use_deterministic_algorithms,
+                                 write_seed_record)
+
+
+class SeededRun:
+    """Mixin for nnU-Net trainers: one seed per run, every random stream derived from it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fomo_seed = run_seed()
+        self.fomo_deterministic = deterministic_requested()
+        # nnU-Net saves init_args in every checkpoint and only reads 'configuration' back from it
+        self.my_init_kwargs["fomo_seed"] = self.fomo_seed
+        # before nnU-Net builds the network (initialize(), at train start): the same weights for a seed
+        seed_everything(derive_seed(self.fomo_seed, "init"))
+
+    def stream_seed(self, stream: str) -> int:
+        """The seed of a named random stream of this run on this process (DDP ranks differ)."""
+        return derive_seed(self.fomo_seed, stream, self.local_rank)
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders and transforms, fed by seeded workers in a fixed order (see seeded_augmenters)."""
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        processes = get_allowed_n_proc_DA()
+        with environment(nnUNet_n_proc_DA="0"):  # build the loaders in-process; the workers are ours
+            single_tr, single_val = super().get_dataloaders()
+        return self.seeded_augmenters(single_tr.data_loader, single_val.data_loader, processes)
+
+    def seeded_augmenters(self, loader_tr, loader_val, processes: int):
+        return seeded_augmenters(loader_tr, loader_val, processes, self.fomo_seed, self.local_rank,
+                                 pin_memory=self.device.type == "cuda")
+
+    def on_train_start(self):
+        if self.fomo_deterministic:
+            use_deterministic_algorithms()  # after nnU-Net's run_training switched cuDNN autotuning on
+        super().on_train_start()
+        self.print_to_log_file(
+            f"seed {self.fomo_seed} ({SEED_ENV}; weights, data order, augmentation workers and masks derive "
+            f"from it); deterministic algorithms: {'on' if self.fomo_deterministic else 'off'} ({DETERMINISTIC_ENV})")
+        if self.local_rank == 0:
+            write_seed_record(self.output_folder, {
+                "seed": self.fomo_seed, "env": SEED_ENV, "deterministic_algorithms": self.fomo_deterministic,
+                "trainer": self.__class__.__name__, "augmentation_workers": _workers(),
+                "seeded": ["weight initialisation", "data sampling", "augmentation workers (one seed each)",
+                           "mask stream (MAE)"]})
+
+
+def _workers() -> int:
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    return int(get_allowed_n_proc_DA())
