@@ -151,6 +151,7 @@ class Benchmark:
     # ---- embedding tasks (6, 7): a linear probe on frozen features ------------------------------
     def probe(self, task: Task, pretrained: Path) -> dict:
         from fomo_nnunet.checkpoints import find_checkpoint
+        from fomo_nnunet.probe import EXAMPLE_BINS
 
         name = self.dataset_name(task)
         folder = self.raw / name
@@ -167,9 +168,10 @@ class Benchmark:
                                self.pipe.run(["fomo-nnunet", "embed", "-i", str(folder / split), "-o", str(emb),
                                               "--checkpoint", ckpt]) and None)
             out = self.work / "probe" / task.key / f"probe_{variant}"
-            cmd = ["fomo-nnunet", "probe", str(emb), "--labels", str(table), "--seed", str(self.seed), "-o", str(out)]
-            if task.number == 7:
-                cmd += ["--groups", "sex"]
+            cmd = ["fomo-nnunet", "probe", str(emb), "--labels", str(table), "--seed", str(self.seed),
+                   "--stratify", "age", "-o", str(out)]
+            if task.number == 7:  # the organisers' fairness score over sex and binned age
+                cmd += ["--groups", "sex", "--groups", "age:" + ",".join(f"{b:g}" for b in EXAMPLE_BINS)]
             self.pipe.step(f"probe_{task.key}_{variant}", lambda cmd=cmd: self.pipe.run(cmd) and None)
             scores[variant] = json.loads((out / "probe.json").read_text())
         return scores
@@ -191,7 +193,8 @@ class Benchmark:
                     "architecture": self.p.arch, "pretraining trainer": self.p.pretrain_trainer,
                     "segmentation trainer": self.p.seg_trainer, "classification trainer": self.p.cls_trainer,
                     "regression trainer": self.p.reg_trainer, "folds": " ".join(self.p.folds),
-                    "tasks 6/7": "logistic-regression probe on frozen embeddings (pretrained vs random-init encoder)"}
+                    "tasks 6/7": "the organisers' fomo-lp linear probe (SGD heads, learning-rate sweep) on frozen embeddings "
+                                 "(pretrained vs random-init encoder)"}
         container = self.container_check(self.bundle())
         report = write_report(self.work, results, settings, self.pipe.seconds(), self.pretrain_folder(),
                               self.overlays(), container)
