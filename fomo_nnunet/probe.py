@@ -260,17 +260,22 @@ def train_sgd_heads(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
         best = max(range(len(aucs)), key=lambda i: aucs[i])  # first maximum, as max() over their dict
         return {"index": best, "aucs": aucs, "after_epoch": after_epoch}
 
-    chosen = select(0)  # trainer.validate before trainer.fit
-    for epoch in range(1, epochs + 1):
-        for idx in loader:
-            xb, yb = Xt[idx], yt[idx]
-            for h in heads:
-                h.zero_grad()
-            loss = sum(F.cross_entropy(h(xb), yb) for h in heads)
-            loss.backward()
-            sgd.step()
-        if epoch % VALIDATE_EVERY == 0:
-            chosen = select(epoch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: a thread pool only adds waiting (seconds on a busy machine)
+    try:
+        chosen = select(0)  # trainer.validate before trainer.fit
+        for epoch in range(1, epochs + 1):
+            for idx in loader:
+                xb, yb = Xt[idx], yt[idx]
+                for h in heads:
+                    h.zero_grad()
+                loss = sum(F.cross_entropy(h(xb), yb) for h in heads)
+                loss.backward()
+                sgd.step()
+            if epoch % VALIDATE_EVERY == 0:
+                chosen = select(epoch)
+    finally:
+        torch.set_num_threads(threads)
     head = heads[chosen["index"]]
 
     def predict(X: np.ndarray) -> np.ndarray:
