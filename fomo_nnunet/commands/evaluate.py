@@ -50,7 +50,7 @@ examples:
 
 EMBEDDINGS_FOLDER holds <case_id>.npy (1-D vectors); the TSV has columns case_id, label and attribute
 columns, in the order that fixes the split. Protocol fomo-lp (default; fomo26/fomo-lp,
-pipeline/lp_fomo.py): per class a seeded split (80/20/100 cases, or 40/10/50 %% of the smallest class
+pipeline/lp_fomo.py): per class a seeded split (80/20/100 cases, or 40/10/50 % of the smallest class
 when a class has fewer than 200), stratified by the decades of --stratify; 13 linear heads trained
 with SGD on the RAW embeddings (learning rates 1e-5 .. 0.1, momentum 0.9, batch 64, 20 epochs, cosine
 decay), the head with the best validation AUROC tested. Official metrics: one-vs-rest macro AUROC and
