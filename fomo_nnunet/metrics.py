@@ -176,7 +176,7 @@ def auroc(y_true: Iterable[Any], scores: Iterable[Any]) -> float:
     return float(roc_auc_score(y, s))
 
 
-def _clean_rows(y: Sequence[int], rows: Sequence[Any]) -> tuple[int, list[list[float] | None]]:
+def _clean_rows(rows: Sequence[Any]) -> tuple[int, list[list[float] | None]]:
     """(number of classes from the first row that is not None, rows with invalid ones as None)."""
     n_classes = next((len(r) for r in rows if r is not None), 0)
     clean: list[list[float] | None] = []
@@ -197,7 +197,7 @@ def ovr_auroc(y_true: Iterable[int], rows: Sequence[Sequence[Any] | None]) -> fl
     y = np.asarray(list(y_true), dtype=int)
     if len(rows) != len(y):
         raise ValueError(f"{len(y)} labels but {len(rows)} score rows")
-    n_classes, clean = _clean_rows(y, rows)
+    n_classes, clean = _clean_rows(rows)
     if n_classes < 2:
         return float("nan")
     worst = lambda label: [0.0 if c == label else 1.0 / (n_classes - 1) for c in range(n_classes)]
@@ -217,7 +217,7 @@ def ovr_f1(y_true: Iterable[int], rows: Sequence[Sequence[Any] | None]) -> float
     from sklearn.metrics import f1_score
 
     y = [int(v) for v in y_true]
-    n_classes, clean = _clean_rows(y, rows)
+    n_classes, clean = _clean_rows(rows)
     if n_classes == 0:
         return float("nan")
     pred = [(lab + 1) % n_classes if r is None else int(np.argmax(r)) for lab, r in zip(y, clean)]

@@ -37,7 +37,7 @@ def table_rows(results: dict[str, dict]) -> list[dict]:
     for key, variants in results.items():
         n = int(key[4:])
         main = MAIN_METRIC[n]
-        names = [main, *EXTRA_METRICS.get(n, ())] + (["macro_auroc_fairness"] if n == 7 else [])
+        names = [main, *EXTRA_METRICS.get(n, ())] + (["macro_auroc_fairness", "macro_f1_fairness"] if n == 7 else [])
         for name in names:
             p = metric_value(variants.get("pretrained", {}), name)
             s = metric_value(variants.get("scratch", {}), name)
