@@ -1,73 +1,52 @@
-"""FOMO26 metrics and local evaluation of prediction folders against ground truth.
+"""FOMO26 metrics, as the organisers define them: pure functions, no file I/O.
 
-The challenge's conventions (FOMO.md, "Metrics and ranking"), implemented here:
+Every function follows the organisers' metric package `fomo_challenge_metrics` (repository
+fomo26/fomo-metrics; the files are named beside each function) including its edge cases; the readers
+and writers around them live in `fomo_nnunet.commands.evaluate`. Where the organisers' behaviour is
+surprising it is followed for the official number and said so here:
 
-- Segmentation: Dice per foreground label (both empty = 1.0) and NSD, the surface Dice at a 1 mm
-  tolerance computed with the `surface-distance` library (both empty = 0.0; one empty = 0.0).
-  Spacing comes from the ground truth's header (nibabel zooms). A missing prediction file counts as
-  an empty mask; a prediction that cannot be read or has another shape than the ground truth is an
-  error row scored worst (Dice 0, NSD 0).
-- Classification: AUROC; an invalid prediction (missing, not a number, not finite, outside [0, 1])
-  is replaced by the WORST score, the one that minimises AUROC: a positive case gets a score below
-  every valid score (-1.0) and a negative case a score above every valid score (2.0), so each
-  invalid case is ranked wrong against every case of the other class.
-- Regression: MAE and Pearson r; a missing or invalid prediction is replaced by the worst value
-  within the range of the targets: the end of [min(targets), max(targets)] farthest from the
-  case's truth. Pearson r of constant predictions is undefined; it is reported as 0.0.
-
-Plain numpy / scikit-learn functions; `evaluate_task` writes per_case.csv and summary.json.
+- Binary AUROC: an invalid score is replaced by 0.0 for a positive case and 1.0 for a negative case
+  (classification.py, compute_auroc). These substitutes can TIE with valid scores of exactly 0 or 1,
+  so an invalid case is not always ranked strictly wrong. A probability outside [0, 1] counts as invalid
+  because the official validator rejects it (fomo26/container_templates,
+  container_validator/output_text.py, check_output_probability_in_range).
+- MAE and Pearson r: an invalid prediction is replaced by the fixed VALUE 100.0 (MAE) and -100.0
+  (Pearson r) for that case, not by a worst-case metric (regression.py, compute_absolute_error and
+  compute_correlation). Pearson r is then scipy's: NaN (undefined) for constant predictions; with fewer
+  than two cases the organisers' function raises, here it is NaN.
+- One-vs-rest AUROC: classes come from the width of the score rows; the binary case scores column 1
+  only; classes without both positives and negatives are left out of the mean; an invalid row becomes
+  0 for the true class and 1/(C-1) for the others (classification.py, compute_ovr_auroc).
+- Fairness: the max - min gap across groups is 0.0 when only one group has a defined metric, NaN when
+  none has; the fairness score is the mean of 1 - gap over the variables whose gap is defined
+  (fairness.py, compute_max_disparity and compute_fairness_score).
+- Multiclass segmentation: a case is scored on the labels present in its ground truth (label 0
+  excluded), so a class absent from a case's ground truth does not count for that case
+  (segmentation.py, compute_multiclass_dsc / compute_multiclass_nsd, labels inferred from gt).
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import warnings
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-# Scores that replace invalid classification predictions (see module docstring).
-WORST_POSITIVE_SCORE = -1.0
-WORST_NEGATIVE_SCORE = 2.0
 NSD_TOLERANCE_MM = 1.0
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# fomo26/fomo-metrics, fomo_challenge_metrics/classification.py, compute_auroc: substitutes for invalid scores.
+INVALID_POSITIVE_SCORE = 0.0
+INVALID_NEGATIVE_SCORE = 1.0
+# fomo26/fomo-metrics, fomo_challenge_metrics/regression.py: substitutes for invalid predictions.
+INVALID_MAE_PREDICTION = 100.0
+INVALID_CORRELATION_PREDICTION = -100.0
 
 
-# --------------------------------------------------------------------------- single metrics
+# --------------------------------------------------------------------------- values
 
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two binary masks (non-zero = foreground); both empty = 1.0."""
-    p, g = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
-    if p.shape != g.shape:
-        raise ValueError(f"shape mismatch: prediction {p.shape}, ground truth {g.shape}")
-    denom = int(p.sum()) + int(g.sum())
-    if denom == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(p, g).sum()) / denom
-
-
-def nsd(pred: np.ndarray, gt: np.ndarray, spacing: Iterable[float],
-        tolerance_mm: float = NSD_TOLERANCE_MM) -> float:
-    """Normalised surface Dice at `tolerance_mm` via `surface_distance`; both or one empty = 0.0."""
-    p, g = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
-    if p.shape != g.shape:
-        raise ValueError(f"shape mismatch: prediction {p.shape}, ground truth {g.shape}")
-    if not p.any() or not g.any():
-        return 0.0
-    import surface_distance
-
-    spacing = tuple(float(s) for s in spacing)[: g.ndim]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the library's scipy.ndimage.* imports
-        sd = surface_distance.compute_surface_distances(g, p, spacing)
-    return float(surface_distance.compute_surface_dice_at_tolerance(sd, tolerance_mm))
-
-
-def _as_float(v: Any) -> float | None:
-    """A finite float, or None for missing / unparsable / non-finite values."""
-    if v is None:
+def as_finite(v: Any) -> float | None:
+    """A finite float, or None for missing / unparsable / NaN / infinite values (the organisers'
+    `_is_invalid`, which is not public, is read as: None, not a number, or not finite)."""
+    if v is None or isinstance(v, bool):
         return None
     try:
         f = float(v)
@@ -76,335 +55,270 @@ def _as_float(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def valid_probability(v: Any) -> bool:
-    f = _as_float(v)
-    return f is not None and 0.0 <= f <= 1.0
+def as_probability(v: Any) -> float | None:
+    """A finite float within [0, 1], else None (the validator's range check)."""
+    f = as_finite(v)
+    return f if f is not None and 0.0 <= f <= 1.0 else None
 
 
-def worst_scores(y_true: Iterable[Any], scores: Iterable[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels as int, scores with invalid ones replaced by the worst, mask of invalid)."""
+# --------------------------------------------------------------------------- segmentation
+
+def _masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p, g = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
+    if p.shape != g.shape:
+        raise ValueError(f"shape mismatch: prediction {p.shape}, ground truth {g.shape}")
+    return p, g
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two masks (non-zero = foreground): both empty 1.0, exactly one empty 0.0.
+    fomo26/fomo-metrics, fomo_challenge_metrics/segmentation.py, compute_dice_coefficient."""
+    p, g = _masks(pred, gt)
+    ps, gs = int(p.sum()), int(g.sum())
+    if ps == 0 and gs == 0:
+        return 1.0
+    if ps == 0 or gs == 0:
+        return 0.0
+    return 2.0 * int(np.logical_and(p, g).sum()) / (ps + gs)
+
+
+def nsd(pred: np.ndarray, gt: np.ndarray, spacing: Iterable[float],
+        tolerance_mm: float = NSD_TOLERANCE_MM) -> float:
+    """Surface Dice at `tolerance_mm` via `surface_distance`: both or one empty 0.0, NaN/inf 0.0.
+    fomo26/fomo-metrics, fomo_challenge_metrics/segmentation.py, compute_normalized_surface_distance."""
+    p, g = _masks(pred, gt)
+    if not p.any() or not g.any():
+        return 0.0
+    import surface_distance
+
+    spacing = tuple(float(s) for s in spacing)[: g.ndim]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the library's scipy.ndimage.* imports
+        sd = surface_distance.compute_surface_distances(g, p, spacing)
+    v = float(surface_distance.compute_surface_dice_at_tolerance(sd, tolerance_mm))
+    return v if math.isfinite(v) else 0.0
+
+
+def labels_scored(gt: np.ndarray) -> list[int]:
+    """The labels a multiclass case is scored on: those present in its ground truth, 0 excluded.
+    fomo26/fomo-metrics, fomo_challenge_metrics/segmentation.py, compute_multiclass_dsc (labels=None)."""
+    return [int(v) for v in np.unique(np.asarray(gt)) if int(v) != 0]
+
+
+def score_segmentation_case(pred: np.ndarray | None, gt: np.ndarray, spacing: Iterable[float],
+                            multiclass: bool, tolerance_mm: float = NSD_TOLERANCE_MM
+                            ) -> dict[int, dict[str, float]]:
+    """{label: {"dice", "nsd"}} for one case. Binary: label 1 on non-zero masks, always scored.
+    Multiclass: the labels present in the ground truth only. pred None (missing or unreadable
+    prediction) scores 0.0 on every label that is scored."""
+    gt = np.asarray(gt)
+    labels = labels_scored(gt) if multiclass else [1]
+    out = {}
+    for v in labels:
+        if pred is None:
+            out[v] = {"dice": 0.0, "nsd": 0.0}
+            continue
+        p, g = (np.asarray(pred) == v, gt == v) if multiclass else (np.asarray(pred) != 0, gt != 0)
+        out[v] = {"dice": dice(p, g), "nsd": nsd(p, g, spacing, tolerance_mm)}
+    return out
+
+
+def aggregate_segmentation(cases: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict[str, Any]:
+    """Task metrics from per-case label scores: each case weighs the same ("each metric is averaged over
+    all cases in the test set", fomo26.github.io, Leaderboard & Evaluation); a case's value is the mean
+    over the labels it is scored on; cases scored on no label (multiclass, empty ground truth) are left
+    out. Also per label: the mean over the cases scored on it."""
+    metrics, per_label = {}, {}
+    scored = {c: s for c, s in cases.items() if s}
+    for m in ("dice", "nsd"):
+        vals = [float(np.mean([v[m] for v in s.values()])) for s in scored.values()]
+        metrics[m] = float(np.mean(vals)) if vals else float("nan")
+    for lab in sorted({lab for s in scored.values() for lab in s}):
+        sel = [s[lab] for s in scored.values() if lab in s]
+        per_label[lab] = {"dice": float(np.mean([v["dice"] for v in sel])),
+                          "nsd": float(np.mean([v["nsd"] for v in sel])), "n_cases": len(sel)}
+    return {"metrics": metrics, "per_label": per_label,
+            "unscored_cases": sorted(c for c, s in cases.items() if not s)}
+
+
+# --------------------------------------------------------------------------- classification
+
+def _binary_labels(y_true: Iterable[Any]) -> np.ndarray:
     y = np.asarray([int(float(v)) for v in y_true], dtype=int)
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("binary labels must be 0 or 1")
+    return y
+
+
+def auroc_scores_used(y_true: Iterable[Any], scores: Iterable[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, scores with invalid ones substituted, mask of invalid) for the binary AUROC.
+    fomo26/fomo-metrics, fomo_challenge_metrics/classification.py, compute_auroc: an invalid score is
+    0.0 for a positive, 1.0 for a negative; invalid = missing, not finite, or outside [0, 1]."""
+    y = _binary_labels(y_true)
     s_in = list(scores)
     if len(s_in) != len(y):
         raise ValueError(f"{len(y)} labels but {len(s_in)} scores")
-    s = np.empty(len(y), dtype=float)
-    invalid = np.zeros(len(y), dtype=bool)
-    for i, (label, v) in enumerate(zip(y, s_in)):
-        if valid_probability(v):
-            s[i] = float(v)
-        else:
-            invalid[i] = True
-            s[i] = WORST_POSITIVE_SCORE if label == 1 else WORST_NEGATIVE_SCORE
+    valid = [as_probability(v) for v in s_in]
+    invalid = np.array([v is None for v in valid], dtype=bool)
+    s = np.array([v if v is not None else (INVALID_POSITIVE_SCORE if lab == 1 else INVALID_NEGATIVE_SCORE)
+                  for lab, v in zip(y, valid)], dtype=float)
     return y, s, invalid
 
 
 def auroc(y_true: Iterable[Any], scores: Iterable[Any]) -> float:
-    """Binary AUROC (labels 0/1, scores = probability of class 1).
-
-    Invalid scores (None, NaN, inf, unparsable, outside [0, 1]) are replaced by the worst value: a
-    positive case gets -1.0 (below every valid score), a negative case 2.0 (above every valid score).
-    Returns NaN when y_true does not hold both classes (AUROC undefined).
-    """
+    """Binary AUROC with the organisers' substitutes for invalid scores (see auroc_scores_used).
+    NaN when the labels hold one class (the organisers' compute_auroc raises there)."""
     from sklearn.metrics import roc_auc_score
 
-    y, s, _ = worst_scores(y_true, scores)
+    y, s, _ = auroc_scores_used(y_true, scores)
     if len(np.unique(y)) < 2:
-        warnings.warn("AUROC undefined: ground truth holds only one class", RuntimeWarning, stacklevel=2)
         return float("nan")
     return float(roc_auc_score(y, s))
 
 
-def mae(y_true: Iterable[float], y_pred: Iterable[float]) -> float:
-    t, p = np.asarray(list(y_true), dtype=float), np.asarray(list(y_pred), dtype=float)
-    if t.shape != p.shape:
-        raise ValueError(f"{t.shape} targets but {p.shape} predictions")
-    return float(np.mean(np.abs(t - p))) if t.size else float("nan")
+def _clean_rows(rows: Sequence[Any]) -> tuple[int, list[list[float] | None]]:
+    """(number of classes from the first row that is not None, rows with invalid ones as None)."""
+    n_classes = next((len(r) for r in rows if r is not None), 0)
+    clean: list[list[float] | None] = []
+    for r in rows:
+        vals = None if r is None else [as_finite(v) for v in r]
+        clean.append(None if vals is None or len(vals) != n_classes or any(v is None for v in vals) else vals)
+    return n_classes, clean
 
 
-def pearson_r(y_true: Iterable[float], y_pred: Iterable[float]) -> float:
-    """Pearson correlation; 0.0 when either side is constant (r undefined; reported as no correlation)."""
-    t, p = np.asarray(list(y_true), dtype=float), np.asarray(list(y_pred), dtype=float)
-    if t.shape != p.shape:
-        raise ValueError(f"{t.shape} targets but {p.shape} predictions")
-    if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:
-        return 0.0
-    tc, pc = t - t.mean(), p - p.mean()
-    return float(np.clip((tc @ pc) / math.sqrt(float(tc @ tc) * float(pc @ pc)), -1.0, 1.0))
-
-
-def macro_auroc(y_true: Iterable[int], proba: np.ndarray) -> float:
-    """One-vs-rest macro AUROC over the classes present in y_true.
-
-    `proba` is (n, n_classes) with column c = score of class c (y_true holds class indices), or a
-    1-D vector of class-1 scores for a binary problem. A class counts when y_true holds it and at
-    least one other class; NaN when no class counts.
-    """
+def ovr_auroc(y_true: Iterable[int], rows: Sequence[Sequence[Any] | None]) -> float:
+    """One-vs-rest macro AUROC of score rows (n x C; None or non-finite rows invalid).
+    fomo26/fomo-metrics, fomo_challenge_metrics/classification.py, compute_ovr_auroc:
+    C = width of the first row that is not None (NaN if C < 2); an invalid row becomes 0.0 for the true
+    class and 1/(C-1) for the others; C = 2: AUROC of column 1 (NaN if one class only); C > 2: mean over
+    the classes with both positives and negatives of the AUROC of their column (NaN if none)."""
     from sklearn.metrics import roc_auc_score
 
     y = np.asarray(list(y_true), dtype=int)
-    P = np.asarray(proba, dtype=float)
-    if P.ndim == 1:
-        P = np.stack([1.0 - P, P], axis=1)
-    if P.shape[0] != len(y):
-        raise ValueError(f"{len(y)} labels but {P.shape[0]} score rows")
-    aucs = []
-    for c in np.unique(y):
-        pos = y == c
-        if pos.all() or c >= P.shape[1] or c < 0:
-            continue
-        aucs.append(roc_auc_score(pos.astype(int), P[:, c]))
-    return float(np.mean(aucs)) if aucs else float("nan")
+    if len(rows) != len(y):
+        raise ValueError(f"{len(y)} labels but {len(rows)} score rows")
+    n_classes, clean = _clean_rows(rows)
+    if n_classes < 2:
+        return float("nan")
+    worst = lambda label: [0.0 if c == label else 1.0 / (n_classes - 1) for c in range(n_classes)]
+    S = np.array([r if r is not None else worst(lab) for lab, r in zip(y, clean)], dtype=float)
+    if n_classes == 2:
+        return float(roc_auc_score(y, S[:, 1])) if len(np.unique(y)) == 2 else float("nan")
+    usable = [c for c in range(n_classes) if 0 < int((y == c).sum()) < len(y)]
+    if not usable:
+        return float("nan")
+    return float(np.mean([roc_auc_score((y == c).astype(int), S[:, c]) for c in usable]))
+
+
+def ovr_f1(y_true: Iterable[int], rows: Sequence[Sequence[Any] | None]) -> float:
+    """Macro F1 of the argmax of score rows (first maximum on ties); an invalid row predicts
+    (label + 1) mod C. fomo26/fomo-metrics, fomo_challenge_metrics/classification.py, compute_ovr_f1.
+    NaN when no row is valid (C unknown; the organisers' function raises there)."""
+    from sklearn.metrics import f1_score
+
+    y = [int(v) for v in y_true]
+    n_classes, clean = _clean_rows(rows)
+    if n_classes == 0:
+        return float("nan")
+    pred = [(lab + 1) % n_classes if r is None else int(np.argmax(r)) for lab, r in zip(y, clean)]
+    return float(f1_score(y, pred, average="macro", zero_division=0))
 
 
 def macro_f1(y_true: Iterable[Any], y_pred: Iterable[Any]) -> float:
-    """Macro F1 over the labels of y_true and y_pred (scikit-learn, zero_division=0)."""
+    """Macro F1 of class predictions (scikit-learn, zero_division=0); an invalid prediction becomes
+    1 for label 0 and 0 otherwise. fomo26/fomo-metrics, classification.py, compute_macro_f1."""
     from sklearn.metrics import f1_score
 
-    return float(f1_score(list(y_true), list(y_pred), average="macro", zero_division=0))
+    y = [int(v) for v in y_true]
+    pred = [(1 if lab == 0 else 0) if as_finite(p) is None else int(float(p)) for lab, p in zip(y, y_pred)]
+    return float(f1_score(y, pred, average="macro", zero_division=0))
 
 
-# --------------------------------------------------------------------------- folders and files
+# --------------------------------------------------------------------------- regression
 
-def _case_id(path: Path) -> str | None:
-    for suf in NIFTI_SUFFIXES:
-        if path.name.endswith(suf):
-            return path.name[: -len(suf)]
+def _regression_pairs(y_true: Iterable[Any], y_pred: Iterable[Any], substitute: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray([float(v) for v in y_true], dtype=float)
+    p_in = list(y_pred)
+    if len(p_in) != len(t):
+        raise ValueError(f"{len(t)} targets but {len(p_in)} predictions")
+    p = np.array([substitute if as_finite(v) is None else float(v) for v in p_in], dtype=float)
+    return t, p
+
+
+def mae(y_true: Iterable[Any], y_pred: Iterable[Any]) -> float:
+    """Mean absolute error; an invalid prediction counts as the value 100.0 (NaN for no case).
+    fomo26/fomo-metrics, fomo_challenge_metrics/regression.py, compute_absolute_error."""
+    t, p = _regression_pairs(y_true, y_pred, INVALID_MAE_PREDICTION)
+    return float(np.mean(np.abs(t - p))) if t.size else float("nan")
+
+
+def pearson_r(y_true: Iterable[Any], y_pred: Iterable[Any]) -> float:
+    """Pearson r (scipy); an invalid prediction counts as the value -100.0. NaN when undefined:
+    constant targets or predictions, or fewer than two cases.
+    fomo26/fomo-metrics, fomo_challenge_metrics/regression.py, compute_correlation."""
+    from scipy.stats import pearsonr
+
+    t, p = _regression_pairs(y_true, y_pred, INVALID_CORRELATION_PREDICTION)
+    if t.size < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's ConstantInputWarning: r is NaN then
+        return float(pearsonr(t, p)[0])
+
+
+def pearson_r_undefined_reason(y_true: Sequence[float], y_used: Sequence[float]) -> str | None:
+    """Why Pearson r is NaN, or None when it is defined."""
+    if len(y_true) < 2:
+        return "fewer than two cases"
+    if np.ptp(np.asarray(y_used, dtype=float)) == 0:
+        return "constant predictions"
+    if np.ptp(np.asarray(y_true, dtype=float)) == 0:
+        return "constant targets"
     return None
 
 
-def _nifti_cases(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for f in sorted(Path(folder).iterdir()):
-        cid = _case_id(f)
-        if cid is not None and f.is_file() and cid not in out:
-            out[cid] = f
-    return out
+# --------------------------------------------------------------------------- fairness
+
+def max_disparity(y_true: Sequence[int], scores: Sequence[Any], groups: Sequence[Any],
+                  metric_fn: Callable[[list, list], float]) -> float:
+    """max - min of metric_fn within each group (None groups left out); a group whose metric raises or
+    is NaN is dropped; NaN if no group is left, 0.0 if exactly one is.
+    fomo26/fomo-metrics, fomo_challenge_metrics/fairness.py, compute_max_disparity."""
+    if not len(y_true) == len(scores) == len(groups):
+        raise ValueError("y_true, scores and groups must have the same length")
+    buckets: dict[Any, tuple[list, list]] = {}
+    for label, s, g in zip(y_true, scores, groups):
+        if g is not None:
+            yt, ys = buckets.setdefault(g, ([], []))
+            yt.append(label)
+            ys.append(s)
+    values = []
+    for yt, ys in buckets.values():
+        try:
+            v = float(metric_fn(yt, ys))
+        except (ValueError, TypeError, ZeroDivisionError):
+            continue
+        if not math.isnan(v):
+            values.append(v)
+    if not values:
+        return float("nan")
+    return 0.0 if len(values) == 1 else max(values) - min(values)
 
 
-def foreground_labels(labels: Mapping[str, Any]) -> dict[str, int]:
-    """name -> value for the non-background labels (value 0 is background); region labels (lists)
-    are not supported."""
-    out = {}
-    for name, v in labels.items():
-        if isinstance(v, (list, tuple)):
-            raise ValueError(f"region-based label {name!r} is not supported by the evaluator")
-        if int(v) != 0:
-            out[name] = int(v)
-    return out
-
-
-def evaluate_segmentation(pred_folder: str | Path, gt_folder: str | Path, labels: Mapping[str, Any],
-                          tolerance_mm: float = NSD_TOLERANCE_MM) -> list[dict[str, Any]]:
-    """Per-case, per-label rows {case, label, dice, nsd, status} for every ground truth in gt_folder.
-
-    Files are `<case>.nii.gz` (or `.nii`) in both folders. status: "ok"; "missing" (no prediction:
-    scored as an empty mask); "error: ..." (unreadable or other shape: Dice 0, NSD 0).
-    """
-    import nibabel as nib
-
-    pred_folder, gt_folder = Path(pred_folder), Path(gt_folder)
-    if not gt_folder.is_dir():
-        raise FileNotFoundError(f"ground-truth folder not found: {gt_folder}")
-    if not pred_folder.is_dir():
-        raise FileNotFoundError(f"prediction folder not found: {pred_folder}")
-    fg = foreground_labels(labels)
-    gts = _nifti_cases(gt_folder)
-    if not gts:
-        raise ValueError(f"no .nii.gz / .nii ground truth in {gt_folder}")
-    preds = _nifti_cases(pred_folder)
-    rows: list[dict[str, Any]] = []
-    for cid, gpath in gts.items():
-        gimg = nib.load(str(gpath))
-        g = np.rint(np.asanyarray(gimg.dataobj)).astype(np.int64)
-        spacing = tuple(float(z) for z in gimg.header.get_zooms()[: g.ndim])
-        status, p = "ok", None
-        if cid not in preds:
-            status, p = "missing", np.zeros_like(g)
-        else:
-            try:
-                parr = np.asanyarray(nib.load(str(preds[cid])).dataobj)
-                if parr.shape != g.shape:
-                    # a trailing singleton axis is harmless
-                    squeezed = parr.reshape(parr.shape[: g.ndim]) if (
-                        parr.ndim > g.ndim and all(s == 1 for s in parr.shape[g.ndim:])) else parr
-                    if squeezed.shape != g.shape:
-                        raise ValueError(f"shape {parr.shape} differs from ground truth {g.shape}")
-                    parr = squeezed
-                if not np.all(np.isfinite(parr)):
-                    raise ValueError("non-finite values")
-                p = np.rint(parr).astype(np.int64)
-            except Exception as e:  # unreadable file, wrong shape: worst score
-                status = f"error: {e}"
-        for name, v in fg.items():
-            if p is None:
-                d, s = 0.0, 0.0
-            else:
-                d, s = dice(p == v, g == v), nsd(p == v, g == v, spacing, tolerance_mm)
-            rows.append({"case": cid, "label": name, "dice": d, "nsd": s, "status": status})
-    return rows
-
-
-def read_predictions(pred: str | Path) -> tuple[dict[str, str], list[str]]:
-    """case_id -> raw prediction text, from a CSV (header with case_id and prediction; extra columns
-    allowed) or from a folder of `<case_id>.txt` files holding one number each. Also returns notes."""
-    pred, notes, out = Path(pred), [], {}
-    if pred.is_dir():
-        for f in sorted(pred.glob("*.txt")):
-            out[f.stem] = f.read_text().strip()
-        return out, notes
-    if not pred.is_file():
-        raise FileNotFoundError(f"predictions not found: {pred}")
-    with open(pred, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if "case_id" not in cols or "prediction" not in cols:
-            raise ValueError(f"{pred}: the header must have columns case_id and prediction, found {cols}")
-        for r in reader:
-            cid = (r.get("case_id") or "").strip()
-            if not cid:
-                continue
-            if cid in out:
-                notes.append(f"duplicate prediction for {cid}: the first one is used")
-                continue
-            out[cid] = (r.get("prediction") or "").strip()
-    return out, notes
-
-
-def read_targets(targets: str | Path) -> dict[str, float]:
-    data = json.loads(Path(targets).read_text())
-    if not isinstance(data, dict) or not data:
-        raise ValueError(f"{targets}: expected a non-empty JSON object {{case_id: value}}")
-    out = {}
-    for k, v in data.items():
-        f = _as_float(v)
-        if f is None:
-            raise ValueError(f"{targets}: target of {k!r} is not a finite number: {v!r}")
-        out[str(k)] = f
-    return out
-
-
-def evaluate_values(predictions: str | Path, targets: str | Path, kind: str
-                    ) -> tuple[list[dict[str, Any]], dict[str, float], list[str], list[str]]:
-    """Score image-level predictions against targets {case_id: value}.
-
-    kind: "classification" (prediction = probability of class 1; AUROC) or "regression" (MAE,
-    Pearson r). Every case of the targets is scored; missing / invalid predictions use the worst
-    value (see the module docstring). Returns (rows, metrics, invalid case ids, notes); predictions
-    of cases that are not in the targets are ignored (noted).
-    """
-    from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION
-
-    if kind not in (CLASSIFICATION, REGRESSION):
-        raise ValueError(f"evaluate_values handles classification and regression, not {kind!r}")
-    raw, notes = read_predictions(predictions)
-    tgt = read_targets(targets)
-    extra = sorted(set(raw) - set(tgt))
-    if extra:
-        notes.append(f"{len(extra)} predictions without a target ignored (e.g. {extra[:3]})")
-    cases = sorted(tgt)
-    rows: list[dict[str, Any]] = []
-    invalid: list[str] = []
-    if kind == CLASSIFICATION:
-        bad = [k for k in cases if tgt[k] not in (0.0, 1.0)]
-        if bad:
-            raise ValueError(f"classification targets must be 0 or 1; not so for {bad[:5]}")
-        y, s, inv = worst_scores([tgt[k] for k in cases], [raw.get(k) for k in cases])
-        for k, label, score, bad_ in zip(cases, y, s, inv):
-            status = "ok" if not bad_ else ("missing" if k not in raw else "invalid")
-            if bad_:
-                invalid.append(k)
-            rows.append({"case": k, "target": int(label), "prediction": raw.get(k, ""),
-                         "score_used": float(score), "status": status})
-        if len(np.unique(y)) < 2:
-            notes.append("AUROC undefined: the targets hold only one class")
-            metrics = {"auroc": float("nan")}
-        else:
-            from sklearn.metrics import roc_auc_score
-
-            metrics = {"auroc": float(roc_auc_score(y, s))}
-    else:
-        t = np.array([tgt[k] for k in cases])
-        lo, hi = float(t.min()), float(t.max())
-        used = []
-        for k, truth in zip(cases, t):
-            f = _as_float(raw.get(k))
-            if f is None:
-                invalid.append(k)
-                f = lo if abs(truth - lo) >= abs(truth - hi) else hi
-                status = "missing" if k not in raw else "invalid"
-            else:
-                status = "ok"
-            used.append(f)
-            rows.append({"case": k, "target": float(truth), "prediction": raw.get(k, ""),
-                         "score_used": f, "status": status})
-        if len(np.unique(used)) < 2 and len(used) > 1:
-            notes.append("Pearson r undefined for constant predictions: reported as 0.0")
-        metrics = {"mae": mae(t, used), "pearson_r": pearson_r(t, used)}
-    if invalid:
-        notes.append(f"{len(invalid)} missing or invalid predictions scored with the worst value")
-    return rows, metrics, invalid, notes
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    cols: list[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _json_float(v: Any) -> Any:
-    """NaN -> None so that summary.json is strict JSON."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_float(x) for k, x in v.items()}
-    return v
-
-
-def evaluate_task(task: Any, pred: str | Path, gt: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Evaluate one FOMO task and write out_dir/per_case.csv and out_dir/summary.json.
-
-    task: a tasks.Task or anything tasks.get_task accepts. Segmentation: pred and gt are folders of
-    `<case>.nii.gz`. Classification / regression: pred is predictions.csv (case_id,prediction) or a
-    folder of `<case>.txt`, gt a JSON {case_id: value}. Embedding tasks are scored with `probe`.
-
-    summary.json: {"task", "n_cases", "metrics": {name: value}, "per_label" (segmentation only):
-    {label: {"dice", "nsd"}}, "invalid": [case ids], "notes": [...]}; undefined metrics are null.
-    """
-    from fomo_nnunet.tasks import CLASSIFICATION, EMBEDDING, REGRESSION, SEGMENTATION, Task, get_task
-
-    task = task if isinstance(task, Task) else get_task(task)
-    out_dir = Path(out_dir)
-    summary: dict[str, Any] = {"task": task.key}
-    if task.kind == SEGMENTATION:
-        rows = evaluate_segmentation(pred, gt, task.labels)
-        per_label = {}
-        for name in foreground_labels(task.labels):
-            sel = [r for r in rows if r["label"] == name]
-            per_label[name] = {"dice": float(np.mean([r["dice"] for r in sel])),
-                               "nsd": float(np.mean([r["nsd"] for r in sel]))}
-        cases = sorted({r["case"] for r in rows})
-        invalid = sorted({r["case"] for r in rows if r["status"] != "ok"})
-        summary.update({
-            "n_cases": len(cases),
-            "metrics": {m: float(np.mean([v[m] for v in per_label.values()])) for m in ("dice", "nsd")},
-            "per_label": per_label, "invalid": invalid, "notes": []})
-        if invalid:
-            summary["notes"].append(f"{len(invalid)} cases with missing (empty mask) or invalid (worst) "
-                                    "predictions")
-    elif task.kind in (CLASSIFICATION, REGRESSION):
-        rows, metrics, invalid, notes = evaluate_values(pred, gt, task.kind)
-        summary.update({"n_cases": len(rows), "metrics": metrics, "invalid": invalid, "notes": notes})
-    elif task.kind == EMBEDDING:
-        raise ValueError(f"{task.key} ({task.name}) is scored by a linear probe: use `fomo-nnunet probe` "
-                         "or fomo_nnunet.probe.probe_folder")
-    else:
-        raise ValueError(f"unknown task kind {task.kind!r}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(out_dir / "per_case.csv", rows)
-    summary = _json_float(summary)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+def fairness_score(y_true: Sequence[int], scores: Sequence[Any], groups_by_variable: Mapping[str, Sequence[Any]],
+                   metric_fn: Callable[[list, list], float]) -> dict[str, Any]:
+    """{"score", "disparities", "variables_used", "per_variable_contribution"}: the mean over the fairness
+    variables with a defined disparity D_v of 1 - D_v (NaN if none).
+    fomo26/fomo-metrics, fomo_challenge_metrics/fairness.py, compute_fairness_score."""
+    disparities, contributions = {}, {}
+    for name, groups in groups_by_variable.items():
+        if len(groups) != len(y_true):
+            raise ValueError(f"groups of {name!r} have length {len(groups)} but there are {len(y_true)} labels")
+        d = max_disparity(y_true, scores, groups, metric_fn)
+        disparities[name] = d
+        if not math.isnan(d):
+            contributions[name] = 1.0 - d
+    score = sum(contributions.values()) / len(contributions) if contributions else float("nan")
+    return {"score": score, "disparities": disparities, "variables_used": list(contributions),
+            "per_variable_contribution": contributions}

@@ -20,8 +20,11 @@ EXTRA_METRICS = {2: ("nsd",), 3: ("pearson_r",), 4: ("nsd",), 6: ("macro_f1",), 
 
 
 def metric_value(result: dict, name: str) -> float:
-    """A metric from an evaluate summary.json or a probe.json (group gaps under `gap`)."""
-    if name.endswith("_gap"):
+    """A metric from an evaluate summary.json or a probe.json (the fairness score under `fairness_score`,
+    group gaps of older probe.json files under `gap`)."""
+    if name.endswith("_fairness"):
+        v = (result.get("fairness_score") or {}).get(name[: -len("_fairness")])
+    elif name.endswith("_gap"):
         v = (result.get("gap") or {}).get(name[: -len("_gap")])
     else:
         v = (result.get("metrics") or {}).get(name)
@@ -66,7 +69,8 @@ def table_rows(runs: dict[int, dict[str, dict]]) -> list[dict]:
     for key in tasks:
         n = int(key[4:])
         main = MAIN_METRIC[n]
-        names = [main, *EXTRA_METRICS.get(n, ())] + (["macro_auroc_gap"] if n == 7 else [])
+        names = [main, *EXTRA_METRICS.get(n, ())] + (
+            ["macro_auroc_fairness", "macro_f1_fairness"] if n == 7 else [])
         arms = {s: runs[s].get(key, {}) for s in seeds}
         not_learned = {arm: sum(1 for s in seeds if not ((arms[s].get(arm) or {}).get("learning_check")
                                                          or {"learned": True})["learned"])

@@ -123,7 +123,7 @@ TASKS: tuple[Task, ...] = (
     Task(6, "probing", EMBEDDING, (ANY,), OUT_EMBEDDING_NPY, ("macro_auroc", "macro_f1"),
          description="frozen embedding of any single sequence, scored by a linear probe"),
     Task(7, "fairness", EMBEDDING, (ANY,), OUT_EMBEDDING_NPY,
-         ("macro_auroc", "macro_f1", "group_gap"), shares_model_with=6,
+         ("macro_auroc", "macro_f1", "fairness_score"), shares_model_with=6,
          description="the task-6 embedding, probe scored per demographic group"),
 )
 

@@ -39,6 +39,13 @@ def test_report_table_gives_mean_sd_paired_differences_wins_and_verdicts():
     assert "| 1/1 | undecided (1 seed) |" in markdown_table(one)
 
 
+def test_task7_rows_show_the_organisers_fairness_score_higher_is_better():
+    runs = {0: {"task7": {"pretrained": {"metrics": {"macro_auroc": 0.7}, "fairness_score": {"macro_auroc": 0.9}},
+                          "scratch": {"metrics": {"macro_auroc": 0.6}, "fairness_score": {"macro_auroc": 0.7}}}}}
+    row = {r["metric"]: r for r in table_rows(runs)}["macro_auroc_fairness"]
+    assert not row["lower_is_better"] and row["wins"] == 1 and abs(row["difference_mean"] - 0.2) < 1e-12
+
+
 def test_verdict_rule_needs_consistent_sign_and_mean_beyond_sd():
     from fomo_nnunet.report import verdict
 
