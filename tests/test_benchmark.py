@@ -82,6 +82,11 @@ def test_miniature_benchmark_writes_the_report_and_resumes(tmp_path):
         assert (work / "report" / png).is_file(), png
     results = json.loads((work / "report" / "results.json").read_text())
     assert {r["task"] for r in results["rows"]} == {"task3", "task6"}
+    assert results["seeds"] == [0] and "better" in results["verdict_rule"]
+    assert {(c["seed"], c["task"], c["arm"]) for c in results["learning_checks"]} == \
+        {(0, "task3", "pretrained"), (0, "task3", "scratch")}
+    seed_file = json.loads(next((work / "runs" / "seed0" / "nnUNet_results").rglob("seed.json")).read_text())
+    assert seed_file["seed"] == 0
     assert "container_task3" in results["step_seconds"] and "The submission" in text
     assert "| task" in first.stdout  # the table is printed at the end
     second = run(cmd, env, timeout=300)
