@@ -168,14 +168,14 @@ def check_output_target(path: str, suffixes: tuple[str, ...], inputs: list[str],
     """Refuse an --output that could not be written, before any work: wrong suffix, an existing folder,
     one of the inputs, or a folder that cannot be created or written."""
     where = f"--output {path}"
-    if not path.endswith(suffixes):
-        raise FomoInputError(f"{where}: {what + ' ' if what else ''}writes {' or '.join(suffixes)}")
     if os.path.isdir(path):
         raise FomoInputError(f"{where}: is an existing folder; give a file name (e.g. {os.path.join(path, 'sub_1')}"
                              f"{suffixes[0]})")
     for arg, p in inputs:
         if p and (os.path.abspath(p) == os.path.abspath(path) or _same_file(p, path)):
             raise FomoInputError(f"{where}: is the input --{arg}; writing it would overwrite the input")
+    if not path.endswith(suffixes):
+        raise FomoInputError(f"{where}: {what + ' ' if what else ''}writes {' or '.join(suffixes)}")
     folder = os.path.dirname(os.path.abspath(path))
     existing = folder
     while not os.path.lexists(existing):

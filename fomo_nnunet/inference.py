@@ -150,11 +150,21 @@ class ImageLevelModel:
 
 
 def _trainer_class(name: str):
-    """The trainer class nnU-Net would use, found the way nnU-Net finds it (our trainers included)."""
+    """The trainer class: ours from our trainers package, any other found the way nnU-Net finds it.
+
+    Ours are looked up first because nnU-Net's search imports every trainer module it ships, down to
+    timm's model zoo, whose deprecated `torch.jit.interface` prints a FutureWarning in every
+    container log.
+    """
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     from fomo_nnunet.paths import trainers_dir
 
+    if name.startswith("nnUNetTrainerFomo"):
+        found = recursive_find_python_class(str(trainers_dir()), name, "fomo_nnunet.trainers")
+        if found is not None:
+            return found
     os.environ.setdefault("nnUNet_extTrainer", str(trainers_dir()))
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
         return recursive_find_trainer_class_by_name(name)

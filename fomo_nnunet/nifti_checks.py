@@ -46,7 +46,7 @@ def check_path(path: str | os.PathLike) -> os.stat_result:
         st = os.stat(path)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise NiftiProblem("symlink loop (the link points back to itself)") from None
+            raise NiftiProblem("symlink loop (following the links never reaches a file)") from None
         if os.path.islink(path):
             raise NiftiProblem(f"broken symlink (points to {os.readlink(path)}, which does not exist)") from None
         if e.errno == errno.ENOENT:
