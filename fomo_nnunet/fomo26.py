@@ -132,8 +132,9 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    slot = OutputFile(output)
+    slot = None
     try:
+        slot = OutputFile(output)
         if task.kind == SEGMENTATION:
             with timer("load model"), loading_model(model_dir, task):
                 predictor = load_segmentation_predictor(model_dir, entry, mirror, device)
@@ -161,7 +162,8 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
             with timer("export"):
                 write_embedding_npy(slot, vector)
     finally:
-        slot.discard()  # nothing left once committed; the temporary file when anything failed
+        if slot is not None:
+            slot.discard()  # nothing left once committed; the temporary file when anything failed
     if verbose:
         log(f"{task.key} timing: {timer.report()}")
     return timer

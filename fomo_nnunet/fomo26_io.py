@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 
 import nibabel as nib
@@ -153,13 +153,6 @@ def unused_arguments(task: Task, given: dict[str, str | None]) -> list[str]:
 
 
 # ---- outputs ------------------------------------------------------------------------------------
-def umask_mode() -> int:
-    """The mode open() gives a new file under the current umask (mkstemp would give 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def output_suffix(path: str) -> str:
     return ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
 
@@ -195,8 +188,8 @@ def _same_file(a: str, b: str) -> bool:
 
 class OutputFile:
     """The output's temporary file, made in the destination folder (and any missing parent folders)
-    before the work starts; `commit` gives it the umask's mode and renames it into place, `discard`
-    removes it and the folders made for it."""
+    before the work starts, with the mode the umask gives (not mkstemp's 0600); `commit` renames it
+    into place, `discard` removes it and the folders made for it."""
 
     def __init__(self, path: str):
         self.path = path
@@ -206,19 +199,21 @@ class OutputFile:
             missing.append(f)
             f = os.path.dirname(f)
         self._made: list[str] = []
-        self.tmp: str | None = None
+        # the name first, then the file: a signal at any moment leaves nothing that discard() misses
+        self.tmp: str | None = os.path.join(folder, f".fomo_{secrets.token_hex(6)}{output_suffix(path)}")
         try:
             for d in reversed(missing):
                 os.mkdir(d)
                 self._made.append(d)
-            fd, self.tmp = tempfile.mkstemp(prefix=".fomo_", suffix=output_suffix(path), dir=folder)
-            os.close(fd)
+            os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except OSError as e:
             self.discard()
             raise FomoInputError(f"--output {path}: cannot be written ({e.strerror or e})") from None
+        except BaseException:
+            self.discard()
+            raise
 
     def commit(self) -> None:
-        os.chmod(self.tmp, umask_mode())
         os.replace(self.tmp, self.path)
         self.tmp = None
 

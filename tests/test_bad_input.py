@@ -565,3 +565,175 @@ def test_converter_exit_codes(kind, tmp_path, raw, monkeypatch, capsys):
     assert got == code, err
     if fragment:
         assert fragment in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------ interruptions and reruns
+CONVERT = ("import sys\nfrom fomo_nnunet.cli import main\n"
+           "sys.exit(main(['convert', 'pretrain', sys.argv[1], '-np', '2', '--no-progress']))")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    import time
+
+    end = time.time() + seconds
+    while time.time() < end and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.fixture(scope="module")
+def busy_corpus(tmp_path_factory) -> Path:
+    """Enough 64^3 scans (uncompressed, quick to write) to keep two workers busy for a few seconds."""
+    src = tmp_path_factory.mktemp("busy") / "fomo60k"
+    data = B.brain((64, 64, 64))
+    for i in range(60):
+        B.save(src / f"sub_{i:02d}" / "ses_1" / "t1.nii", data + i)
+    return src
+
+
+def _start_and_wait_for_output(src: Path, raw: Path):
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, nnUNet_raw=str(raw))
+    p = subprocess.Popen([sys.executable, "-c", CONVERT, str(src)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    images = raw / "Dataset900_FOMOPretrain" / "imagesTr"
+    end = time.time() + 60
+    while time.time() < end and not (images.is_dir() and any(images.glob("*.nii.gz"))):
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.01)
+    workers = _children(p.pid)
+    assert len(workers) >= 2, "the workers should be running now"
+    return p, workers
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", X.INTERRUPTED), ("SIGTERM", X.TERMINATED)])
+def test_signal_to_the_main_process_stops_workers_and_leaves_no_temp_files(sig, code, busy_corpus, tmp_path):
+    import signal                                                                                    # items 8, 16
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    p, workers = _start_and_wait_for_output(busy_corpus, raw)
+    os.kill(p.pid, getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err[-2000:]
+    assert f"interrupted ({sig})" in err and "Traceback" not in err, err[-2000:]
+    assert _wait_gone(workers, 5) == []
+    assert leftovers(raw) == []
+
+
+def test_killed_parent_leaves_no_living_worker(busy_corpus, tmp_path, monkeypatch):                # item 9
+    import signal
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    p, workers = _start_and_wait_for_output(busy_corpus, raw)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate(timeout=30)
+    assert _wait_gone(workers, 2 + 4 * C.PARENT_POLL_SECONDS) == []
+    assert leftovers(raw) == []  # the workers removed their temporary files on their way out
+    # a rerun finishes the dataset
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    res = C.convert_pretrain(busy_corpus, progress=False)
+    assert res.report["converted"] == 60 and res.already_done + res.converted == 60
+
+
+def test_rerun_removes_leftovers_of_dead_runs_only(tmp_path, raw):                                 # items 8, 16
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "src"
+    B.good(src / "sub_1" / "ses_1" / "t1.nii.gz")
+    folder = C.convert_pretrain(src, progress=False).folder
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    dead_file = folder / "imagesTr" / f".x_0000.nii.gz.{C._HOST}-{dead}.abc123{C.TMP_SUFFIX}"
+    live_file = folder / "labelsTr" / f".x.nii.gz.{C._HOST}-{os.getpid()}.def456{C.TMP_SUFFIX}"
+    old_file = folder / f".dataset.json.q1w2e3{C.TMP_SUFFIX}"              # an older run's name, hours old
+    young_foreign = folder / "imagesTr" / f".y_0000.nii.gz.otherhost-1.zz{C.TMP_SUFFIX}"
+    for f in (dead_file, live_file, old_file, young_foreign):
+        f.write_bytes(b"half a file")
+    os.utime(old_file, (time.time() - 2 * C.STALE_TMP_SECONDS,) * 2)
+    res = C.convert_pretrain(src, progress=False)
+    assert sorted(res.leftovers) == sorted(map(str, (dead_file, old_file)))
+    assert live_file.exists() and young_foreign.exists()  # a live run's (or another node's, recent) file stays
+
+
+def test_rerun_removes_cases_whose_source_is_gone(tmp_path, raw, capsys):                          # item 10
+    src = tmp_path / "src"
+    for i in range(3):
+        B.save(src / f"sub_{i}" / "ses_1" / "t1.nii.gz", B.brain(seed=i))
+    assert main(["convert", "pretrain", str(src), "--no-progress"]) == 0
+    folder = raw / "Dataset900_FOMOPretrain"
+    gone = src / "sub_1" / "ses_1" / "t1.nii.gz"
+    keep = gone.read_bytes()
+    gone.unlink()
+    assert main(["convert", "pretrain", str(src), "--no-progress"]) == 0
+    assert "removed 1 cases whose source is gone: sub_1_ses_1_t1" in capsys.readouterr().out
+    report = json.loads((folder / "conversion_report.json").read_text())
+    assert [r["case"] for r in report["removed"]] == ["sub_1_ses_1_t1"] and "source is gone" in report["removed"][0][
+        "reason"]
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+    assert not list(folder.rglob("sub_1_ses_1_t1*.nii.gz"))
+    assert "sub_1_ses_1_t1" not in json.dumps(json.loads((folder / "subjects.json").read_text()))
+    gone.write_bytes(keep)  # the source comes back: so does the case
+    assert main(["convert", "pretrain", str(src), "--no-progress"]) == 0
+    report = json.loads((folder / "conversion_report.json").read_text())
+    assert report["removed"] == [] and report["converted"] == 3
+
+
+PEAK = ("import resource, subprocess, sys\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+@pytest.mark.parametrize("who", ["fomo26", "convert"])
+def test_header_claims_are_refused_without_the_memory_they_claim(who, tmp_path, tiny_bundle):       # items 1, 14
+    """Peak memory (max RSS of the process) stays far below the 4 GB and 256 GB the headers claim."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    f4, f256 = src / "sub_1" / "ses_1" / "t1.nii.gz", src / "sub_1" / "ses_1" / "t2.nii.gz"
+    f4.parent.mkdir(parents=True)
+    B.claims_4gb(f4)
+    B.claims_256gb(f256)
+    cli = [sys.executable, "-m", "fomo_nnunet.cli"]
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"))
+    runs = ([[*cli, "fomo26", "task6", "--input", str(f), "--output", str(tmp_path / "e.npy"), "--bundle",
+              str(tiny_bundle)] for f in (f4, f256)] if who == "fomo26"
+            else [[*cli, "convert", "pretrain", str(src), "-np", "2", "--no-progress"]])
+    for argv in runs:
+        out = subprocess.run([sys.executable, "-c", PEAK, *argv], capture_output=True, text=True, env=env,
+                             timeout=120).stdout.split()
+        code, peak_kb = int(out[0]), int(out[1])
+        assert code == (X.BAD_INPUT if who == "fomo26" else X.OK)
+        assert peak_kb < 600_000, f"{argv[-1]}: peak {peak_kb / 1e6:.2f} GB"
+    if who == "convert":
+        report = json.loads((tmp_path / "raw" / "Dataset900_FOMOPretrain" / "conversion_report.json").read_text())
+        assert sorted(s["reason"].split(" = ")[0] for s in report["skipped"]) == [
+            "the header claims shape (1024, 1024, 1024)", "the header claims shape (4096, 4096, 4096)"]

@@ -22,9 +22,9 @@ import gzip
 import json
 import math
 import os
+import secrets
 import signal
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -135,34 +135,22 @@ _HOST = socket.gethostname().replace(".", "_").replace("/", "_") or "host"
 
 
 def _tmp_path(final: Path) -> Path:
-    # Hidden and not ending in .nii.gz: nnU-Net never mistakes a leftover for a case. The host and
-    # process id in the name let a rerun tell a dead run's leftover from a live shard's file.
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=TMP_SUFFIX, dir=final.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _commit(tmp: Path, final: Path) -> None:
-    os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; outputs get the mode the umask gives
-    os.replace(tmp, final)
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
+    """A fresh name beside `final` (the file is created by the caller, inside its cleanup block, so
+    that a signal arriving at any moment leaves nothing behind). Hidden and not ending in .nii.gz:
+    nnU-Net never mistakes a leftover for a case. The host and process id in the name let a rerun
+    tell a dead run's leftover from a live shard's file."""
+    return final.parent / f".{final.name}.{_HOST}-{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
 
 
 def save_nifti(img, final: Path) -> None:
-    """Write a NIfTI (gzip level 1, reproducible bytes) atomically."""
+    """Write a NIfTI (gzip level 1, reproducible bytes) atomically, with the mode the umask gives."""
     import nibabel as nib
 
     tmp = _tmp_path(final)
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+        with open(tmp, "xb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
-        _commit(tmp, final)
+        os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -173,8 +161,9 @@ def write_json(obj, final: Path) -> None:
     final = Path(final)
     tmp = _tmp_path(final)
     try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-        _commit(tmp, final)
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=1) + "\n")
+        os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
