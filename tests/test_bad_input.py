@@ -293,6 +293,26 @@ def test_output_gets_the_umask_mode(tiny_bundle, tmp_path, capsys):             
     assert (output.stat().st_mode & 0o777) == 0o644
 
 
+@pytest.mark.parametrize("sig,code", [("SIGTERM", X.TERMINATED), ("SIGINT", X.INTERRUPTED)])
+def test_entry_signal_during_inference_leaves_nothing(sig, code, tiny_bundle, tmp_path, capsys, monkeypatch):
+    import signal
+    import time
+
+    import fomo_nnunet.inference as inference
+
+    def killed(*a, **k):
+        os.kill(os.getpid(), getattr(signal, sig))
+        time.sleep(5)
+        pytest.fail("the signal did not stop the run")
+
+    monkeypatch.setattr(inference, "embed_array", killed)
+    inp = B.good(tmp_path / "x.nii.gz")
+    output = tmp_path / "out" / "e.npy"
+    got, _, err = run_cli(["fomo26", "task6", "--input", inp, "--output", output, "--bundle", tiny_bundle], capsys)
+    assert got == code and f"interrupted ({sig})" in err, err
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
 def test_grid_note_says_what_differs(tmp_path):
     """Only the affine differs: the note says so instead of 'grid (20, 20, 20) differs from (20, 20, 20)'."""
     from fomo_nnunet.fomo26_io import read_input, resample_onto
@@ -315,14 +335,6 @@ def test_help_does_not_import_torch():                                          
 
 
 # ============================================================================ the converters
-@pytest.fixture
-def raw(tmp_path, monkeypatch) -> Path:
-    r = tmp_path / "nnUNet_raw"
-    r.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(r))
-    return r
-
-
 # kind: (maker, the fragment of the reason in conversion_report.json)
 FILE_KINDS = {
     "truncated gzip": (B.truncated_gzip, "truncated or corrupt"),
