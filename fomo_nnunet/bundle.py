@@ -10,12 +10,11 @@ transferred from different checkpoints (or trained from scratch) is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
-
-import torch
 
 from fomo_nnunet.tasks import EMBEDDING, TASKS, Task
 
@@ -27,8 +26,11 @@ KEEP_KEYS = ("network_weights", "trainer_name", "init_args", "inference_allowed_
              "fomo_metadata", "fomo_target_stats")
 
 
+REBUILD = "rebuild the bundle with `fomo-nnunet bundle` (see --help), or point --bundle / $" + BUNDLE_ENV + " at a good one"
+
+
 class BundleError(ValueError):
-    pass
+    """A bundle that cannot serve a task; str() names the broken file and how to fix it."""
 
 
 def default_bundle_dir() -> str:
@@ -54,6 +56,8 @@ def _folds(model_dir: Path, folds: list[str] | None, checkpoint: str) -> list[st
 
 def _slim_checkpoint(src: Path, dst: Path) -> None:
     from fomo_nnunet.transfer import load_checkpoint_safely
+
+    import torch
 
     ckpt = load_checkpoint_safely(src)
     slim = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
@@ -120,22 +124,74 @@ def build_bundle(output: str | os.PathLike, models: dict[int, str], embedding: s
     return manifest
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing ({what}); {REBUILD}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        from fomo_nnunet.nifti_checks import first_line
+
+        raise BundleError(f"{path}: broken {what}, not readable JSON ({first_line(e)}); {REBUILD}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: broken {what}, a JSON object expected, found {type(data).__name__}; {REBUILD}")
+    return data
+
+
 def load_manifest(bundle: str | os.PathLike) -> dict:
     path = Path(bundle) / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle}: not a model bundle (no {MANIFEST}); build one with `fomo-nnunet bundle`, or "
                           f"point --bundle / ${BUNDLE_ENV} at it")
-    return json.loads(path.read_text())
+    manifest = _read_json(path, "bundle manifest")
+    if not isinstance(manifest.get("tasks"), dict):
+        raise BundleError(f"{path}: broken bundle manifest, it has no 'tasks' table; {REBUILD}")
+    return manifest
 
 
 def model_entry(bundle: str | os.PathLike, manifest: dict, task: Task) -> tuple[Path, dict]:
     """(folder, manifest entry) of the model serving `task` (tasks 6/7: the embedding)."""
+    where = Path(bundle) / MANIFEST
     if task.kind == EMBEDDING:
         if "embedding" not in manifest:
             raise BundleError(f"{bundle}: the bundle has no embedding checkpoint for {task.key}")
-        return Path(bundle) / manifest["embedding"]["path"], manifest["embedding"]
+        e = manifest["embedding"]
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+            raise BundleError(f"{where}: broken entry 'embedding' (no path); {REBUILD}")
+        return Path(bundle) / e["path"], e
     if task.key not in manifest["tasks"]:
         raise BundleError(f"{bundle}: the bundle has no model for {task.key} ({task.name}); it has "
                           f"{', '.join(manifest['tasks']) or 'none'}")
     e = manifest["tasks"][task.key]
+    if not isinstance(e, dict) or not isinstance(e.get("path"), str) or not isinstance(e.get("folds"), list) \
+            or not e["folds"]:
+        raise BundleError(f"{where}: broken entry for {task.key} (a 'path' and a list of 'folds' expected); {REBUILD}")
     return Path(bundle) / e["path"], e
+
+
+def check_model_files(model_dir: Path, entry: dict, task: Task) -> None:
+    """The files a task's model needs are there and its JSON files parse (cheap, before any input is read)."""
+    if task.kind == EMBEDDING:
+        files = [model_dir]
+    else:
+        for name, what in (("plans.json", "nnU-Net plans"), ("dataset.json", "dataset.json")):
+            _read_json(model_dir / name, f"{what} of the {task.key} model")
+        files = [model_dir / f"fold_{f}" / "checkpoint_final.pth" for f in entry["folds"]]
+    for f in files:
+        if not f.is_file():
+            raise BundleError(f"{f}: missing (the checkpoint of the {task.key} model); {REBUILD}")
+        if f.stat().st_size == 0:
+            raise BundleError(f"{f}: empty file (the checkpoint of the {task.key} model); {REBUILD}")
+
+
+@contextlib.contextmanager
+def loading_model(model_dir: Path, task: Task):
+    """Any error while a model is loaded from the bundle is a BundleError naming the model."""
+    try:
+        yield
+    except BundleError:
+        raise
+    except Exception as e:
+        from fomo_nnunet.nifti_checks import first_line
+
+        raise BundleError(f"{model_dir}: the {task.key} model does not load ({first_line(e, 300)}); {REBUILD}") from e

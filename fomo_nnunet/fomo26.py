@@ -19,8 +19,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from fomo_nnunet.fomo26_io import (FomoInputError, InputImage, read_input, resample_onto, select_inputs,
-                                   unused_arguments, write_embedding_npy, write_label_nifti, write_value_txt)
+from fomo_nnunet.fomo26_io import (OutputFile, check_fields_of_view, check_output_target, orthogonal_affine,
+                                   read_input, read_input_header, resample_onto, select_inputs, unused_arguments,
+                                   write_embedding_npy, write_label_nifti, write_value_txt)
 from fomo_nnunet.tasks import (CLASSIFICATION, EMBEDDING, OUT_EMBEDDING_NPY, OUT_LABEL_NIFTI, OUT_PROBABILITY_TXT,
                                REGRESSION, SEGMENTATION, Task)
 
@@ -47,15 +48,6 @@ class Timer:
     def report(self) -> str:
         total = sum(s for _, s in self.steps)
         return ", ".join(f"{n} {s:.2f} s" for n, s in self.steps) + f", total {total:.2f} s"
-
-
-def check_output_path(task: Task, output: str) -> None:
-    suffixes = OUTPUT_SUFFIX[task.output]
-    if not output.endswith(suffixes):
-        raise FomoInputError(f"--output {output}: {task.key} writes {' or '.join(suffixes)}")
-    folder = os.path.dirname(os.path.abspath(output))
-    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
-        raise FomoInputError(f"--output {output}: folder {folder} is not writable")
 
 
 # ---- segmentation through nnU-Net's predictor, weights loaded safely ----------------------------
@@ -88,8 +80,8 @@ def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, devi
     return predictor
 
 
-def segment(predictor, channels: list[InputImage]) -> np.ndarray:
-    """Label map on the reference grid (channels[0]): nnU-Net's preprocessing, sliding window, export."""
+def segment(predictor, channels: list[np.ndarray], affine: np.ndarray) -> np.ndarray:
+    """Label map on the channels' (common) grid: nnU-Net's preprocessing, sliding window, export."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     with tempfile.TemporaryDirectory(prefix="fomo26_") as tmp:
@@ -97,7 +89,7 @@ def segment(predictor, channels: list[InputImage]) -> np.ndarray:
         files = []
         for i, ch in enumerate(channels):
             f = os.path.join(tmp, f"case_{i:04d}.nii.gz")
-            nib.save(nib.Nifti1Image(ch.data, channels[0].affine), f)
+            nib.save(nib.Nifti1Image(ch, affine), f)
             files.append(f)
         data, props = SimpleITKIO().read_images(files)
         seg = predictor.predict_single_npy_array(data, props, None, None, False)
@@ -108,50 +100,70 @@ def segment(predictor, channels: list[InputImage]) -> np.ndarray:
 # ---- the entry point ----------------------------------------------------------------------------
 def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str, mirror: bool = True,
              device: str = "auto", verbose: bool = False, log=lambda m: print(m, file=sys.stderr)) -> Timer:
-    """Run one case; raises FomoInputError for bad inputs (nothing is written then)."""
-    from fomo_nnunet.bundle import load_manifest, model_entry
+    """Run one case; raises FomoInputError for bad inputs and BundleError for a bad bundle.
+
+    Everything that can be checked without running the model is checked first, cheapest first: the
+    arguments and --output, every input's header, the channels' fields of view, the bundle's files;
+    then the voxels are read and the output's temporary file is made. Nothing is written on failure.
+    """
+    from fomo_nnunet.bundle import check_model_files, load_manifest, loading_model, model_entry
 
     timer = Timer()
+    chosen = select_inputs(task, given)
+    check_output_target(output, OUTPUT_SUFFIX[task.output], list(given.items()), task.key)
+    for a in unused_arguments(task, given):
+        log(f"note: --{a} is not used by {task.key} ({task.name}), ignored")
+    with timer("check inputs"):
+        headers = [(arg, read_input_header(arg, path)) for arg, path in chosen]
+        notes = check_fields_of_view(headers)
+        manifest = load_manifest(bundle)
+        model_dir, entry = model_entry(bundle, manifest, task)
+        check_model_files(model_dir, entry, task)
+    with timer("read inputs"):
+        images = [read_input(arg, path, h) for (arg, path), (_, h) in zip(chosen, headers)]
+    with timer("resample to reference"):
+        reference = images[0]
+        images = [reference] + [resample_onto(im, reference) for im in images[1:]]
+    for n in [n for im in images for n in im.notes] + notes:
+        log(f"note: {n}")
+    # the model reads its inputs through SimpleITK, which refuses sheared grids; outputs keep the input's affine
+    model_affine = orthogonal_affine(reference.affine)
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_output_path(task, output)
-    for a in unused_arguments(task, given):
-        log(f"note: --{a} is not used by {task.key} ({task.name}), ignored")
-    with timer("read inputs"):
-        chosen = select_inputs(task, given)
-        images = [read_input(arg, path) for arg, path in chosen]
-    with timer("resample to reference"):
-        reference = images[0]
-        images = [reference] + [resample_onto(im, reference) for im in images[1:]]
-    for im in images:
-        for n in im.notes:
-            log(f"note: {n}")
-    manifest = load_manifest(bundle)
-    model_dir, entry = model_entry(bundle, manifest, task)
-    if task.kind == SEGMENTATION:
-        with timer("load model"):
-            predictor = load_segmentation_predictor(model_dir, entry, mirror, device)
-        with timer("preprocess + inference"):
-            labels = segment(predictor, images)
-        with timer("export"):
-            write_label_nifti(output, labels, reference, task.max_label)
-    elif task.kind in (CLASSIFICATION, REGRESSION):
-        from fomo_nnunet.inference import predict_case_arrays
+    slot = None
+    try:
+        slot = OutputFile(output)
+        if task.kind == SEGMENTATION:
+            with timer("load model"), loading_model(model_dir, task):
+                predictor = load_segmentation_predictor(model_dir, entry, mirror, device)
+            with timer("preprocess + inference"):
+                labels = segment(predictor, [im.data for im in images], model_affine)
+            with timer("export"):
+                write_label_nifti(slot, labels, reference, task.max_label)
+        elif task.kind in (CLASSIFICATION, REGRESSION):
+            from fomo_nnunet.inference import ImageLevelModel, predict_case_arrays
 
-        with timer("preprocess + inference"):
-            value = predict_case_arrays(model_dir, entry["folds"], [im.data for im in images], reference.affine,
-                                        mirror=mirror, device=device)
-        with timer("export"):
-            write_value_txt(output, value, probability=task.kind == CLASSIFICATION)
-    elif task.kind == EMBEDDING:
-        from fomo_nnunet.inference import embed_array
+            with timer("load model"), loading_model(model_dir, task):
+                model = ImageLevelModel.load(model_dir, entry["folds"], device=device)
+            with timer("preprocess + inference"):
+                value = predict_case_arrays(model, entry["folds"], [im.data for im in images], model_affine,
+                                            mirror=mirror, device=device)
+            with timer("export"):
+                write_value_txt(slot, value, probability=task.kind == CLASSIFICATION)
+        elif task.kind == EMBEDDING:
+            from fomo_nnunet.inference import Embedder, embed_array
 
-        with timer("preprocess + inference"):
-            vector = embed_array(model_dir, reference.data, reference.affine, device=device)
-        with timer("export"):
-            write_embedding_npy(output, vector)
+            with timer("load model"), loading_model(model_dir, task):
+                embedder = Embedder.load(model_dir, device)
+            with timer("preprocess + inference"):
+                vector = embed_array(embedder, reference.data, model_affine, device=device)
+            with timer("export"):
+                write_embedding_npy(slot, vector)
+    finally:
+        if slot is not None:
+            slot.discard()  # nothing left once committed; the temporary file when anything failed
     if verbose:
         log(f"{task.key} timing: {timer.report()}")
     return timer

@@ -11,13 +11,17 @@ leaves no half-written output.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
 
+from fomo_nnunet.nifti_checks import (SHEAR_TOL, Header, NiftiProblem, clean_intensities, describe_grid_difference,
+                                      fov_overlap, read_header, read_voxels)
 from fomo_nnunet.tasks import Task
 
 MIN_SLICES = 2
@@ -41,40 +45,61 @@ class InputImage:
         return tuple(int(s) for s in self.data.shape)
 
 
-def read_input(arg: str, path: str) -> InputImage:
-    """Load and check one input image; raise FomoInputError naming `--arg` on anything unusable."""
-    where = f"--{arg} {path}"
-    if not os.path.exists(path):
-        raise FomoInputError(f"{where}: file does not exist")
-    if os.path.isdir(path):
-        raise FomoInputError(f"{where}: is a folder, expected a NIfTI file")
+def read_input_header(arg: str, path: str) -> Header:
+    """Check one input from its header alone (nothing read, nothing allocated); FomoInputError naming `--arg`."""
     try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # nibabel raises many types for broken files
-        raise FomoInputError(f"{where}: cannot read as NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-    notes: list[str] = []
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-        notes.append(f"--{arg}: 4-D image with a singleton 4th axis, used as 3-D")
-    if data.ndim != 3:
-        raise FomoInputError(f"{where}: image has {data.ndim} dimensions {tuple(data.shape)}, expected a 3-D image")
-    if min(data.shape) < MIN_SLICES:
-        raise FomoInputError(f"{where}: image shape {tuple(data.shape)} has fewer than {MIN_SLICES} slices on an axis")
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise FomoInputError(f"{where}: every voxel is NaN or Inf")
-    if not finite.all():
-        notes.append(f"--{arg}: {int((~finite).sum())} NaN/Inf voxels of {data.size} set to 0")
-        data = np.where(finite, data, 0).astype(np.float32)
+        header = read_header(path, MIN_SLICES, allow_4d=False)
+    except NiftiProblem as e:
+        raise FomoInputError(f"--{arg} {path}: {e}") from None
+    if header.shear > SHEAR_TOL:
+        header.notes.append(f"sheared affine (voxel axes up to {shear_degrees(header.shear):.2g} deg from "
+                            f"orthogonal): the model sees the nearest orthogonal grid, outputs keep this affine")
+    elif is_oblique(header.affine):
+        header.notes.append("oblique affine, resampled through the world coordinates")
+    return header
+
+
+def read_input(arg: str, path: str, header: Header | None = None) -> InputImage:
+    """Load and check one input image; raise FomoInputError naming `--arg` on anything unusable."""
+    header = header or read_input_header(arg, path)
+    where = f"--{arg} {path}"
+    try:
+        data, notes = clean_intensities(read_voxels(header))
+    except NiftiProblem as e:
+        raise FomoInputError(f"{where}: {e}") from None
     if float(data.max()) == float(data.min()):
         raise FomoInputError(f"{where}: image is empty (every voxel is {float(data.max()):g})")
-    affine = img.affine
-    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-8:
-        raise FomoInputError(f"{where}: affine is missing or degenerate")
-    if is_oblique(affine):
-        notes.append(f"--{arg}: oblique affine, resampled through the world coordinates")
-    return InputImage(arg, path, data, affine, img.header, notes)
+    notes = [f"--{arg}: {n}" for n in header.notes + notes]
+    return InputImage(arg, path, data, header.affine, header.img.header, notes)
+
+
+def check_fields_of_view(headers: list[tuple[str, Header]]) -> list[str]:
+    """Every channel must overlap the reference (first) channel's field of view; notes for partial cover."""
+    (ref_arg, ref), notes = headers[0], []
+    for arg, h in headers[1:]:
+        if h.shape == ref.shape and np.allclose(h.affine, ref.affine, atol=1e-4):
+            continue
+        cover = fov_overlap(h.shape, h.affine, ref.shape, ref.affine)
+        if cover <= 0:
+            raise FomoInputError(f"--{arg} {h.img.get_filename()}: its field of view does not overlap --{ref_arg}'s "
+                                 f"({describe_grid_difference(h.shape, h.affine, ref.shape, ref.affine)}); "
+                                 f"the images are not co-registered")
+        if cover < 0.5:
+            notes.append(f"--{arg}: covers only {100 * cover:.0f}% of --{ref_arg}'s field of view")
+    return notes
+
+
+def shear_degrees(shear: float) -> float:
+    return 90 - math.degrees(math.acos(min(1.0, shear)))
+
+
+def orthogonal_affine(affine: np.ndarray) -> np.ndarray:
+    """The nearest affine with orthogonal voxel axes (same spacing and origin): what SimpleITK can read."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    u, _, vt = np.linalg.svd(affine[:3, :3] / spacing)
+    out = np.array(affine, dtype=np.float64)
+    out[:3, :3] = (u @ vt) * spacing
+    return out
 
 
 def is_oblique(affine: np.ndarray, tol: float = 1e-3) -> bool:
@@ -95,10 +120,14 @@ def resample_onto(image: InputImage, reference: InputImage) -> InputImage:
 
     src = nib.Nifti1Image(image.data, image.affine)
     out = resample_from_to(src, (reference.shape, reference.affine), order=1, mode="constant", cval=0.0)
-    notes = image.notes + [f"--{image.arg}: grid {image.shape} differs from --{reference.arg} {reference.shape}, "
-                           f"resampled onto it"]
-    return InputImage(image.arg, image.path, np.asarray(out.dataobj, dtype=np.float32), reference.affine,
-                      reference.header, notes)
+    data = np.asarray(out.dataobj, dtype=np.float32)
+    if not np.any(data):
+        raise FomoInputError(f"--{image.arg} {image.path}: nothing of it lies in --{reference.arg}'s field of view "
+                             f"after resampling; the images are not co-registered")
+    notes = image.notes + [f"--{image.arg}: grid differs from --{reference.arg} ("
+                           f"{describe_grid_difference(image.shape, image.affine, reference.shape, reference.affine)})"
+                           f", resampled onto it"]
+    return InputImage(image.arg, image.path, data, reference.affine, reference.header, notes)
 
 
 def select_inputs(task: Task, given: dict[str, str | None]) -> list[tuple[str, str]]:
@@ -124,65 +153,129 @@ def unused_arguments(task: Task, given: dict[str, str | None]) -> list[str]:
 
 
 # ---- outputs ------------------------------------------------------------------------------------
-def _atomic_target(path: str, suffix: str) -> tuple[str, str]:
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".fomo_", suffix=suffix, dir=folder)
-    os.close(fd)
-    return folder, tmp
+def output_suffix(path: str) -> str:
+    return ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
 
 
-def write_value_txt(path: str, value: float, probability: bool) -> float:
-    """One finite float token; probabilities clipped to [0, 1]."""
-    v = float(value)
-    if not np.isfinite(v):
-        raise ValueError(f"model produced a non-finite value {v} for {path}")
-    if probability:
-        v = min(1.0, max(0.0, v))
-    _, tmp = _atomic_target(path, ".txt")
+def check_output_target(path: str, suffixes: tuple[str, ...], inputs: list[str], what: str = "") -> None:
+    """Refuse an --output that could not be written, before any work: wrong suffix, an existing folder,
+    one of the inputs, or a folder that cannot be created or written."""
+    where = f"--output {path}"
+    if os.path.isdir(path):
+        raise FomoInputError(f"{where}: is an existing folder; give a file name (e.g. {os.path.join(path, 'sub_1')}"
+                             f"{suffixes[0]})")
+    for arg, p in inputs:
+        if p and (os.path.abspath(p) == os.path.abspath(path) or _same_file(p, path)):
+            raise FomoInputError(f"{where}: is the input --{arg}; writing it would overwrite the input")
+    if not path.endswith(suffixes):
+        raise FomoInputError(f"{where}: {what + ' ' if what else ''}writes {' or '.join(suffixes)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise FomoInputError(f"{where}: cannot be created, {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FomoInputError(f"{where}: cannot be created, folder {existing} is not writable")
+
+
+def _same_file(a: str, b: str) -> bool:
     try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+class OutputFile:
+    """The output's temporary file, made in the destination folder (and any missing parent folders)
+    before the work starts, with the mode the umask gives (not mkstemp's 0600); `commit` renames it
+    into place, `discard` removes it and the folders made for it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        missing, f = [], folder
+        while not os.path.isdir(f):
+            missing.append(f)
+            f = os.path.dirname(f)
+        self._made: list[str] = []
+        # the name first, then the file: a signal at any moment leaves nothing that discard() misses
+        self.tmp: str | None = os.path.join(folder, f".fomo_{secrets.token_hex(6)}{output_suffix(path)}")
+        try:
+            for d in reversed(missing):
+                os.mkdir(d)
+                self._made.append(d)
+            os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except OSError as e:
+            self.discard()
+            raise FomoInputError(f"--output {path}: cannot be written ({e.strerror or e})") from None
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+        self.tmp = None
+
+    def discard(self) -> None:
+        if self.tmp and os.path.lexists(self.tmp):
+            os.remove(self.tmp)
+        self.tmp = None
+        for d in reversed(self._made):
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        self._made = []
+
+
+@contextlib.contextmanager
+def _writing(target: str | OutputFile):
+    """The temporary file to write; committed when the block ends, discarded when it raises."""
+    slot = target if isinstance(target, OutputFile) else OutputFile(target)
+    try:
+        yield slot.tmp
+        slot.commit()
+    except BaseException:
+        slot.discard()
+        raise
+
+
+def write_value_txt(path: str | OutputFile, value: float, probability: bool) -> float:
+    """One finite float token; probabilities clipped to [0, 1]."""
+    with _writing(path) as tmp:
+        v = float(value)
+        if not np.isfinite(v):
+            raise ValueError(f"model produced a non-finite value {v}")
+        if probability:
+            v = min(1.0, max(0.0, v))
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(f"{v:.6f}\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return v
 
 
-def write_label_nifti(path: str, labels: np.ndarray, reference: InputImage, max_label: int) -> None:
+def write_label_nifti(path: str | OutputFile, labels: np.ndarray, reference: InputImage, max_label: int) -> None:
     """An integer NIfTI with labels in [0, max_label], in the reference input's shape and affine."""
-    labels = np.asarray(labels)
-    if labels.shape != reference.shape:
-        raise ValueError(f"segmentation shape {labels.shape} differs from --{reference.arg} {reference.shape}")
-    if labels.min() < 0 or labels.max() > max_label:
-        raise ValueError(f"segmentation labels {labels.min()}..{labels.max()} outside [0, {max_label}]")
-    img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine)
-    img.set_qform(reference.affine, code=1)
-    img.set_sform(reference.affine, code=1)
-    suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
-    _, tmp = _atomic_target(path, suffix)
-    try:
+    with _writing(path) as tmp:
+        labels = np.asarray(labels)
+        if labels.shape != reference.shape:
+            raise ValueError(f"segmentation shape {labels.shape} differs from --{reference.arg} {reference.shape}")
+        if labels.min() < 0 or labels.max() > max_label:
+            raise ValueError(f"segmentation labels {labels.min()}..{labels.max()} outside [0, {max_label}]")
+        img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine)
+        img.set_qform(orthogonal_affine(reference.affine), code=1)  # a qform cannot hold a shear; the sform does
+        img.set_sform(reference.affine, code=1)
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
-def write_embedding_npy(path: str, vector: np.ndarray) -> None:
+def write_embedding_npy(path: str | OutputFile, vector: np.ndarray) -> None:
     """A 1-D finite float32 vector, loadable with allow_pickle=False."""
-    v = np.asarray(vector, dtype=np.float32).reshape(-1)
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"embedding for {path} has non-finite values")
-    _, tmp = _atomic_target(path, ".npy")
-    try:
+    with _writing(path) as tmp:
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if not np.all(np.isfinite(v)):
+            raise ValueError("the embedding has non-finite values")
         with open(tmp, "wb") as f:
             np.save(f, v, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def check_output_file(task: Task, path: str, inputs: list[str] = ()) -> str:

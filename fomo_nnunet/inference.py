@@ -150,11 +150,21 @@ class ImageLevelModel:
 
 
 def _trainer_class(name: str):
-    """The trainer class nnU-Net would use, found the way nnU-Net finds it (our trainers included)."""
+    """The trainer class: ours from our trainers package, any other found the way nnU-Net finds it.
+
+    Ours are looked up first because nnU-Net's search imports every trainer module it ships, down to
+    timm's model zoo, whose deprecated `torch.jit.interface` prints a FutureWarning in every
+    container log.
+    """
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     from fomo_nnunet.paths import trainers_dir
 
+    if name.startswith("nnUNetTrainerFomo"):
+        found = recursive_find_python_class(str(trainers_dir()), name, "fomo_nnunet.trainers")
+        if found is not None:
+            return found
     os.environ.setdefault("nnUNet_extTrainer", str(trainers_dir()))
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
         return recursive_find_trainer_class_by_name(name)
@@ -195,10 +205,12 @@ def _write_temp_nifti(arrays: list[np.ndarray], affine: np.ndarray, folder: str)
     return files
 
 
-def predict_case_arrays(model_dir: str | os.PathLike, folds, arrays: list[np.ndarray], affine: np.ndarray,
-                        mirror: bool = True, device: str = "cpu") -> float:
-    """One case given as arrays on one grid (nibabel order) -> P(positive) or the value (fomo26)."""
-    model = ImageLevelModel.load(model_dir, folds, device=device)
+def predict_case_arrays(model_dir: str | os.PathLike | ImageLevelModel, folds, arrays: list[np.ndarray],
+                        affine: np.ndarray, mirror: bool = True, device: str = "cpu") -> float:
+    """One case given as arrays on one grid (nibabel order) -> P(positive) or the value (fomo26).
+    `model_dir` may be a model already loaded (folds and device are then its own)."""
+    model = model_dir if isinstance(model_dir, ImageLevelModel) else ImageLevelModel.load(model_dir, folds,
+                                                                                          device=device)
     if len(arrays) != model.num_channels:
         raise ValueError(f"the model takes {model.num_channels} channel(s), got {len(arrays)}")
     with tempfile.TemporaryDirectory(prefix="fomo_predict_") as tmp:
@@ -276,9 +288,11 @@ def _normalizer(name: str):
     return found
 
 
-def embed_array(checkpoint: str | os.PathLike, data: np.ndarray, affine: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """One image (nibabel order) -> its 1-D float32 embedding (fomo26 tasks 6 and 7)."""
-    embedder = Embedder.load(checkpoint, device)
+def embed_array(checkpoint: str | os.PathLike | Embedder, data: np.ndarray, affine: np.ndarray,
+                device: str = "cpu") -> np.ndarray:
+    """One image (nibabel order) -> its 1-D float32 embedding (fomo26 tasks 6 and 7); `checkpoint` may be
+    an Embedder already loaded."""
+    embedder = checkpoint if isinstance(checkpoint, Embedder) else Embedder.load(checkpoint, device)
     with tempfile.TemporaryDirectory(prefix="fomo_embed_") as tmp:
         return embedder.embed_file(_write_temp_nifti([data], affine, tmp)[0])
 

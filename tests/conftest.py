@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,12 @@ def tasks_ws(tmp_path_factory):
     run(["nnUNetv2_preprocess", "-d", *map(str, PREPROCESSED), "-plans_name", "fomoPlans", "-c", "3d_fullres",
          "-np", "2"], env)
     return root, env, ckpt
+
+
+@pytest.fixture
+def raw(tmp_path, monkeypatch) -> Path:
+    """An empty $nnUNet_raw for converter tests."""
+    r = tmp_path / "nnUNet_raw"
+    r.mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(r))
+    return r

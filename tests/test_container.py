@@ -78,6 +78,7 @@ def test_every_task_writes_a_valid_output(bundle, tmp_path, task):
     assert p.returncode == 0, p.stderr[-3000:]
     check_output_file(t, str(output), list(inputs.values()))
     assert "timing" in p.stderr  # --verbose: seconds per step
+    assert "Warning" not in p.stderr, p.stderr  # e.g. no FutureWarning of a module nobody uses here
     assert sorted(os.listdir(output.parent)) == [output.name]  # nothing else written there
     if task in ("task6", "task7"):
         other = tmp_path / "out" / "sub_2.npy"
@@ -98,6 +99,23 @@ def test_segmentation_on_inputs_of_different_grids_follows_the_reference(bundle,
     assert p.returncode == 0, p.stderr[-3000:]
     seg, ref = nib.load(output), nib.load(flair)
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
+
+
+def test_segmentation_of_a_sheared_image_keeps_its_affine(bundle, tmp_path):
+    """SimpleITK refuses non-orthogonal axes: the model sees the nearest orthogonal grid, the output
+    keeps the input's (sheared) affine and shape."""
+    _, env, out, _, _ = bundle
+    shear = np.array([[4.0, 1.2, 0, 0], [0, 4, 0, 0], [0, 0, 4, 0], [0, 0, 0, 1]])
+    t2 = tmp_path / "t2.nii.gz"
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.normal(100, 15, (40, 44, 40)).astype(np.float32), shear), t2)
+    output = tmp_path / "seg.nii.gz"
+    p = predict(env, out, "task4", ["--t2", str(t2), "--output", str(output), "--no-mirroring"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "sheared affine" in p.stderr
+    seg = nib.load(output)
+    assert seg.shape == (40, 44, 40) and np.allclose(seg.affine, shear)
+    check_output_file(get_task("task4"), str(output), [str(t2)])
 
 
 BAD = {

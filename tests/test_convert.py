@@ -50,14 +50,6 @@ def listing(folder: Path) -> list[str]:
 RECORDS = C.RECORDS
 
 
-@pytest.fixture
-def raw(tmp_path, monkeypatch) -> Path:
-    r = tmp_path / "nnUNet_raw"
-    r.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(r))
-    return r
-
-
 # ------------------------------------------------------------------------------ fixture trees
 def make_fomo60k(root: Path) -> Path:
     save(root / "sub_1/ses_1/t1.nii.gz", vol(seed=1))

@@ -2,16 +2,32 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 _COMMON = """
-Checks every source file; unusable ones (unreadable, truncated gzip, not gzip behind .nii.gz, 2D,
-fewer than 15 slices along an axis, all NaN/Inf, all zero, broken links or link loops) are skipped
-and listed with their reason in conversion_report.json. A real 4D series keeps its first volume
-(noted); partial NaN/Inf become 0 (noted). Images are written as float32 in RAS orientation with
-their own spacing. Reruns skip finished cases; nothing is ever half-written. --shard i/n converts the
-cases with index % n == i (for job arrays); every run rebuilds the dataset-level JSON files from
-the per-case records in .fomo_records/, so shards and reruns give the same result.
-Needs $nnUNet_raw (see `fomo-nnunet env`)."""
+Checks every source file, its header before any voxel is read; unusable ones (unreadable, truncated,
+not gzip behind .nii.gz, 2D, an axis of size 0 or fewer than 15 slices, complex or RGB data, a header
+claiming more voxels than {max_voxels:,} or than the file can hold, a degenerate or sheared affine,
+all NaN/Inf, all zero, broken links or link loops), folders that cannot be listed and a .nii beside
+the .nii.gz of the same scan are skipped and listed with their reason in conversion_report.json. A
+real 4D series keeps its first volume (noted); NaN/Inf and values beyond +-{max_abs:g} become 0
+(noted). Images are written as float32 in RAS orientation with their own spacing, files with the
+mode the umask gives. Reruns skip finished cases, remove the temporary files of interrupted runs and
+remove the cases whose source is gone (listed under "removed" in the report); nothing is ever
+half-written: SIGINT/SIGTERM stop the workers, which remove their temporary files, and a worker
+whose parent died (kill -9) stops by itself. --shard i/n converts the cases with index % n == i (for
+job arrays); every run rebuilds the dataset-level JSON files from the per-case records in
+.fomo_records/, so shards and reruns give the same result.
+Needs $nnUNet_raw (see `fomo-nnunet env`).
+
+{exit_table}"""
+
+
+def _common_help() -> str:
+    from fomo_nnunet import exit_codes, nifti_checks
+
+    return _COMMON.format(max_voxels=nifti_checks.MAX_VOXELS, max_abs=nifti_checks.MAX_ABS_INTENSITY,
+                          exit_table=exit_codes.TABLE)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -32,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from fomo_nnunet.tasks import PRETRAIN_DATASET_ID, PRETRAIN_DATASET_NAME, TASKS, task_choices
 
+    common = _common_help()
+
     pre = csub.add_parser(
         "pretrain", help="a FOMO60K/FOMO300K corpus -> one single-channel case per scan",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -43,7 +61,7 @@ scans of one session (source/subject/session -> {{case: sequence}}) and carries 
 Layouts (detected, or --layout):
   fomo60k   SRC/sub_1/ses_1/t1.nii.gz, repeats t1_2.nii.gz
   fomo300k  SRC/PT001_<Source>/sub-01/ses-01/t1w.nii.gz, SRC/participants.tsv
-{_COMMON}
+{common}
 
 examples:
   fomo-nnunet convert pretrain /data/FOMO300K                 # -> {PRETRAIN_DATASET_NAME}
@@ -74,7 +92,7 @@ source/split from participants.tsv; subjects.json the source files of every case
 
 tasks (channel order, default dataset):
 {table}
-{_COMMON}
+{common}
 
 examples:
   fomo-nnunet convert task task2 /data/fomo26/task2           # -> Dataset902_FOMO2Meningioma
@@ -87,7 +105,7 @@ next: fomo-nnunet plan transfer -d ID --pretrained RESULTS""")
                     help="dataset ID (default: 900 + task number)")
     _add_common(tk)
     tk.set_defaults(func=run_task)
-    p.set_defaults(func=lambda a: p.print_help() or 2)
+    p.set_defaults(func=lambda a: p.print_help() or 2)  # exit_codes.BAD_INPUT
 
 
 def _print_summary(result, what: str) -> None:
@@ -97,41 +115,62 @@ def _print_summary(result, what: str) -> None:
           f"{result.already_done} already done (of {result.in_shard} in this shard, {result.total} in total)")
     print(f"  dataset: {r.get('converted', 0)} cases, {len(r.get('skipped', []))} skipped items "
           f"(see {result.folder / 'conversion_report.json'})")
-    for s in result.skipped[:20]:
+    if result.leftovers:
+        print(f"  removed {len(result.leftovers)} temporary files of interrupted runs")
+    if result.removed:
+        print(f"  removed {len(result.removed)} cases whose source is gone: {', '.join(result.removed[:10])}"
+              + (" ..." if len(result.removed) > 10 else ""))
+    skipped = result.listing + result.skipped
+    for s in skipped[:20]:
         print(f"  skipped {s['path']}: {s['reason']}")
-    if len(result.skipped) > 20:
-        print(f"  ... and {len(result.skipped) - 20} more")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more")
+
+
+def _convert(fn, *args, **kwargs):
+    """Run a converter; a bad argument or source is one line on stderr and exit code 2 (BAD_INPUT)."""
+    from fomo_nnunet.paths import require_env
+
+    try:
+        require_env("nnUNet_raw")
+        return fn(*args, **kwargs)
+    except SystemExit as e:  # require_env's message
+        print(e, file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    return None
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from fomo_nnunet.paths import require_env
-
-    require_env("nnUNet_raw")
+    from fomo_nnunet import exit_codes
     from fomo_nnunet.data.convert import convert_pretrain
 
-    try:
-        res = convert_pretrain(args.src, args.dataset, args.name, None if args.layout == "auto" else args.layout,
-                               args.num_processes, args.shard, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    if args.num_processes < 1:
+        print(f"error: -np must be at least 1, got {args.num_processes}", file=sys.stderr)
+        return exit_codes.BAD_INPUT
+    res = _convert(convert_pretrain, args.src, args.dataset, args.name,
+                   None if args.layout == "auto" else args.layout, args.num_processes, args.shard,
+                   progress=not args.no_progress)
+    if res is None:
+        return exit_codes.BAD_INPUT
     _print_summary(res, f"pretraining corpus {args.src}")
     print(f"next: fomo-nnunet plan pretrain -d {args.dataset}")
     return 0
 
 
 def run_task(args: argparse.Namespace) -> int:
-    from fomo_nnunet.paths import require_env
-
-    require_env("nnUNet_raw")
+    from fomo_nnunet import exit_codes
     from fomo_nnunet.data.convert import convert_task
     from fomo_nnunet.tasks import get_task
 
     task = get_task(args.task)
-    try:
-        res = convert_task(task, args.src, args.dataset, args.name, args.num_processes, args.shard,
-                           progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    if args.num_processes < 1:
+        print(f"error: -np must be at least 1, got {args.num_processes}", file=sys.stderr)
+        return exit_codes.BAD_INPUT
+    res = _convert(convert_task, task, args.src, args.dataset, args.name, args.num_processes, args.shard,
+                   progress=not args.no_progress)
+    if res is None:
+        return exit_codes.BAD_INPUT
     _print_summary(res, f"{task.key} ({task.name}) {args.src}")
     did = args.dataset if args.dataset is not None else task.default_dataset_id
     print(f"next: fomo-nnunet plan transfer -d {did} --pretrained RESULTS")

@@ -6,6 +6,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fomo_nnunet import exit_codes
     from fomo_nnunet.bundle import BUNDLE_ENV, DEFAULT_BUNDLE
     from fomo_nnunet.tasks import TASKS, task_choices
 
@@ -18,10 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Read the task's NIfTI inputs, resample them onto the reference (first) channel's grid, run the "
                     "bundled model (all folds, ensembled) and write --output as the official validator requires: "
                     ".txt with one float (probabilities in [0,1]), an integer NIfTI in the reference input's "
-                    "geometry, or a 1-D float32 .npy. Inputs are read-only; the output is written atomically.\n\n"
-                    "Tasks and their arguments:\n" + "\n".join(lines) +
-                    "\n\nExit codes: 0 ok, 2 bad input (one line on stderr naming the argument), 3 bad bundle, "
-                    "1 anything else.")
+                    "geometry, or a 1-D float32 .npy. Inputs are read-only.\n\n"
+                    "Before the model runs, every input header is checked (shape, data type, affine, size the "
+                    "file can hold, channels' fields of view overlapping the first's), --output is checked (a "
+                    "file name with the task's suffix, not an input, not a folder, in a folder that can be "
+                    "created) and the bundle's files are checked. The output is written to a temporary file in "
+                    "its folder and renamed, with the mode the umask gives.\n\n"
+                    "Tasks and their arguments:\n" + "\n".join(lines) + "\n\n" + exit_codes.TABLE)
     p.add_argument("task", choices=task_choices(), metavar="TASK", help="task1 .. task7 (or the task's name)")
     args = sorted({a for t in TASKS for a in t.cli_args}, key=["flair", "dwi", "adc", "t2s", "swi", "t1", "t2",
                                                                  "input"].index)
@@ -55,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fomo26(args: argparse.Namespace) -> int:
+    from fomo_nnunet import exit_codes
     from fomo_nnunet.bundle import BundleError, default_bundle_dir
     from fomo_nnunet.fomo26 import run_case
     from fomo_nnunet.fomo26_io import FomoInputError
@@ -67,17 +72,18 @@ def run_fomo26(args: argparse.Namespace) -> int:
                  device=args.device, verbose=args.verbose)
     except FomoInputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return exit_codes.BAD_BUNDLE
     except Exception as e:  # one line for the container log; the traceback with --verbose
         if args.verbose:
             raise
-        print(f"error: {task.key} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
-        return 1
-    return 0
+        from fomo_nnunet.nifti_checks import first_line
+
+        print(f"error: {task.key} failed: {first_line(e, 300)}", file=sys.stderr)
+        return exit_codes.FAILED
+    return exit_codes.OK
 
 
 def run_bundle(args: argparse.Namespace) -> int:

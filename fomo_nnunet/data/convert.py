@@ -18,18 +18,21 @@ RAS orientation (nibabel.as_closest_canonical), keeping the spacing.
 """
 from __future__ import annotations
 
-import errno
 import gzip
 import json
 import math
 import os
-import stat
-import tempfile
+import secrets
+import signal
+import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fomo_nnunet import nifti_checks as NC
 from fomo_nnunet import tasks as T
 from fomo_nnunet.data import fomo_layout as L
 
@@ -47,70 +50,35 @@ class ScanError(Exception):
 
 # ------------------------------------------------------------------------------------ reading
 def check_file(path: Path) -> None:
-    """Cheap checks before nibabel sees the file."""
-    name = Path(path).name
+    """Cheap checks before nibabel sees the file (see nifti_checks.check_path)."""
     try:
-        st = os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ScanError("symlink loop") from None
-        if os.path.islink(path):
-            raise ScanError("broken symlink") from None
-        raise ScanError(f"cannot read: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ScanError("not a regular file")
-    if st.st_size == 0:
-        raise ScanError("empty file (0 bytes)")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        raise ScanError(f"cannot read: {e.strerror}") from None
-    if name.endswith(".gz") and head[:2] != b"\x1f\x8b":
-        raise ScanError("named .nii.gz but not gzip-compressed (wrong extension or not an image)")
-    if name.endswith(".nii") and len(head) == 4:
-        size_le, size_be = int.from_bytes(head, "little"), int.from_bytes(head, "big")
-        if {size_le, size_be}.isdisjoint({348, 540}):
-            raise ScanError("named .nii but not a NIfTI file")
+        NC.check_path(path)
+    except NC.NiftiProblem as e:
+        raise ScanError(str(e)) from None
 
 
 def load_volume(path: Path, label: bool = False):
-    """Load, check and reorient one file; returns (nibabel image, notes).
+    """Check the header, then load and reorient one file; returns (nibabel image, notes).
 
     Images come back as float32; with `label=True` as uint8 (integer values 0..255 required, an
-    empty label map allowed).
+    empty label map allowed). Nothing is read before the header passed (nifti_checks.read_header).
     """
     import nibabel as nib
 
-    check_file(path)
-    notes: list[str] = []
     try:
-        img = nib.load(str(path))
-        if label:
-            data = np.asanyarray(img.dataobj)
-        else:
-            data = img.get_fdata(dtype=np.float32)
-    except ScanError:
-        raise
-    except MemoryError:
-        raise ScanError("too large to load") from None
-    except Exception as e:  # truncated gzip (EOFError, zlib.error), bad header, wrong format...
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ScanError(f"unreadable ({type(e).__name__}{': ' + msg if msg else ''})") from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 4:
-        if label:
-            raise ScanError(f"4D label map {data.shape}")
-        notes.append(f"4D with {data.shape[3]} volumes: kept the first")
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ScanError(f"{data.ndim}D image {tuple(data.shape)}, expected 3D")
-    if min(data.shape) < MIN_SLICES:
-        raise ScanError(f"too few slices: shape {tuple(data.shape)}, need >= {MIN_SLICES} along every axis")
-    affine = img.affine
-    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-8:
-        raise ScanError("degenerate or non-finite affine")
+        header = NC.read_header(path, MIN_SLICES, allow_4d=True, label=label)
+        if header.shear > NC.SHEAR_TOL:
+            raise ScanError(f"sheared affine (voxel axes up to {90 - math.degrees(math.acos(min(1.0, header.shear))):.2g}"
+                            f" deg from orthogonal): nnU-Net's SimpleITK reader cannot represent it; resample it "
+                            f"onto an orthogonal grid first")
+        notes = list(header.notes)
+        data = NC.read_voxels(header, dtype=None if label else np.float32)
+        if not label:
+            data, more = NC.clean_intensities(data)
+            notes += more
+    except NC.NiftiProblem as e:
+        raise ScanError(str(e)) from None
+    affine = header.affine
     if label:
         if not np.issubdtype(data.dtype, np.integer):
             data = np.asarray(data, dtype=np.float64)
@@ -121,17 +89,12 @@ def load_volume(path: Path, label: bool = False):
         if data.size and (data.min() < 0 or data.max() > 255):
             raise ScanError(f"label values outside 0..255 ({data.min()}..{data.max()})")
         data = np.asarray(data, dtype=np.uint8)
-    else:
-        finite = np.isfinite(data)
-        n_bad = int(data.size - np.count_nonzero(finite))
-        if n_bad == data.size:
-            raise ScanError("no finite voxels (all NaN/Inf)")
-        if n_bad:
-            data = np.where(finite, data, np.float32(0)).astype(np.float32)
-            notes.append(f"{n_bad} NaN/Inf voxels set to 0")
-        if not np.any(data):
-            raise ScanError("empty image (all voxels zero)")
+    elif not np.any(data):
+        raise ScanError("empty image (all voxels zero)")
+    img = header.img
     hdr = img.header.copy() if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)) else None
+    if hdr is not None:
+        hdr.set_data_shape(data.shape)
     out = nib.Nifti1Image(data, affine, hdr)
     out.header.set_data_dtype(np.uint8 if label else np.float32)
     out.header.set_slope_inter(1, 0)
@@ -166,20 +129,26 @@ def brain_mask(img):
 
 
 # ------------------------------------------------------------------------------------ writing
+TMP_SUFFIX = ".tmp"
+STALE_TMP_SECONDS = 3600        # another machine's temporary file older than this is a leftover
+_HOST = socket.gethostname().replace(".", "_").replace("/", "_") or "host"
+
+
 def _tmp_path(final: Path) -> Path:
-    # Hidden and not ending in .nii.gz: nnU-Net never mistakes a leftover for a case.
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(name)
+    """A fresh name beside `final` (the file is created by the caller, inside its cleanup block, so
+    that a signal arriving at any moment leaves nothing behind). Hidden and not ending in .nii.gz:
+    nnU-Net never mistakes a leftover for a case. The host and process id in the name let a rerun
+    tell a dead run's leftover from a live shard's file."""
+    return final.parent / f".{final.name}.{_HOST}-{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
 
 
 def save_nifti(img, final: Path) -> None:
-    """Write a NIfTI (gzip level 1, reproducible bytes) atomically."""
+    """Write a NIfTI (gzip level 1, reproducible bytes) atomically, with the mode the umask gives."""
     import nibabel as nib
 
     tmp = _tmp_path(final)
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+        with open(tmp, "xb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
         os.replace(tmp, final)
     except BaseException:
@@ -192,11 +161,52 @@ def write_json(obj, final: Path) -> None:
     final = Path(final)
     tmp = _tmp_path(final)
     try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=1) + "\n")
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(folder: Path) -> list[str]:
+    """Delete the temporary files that interrupted runs left in a dataset folder; returns their paths.
+
+    A file of a process on this host that is gone is removed at once; a file of another host (a
+    shard on another node) or of an older version only once it is STALE_TMP_SECONDS old.
+    """
+    removed = []
+    now = time.time()
+    for sub in ("", "imagesTr", "labelsTr", "imagesTs", "labelsTs", RECORDS):
+        d = folder / sub
+        if not d.is_dir():
+            continue
+        with os.scandir(d) as it:
+            candidates = [e for e in it if e.name.startswith(".") and e.name.endswith(TMP_SUFFIX) and e.is_file()]
+        for e in candidates:
+            owner = e.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
+            host, _, pid = owner[-2].rpartition("-") if len(owner) == 3 else ("", "", "")
+            try:
+                if host == _HOST and pid.isdigit():
+                    stale = not _pid_alive(int(pid))
+                else:
+                    stale = now - e.stat().st_mtime > STALE_TMP_SECONDS
+                if stale:
+                    os.unlink(e.path)
+                    removed.append(e.path)
+            except FileNotFoundError:
+                continue
+    return removed
 
 
 def _write_case(folder: Path, images: list[tuple[object, str]], record: dict) -> None:
@@ -317,41 +327,134 @@ class ConvertResult:
     already_done: int = 0            # finished by an earlier run
     converted: int = 0               # finished by this run
     skipped: list[dict] = field(default_factory=list)   # skipped by this run: case, path, reason
+    listing: list[dict] = field(default_factory=list)   # folders and files unusable before any case: path, reason
+    removed: list[str] = field(default_factory=list)    # cases whose source is gone, removed by this run
+    leftovers: list[str] = field(default_factory=list)  # temporary files of interrupted runs, removed
     report: dict = field(default_factory=dict)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the converting process; `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+class _InterruptibleRun:
+    """SIGTERM (and SIGINT) raise Interrupted in the main thread while jobs run, so that every
+    `except BaseException` cleanup (temporary files, half-written cases, the worker pool) runs."""
+
+    def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, _raise_interrupted)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def _worker_init(parent_pid: int) -> None:
+    """In each worker: the parent alone handles SIGINT (and then ends the pool with SIGTERM); SIGTERM
+    ends the worker through its cleanup; a watcher ends it the same way once the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="fomo-parent-watch").start()
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)   # the main thread cleans up and exits
+    time.sleep(10)
+    os._exit(1)                            # it was stuck where no signal reaches Python
 
 
 def _run_jobs(fn, jobs: list, num_processes: int, progress: bool, desc: str) -> list[dict]:
     from tqdm import tqdm
 
     results: list[dict] = []
-    if num_processes <= 1 or len(jobs) <= 1:
-        with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
-            for j in jobs:
-                results.append(fn(j))
-                bar.update()
-        return results
-    import multiprocessing as mp
+    with _InterruptibleRun():
+        if num_processes <= 1 or len(jobs) <= 1:
+            with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
+                for j in jobs:
+                    results.append(fn(j))
+                    bar.update()
+            return results
+        import multiprocessing as mp
 
-    # fork where there is one: workers need nothing but this module, and unlike spawn it does not
-    # re-run an unguarded calling script. The pool starts before tqdm's monitor thread exists.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(min(num_processes, len(jobs))) as pool:
-        with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
-            for r in pool.imap_unordered(fn, jobs, chunksize=1 if len(jobs) < 200 else 4):
-                results.append(r)
-                bar.update()
+        # fork where there is one: workers need nothing but this module, and unlike spawn it does not
+        # re-run an unguarded calling script. The pool starts before tqdm's monitor thread exists.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(min(num_processes, len(jobs)), initializer=_worker_init, initargs=(os.getpid(),))
+        try:
+            with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
+                for r in pool.imap_unordered(fn, jobs, chunksize=1 if len(jobs) < 200 else 4):
+                    results.append(r)
+                    bar.update()
+            pool.close()
+        finally:
+            pool.terminate()   # SIGTERM: a worker in the middle of a case removes its temporary files
+            pool.join()
     return results
 
 
 def _summarise(folder: Path, result: ConvertResult, records: dict[str, dict], extra: dict) -> dict:
     ok = {c: r for c, r in records.items() if r.get("status") == "ok"}
     skipped = [{"case": c, "path": r.get("path", ""), "reason": r.get("reason", "")}
-               for c, r in sorted(records.items()) if r.get("status") != "ok"]
+               for c, r in sorted(records.items()) if r.get("status") == "skipped"]
+    removed = [{"case": c, "path": r.get("path", ""), "reason": r.get("reason", "")}
+               for c, r in sorted(records.items()) if r.get("status") == REMOVED]
     notes = {c: r["notes"] for c, r in sorted(ok.items()) if r.get("notes")}
-    report = {"dataset": folder.name, **extra, "converted": len(ok), "skipped": skipped, "notes": notes}
+    report = {"dataset": folder.name, **extra, "converted": len(ok), "skipped": result.listing + skipped,
+              "removed": removed, "notes": notes}
     write_json(report, folder / REPORT)
     result.report = report
     return report
+
+
+REMOVED = "removed"
+
+
+def reconcile(folder: Path, records: dict[str, dict], case_ids: set[str]) -> list[str]:
+    """Cases converted earlier whose source is gone: their files are deleted and their record says
+    'removed' (listed in the report until the source comes back). Returns their ids."""
+    gone = []
+    for case, rec in sorted(records.items()):
+        if case in case_ids or rec.get("status") == REMOVED:
+            continue
+        for rel in rec.get("outputs", []):
+            (folder / rel).unlink(missing_ok=True)
+        path = rec.get("path") or next(iter((rec.get("files") or {}).values()), "")
+        new = {"case": case, "status": REMOVED, "path": path,
+               "reason": "the source is gone (deleted or renamed since an earlier conversion); "
+                         f"{'its files were removed' if rec.get('status') == 'ok' else 'it had been skipped'}"}
+        write_json(new, folder / RECORDS / f"{case}.json")
+        records[case] = new
+        gone.append(case)
+    return gone
+
+
+def _prepare(folder: Path, result: ConvertResult, case_ids: set[str]) -> dict[str, dict]:
+    """Before converting: leftovers of interrupted runs removed, the records reconciled with the source."""
+    result.leftovers = remove_leftovers(folder)
+    records = _load_records(folder)
+    result.removed = reconcile(folder, records, case_ids)
+    return records
 
 
 # ---------------------------------------------------------------------------------- pretraining
@@ -378,14 +481,15 @@ def convert_pretrain(src, dataset_id: int = T.PRETRAIN_DATASET_ID, name: str | N
     name = name or T.PRETRAIN_DATASET_NAME.split("_", 1)[1]
     folder = dataset_folder(dataset_id, name)
     shard_i, shard_n = parse_shard(shard)
-    layout, scans = L.list_pretrain_scans(src, layout)
+    problems: list[dict] = []
+    layout, scans = L.list_pretrain_scans(src, layout, problems)
     _check_role(folder, "fomo_role", "pretrain")
     participants = L.pretrain_participants(src)
     mri_info = L.pretrain_mri_info(src)
     for sub in ("imagesTr", "labelsTr", RECORDS):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    result = ConvertResult(folder, total=len(scans))
-    records = _load_records(folder)
+    result = ConvertResult(folder, total=len(scans), listing=problems)
+    records = _prepare(folder, result, {s.case_id for s in scans})
     jobs = []
     for scan in _pending(scans, folder, records, shard_i, shard_n, result):
         meta = {"participant": participants.metadata(scan.subject, scan.session, scan.source)}
@@ -430,7 +534,7 @@ def parse_target(task: T.Task, path: Path):
     """The image-level target in label.txt: an int class (classification, embedding) or a float."""
     check_file(path)
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
+        text = Path(path).read_text(encoding="utf-8-sig").strip()  # a byte-order mark is not part of the value
     except (OSError, UnicodeDecodeError) as e:
         raise ScanError(f"cannot read label.txt: {e}") from None
     tokens = text.split()
@@ -473,8 +577,9 @@ def _task_job(job: tuple) -> dict:
         if ref is None:
             ref = img
         elif not same_grid(img, ref):
-            notes.append(f"{ch.name}: grid {tuple(img.shape)} differs from {task.channels[0].name} "
-                         f"{tuple(ref.shape)}; resampled (linear) onto it")
+            notes.append(f"{ch.name}: grid differs from {task.channels[0].name} ("
+                         f"{NC.describe_grid_difference(img.shape[:3], img.affine, ref.shape[:3], ref.affine)}); "
+                         f"resampled (linear) onto it")
             img = resample_onto(img, ref)
             if not np.any(np.asanyarray(img.dataobj)):
                 return _skip_record(folder, rec, f"{ch.name}: empty after resampling onto "
@@ -487,8 +592,9 @@ def _task_job(job: tuple) -> dict:
             return _skip_record(folder, rec, f"segmentation: {e}", case.label)
         notes += [f"segmentation: {x}" for x in n]
         if not same_grid(seg, ref):
-            return _skip_record(folder, rec, f"segmentation grid {tuple(seg.shape)} differs from the images' "
-                                             f"{tuple(ref.shape)}", case.label)
+            return _skip_record(folder, rec, "segmentation grid differs from the images' ("
+                                + NC.describe_grid_difference(seg.shape[:3], seg.affine, ref.shape[:3], ref.affine)
+                                + ")", case.label)
         bad = sorted(set(np.unique(np.asanyarray(seg.dataobj)).tolist()) - set(task.labels.values()))
         if bad:
             return _skip_record(folder, rec, f"segmentation values {bad} not in task labels "
@@ -519,15 +625,16 @@ def convert_task(task: T.Task | str | int, src, dataset_id: int | None = None, n
     name = name or task.dataset_name.split("_", 1)[1]
     folder = dataset_folder(dataset_id, name)
     shard_i, shard_n = parse_shard(shard)
-    cases = L.list_task_cases(task, src)
+    problems: list[dict] = []
+    cases = L.list_task_cases(task, src, problems)
     _check_role(folder, "fomo_task", task.number)
     for sub in ("imagesTr", "labelsTr", RECORDS):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     if any(c.split == L.TEST for c in cases):
         (folder / "imagesTs").mkdir(exist_ok=True)
         (folder / "labelsTs").mkdir(exist_ok=True)
-    result = ConvertResult(folder, total=len(cases))
-    records = _load_records(folder)
+    result = ConvertResult(folder, total=len(cases), listing=problems)
+    records = _prepare(folder, result, {c.case_id for c in cases})
     jobs = [(str(folder), task.number, case) for case in _pending(cases, folder, records, shard_i, shard_n, result)]
     _tally(_run_jobs(_task_job, jobs, num_processes, progress, f"convert {folder.name}"), result)
     finalize_task(folder, task, result)

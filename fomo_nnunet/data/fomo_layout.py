@@ -89,33 +89,62 @@ def pretrain_sequence(stem: str, layout: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- listing
-def _subdirs(path: Path) -> list[Path]:
+def _problem(problems: list | None, path, reason: str) -> None:
+    if problems is not None:
+        problems.append({"case": None, "path": str(path), "reason": reason})
+
+
+def _scan(path: Path) -> list[os.DirEntry]:
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def _subdirs(path: Path, problems: list | None = None) -> list[Path]:
+    """The visible sub-folders of `path` (links to folders followed). With `problems`, folders that
+    cannot be listed and folder links that lead nowhere are recorded there with the reason."""
     out = []
     try:
-        with os.scandir(path) as it:
-            for e in it:
-                try:
-                    if e.is_dir() and not e.name.startswith("."):  # follows links to folders
-                        out.append(Path(e.path))
-                except OSError:
-                    continue
-    except OSError:
+        entries = _scan(path)
+    except OSError as e:
+        _problem(problems, path, f"cannot list folder: {e.strerror}; nothing in it was converted")
         return []
-    return sorted(out, key=lambda p: p.name)
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        try:
+            if e.is_dir():
+                out.append(Path(e.path))
+            elif e.is_symlink() and nifti_stem(e.name) is None:
+                os.stat(e.path)  # a link whose target is not a folder: not ours to report
+        except OSError as err:
+            _problem(problems, e.path, f"cannot open folder link: {err.strerror}")
+    return out
 
 
-def _nifti_entries(path: Path) -> list[Path]:
+def _nifti_entries(path: Path, problems: list | None = None) -> list[Path]:
     """Entries named like NIfTI files, whatever they are (broken links and loops included: the
-    converter reports them, rather than them silently vanishing)."""
+    converter reports them, rather than them silently vanishing). When one scan is there as both
+    `.nii` and `.nii.gz`, the `.nii.gz` is used and the other recorded in `problems`."""
+    entries = [Path(e.path) for e in _scan(path) if not e.name.startswith(".") and nifti_stem(e.name) is not None]
+    by_stem: dict[str, list[Path]] = {}
+    for p in entries:
+        by_stem.setdefault(nifti_stem(p.name), []).append(p)
     out = []
-    try:
-        with os.scandir(path) as it:
-            for e in it:
-                if not e.name.startswith(".") and nifti_stem(e.name) is not None:
-                    out.append(Path(e.path))
-    except OSError:
-        return []
+    for stem, paths in by_stem.items():
+        paths.sort(key=lambda p: not p.name.endswith(".nii.gz"))
+        out.append(paths[0])
+        for p in paths[1:]:
+            _problem(problems, p, f"the same scan as {paths[0].name} (both .nii and .nii.gz are there): "
+                                  f"{paths[0].name} was used")
     return sorted(out, key=lambda p: p.name)
+
+
+def _nifti_entries_or_report(path: Path, problems: list | None) -> list[Path]:
+    try:
+        return _nifti_entries(path, problems)
+    except OSError as e:
+        _problem(problems, path, f"cannot list folder: {e.strerror}; nothing in it was converted")
+        return []
 
 
 # ---------------------------------------------------------------------------------- pretraining
@@ -145,10 +174,10 @@ def detect_layout(src: Path) -> str:
         return FOMO300K
     for d in dirs[:50]:
         for ses in _subdirs(d)[:5]:
-            if _nifti_entries(ses):
+            if _nifti_entries_or_report(ses, None):
                 return FOMO60K
             for sub in _subdirs(ses)[:5]:
-                if _nifti_entries(sub):
+                if _nifti_entries_or_report(sub, None):
                     return FOMO300K
     if (src / "participants.tsv").is_file() or (src / "mri_info.tsv").is_file():
         return FOMO300K
@@ -156,23 +185,25 @@ def detect_layout(src: Path) -> str:
                      f"FOMO300K (PT001_Source/sub/ses/seq.nii.gz); pass --layout")
 
 
-def list_pretrain_scans(src: Path, layout: str | None = None) -> tuple[str, list[PretrainScan]]:
-    """All scans of a corpus in a stable sorted order, with safe unique case ids."""
+def list_pretrain_scans(src: Path, layout: str | None = None,
+                        problems: list | None = None) -> tuple[str, list[PretrainScan]]:
+    """All scans of a corpus in a stable sorted order, with safe unique case ids. Folders that cannot
+    be listed and duplicate files are appended to `problems` ({case: None, path, reason})."""
     src = Path(src)
     layout = layout or detect_layout(src)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     found: list[tuple[Path, str, str, str, str]] = []
     if layout == FOMO60K:
-        for sub in _subdirs(src):
-            for ses in _subdirs(sub):
-                for f in _nifti_entries(ses):
+        for sub in _subdirs(src, problems):
+            for ses in _subdirs(sub, problems):
+                for f in _nifti_entries_or_report(ses, problems):
                     found.append((f, FOMO60K_SOURCE, sub.name, ses.name, nifti_stem(f.name)))
     else:
-        for source in _subdirs(src):
-            for sub in _subdirs(source):
-                for ses in _subdirs(sub):
-                    for f in _nifti_entries(ses):
+        for source in _subdirs(src, problems):
+            for sub in _subdirs(source, problems):
+                for ses in _subdirs(sub, problems):
+                    for f in _nifti_entries_or_report(ses, problems):
                         found.append((f, source.name, sub.name, ses.name, nifti_stem(f.name)))
     raw_ids = [f"{sub}_{ses}_{stem}" if layout == FOMO60K else f"{source}_{sub}_{ses}_{stem}"
                for _, source, sub, ses, stem in found]
@@ -284,8 +315,12 @@ def task_splits(src: Path) -> list[tuple[str, Path]]:
                      f"or in train/ and test/")
 
 
-def _channel_files(task: Task, ses_dir: Path) -> tuple[dict[str, Path], list[str], str | None]:
-    present = {nifti_stem(p.name): p for p in _nifti_entries(ses_dir)}
+def _channel_files(task: Task, ses_dir: Path, problems: list | None = None
+                   ) -> tuple[dict[str, Path], list[str], str | None]:
+    try:
+        present = {nifti_stem(p.name): p for p in _nifti_entries(ses_dir, problems)}
+    except OSError as e:
+        return {}, [], f"cannot list the session folder {ses_dir}: {e.strerror}"
     files: dict[str, Path] = {}
     notes: list[str] = []
     for ch in task.channels:
@@ -313,17 +348,18 @@ def _label_file(task: Task, label_dir: Path) -> tuple[Path | None, str | None]:
     return None, f"missing label: no {' or '.join(names)} in {label_dir}"
 
 
-def list_task_cases(task: Task, src: Path) -> list[TaskCase]:
+def list_task_cases(task: Task, src: Path, problems: list | None = None) -> list[TaskCase]:
     """Every session folder of a task tree, in stable order (train first), with its channel files
-    and label; cases that cannot be used carry `problem`."""
+    and label; cases that cannot be used carry `problem`; folders that cannot be listed (subject
+    level and above) and duplicate files are appended to `problems`."""
     cases: list[TaskCase] = []
     for split, root in task_splits(src):
         table = ParticipantTable(read_tsv(root / "participants.tsv") or read_tsv(Path(src) / "participants.tsv"))
-        for sub in _subdirs(root / "preprocessed"):
-            for ses in _subdirs(sub):
+        for sub in _subdirs(root / "preprocessed", problems):
+            for ses in _subdirs(sub, problems):
                 label_dir = root / "labels" / sub.name / ses.name
                 case = TaskCase(split, sub.name, ses.name, ses, label_dir)
-                case.files, case.notes, case.problem = _channel_files(task, ses)
+                case.files, case.notes, case.problem = _channel_files(task, ses, problems)
                 label, problem = _label_file(task, label_dir)
                 case.label = label
                 case.problem = case.problem or problem

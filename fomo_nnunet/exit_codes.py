@@ -1,0 +1,26 @@
+"""The exit codes of `fomo-nnunet fomo26` (the container entry) and `fomo-nnunet convert`: one table,
+printed by both commands' --help and the README, and held to by tests."""
+from __future__ import annotations
+
+import signal
+
+OK = 0
+FAILED = 1           # an unexpected error (a bug or the machine)
+BAD_INPUT = 2        # bad arguments or input files / source folder: one line naming which and why
+BAD_BUNDLE = 3       # fomo26: the model bundle is missing or broken: one line naming the file and the fix
+INTERRUPTED = 128 + signal.SIGINT    # 130: SIGINT (Ctrl-C); temporary files removed, workers stopped
+TERMINATED = 128 + signal.SIGTERM    # 143: SIGTERM (timeout, job scheduler); the same cleanup
+
+TABLE = f"""exit codes (fomo26 and convert):
+  {OK:<4d}done (convert: skipped and removed items are listed in conversion_report.json)
+  {FAILED:<4d}unexpected error (a bug or the machine): fomo26 one line on stderr (--verbose: the
+      traceback), convert the traceback
+  {BAD_INPUT:<4d}bad arguments or input: a missing/unreadable/invalid input file or --output (fomo26),
+      a missing or unrecognised source folder, dataset ID or $nnUNet_raw (convert)
+  {BAD_BUNDLE:<4d}fomo26: the model bundle is missing or broken (the message names the file)
+  {INTERRUPTED:<4d}interrupted by SIGINT (Ctrl-C); nothing half-written is left
+  {TERMINATED:<4d}terminated by SIGTERM; nothing half-written is left"""
+
+
+def for_signal(signum: int) -> int:
+    return 128 + int(signum)
