@@ -28,11 +28,22 @@ def global_average_pool(features: torch.Tensor) -> torch.Tensor:
     return features.mean(dim=tuple(range(2, features.ndim)))
 
 
+def global_max_pool(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) -> (B, C)."""
+    return features.amax(dim=tuple(range(2, features.ndim)))
+
+
+# "avg": the global average (what the embedding uses); "avgmax": average and maximum concatenated, so a
+# focal finding (a small infarct, a cortical patch) is not averaged away over the whole brain
+POOLINGS = ("avg", "avgmax")
+
+
 class PoolingHead(nn.Module):
-    """Global average pool of chosen encoder stages, concatenated, then dropout and a small MLP."""
+    """Global pool (average, or average and maximum) of chosen encoder stages, concatenated, then dropout
+    and a small MLP."""
 
     def __init__(self, in_features_per_stage: Sequence[int], num_outputs: int, stages: tuple[int, ...] = (-1,),
-                 hidden: int = 256, dropout: float = 0.2) -> None:
+                 hidden: int = 256, dropout: float = 0.2, pooling: str = "avg") -> None:
         super().__init__()
         n_stages = len(in_features_per_stage)
         if not stages:
@@ -49,10 +60,13 @@ class PoolingHead(nn.Module):
             raise ValueError(f"hidden must be at least 1, got {hidden}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.pooling = pooling
         self.stages = normalised
         self.in_features_per_stage = [int(w) for w in in_features_per_stage]
         self.n_stages = n_stages
-        self.in_features = sum(int(in_features_per_stage[s]) for s in normalised)
+        self.in_features = sum(int(in_features_per_stage[s]) for s in normalised) * (2 if pooling == "avgmax" else 1)
         self.dropout = nn.Dropout(dropout)
         self.mlp = nn.Sequential(nn.Linear(self.in_features, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, num_outputs))
@@ -61,7 +75,8 @@ class PoolingHead(nn.Module):
         """(B, in_features): the pooled chosen stages, concatenated."""
         if len(stage_features) != self.n_stages:
             raise ValueError(f"expected {self.n_stages} stage feature maps, got {len(stage_features)}")
-        return torch.cat([global_average_pool(stage_features[s]) for s in self.stages], dim=1)
+        pools = [global_average_pool] + ([global_max_pool] if self.pooling == "avgmax" else [])
+        return torch.cat([pool(stage_features[s]) for s in self.stages for pool in pools], dim=1)
 
     def forward(self, stage_features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.mlp(self.dropout(self.pool(stage_features)))

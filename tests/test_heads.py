@@ -45,6 +45,19 @@ def test_head_on_several_stages_concatenates_their_pooled_features():
     assert head(maps).shape == (3, 1)
 
 
+def test_avgmax_pooling_keeps_a_focal_spike_that_the_average_dilutes():
+    head = PoolingHead(WIDTHS, num_outputs=1, stages=(0, -1), hidden=8, pooling="avgmax").eval()
+    assert head.in_features == 2 * (4 + 16)
+    maps = [torch.zeros(2, w, s, s, s) for w, s in zip(WIDTHS, (16, 8, 4))]
+    maps[0][1, 0, 3, 3, 3] = 8.0  # one voxel of one channel in the second sample: a focal finding
+    pooled = head.pool(maps)
+    assert pooled.shape == (2, 40)
+    avg, mx = pooled[:, :4], pooled[:, 4:8]  # stage 0: average then maximum
+    assert avg[1, 0] == pytest.approx(8.0 / 16**3) and mx[1, 0] == 8.0 and mx[0, 0] == 0.0
+    with pytest.raises(ValueError, match="pooling"):
+        PoolingHead(WIDTHS, 1, pooling="median")
+
+
 @pytest.mark.parametrize("stages", [(3,), (-4,), (), (1, -2)])
 def test_head_rejects_stages_the_encoder_does_not_have(stages):
     with pytest.raises(ValueError, match="stage"):
