@@ -4,9 +4,9 @@ Inputs: NIfTI files named by the container's arguments (`--flair`, `--dwi`, ...)
 where it enters, and an error names the argument and the problem in one line. Recoverable oddities
 (a singleton 4th axis, NaNs in part of a volume, an oblique affine) are handled and noted.
 
-Outputs, as the official validator checks them (FOMO.md, "Output rules"): a `.txt` with one finite
-float token (probabilities within [0, 1]); an integer NIfTI in the geometry of an input; a 1-D finite
-float32 `.npy`. Every output is written to a temporary file beside it and renamed, so a killed run
+Outputs, as the official validator checks them (the FOMO26 challenge page and its validator,
+github.com/fomo26): a `.txt` with one finite float token (probabilities within [0, 1]); an integer
+NIfTI in the geometry of an input; a 1-D finite float32 `.npy`. Every output is written to a temporary file beside it and renamed, so a killed run
 leaves no half-written output.
 """
 from __future__ import annotations
@@ -279,7 +279,7 @@ def write_embedding_npy(path: str | OutputFile, vector: np.ndarray) -> None:
 
 
 def check_output_file(task: Task, path: str, inputs: list[str] = ()) -> str:
-    """The official validator's rules for one output file (FOMO.md, "Output rules").
+    """The official validator's rules for one output file (FOMO26 challenge page, github.com/fomo26).
 
     Raises ValueError naming the broken rule; returns a one-line description of a valid output.
     """

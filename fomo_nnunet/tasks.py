@@ -1,7 +1,7 @@
 """The seven FOMO26 downstream tasks, defined once.
 
 Converter, planner, trainers, the `fomo26` entry point and evaluation ask this table instead of
-repeating what a task is. Facts come from the challenge's public pages (see FOMO.md).
+repeating what a task is. Facts come from the challenge's public pages (fomo26 on the MICCAI 2026 challenge site and github.com/fomo26).
 """
 from __future__ import annotations
 

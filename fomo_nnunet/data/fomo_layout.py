@@ -3,7 +3,7 @@
 Nothing here opens an image; this module only finds files, names cases and reads the metadata
 tables. `fomo_nnunet.data.convert` loads, checks and writes.
 
-Layouts (see FOMO.md):
+Layouts (FOMO25 and FOMO26 challenge pages; FOMO60K and FOMO300K dataset cards):
 - FOMO60K:  SRC/sub_1/ses_1/t1.nii.gz, repeats t1_2.nii.gz
 - FOMO300K: SRC/PT001_<Source>/sub-01/ses-01/t1w.nii.gz (+ optional participants.tsv, mri_info.tsv)
 - task:     SRC/preprocessed/sub_X/ses_1/<stem>.nii.gz + SRC/labels/sub_X/ses_1/{label.txt|seg.nii.gz},
