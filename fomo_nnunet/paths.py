@@ -30,28 +30,9 @@ def environment(work: str | os.PathLike = "fomo_work") -> dict[str, str]:
     return env
 
 
-def apply_environment(work: str | os.PathLike = "fomo_work") -> dict[str, str]:
-    """Set the variables in this process (and so in the subprocesses it starts)."""
-    env = environment(work)
-    os.environ.update(env)
-    return env
-
-
 def require_env(name: str) -> Path:
     value = os.environ.get(name)
     if not value:
         raise SystemExit(f"error: environment variable {name} is not set; run `eval \"$(fomo-nnunet env)\"` "
                          f"or export it (see README, 'Environment variables')")
     return Path(value)
-
-
-def dataset_folder(root_var: str, dataset_id: int) -> Path:
-    """The existing DatasetNNN_* folder under nnUNet_raw/_preprocessed/_results, by ID."""
-    root = require_env(root_var)
-    matches = sorted(root.glob(f"Dataset{int(dataset_id):03d}_*")) if root.is_dir() else []
-    if not matches:
-        raise SystemExit(f"error: no Dataset{int(dataset_id):03d}_* folder in {root_var}={root}")
-    if len(matches) > 1:
-        raise SystemExit(f"error: several folders for dataset {dataset_id} in {root}: "
-                         + ", ".join(m.name for m in matches))
-    return matches[0]

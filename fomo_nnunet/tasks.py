@@ -130,11 +130,10 @@ TASKS: tuple[Task, ...] = (
 TASKS_BY_NUMBER = {t.number: t for t in TASKS}
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 
-# Sequences of the pretraining corpus (FOMO300K names) and what they are called in FOMO60K.
 # Volumes with fewer voxels than this along any axis are dropped (as FOMO300K does).
 MIN_SLICES = 15
 
-PRETRAIN_SEQUENCES = ("t1w", "t2w", "flair", "dwi", "adc", "swi", "t2s")
+# Sequences of the pretraining corpus: FOMO60K file names -> FOMO300K names.
 FOMO60K_TO_300K = {"t1": "t1w", "t2": "t2w", "flair": "flair", "dwi": "dwi", "dwi_b1000": "dwi",
                    "adc": "adc", "swi": "swi", "t2s": "t2s"}
 

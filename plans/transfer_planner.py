@@ -9,7 +9,6 @@ brain (image-level tasks, whose heads see the whole brain). The plans record the
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -179,8 +178,3 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
     planner = FomoTransferPlanner(int(dataset_id), metadata, checkpoint, get_task(task) if task else None,
                                   [patch] * 3 if patch else None, batch_size, plans_name, data_identifier)
     return planner.plan_experiment()
-
-
-def read_plans(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
