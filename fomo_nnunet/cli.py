@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "fomo_nnunet.commands.convert",
     "fomo_nnunet.commands.plan",
     "fomo_nnunet.commands.inspect_bench",
+    "fomo_nnunet.commands.import_checkpoint",
     "fomo_nnunet.commands.predict",
     "fomo_nnunet.commands.fomo26",
     "fomo_nnunet.commands.evaluate",

@@ -232,10 +232,10 @@ class Embedder:
         path = find_checkpoint(checkpoint) if os.path.isdir(checkpoint) else str(checkpoint)
         ckpt = load_checkpoint_safely(path)
         meta: PretrainMetadata = read_metadata(ckpt, path)
-        net = meta.build_network(num_outputs=meta.num_input_channels)
-        weights = {k: v for k, v in ckpt["network_weights"].items() if k != "fomo_mask_token"}
-        net.load_state_dict(weights)
-        encoder = net.encoder
+        encoder = meta.build_network(num_outputs=meta.num_input_channels).encoder
+        # only the encoder is needed: an imported checkpoint may carry no (or another) decoder
+        weights = {k[len("encoder."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("encoder.")}
+        encoder.load_state_dict(weights)
         encoder.return_skips = True
         return cls(encoder.to(torch.device(device)).eval(), meta, torch.device(device))
 

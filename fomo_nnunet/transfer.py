@@ -136,19 +136,19 @@ def _numpy_safe_globals() -> list:
             np.dtype, *dtype_classes]
 
 
-def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint as data only (torch.load with weights_only=True), onto the CPU.
+def load_torch_file_safely(path: str | Path) -> Any:
+    """Whatever a torch file holds, loaded as data only (torch.load with weights_only=True), onto the CPU.
 
-    Besides tensors, nnU-Net's checkpoints hold plain Python values and numpy scalars (in 'logging' and
-    '_best_ema'); those numpy types are allowed, nothing else that would run code on loading.
+    Tensors, plain Python values and numpy scalars (nnU-Net logs those in 'logging' and '_best_ema') are
+    allowed; a file that names anything else is refused before any of it is built, so nothing in it runs.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:
@@ -156,7 +156,13 @@ def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
         if unsafe:
             raise CheckpointError(f"{path} holds objects that are not plain data ({', '.join(unsafe)}); "
                                   f"checkpoints are only loaded with weights_only=True") from e
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated, or not written by "
+                              f"torch.save): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
+    """An nnU-Net checkpoint (a dict with 'network_weights') loaded with `load_torch_file_safely`."""
+    checkpoint = load_torch_file_safely(path)
     if not isinstance(checkpoint, dict) or WEIGHTS_KEY not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not an nnU-Net checkpoint: it has no {WEIGHTS_KEY!r} (found {found})")

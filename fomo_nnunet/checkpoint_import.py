@@ -1,0 +1,669 @@
+"""Import the FOMO organisers' published checkpoints into our self-describing checkpoint format.
+
+Two source layouts are understood, both read as data only (`load_torch_file_safely`: weights_only):
+
+- `asparagus`: the FOMO26 organisers' framework (github.com/Sllambias/asparagus), whose networks come
+  from the gardening-tools package: `ResidualEncoderUNet` (ResEnc-B and its S/L/H/G siblings). A
+  Lightning checkpoint (`state_dict` under `model.`, `hyper_parameters`) or a bare state dict.
+- `fomo25-baseline`: the yucca-based FOMO25 baseline codebase and AMAES (github.com/asbjrnmunk/amaes),
+  whose `UNet` (U-Net B: 32 filters, U-Net XL: 64) halves the resolution by max-pooling. The
+  gardening-tools `UNet` has the same layout and is read the same way.
+
+The architecture is recognised from the tensors themselves (widths, depths, kernel and stride,
+input channels, bias, whether the decoder takes skip connections); hyper-parameters fill in what
+tensors cannot say (patch size, masking), framework defaults the rest, and the report says which
+came from where. Every encoder tensor must find its place in the target network with the same
+shape, or nothing is written. A decoder is mapped as a whole or not at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fomo_nnunet.transfer import (METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata,
+                                  load_torch_file_safely)
+
+FORMATS = ("asparagus", "fomo25-baseline")
+IMPORT_KEY = "fomo_import"
+CHECKPOINT_FILE = "checkpoint_final.pth"
+REPORT_JSON = "import_report.json"
+REPORT_TEXT = "import_report.md"
+
+RESENC_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+MAXPOOL_UNET = "fomo_nnunet.networks.PlainConvUNetMaxPool"
+_REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+# Added around the network by a LightningModule (`self.model`), torch.compile and DDP.
+_WRAPPERS = ("model.", "_orig_mod.", "module.")
+
+
+class UnknownArchitectureError(CheckpointError):
+    """The checkpoint's tensors are not a network layout this importer knows."""
+
+
+class InexactArchitectureError(CheckpointError):
+    """The organisers' network has parts no target network reproduces exactly."""
+
+
+# ---- reading ------------------------------------------------------------------------------------
+@dataclass
+class SourceCheckpoint:
+    """The tensors of a published checkpoint (wrapper prefixes stripped, each stored tensor once)."""
+
+    path: Path
+    container: str
+    tensors: dict[str, torch.Tensor]
+    aliases: dict[str, str]                  # another name of a stored tensor -> the name kept
+    outside_network: dict[str, torch.Tensor]  # state-dict entries outside the LightningModule's `model`
+    hyper_parameters: dict[str, Any]
+    epoch: int | None = None
+    global_step: int | None = None
+
+
+def _strip_wrappers(name: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPERS:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride()
+
+
+def read_source(path: str | os.PathLike) -> SourceCheckpoint:
+    """A published checkpoint's network tensors and recorded hyper-parameters, loaded as data only."""
+    path = Path(path)
+    obj = load_torch_file_safely(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
+    if WEIGHTS_KEY in obj:
+        what = "already one of our checkpoints" if METADATA_KEY in obj else "an nnU-Net checkpoint"
+        raise CheckpointError(f"{path} is {what} ({WEIGHTS_KEY!r}), not an organisers' checkpoint; "
+                              f"give it to `plan transfer --pretrained` directly")
+    hyper: dict[str, Any] = {}
+    if isinstance(obj.get("state_dict"), Mapping):
+        state = obj["state_dict"]
+        container = "Lightning checkpoint" if "pytorch-lightning_version" in obj else "dict with a 'state_dict'"
+        hp = obj.get("hyper_parameters")
+        hyper = dict(hp) if isinstance(hp, Mapping) else {}
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, container = obj, "state dict"
+    else:
+        raise CheckpointError(f"{path} holds no network state dict: neither a 'state_dict' entry (Lightning) nor "
+                              f"only tensors (found keys {sorted(map(str, obj))[:12]})")
+    # A LightningModule keeps the network as `self.model`; anything beside it is not the network.
+    in_model = any(str(k).startswith("model.") for k in state)
+    outside: dict[str, torch.Tensor] = {}
+    groups: dict[tuple, list[str]] = {}
+    values: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if in_model and not str(key).startswith("model."):
+            outside[str(key)] = value
+            continue
+        name = _strip_wrappers(str(key))
+        values[name] = value
+        groups.setdefault(_storage_key(value), []).append(name)
+    # layers registered twice (`convK.conv` and `convK.all_modules.0`) are stored once: keep the readable name
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for names in groups.values():
+        kept = next((n for n in names if ".all_modules." not in n), names[0])
+        tensors[kept] = values[kept]
+        aliases.update({n: kept for n in names if n != kept})
+    if not tensors:
+        raise CheckpointError(f"{path}: its state dict holds no tensors")
+    return SourceCheckpoint(path, container, tensors, aliases, outside, hyper,
+                            _int_or_none(obj.get("epoch")), _int_or_none(obj.get("global_step")))
+
+
+def _int_or_none(v) -> int | None:
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+# ---- recognising --------------------------------------------------------------------------------
+@dataclass
+class Recognised:
+    """An organisers' network understood from its tensors, and where each tensor goes."""
+
+    format: str
+    architecture: str
+    network_class: str
+    network_kwargs: dict[str, Any]
+    num_input_channels: int
+    target_of: Callable[[str], str | None]   # source name -> target name (None: not mapped)
+    decoder_prefixes: tuple[str, ...]
+    decoder_mapped: bool
+    decoder_reason: str                       # why the decoder is left out (when it is)
+    exactness: list[str]
+    assumptions: list[str] = field(default_factory=list)
+    left_out_reasons: dict[str, str] = field(default_factory=dict)  # name prefix -> reason
+
+
+def _cubic_kernel(name: str, w: torch.Tensor) -> int:
+    k = tuple(w.shape[2:])
+    if w.ndim != 5 or len(set(k)) != 1 or k[0] % 2 == 0:
+        raise InexactArchitectureError(f"{name} has kernel {k}: only 3-D cubic odd kernels are understood")
+    return int(k[0])
+
+
+def _count(tensors: Mapping[str, torch.Tensor], pattern: str) -> int:
+    n = 0
+    while pattern.format(n) in tensors:
+        n += 1
+    return n
+
+
+def _conv_kwargs(n_stages: int, kernel: int, stride: int, bias: bool) -> dict[str, Any]:
+    return {
+        "n_stages": n_stages,
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[kernel] * 3 for _ in range(n_stages)],
+        "strides": [[1, 1, 1]] + [[stride] * 3 for _ in range(n_stages - 1)],
+        "conv_bias": bias,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+
+
+def _require_affine_norm(tensors: Mapping[str, torch.Tensor], norm_weight: str) -> None:
+    if norm_weight not in tensors:
+        raise InexactArchitectureError(
+            f"no {norm_weight!r}: the organisers' instance norms are affine; a network without them (or with "
+            f"another norm) is not a layout this importer can reproduce exactly")
+
+
+_NO_SKIP_REASON = ("the organisers' pretraining decoder has no skip connections (its convolutions take C input "
+                   "channels, not 2C); the dynamic-network-architectures decoder concatenates the encoder's skips, "
+                   "so none of its tensors has an equivalent: the finetuning decoder starts fresh")
+_DS_REASON = ("deep-supervision output of the organisers' decoder (applied to stage inputs; dynamic-network-"
+              "architectures' seg_layers read stage outputs): an output layer, never transferred")
+
+
+def recognise_resenc(t: Mapping[str, torch.Tensor]) -> Recognised:
+    """gardening-tools ResidualEncoderUNet (asparagus ResEnc-S/B/L/H/G) -> DNA ResidualEncoderUNet.
+
+    Both build the same residual encoder: a one-convolution stem; per stage, blocks of
+    conv(k, stride)-norm-LeakyReLU, conv(k)-norm, a shortcut of average-pool(stride) then
+    1x1 conv (no bias)-norm where the shape changes, addition, LeakyReLU; and the same U-Net decoder
+    (transposed conv with kernel = stride, concatenation [upsampled, skip], convolutions, 1x1 output).
+    """
+    stem = "encoder.stem.conv1.conv.weight"
+    if "decoder.fc.weight" in t:
+        raise InexactArchitectureError(
+            "this is a finetuned classification/regression network (ResidualEncoderUNetCLSREG, 'decoder.fc'): its "
+            "residual shortcuts downsample with max-pooling, which dynamic-network-architectures' BasicBlockD "
+            "(average pooling) does not reproduce; import the organisers' pretraining checkpoint instead")
+    w = t[stem]
+    kernel = _cubic_kernel(stem, w)
+    _require_affine_norm(t, "encoder.stem.conv1.norm_op.weight")
+    n_stages = _count(t, "encoder.stages.{}.blocks.0.conv1.conv.weight")
+    blocks = [_count(t, f"encoder.stages.{s}.blocks.{{}}.conv1.conv.weight") for s in range(n_stages)]
+    features = [int(t[f"encoder.stages.{s}.blocks.0.conv1.conv.weight"].shape[0]) for s in range(n_stages)]
+    if features[0] != w.shape[0]:
+        raise InexactArchitectureError(f"stem width {w.shape[0]} differs from stage 0's {features[0]}: "
+                                       f"dynamic-network-architectures' stem has the first stage's width")
+    bias = "encoder.stem.conv1.conv.bias" in t
+    assumptions: list[str] = []
+    n_up = _count(t, "decoder.upsample_layers.{}.weight")
+    has_decoder = n_up == n_stages - 1
+    if has_decoder:
+        stride = int(t["decoder.upsample_layers.0.weight"].shape[2])
+        convs_dec = [_count_from_one(t, f"decoder.decoder_convs.{s}.conv{{}}.conv.weight") for s in range(n_up)]
+        first = t["decoder.decoder_convs.0.conv1.conv.weight"]
+        skips = first.shape[1] == 2 * first.shape[0]
+    else:
+        stride, convs_dec, skips = 2, [1] * (n_stages - 1), False
+        assumptions.append("no decoder in the checkpoint: stride 2 assumed (every asparagus ResEnc preset) and "
+                           "average-pool shortcuts (ResidualEncoderUNet, not the max-pool CLSREG variant)")
+    kwargs = _conv_kwargs(n_stages, kernel, stride, bias)
+    kwargs.update({"features_per_stage": features, "n_blocks_per_stage": blocks,
+                   "n_conv_per_stage_decoder": convs_dec})
+    name = {(32, 64, 128, 256, 320, 320, 1, 3, 4, 6, 6, 6): "ResEnc-B", (32, 64, 128, 256, 320, 320, 2, 2, 2, 2, 2, 2):
+            "ResEnc-S", (64, 128, 256, 512, 620, 620, 1, 3, 4, 6, 6, 6): "ResEnc-L"}.get(
+        tuple(features + blocks), "ResEnc")
+    architecture = (f"{name} (gardening-tools ResidualEncoderUNet: features {'-'.join(map(str, features))}, "
+                    f"blocks {'-'.join(map(str, blocks))}, kernel {kernel}, stride {stride}, "
+                    f"decoder {'with' if skips else 'without'} skip connections)" if has_decoder else
+                    f"{name} encoder (gardening-tools ResidualUNetEncoder: features {'-'.join(map(str, features))}, "
+                    f"blocks {'-'.join(map(str, blocks))}, kernel {kernel}; no decoder in the checkpoint)")
+    last_seg = n_stages - 2
+
+    def target_of(name: str) -> str | None:
+        m = re.fullmatch(r"encoder\.stem\.conv1\.(conv|norm_op)\.(weight|bias)", name)
+        if m:
+            return f"encoder.stem.convs.0.{'norm' if m[1] == 'norm_op' else 'conv'}.{m[2]}"
+        if name.startswith("encoder.stages."):
+            return name.replace(".norm_op.", ".norm.")
+        m = re.fullmatch(r"decoder\.upsample_layers\.(\d+)\.(weight|bias)", name)
+        if m:
+            return f"decoder.transpconvs.{m[1]}.{m[2]}"
+        m = re.fullmatch(r"decoder\.decoder_convs\.(\d+)\.conv(\d+)\.(conv|norm_op)\.(weight|bias)", name)
+        if m:
+            return f"decoder.stages.{m[1]}.convs.{int(m[2]) - 1}.{'norm' if m[3] == 'norm_op' else 'conv'}.{m[4]}"
+        m = re.fullmatch(r"decoder\.out_conv\.(weight|bias)", name)
+        if m:
+            return f"decoder.seg_layers.{last_seg}.{m[1]}"
+        return None
+
+    exactness = [
+        "exact: dynamic-network-architectures' ResidualEncoderUNet (BasicBlockD) computes the same function as "
+        "gardening-tools' ResidualEncoderUNet: same stem, block order (conv-norm-LeakyReLU, conv-norm, "
+        "shortcut average-pool + 1x1 conv without bias + norm, add, LeakyReLU), padding k//2, affine "
+        "InstanceNorm (eps 1e-5), LeakyReLU slope 0.01, transposed-conv upsampling and [upsampled, skip] order",
+        "names differ only: stem 'conv1' -> 'convs.0', norm 'norm_op' -> 'norm', 'upsample_layers' -> "
+        "'transpconvs', 'decoder_convs.s.convK' -> 'stages.s.convs.K-1', 'out_conv' -> the last seg_layer",
+    ]
+    return Recognised("", architecture, RESENC_UNET, kwargs, int(w.shape[1]), target_of,
+                      ("decoder.",), has_decoder and skips,
+                      "" if skips else (_NO_SKIP_REASON if has_decoder else "no decoder in the checkpoint"),
+                      exactness, assumptions, {"decoder.ds_out_convs.": _DS_REASON})
+
+
+def _count_from_one(tensors: Mapping[str, torch.Tensor], pattern: str) -> int:
+    n = 0
+    while pattern.format(n + 1) in tensors:
+        n += 1
+    return n
+
+
+def recognise_maxpool_unet(t: Mapping[str, torch.Tensor]) -> Recognised:
+    """AMAES / FOMO25-baseline UNet (also gardening-tools UNet) -> our PlainConvUNetMaxPool.
+
+    Five stages of width f, 2f, 4f, 8f, 16f, each `MultiLayerConvDropoutNormNonlin` (conv 3, padding 1,
+    norm, LeakyReLU), stage s > 0 preceded by a 2x2x2 max-pool; the decoder upsamples with a 2x2x2
+    transposed convolution and concatenates [upsampled, skip]. dynamic-network-architectures'
+    PlainConvUNet downsamples with strided convolutions instead; its PlainConvEncoder(pool='max')
+    reproduces the max-pool, which our PlainConvUNetMaxPool exposes to plans.
+    """
+    in_conv = "encoder.in_conv.conv1.conv.weight"
+    w = t[in_conv]
+    kernel = _cubic_kernel(in_conv, w)
+    if kernel != 3:
+        raise InexactArchitectureError(f"{in_conv} has kernel {kernel}: the organisers' U-Net pads by 1, which "
+                                       f"keeps the resolution only for kernel 3")
+    norm = "norm" if "encoder.in_conv.conv1.norm.weight" in t else "norm_op"
+    _require_affine_norm(t, f"encoder.in_conv.conv1.{norm}.weight")
+    blocks = ["in_conv"] + [f"encoder_conv{i}" for i in range(1, 1 + _count_from_one(t, "encoder.encoder_conv{}.conv1.conv.weight"))]
+    n_stages = len(blocks)
+    convs = [_count_from_one(t, f"encoder.{b}.conv{{}}.conv.weight") for b in blocks]
+    features = [int(t[f"encoder.{b}.conv1.conv.weight"].shape[0]) for b in blocks]
+    bias = "encoder.in_conv.conv1.conv.bias" in t
+    prefix = next((p for p in ("decoder.", "rec_head.", "pred_head.") if f"{p}upsample1.weight" in t), None)
+    assumptions: list[str] = []
+    if prefix is not None:
+        n_up = _count_from_one(t, prefix + "upsample{}.weight")
+        convs_dec = [_count_from_one(t, f"{prefix}decoder_conv{s}.conv{{}}.conv.weight") for s in range(1, n_up + 1)]
+        first = t[f"{prefix}decoder_conv1.conv1.conv.weight"]
+        skips = first.shape[1] == 2 * first.shape[0]
+        if n_up != n_stages - 1:
+            raise InexactArchitectureError(f"{n_up} upsampling layers for {n_stages} encoder stages")
+    else:
+        convs_dec, skips = [2] * (n_stages - 1), False
+        assumptions.append("no U-Net decoder in the checkpoint: the target decoder has 2 convolutions per stage "
+                           "(the organisers' segmentation decoder) and starts fresh")
+    kwargs = _conv_kwargs(n_stages, kernel, 2, bias)
+    kwargs.update({"features_per_stage": features, "n_conv_per_stage": convs, "n_conv_per_stage_decoder": convs_dec})
+    name = {32: "U-Net B", 64: "U-Net XL"}.get(features[0], f"U-Net (starting filters {features[0]})")
+    architecture = (f"{name} (AMAES / FOMO25-baseline / gardening-tools UNet: features {'-'.join(map(str, features))}, "
+                    f"{convs[0]} convolutions per stage, max-pool downsampling, "
+                    + (f"decoder {'with' if skips else 'without'} skip connections, "
+                       f"{convs_dec[0]} convolution(s) per stage)" if prefix else "no U-Net decoder)"))
+    last_seg = n_stages - 2
+    decoder_prefixes = tuple(p for p in ("decoder.", "rec_head.", "pred_head.") if any(k.startswith(p) for k in t))
+
+    def target_of(name: str) -> str | None:
+        m = re.fullmatch(r"encoder\.(in_conv|encoder_conv(\d+))\.conv(\d+)\.(conv|norm|norm_op)\.(weight|bias)", name)
+        if m:
+            stage = 0 if m[1] == "in_conv" else int(m[2])
+            where = f"{stage}.0" if stage == 0 else f"{stage}.1"   # stage s > 0: [max-pool, convs]
+            part = "conv" if m[4] == "conv" else "norm"
+            return f"encoder.stages.{where}.convs.{int(m[3]) - 1}.{part}.{m[5]}"
+        if prefix is None or not name.startswith(prefix):
+            return None
+        rest = name[len(prefix):]
+        m = re.fullmatch(r"upsample(\d+)\.(weight|bias)", rest)
+        if m:
+            return f"decoder.transpconvs.{int(m[1]) - 1}.{m[2]}"
+        m = re.fullmatch(r"decoder_conv(\d+)\.conv(\d+)\.(conv|norm|norm_op)\.(weight|bias)", rest)
+        if m:
+            part = "conv" if m[3] == "conv" else "norm"
+            return f"decoder.stages.{int(m[1]) - 1}.convs.{int(m[2]) - 1}.{part}.{m[4]}"
+        m = re.fullmatch(r"out_conv\.(weight|bias)", rest)
+        if m:
+            return f"decoder.seg_layers.{last_seg}.{m[1]}"
+        return None
+
+    exactness = [
+        "not expressible by a dynamic-network-architectures class named in plans: PlainConvUNet downsamples with "
+        "strided convolutions, the organisers' U-Net with a 2x2x2 max-pool before each deeper stage; our "
+        "fomo_nnunet.networks.PlainConvUNetMaxPool (DNA's PlainConvEncoder with pool='max' and DNA's "
+        "UNetDecoder) is exact",
+        "exact otherwise: conv (kernel 3, padding 1) - affine InstanceNorm (eps 1e-5) - LeakyReLU (slope 0.01) per "
+        "layer, no dropout at p = 0, 2x2x2 transposed-conv upsampling, [upsampled, skip] order, 1x1 output",
+    ]
+    reasons = {f"{p}ds_out_conv": _DS_REASON for p in decoder_prefixes}
+    for p in decoder_prefixes:
+        if p != prefix:
+            reasons[p] = ("a second head of the AMAES network (prediction vs reconstruction); the first with a "
+                          "U-Net layout is mapped" if prefix else "not a U-Net decoder (a classification or "
+                          "regression head?): it has no equivalent in the target network")
+    return Recognised("", architecture, MAXPOOL_UNET, kwargs, int(w.shape[1]), target_of,
+                      (prefix,) if prefix else decoder_prefixes, prefix is not None and skips,
+                      "" if skips else (_NO_SKIP_REASON if prefix else "no U-Net decoder in the checkpoint"),
+                      exactness, assumptions, reasons)
+
+
+# network layout -> (the tensor that identifies it, reader)
+_LAYOUTS: dict[str, tuple[str, Callable[[Mapping[str, torch.Tensor]], Recognised]]] = {
+    "ResEnc U-Net": ("encoder.stem.conv1.conv.weight", recognise_resenc),
+    "max-pool U-Net": ("encoder.in_conv.conv1.conv.weight", recognise_maxpool_unet),
+}
+
+
+def recognise(source: SourceCheckpoint, fmt: str = "auto") -> Recognised:
+    """Which organisers' network the tensors are, and which framework wrote them (`fmt`, or guessed).
+
+    The layout comes from the tensors. The framework decides the settings the tensors cannot tell
+    (normalisation, spacing): the ResEnc U-Net is asparagus's; the max-pool U-Net is the FOMO25 baseline's
+    (AMAES blocks name their norm `norm`; its LightningModule records `model_name`) unless its blocks are
+    gardening-tools' (`norm_op`), as in an asparagus U-Net.
+    """
+    if fmt not in (*FORMATS, "auto"):
+        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)} or auto")
+    t = source.tensors
+    layout = next((name for name, (key, _) in _LAYOUTS.items() if key in t), None)
+    if layout is None:
+        raise UnknownArchitectureError(
+            f"{source.path}: not a network layout this importer knows. It reads the asparagus / gardening-tools "
+            f"ResidualEncoderUNet ('encoder.stem.conv1.conv.weight', 'encoder.stages.N.blocks.M...') and the "
+            f"AMAES / FOMO25-baseline UNet ('encoder.in_conv...', 'encoder.encoder_convN...'); this checkpoint's "
+            f"first tensors are {list(t)[:5]}")
+    if fmt == "fomo25-baseline" and layout == "ResEnc U-Net":
+        raise UnknownArchitectureError(f"{source.path}: --format fomo25-baseline, but this is a residual-encoder "
+                                       f"U-Net (asparagus / gardening-tools), which the FOMO25 baseline never used")
+    try:
+        rec = _LAYOUTS[layout][1](t)
+    except KeyError as e:
+        raise UnknownArchitectureError(f"{source.path}: looks like a {layout} but lacks {e}") from e
+    except InexactArchitectureError as e:
+        raise InexactArchitectureError(f"{source.path}: {e}") from e
+    if fmt == "auto":
+        baseline = "encoder.in_conv.conv1.norm.weight" in t or "model_name" in source.hyper_parameters
+        fmt = "fomo25-baseline" if layout == "max-pool U-Net" and baseline else "asparagus"
+    rec.format = fmt
+    return rec
+
+
+# ---- settings the tensors cannot tell -------------------------------------------------------------
+@dataclass
+class Setting:
+    value: Any
+    source: str
+
+
+def _settings(rec: Recognised, hyper: Mapping[str, Any], patch: int | None, spacing: float | None) -> dict[str, Setting]:
+    s: dict[str, Setting] = {}
+    hp_patch = hyper.get("patch_size")
+    if patch:
+        s["patch_size"] = Setting([int(patch)] * 3, "--patch")
+    elif isinstance(hp_patch, list | tuple) and len(hp_patch) == 3:
+        s["patch_size"] = Setting([int(p) for p in hp_patch], "hyper_parameters['patch_size']")
+    else:
+        s["patch_size"] = Setting([160] * 3, "not recorded; 160^3, the organisers' pretraining patch "
+                                             "(asparagus configs/default_pretrain.yaml)")
+    if spacing:
+        s["spacing"] = Setting([float(spacing)] * 3, "--spacing")
+    elif rec.format == "asparagus":
+        s["spacing"] = Setting([1.0] * 3, "not recorded; 1 mm assumed. asparagus does not resample at conversion, "
+                                          "so its pretraining saw each scan's native spacing")
+    else:
+        s["spacing"] = Setting([1.0] * 3, "the FOMO25 baseline preprocessing resamples to 1 mm (target_spacing)")
+    if rec.format == "asparagus":
+        s["normalization"] = Setting(["ZScoreNormalization"], "asparagus normalises each volume by its own mean "
+                                     "and std over the whole non-zero-cropped volume: nnU-Net's ZScoreNormalization "
+                                     "without the mask (use_mask_for_norm False)")
+    else:
+        s["normalization"] = Setting(["RescaleTo01Normalization"], "yucca's volume_wise_znorm clips at the 99th "
+                                     "percentile of non-background voxels, z-scores them and rescales to [0, 1]; "
+                                     "the nearest nnU-Net scheme, RescaleTo01Normalization, rescales to [0, 1] "
+                                     "without the clipping (an approximation: finetuning adapts)")
+    s["use_mask_for_norm"] = Setting([False], "both frameworks normalise over the whole cropped volume")
+    ratio, unit = hyper.get("mask_ratio"), hyper.get("mask_patch_size")
+    s["mask_ratio"] = Setting(float(ratio), "hyper_parameters") if isinstance(ratio, int | float) else \
+        Setting(0.6, "not recorded; 0.6, the organisers' default")
+    s["mask_unit"] = Setting(int(unit), "hyper_parameters") if isinstance(unit, int) else \
+        Setting(4, "not recorded; 4 voxels, the organisers' default")
+    return s
+
+
+def _check_patch(patch: list[int], kwargs: Mapping[str, Any]) -> None:
+    divisor = 1
+    for stride in kwargs["strides"]:
+        divisor *= stride[0]
+    bad = [p for p in patch if p % divisor or p < divisor]
+    if bad:
+        raise ValueError(f"patch {patch} must be a positive multiple of {divisor} on every axis for this "
+                         f"{kwargs['n_stages']}-stage network; pass --patch")
+
+
+# ---- mapping --------------------------------------------------------------------------------------
+@dataclass
+class ImportReport:
+    source: str
+    source_sha256: str
+    container: str
+    format: str
+    architecture: str
+    network_class: str
+    exactness: list[str]
+    assumptions: list[str]
+    settings: dict[str, dict[str, Any]]
+    mapped: list[dict[str, Any]] = field(default_factory=list)      # {source, target, shape}
+    adapted: list[dict[str, Any]] = field(default_factory=list)     # values changed on the way (none today)
+    left_out: list[dict[str, Any]] = field(default_factory=list)    # {source, shape, reason}
+    aliases: int = 0
+    mapped_params: int = 0
+    left_out_params: int = 0
+    encoder_params: int = 0
+    decoder_mapped: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def summary(self) -> str:
+        return (f"mapped {len(self.mapped)} tensors ({self.mapped_params:,} parameters, "
+                f"encoder {self.encoder_params:,}), adapted {len(self.adapted)}, left out {len(self.left_out)} "
+                f"({self.left_out_params:,} parameters); decoder {'mapped' if self.decoder_mapped else 'left out'}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _target_layout(meta: PretrainMetadata, num_outputs: int) -> tuple[dict[str, tuple[int, ...]], dict[str, list[str]]]:
+    """The target network's tensors, built without allocating memory: shape per canonical name, and
+    every name the network's state dict gives that tensor (blocks register layers twice, the decoder
+    holds the encoder again), so the written weights load like the network's own state dict."""
+    from fomo_nnunet.transfer import _model_tensors
+
+    with torch.device("meta"):
+        net = meta.build_network(num_outputs=num_outputs)
+    shapes: dict[str, tuple[int, ...]] = {}
+    names: dict[str, list[str]] = {}
+    for _, all_names, tensor in _model_tensors(net):
+        canonical = next((n for n in all_names if ".all_modules." not in n), all_names[0])
+        shapes[canonical] = tuple(tensor.shape)
+        names[canonical] = list(dict.fromkeys(all_names))
+    owner = {alias: canonical for canonical, aliases in names.items() for alias in aliases}
+    for name in net.state_dict():
+        if name.startswith("decoder.encoder."):
+            names[owner[name[len("decoder."):]]].append(name)
+    return shapes, names
+
+
+def map_tensors(source: SourceCheckpoint, rec: Recognised, meta: PretrainMetadata,
+                report: ImportReport) -> dict[str, torch.Tensor]:
+    """The target state dict; fills the report's mapped / left_out lists. Refuses unless the encoder
+    maps completely (every source and every target encoder tensor, same shapes)."""
+    num_outputs = 1
+    for name, tensor in source.tensors.items():
+        if rec.target_of(name) and rec.target_of(name).startswith("decoder.seg_layers."):
+            num_outputs = int(tensor.shape[0])
+    target_shapes, target_names = _target_layout(meta, num_outputs)
+    out: dict[str, torch.Tensor] = {}
+    decoder_candidates: list[tuple[str, str, torch.Tensor]] = []
+    decoder_problem = rec.decoder_reason if not rec.decoder_mapped else ""
+
+    def leave_out(name: str, tensor: torch.Tensor, reason: str) -> None:
+        report.left_out.append({"source": name, "shape": list(tensor.shape), "reason": reason})
+        report.left_out_params += tensor.numel()
+
+    for name, tensor in source.tensors.items():
+        target = rec.target_of(name)
+        is_encoder = name.startswith("encoder.")
+        if is_encoder:
+            if target is None:
+                raise InexactArchitectureError(f"{source.path}: encoder tensor {name!r} has no place in "
+                                               f"{rec.network_class}; nothing was written")
+            if target_shapes.get(target) != tuple(tensor.shape):
+                raise InexactArchitectureError(
+                    f"{source.path}: encoder tensor {name!r} {tuple(tensor.shape)} would go to {target!r}, which "
+                    f"has shape {target_shapes.get(target)} in {rec.network_class}; nothing was written")
+            out[target] = tensor
+            report.encoder_params += tensor.numel()
+            continue
+        reason = next((r for p, r in rec.left_out_reasons.items() if name.startswith(p)), None)
+        if reason:
+            leave_out(name, tensor, reason)
+        elif any(name.startswith(p) for p in rec.decoder_prefixes):
+            decoder_candidates.append((name, target, tensor))
+            if not decoder_problem and target is None:
+                decoder_problem = f"{name!r} has no equivalent in the target decoder"
+            elif not decoder_problem and target_shapes.get(target) != tuple(tensor.shape):
+                decoder_problem = (f"{name!r} {tuple(tensor.shape)} does not fit {target!r} "
+                                   f"{target_shapes.get(target)}")
+        else:
+            leave_out(name, tensor, "neither encoder nor decoder of the organisers' network")
+    missing = sorted(n for n in target_shapes if n.startswith("encoder.") and n not in out)
+    if missing:
+        raise InexactArchitectureError(f"{source.path}: the target encoder's {missing[0]!r} (and {len(missing) - 1} "
+                                       f"more) has no tensor in the checkpoint; nothing was written")
+    if decoder_candidates:
+        if decoder_problem:
+            # a decoder is taken whole or not at all: part of one would be "most of it"
+            for name, _, tensor in decoder_candidates:
+                leave_out(name, tensor, "decoder: " + decoder_problem)
+        else:
+            for _, target, tensor in decoder_candidates:
+                out[target] = tensor
+            report.decoder_mapped = True
+    for name, tensor in source.outside_network.items():
+        leave_out(name, tensor, "a LightningModule entry outside its `model` (not part of the network)")
+    for name, tensor in source.tensors.items():
+        target = rec.target_of(name)
+        if target in out and out[target] is tensor:
+            report.mapped.append({"source": name, "target": target, "shape": list(tensor.shape)})
+            report.mapped_params += tensor.numel()
+    report.aliases = len(source.aliases)
+    weights: dict[str, torch.Tensor] = {}
+    for name, tensor in out.items():
+        copy = tensor.detach().clone().contiguous()
+        weights.update({alias: copy for alias in target_names[name]})
+    return weights
+
+
+# ---- the whole import ------------------------------------------------------------------------------
+def import_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "auto",
+                      patch: int | None = None, spacing: float | None = None) -> ImportReport:
+    """Read `src`, map it, and write OUT_DIR/checkpoint_final.pth plus import_report.json / .md."""
+    import time
+
+    from fomo_nnunet import __version__
+
+    start = time.perf_counter()
+    src = Path(src)
+    source = read_source(src)
+    rec = recognise(source, fmt)
+    settings = _settings(rec, source.hyper_parameters, patch, spacing)
+    _check_patch(settings["patch_size"].value, rec.network_kwargs)
+    meta = PretrainMetadata(
+        network_class=rec.network_class, network_kwargs=rec.network_kwargs,
+        arch_kwargs_requires_import=list(_REQUIRES_IMPORT), patch_size=settings["patch_size"].value,
+        spacing=settings["spacing"].value, normalization=settings["normalization"].value,
+        num_input_channels=rec.num_input_channels,
+        channel_meaning=["any single MRI sequence, normalised as the organisers' framework does "
+                         "(see import_report.md)"] * rec.num_input_channels,
+        objective=f"mae (imported from {rec.format})",
+        objective_settings={"mask_ratio": settings["mask_ratio"].value, "mask_unit": settings["mask_unit"].value,
+                            "use_mask_for_norm": settings["use_mask_for_norm"].value * rec.num_input_channels,
+                            "imported_from": str(src.resolve()), "import_format": rec.format},
+        iterations_trained=source.global_step or 0, epochs_trained=source.epoch or 0,
+        plans_name="", dataset_name=f"imported:{rec.format}", trainer_name=f"imported:{rec.architecture.split(' (')[0]}",
+        fomo_nnunet_version=__version__)
+    report = ImportReport(str(src.resolve()), _sha256(src), source.container, rec.format, rec.architecture,
+                          rec.network_class, rec.exactness, rec.assumptions,
+                          {k: {"value": v.value, "from": v.source} for k, v in settings.items()})
+    weights = map_tensors(source, rec, meta, report)
+    report.seconds = round(time.perf_counter() - start, 3)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = {WEIGHTS_KEY: weights, METADATA_KEY: meta.to_dict(), IMPORT_KEY: report.to_dict(),
+                  "trainer_name": meta.trainer_name, "current_epoch": meta.epochs_trained}
+    tmp = out / (CHECKPOINT_FILE + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out / CHECKPOINT_FILE)
+    (out / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=1))
+    (out / REPORT_TEXT).write_text(render_report(report))
+    return report
+
+
+def render_report(r: ImportReport) -> str:
+    """The mapping report for a person: what was recognised, from where, and where every tensor went."""
+    lines = [f"# Imported checkpoint: {r.architecture}", "",
+             f"- source: `{r.source}` ({r.container}, sha256 {r.source_sha256[:16]}...)",
+             f"- format: {r.format}; target network: `{r.network_class}`",
+             f"- {r.summary()}; {r.aliases} alias names of stored tensors (layers registered twice) not counted",
+             "", "## Exactness", *[f"- {e}" for e in r.exactness]]
+    if r.assumptions:
+        lines += ["", "## Assumptions", *[f"- {a}" for a in r.assumptions]]
+    lines += ["", "## Settings", "", "| setting | value | from |", "|---|---|---|",
+              *[f"| {k} | {v['value']} | {v['from']} |" for k, v in r.settings.items()]]
+    lines += ["", "## Left out", ""]
+    by_reason: dict[str, list[dict[str, Any]]] = {}
+    for e in r.left_out:
+        by_reason.setdefault(e["reason"], []).append(e)
+    for reason, entries in by_reason.items():
+        params = sum(math.prod(e["shape"]) for e in entries)
+        lines += [f"{len(entries)} tensors ({params:,} parameters): {reason}", "",
+                  *[f"- `{e['source']}` {tuple(e['shape'])}" for e in entries], ""]
+    if not r.left_out:
+        lines.append("nothing")
+    lines += ["", "## Adapted", "", "nothing: every mapped tensor is copied unchanged" if not r.adapted else
+              "\n".join(f"- `{e['source']}`: {e['how']}" for e in r.adapted)]
+    lines += ["", "## Mapped", "", "| organisers' tensor | our tensor | shape |", "|---|---|---|",
+              *[f"| `{e['source']}` | `{e['target']}` | {tuple(e['shape'])} |" for e in r.mapped]]
+    return "\n".join(lines) + "\n"
