@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
+from fomo_nnunet.plans.presets import conv_block_kwargs
 from fomo_nnunet.transfer import (METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata,
-                                  load_torch_file_safely)
+                                  load_torch_file_safely, strip_prefixes)
 
 FORMATS = ("asparagus", "fomo25-baseline")
 IMPORT_KEY = "fomo_import"
@@ -66,16 +67,6 @@ class SourceCheckpoint:
     hyper_parameters: dict[str, Any]
     epoch: int | None = None
     global_step: int | None = None
-
-
-def _strip_wrappers(name: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _WRAPPERS:
-            if name.startswith(prefix):
-                name, stripped = name[len(prefix):], True
-    return name
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -114,7 +105,7 @@ def read_source(path: str | os.PathLike) -> SourceCheckpoint:
         if in_model and not str(key).startswith("model."):
             outside[str(key)] = value
             continue
-        name = _strip_wrappers(str(key))
+        name = strip_prefixes(str(key), _WRAPPERS)
         values[name] = value
         groups.setdefault(_storage_key(value), []).append(name)
     # layers registered twice (`convK.conv` and `convK.all_modules.0`) are stored once: keep the readable name
@@ -168,19 +159,8 @@ def _count(tensors: Mapping[str, torch.Tensor], pattern: str) -> int:
 
 
 def _conv_kwargs(n_stages: int, kernel: int, stride: int, bias: bool) -> dict[str, Any]:
-    return {
-        "n_stages": n_stages,
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[kernel] * 3 for _ in range(n_stages)],
-        "strides": [[1, 1, 1]] + [[stride] * 3 for _ in range(n_stages - 1)],
-        "conv_bias": bias,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
+    return {"n_stages": n_stages, "kernel_sizes": [[kernel] * 3 for _ in range(n_stages)],
+            "strides": [[1, 1, 1]] + [[stride] * 3 for _ in range(n_stages - 1)], **conv_block_kwargs(bias)}
 
 
 def _require_affine_norm(tensors: Mapping[str, torch.Tensor], norm_weight: str) -> None:
@@ -195,6 +175,21 @@ _NO_SKIP_REASON = ("the organisers' pretraining decoder has no skip connections 
                    "so none of its tensors has an equivalent: the finetuning decoder starts fresh")
 _DS_REASON = ("deep-supervision output of the organisers' decoder (applied to stage inputs; dynamic-network-"
               "architectures' seg_layers read stage outputs): an output layer, never transferred")
+
+
+def _decoder_target(rest: str, upsample: str, convs: str, first: int, last_seg: int) -> str | None:
+    """A tensor of the organisers' U-Net decoder (`rest`: its name inside the decoder) -> ours. They
+    number stages from `first` in `<upsample><s>` and `<convs><s>.conv<k>` (k from 1); the 1x1 output
+    convolution is our last seg_layer."""
+    m = re.fullmatch(rf"{upsample}(\d+)\.(weight|bias)", rest)
+    if m:
+        return f"decoder.transpconvs.{int(m[1]) - first}.{m[2]}"
+    m = re.fullmatch(rf"{convs}(\d+)\.conv(\d+)\.(conv|norm|norm_op)\.(weight|bias)", rest)
+    if m:
+        part = "conv" if m[3] == "conv" else "norm"
+        return f"decoder.stages.{int(m[1]) - first}.convs.{int(m[2]) - 1}.{part}.{m[4]}"
+    m = re.fullmatch(r"out_conv\.(weight|bias)", rest)
+    return f"decoder.seg_layers.{last_seg}.{m[1]}" if m else None
 
 
 def recognise_resenc(t: Mapping[str, torch.Tensor]) -> Recognised:
@@ -252,15 +247,8 @@ def recognise_resenc(t: Mapping[str, torch.Tensor]) -> Recognised:
             return f"encoder.stem.convs.0.{'norm' if m[1] == 'norm_op' else 'conv'}.{m[2]}"
         if name.startswith("encoder.stages."):
             return name.replace(".norm_op.", ".norm.")
-        m = re.fullmatch(r"decoder\.upsample_layers\.(\d+)\.(weight|bias)", name)
-        if m:
-            return f"decoder.transpconvs.{m[1]}.{m[2]}"
-        m = re.fullmatch(r"decoder\.decoder_convs\.(\d+)\.conv(\d+)\.(conv|norm_op)\.(weight|bias)", name)
-        if m:
-            return f"decoder.stages.{m[1]}.convs.{int(m[2]) - 1}.{'norm' if m[3] == 'norm_op' else 'conv'}.{m[4]}"
-        m = re.fullmatch(r"decoder\.out_conv\.(weight|bias)", name)
-        if m:
-            return f"decoder.seg_layers.{last_seg}.{m[1]}"
+        if name.startswith("decoder."):
+            return _decoder_target(name[len("decoder."):], r"upsample_layers\.", r"decoder_convs\.", 0, last_seg)
         return None
 
     exactness = [
@@ -338,18 +326,7 @@ def recognise_maxpool_unet(t: Mapping[str, torch.Tensor]) -> Recognised:
             return f"encoder.stages.{where}.convs.{int(m[3]) - 1}.{part}.{m[5]}"
         if prefix is None or not name.startswith(prefix):
             return None
-        rest = name[len(prefix):]
-        m = re.fullmatch(r"upsample(\d+)\.(weight|bias)", rest)
-        if m:
-            return f"decoder.transpconvs.{int(m[1]) - 1}.{m[2]}"
-        m = re.fullmatch(r"decoder_conv(\d+)\.conv(\d+)\.(conv|norm|norm_op)\.(weight|bias)", rest)
-        if m:
-            part = "conv" if m[3] == "conv" else "norm"
-            return f"decoder.stages.{int(m[1]) - 1}.convs.{int(m[2]) - 1}.{part}.{m[4]}"
-        m = re.fullmatch(r"out_conv\.(weight|bias)", rest)
-        if m:
-            return f"decoder.seg_layers.{last_seg}.{m[1]}"
-        return None
+        return _decoder_target(name[len(prefix):], "upsample", "decoder_conv", 1, last_seg)
 
     exactness = [
         "not expressible by a dynamic-network-architectures class named in plans: PlainConvUNet downsamples with "

@@ -169,15 +169,21 @@ def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _canonical_name(name: str) -> str:
-    """Strip wrapper prefixes; nnU-Net decoders keep a reference to the encoder, so `decoder.encoder.X`
-    is the same tensor as `encoder.X`."""
+def strip_prefixes(name: str, prefixes: tuple[str, ...]) -> str:
+    """`name` without any leading run of `prefixes` (in any order, repeated)."""
     stripped = True
     while stripped:
         stripped = False
-        for prefix in _WRAPPER_PREFIXES:
+        for prefix in prefixes:
             if name.startswith(prefix):
                 name, stripped = name[len(prefix):], True
+    return name
+
+
+def _canonical_name(name: str) -> str:
+    """Strip wrapper prefixes; nnU-Net decoders keep a reference to the encoder, so `decoder.encoder.X`
+    is the same tensor as `encoder.X`."""
+    name = strip_prefixes(name, _WRAPPER_PREFIXES)
     if name.startswith("decoder.encoder."):
         name = name[len("decoder."):]
     return name

@@ -40,3 +40,18 @@ ARCH_PRESETS: dict[str, ArchPreset] = {p.name: p for p in (
     ArchPreset("tiny", RESENC_UNET, (8, 16, 32, 64), (1, 1, 1, 1), (1, 1, 1),
                32, 4.0, 2, "CPU-sized network for tests and the demo (0.3M parameters)"),
 )}
+
+
+def conv_block_kwargs(conv_bias: bool = True) -> dict:
+    """The layer arguments every network here shares, as plans write them: 3-D convolutions, affine
+    instance norm, LeakyReLU, no dropout (nnU-Net's defaults)."""
+    return {
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "conv_bias": conv_bias,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }

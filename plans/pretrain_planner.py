@@ -18,7 +18,7 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import ge
 from nnunetv2.paths import nnUNet_preprocessed
 
 from fomo_nnunet.plans.presets import (ARCH_PRESETS, CONFIGURATION, PLAIN_UNET, PRETRAIN_PLANS_NAME, RESENC_UNET,
-                                      ArchPreset)
+                                      ArchPreset, conv_block_kwargs)
 
 
 def architecture_dict(preset: ArchPreset, patch_size: tuple[int, ...], spacing: tuple[float, ...]) -> dict:
@@ -38,17 +38,10 @@ def architecture_dict(preset: ArchPreset, patch_size: tuple[int, ...], spacing: 
     kwargs = {
         "n_stages": preset.n_stages,
         "features_per_stage": list(preset.features_per_stage),
-        "conv_op": "torch.nn.modules.conv.Conv3d",
         "kernel_sizes": [list(k) for k in kernels],
         "strides": strides,
         "n_conv_per_stage_decoder": list(preset.convs_per_stage_decoder),
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
+        **conv_block_kwargs(conv_bias=True),
     }
     if preset.network_class == RESENC_UNET:
         kwargs["n_blocks_per_stage"] = list(preset.blocks_per_stage)
