@@ -70,6 +70,9 @@ class SourceCheckpoint:
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
+    """Equal for two names of one stored tensor (empty tensors have no memory to share: never equal)."""
+    if t.numel() == 0:
+        return ("empty", id(t))
     return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride()
 
 
@@ -421,7 +424,7 @@ def _settings(rec: Recognised, hyper: Mapping[str, Any], patch: int | None, spac
         s["normalization"] = Setting(["RescaleTo01Normalization"], "yucca's volume_wise_znorm clips at the 99th "
                                      "percentile of non-background voxels, z-scores them and rescales to [0, 1]; "
                                      "the nearest nnU-Net scheme, RescaleTo01Normalization, rescales to [0, 1] "
-                                     "without the clipping (an approximation: finetuning adapts)")
+                                     "without the clipping (an approximation)")
     s["use_mask_for_norm"] = Setting([False], "both frameworks normalise over the whole cropped volume")
     ratio, unit = hyper.get("mask_ratio"), hyper.get("mask_patch_size")
     s["mask_ratio"] = Setting(float(ratio), "hyper_parameters") if isinstance(ratio, int | float) else \

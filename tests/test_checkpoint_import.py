@@ -253,15 +253,15 @@ def test_imported_checkpoint_plans_finetunes_bundles_and_runs_the_challenge_entr
     src = save_like_lightning(tiny_resenc(True, seed=5), tmp_path / "last.ckpt")
     imported = root / "imported_asparagus"
     import_checkpoint(src, imported, patch=32, spacing=4.0)   # the CLI is this call (test above)
-    # `fomo-nnunet plan transfer --pretrained DIR` for both datasets in one process (the command wraps this)
+    # `fomo-nnunet plan transfer --pretrained DIR` for both datasets, then nnUNetv2_preprocess, in one process
     run([sys.executable, "-c", "import sys; from fomo_nnunet.plans.transfer_planner import plan_transfer; "
-         f"[plan_transfer(int(d), sys.argv[1], num_processes=1, plans_name='{PLANS}') for d in sys.argv[2:]]",
+         "from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess; ids = [int(d) for d in "
+         f"sys.argv[2:]]; [plan_transfer(d, sys.argv[1], num_processes=1, plans_name='{PLANS}') for d in ids]; "
+         f"preprocess(ids, '{PLANS}', ['3d_fullres'], [2], show_progress_bar=False)",
          str(imported), str(SEG[0]), str(CLS[0])], env)
     plans = json.loads((root / "preprocessed" / SEG[1] / f"{PLANS}.json").read_text())
     assert plans["fomo"]["pretrained_checkpoint"] == str(imported / CHECKPOINT_FILE)
     assert plans["configurations"]["3d_fullres"]["use_mask_for_norm"] == [False]
-    run(["nnUNetv2_preprocess", "-d", str(SEG[0]), str(CLS[0]), "-plans_name", PLANS, "-c", "3d_fullres",
-         "-np", "2"], env)
     bin_dir = Path(sys.executable).parent
     jobs = [subprocess.Popen([str(bin_dir / "nnUNetv2_train"), str(d), "3d_fullres", "all", "-p", PLANS, "-tr", tr,
                               "-device", "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
