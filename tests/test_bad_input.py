@@ -306,9 +306,16 @@ def test_entry_signal_during_inference_leaves_nothing(sig, code, tiny_bundle, tm
         pytest.fail("the signal did not stop the run")
 
     monkeypatch.setattr(inference, "embed_array", killed)
+    # a shell starts background jobs (CI's among them) with SIGINT ignored: give this process the
+    # disposition an interactive user's Ctrl-C meets (Python's KeyboardInterrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     inp = B.good(tmp_path / "x.nii.gz")
     output = tmp_path / "out" / "e.npy"
-    got, _, err = run_cli(["fomo26", "task6", "--input", inp, "--output", output, "--bundle", tiny_bundle], capsys)
+    try:
+        got, _, err = run_cli(["fomo26", "task6", "--input", inp, "--output", output, "--bundle", tiny_bundle],
+                              capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert got == code and f"interrupted ({sig})" in err, err
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
@@ -629,9 +636,14 @@ def _start_and_wait_for_output(src: Path, raw: Path):
     import sys
     import time
 
+    import signal
+
     env = dict(os.environ, nnUNet_raw=str(raw))
+    # a shell starts background jobs (CI's among them) with SIGINT ignored, and Python keeps it ignored:
+    # give the command the disposition an interactive user's Ctrl-C meets
     p = subprocess.Popen([sys.executable, "-c", CONVERT, str(src)], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     images = raw / "Dataset900_FOMOPretrain" / "imagesTr"
     end = time.time() + 60
     while time.time() < end and not (images.is_dir() and any(images.glob("*.nii.gz"))):
