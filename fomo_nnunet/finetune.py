@@ -204,7 +204,8 @@ class FinetuneRecipe:
             else:
                 self.transfer_report = load_pretrained(self._network_for_transfer(), plans, self.load_decoder,
                                                        log=self.print_to_log_file)
-                save_report(self.transfer_report, self.output_folder)
+                if self.local_rank == 0:  # one writer under DDP
+                    save_report(self.transfer_report, self.output_folder)
                 names = pretrained_names(self.transfer_report)
             pretrained = {self._transfer_prefix() + n for n in names}
         else:

@@ -3,6 +3,9 @@
 `SeededRun`: the run's seed (fomo_nnunet.seeding) reaches the weight initialisation, the data
 loader and every augmentation worker; it is printed in the log, written to `seed.json` in the fold
 folder and stored in every checkpoint (`init_args["fomo_seed"]`, which nnU-Net saves and restores).
+
+`DistributedRun`: nnU-Net's DDP code as it is, on any device and any node: under a process group
+the rank trains on the device the launcher chose (fomo_nnunet.distributed), not on `cuda:<rank>`.
 """
 from __future__ import annotations
 
@@ -59,3 +62,41 @@ def _workers() -> int:
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
     return int(get_allowed_n_proc_DA())
+
+
+class DistributedRun:
+    """Mixin for nnU-Net trainers: DDP on CPU (Gloo) and across nodes, not only on `cuda:<global rank>`.
+
+    nnU-Net's trainer, once a process group exists, sets its device to `cuda:<rank>` and wraps the
+    network with `device_ids=[rank]`. That is right for `-num_gpus` on one node and wrong on a CPU
+    (no GPU) or on a second node (rank 8 is GPU 0 there). Here the rank keeps the device it was given
+    (CPU, or the GPU the launcher selected) and the network is wrapped for that device. Everything
+    else is nnU-Net's: `local_rank` stays the global rank (rank 0 alone writes logs and checkpoints),
+    the batch is split over the ranks, losses are gathered.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.is_ddp:
+            from fomo_nnunet.distributed import ddp_device
+
+            self.device = ddp_device(self.my_init_kwargs["device"])
+            if self.device.type != "cuda":
+                self.grad_scaler = None  # mixed precision is for CUDA only, as in nnU-Net's single-process run
+
+    def initialize(self):
+        if not self.is_ddp or self.was_initialized:
+            return super().initialize()
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # nnU-Net's initialize without its DDP wrapping (device_ids=[rank]); the rest of it as it is
+        self.is_ddp = False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = True
+        self._set_batch_size_and_oversample()  # this rank's share of the batch
+        self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
+        self.network = DDP(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.loss = self._build_loss()  # with the DDP settings (nnU-Net's batch Dice gathers across ranks)

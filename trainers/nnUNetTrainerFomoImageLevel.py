@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
-from fomo_nnunet.training import SeededRun
+from fomo_nnunet.training import DistributedRun, SeededRun
 from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs,
                                      image_level_outputs, load_targets, task_from_plans, validation_score)
 from fomo_nnunet.tasks import CLASSIFICATION
@@ -29,7 +29,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 
 
-class nnUNetTrainerFomoImageLevel(SeededRun, FinetuneRecipe, nnUNetTrainer):
+class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrainer):
     """Shared by the classification and regression trainers; the task's kind (from the plans) decides."""
 
     # the head (fomo_nnunet.heads.PoolingHead)

@@ -18,7 +18,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fomo_nnunet.schedules import WarmupCosineLR
-from fomo_nnunet.training import SeededRun
+from fomo_nnunet.training import DistributedRun, SeededRun
 from fomo_nnunet.ssl import apply_mask, block_mask, masked_reconstruction_loss
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -27,7 +27,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.helpers import dummy_context
 
 
-class nnUNetTrainerFomoMAE(SeededRun, nnUNetTrainer):
+class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, nnUNetTrainer):
     # masking (nnssl's recipe for a 1 mm, 160^3 patch: 75 % of 16^3 blocks)
     mask_ratio: float = 0.75
     block_size: int = 16
@@ -67,11 +67,16 @@ class nnUNetTrainerFomoMAE(SeededRun, nnUNetTrainer):
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         # A reconstruction head: one output per input channel, whatever the dataset's labels say.
-        return get_network_from_plans(configuration_manager.network_arch_class_name,
-                                      configuration_manager.network_arch_init_kwargs,
-                                      configuration_manager.network_arch_init_kwargs_req_import,
-                                      num_input_channels, num_input_channels, allow_init=True,
-                                      deep_supervision=False)
+        network = get_network_from_plans(configuration_manager.network_arch_class_name,
+                                         configuration_manager.network_arch_init_kwargs,
+                                         configuration_manager.network_arch_init_kwargs_req_import,
+                                         num_input_channels, num_input_channels, allow_init=True,
+                                         deep_supervision=False)
+        # Without deep supervision only the last output layer is used; the lower-resolution ones never
+        # get a gradient, and DDP would wait for theirs forever. They stay in the state dict, frozen.
+        for layer in list(getattr(network.decoder, "seg_layers", []))[:-1]:
+            layer.requires_grad_(False)
+        return network
 
     def _plain_network(self) -> torch.nn.Module:
         # check the wrapper, not is_ddp: configure_optimizers runs before nnU-Net wraps the network in DDP

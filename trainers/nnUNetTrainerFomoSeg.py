@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
-from fomo_nnunet.training import SeededRun
+from fomo_nnunet.training import DistributedRun, SeededRun
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
-class nnUNetTrainerFomoSeg(SeededRun, FinetuneRecipe, nnUNetTrainer):
+class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrainer):
     # nnU-Net validates fold 'all' on its own training cases: a sliding window over every training
     # case that says nothing about generalisation (about 30 s per tiny run on a CPU). False skips it.
     validate_fold_all: bool = True

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "sources (scanners). Output depends on --seed only, not on -np.",
         epilog="presets: tiny = 3 mm, ~36 pretraining scans, 10/20 cases per task (under a minute); "
                "small = 2 mm, ~300 scans, 20/60; full = 1 mm, ~2000 scans, 30/200.\n"
-               "example: fomo-nnunet synth -o /tmp/fomo_synth --preset tiny -np 2")
+               "example: fomo-nnunet synth -o /tmp/fomo_synth --preset tiny -np 2\n"
+               "a few dozen 1 mm scans only: fomo-nnunet synth -o /tmp/s --preset full --tasks 3 --n-train 0 "
+               "--n-test 0 --pretrain-sources 4 --pretrain-subjects 4")
     p.add_argument("-o", "--output", required=True, help="output folder (created)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="size preset (default: tiny)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -28,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pretrain", action="store_true", help="skip the pretraining corpus")
     p.add_argument("--n-train", type=int, default=None, help="override the preset's train cases per task")
     p.add_argument("--n-test", type=int, default=None, help="override the preset's test cases per task")
+    p.add_argument("--pretrain-sources", type=int, default=None, metavar="N",
+                   help="override the preset's number of pretraining sources (scanners)")
+    p.add_argument("--pretrain-subjects", type=int, default=None, metavar="N",
+                   help="override the preset's pretraining subjects per source (1-2 sessions of 2-4 scans each)")
     p.add_argument("--no-previews", action="store_true", help="skip the preview PNGs")
     p.set_defaults(func=run)
 
@@ -38,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         s = generate(args.output, preset=args.preset, seed=args.seed, num_processes=args.num_processes,
                      tasks=args.tasks, pretrain=not args.no_pretrain, n_train=args.n_train,
-                     n_test=args.n_test, previews=not args.no_previews)
+                     n_test=args.n_test, previews=not args.no_previews, pretrain_sources=args.pretrain_sources,
+                     pretrain_subjects=args.pretrain_subjects)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     c = s["counts"]
