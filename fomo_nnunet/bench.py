@@ -138,7 +138,7 @@ def write_untrained_model(preprocessed_dataset: str | os.PathLike, results_folde
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from fomo_nnunet.image_level import task_from_plans
-    from fomo_nnunet.inference import _trainer_class
+    from fomo_nnunet.network_record import trainer_class
 
     pre = os.fspath(preprocessed_dataset)
     with open(os.path.join(pre, f"{plans_name}.json")) as f:
@@ -153,7 +153,7 @@ def write_untrained_model(preprocessed_dataset: str | os.PathLike, results_folde
             json.dump(content, f, indent=1)
     pm = PlansManager(plans)
     torch.manual_seed(seed)
-    net = _trainer_class(trainer).build_network_architecture(
+    net = trainer_class(trainer).build_network_architecture(
         pm, pm.get_configuration("3d_fullres"), len(dataset["channel_names"]),
         pm.get_label_manager(dataset).num_segmentation_heads, False)
     torch.save({"network_weights": net.state_dict(), "trainer_name": trainer,

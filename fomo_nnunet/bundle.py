@@ -23,7 +23,7 @@ BUNDLE_ENV = "FOMO_BUNDLE"
 DEFAULT_BUNDLE = "/app/bundle"
 # what prediction needs from a training checkpoint; optimiser state and logs stay behind
 KEEP_KEYS = ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes", "current_epoch",
-             "fomo_metadata", "fomo_target_stats")
+             "fomo_metadata", "fomo_target_stats", "fomo_network")
 
 
 REBUILD = "rebuild the bundle with `fomo-nnunet bundle` (see --help), or point --bundle / $" + BUNDLE_ENV + " at a good one"
@@ -63,6 +63,12 @@ def _slim_checkpoint(src: Path, dst: Path) -> None:
     slim = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
     if "init_args" in slim:
         slim["init_args"] = {"configuration": slim["init_args"]["configuration"], "fold": slim["init_args"]["fold"]}
+    if "fomo_network" not in slim:
+        from fomo_nnunet.network_record import NETWORK_KEY, network_record, trainer_class
+
+        record = network_record(trainer_class(ckpt["trainer_name"]))
+        if record:  # how to build the network at prediction time, without the trainer search
+            slim[NETWORK_KEY] = record
     dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save(slim, dst)
 

@@ -57,18 +57,16 @@ def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, devi
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from fomo_nnunet.network_record import network_for_prediction
     from fomo_nnunet.transfer import load_checkpoint_safely
 
     plans = PlansManager(json.loads((model_dir / "plans.json").read_text()))
     dataset_json = json.loads((model_dir / "dataset.json").read_text())
     checkpoints = [load_checkpoint_safely(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in entry["folds"]]
     configuration = plans.get_configuration(checkpoints[0]["init_args"]["configuration"])
-    from fomo_nnunet.inference import _trainer_class
-
-    trainer_class = _trainer_class(checkpoints[0]["trainer_name"])
-    network = trainer_class.build_network_architecture(
-        plans, configuration, len(dataset_json["channel_names"]),
-        plans.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    # from the bundle's record of the network, not through nnU-Net's trainer search (seconds per process)
+    network = network_for_prediction(checkpoints[0], plans, configuration, len(dataset_json["channel_names"]),
+                                     plans.get_label_manager(dataset_json).num_segmentation_heads)
     dev = torch.device(device)
     with contextlib.redirect_stdout(io.StringIO()):  # a CPU notice nobody needs in a container log
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,

@@ -82,6 +82,7 @@ class ImageLevelModel:
              device: str = "cpu") -> ImageLevelModel:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+        from fomo_nnunet.network_record import network_for_prediction
         from fomo_nnunet.transfer import load_checkpoint_safely
 
         model_dir = Path(model_dir)
@@ -94,7 +95,7 @@ class ImageLevelModel:
             raise ValueError(f"{model_dir}: {task.key} is a {task.kind} task; use `fomo-nnunet embed`")
         dataset_json = json.loads((model_dir / "dataset.json").read_text())
         pm = PlansManager(plans)
-        networks, mirror_axes, trainer_name = [], None, None
+        networks, mirror_axes = [], None
         dev = torch.device(device)
         for fold in folds:
             path = model_dir / f"fold_{fold}" / checkpoint
@@ -102,10 +103,8 @@ class ImageLevelModel:
                 raise FileNotFoundError(f"{path} does not exist (trained? other folds: "
                                         f"{sorted(p.name for p in model_dir.glob('fold_*'))})")
             ckpt = load_checkpoint_safely(path)
-            trainer_name = ckpt["trainer_name"]
             cm = pm.get_configuration(ckpt["init_args"]["configuration"])
-            net = _trainer_class(trainer_name).build_network_architecture(
-                pm, cm, len(dataset_json["channel_names"]), 2, enable_deep_supervision=False)
+            net = network_for_prediction(ckpt, pm, cm, len(dataset_json["channel_names"]), 2)
             net.load_state_dict(ckpt["network_weights"])
             networks.append(net.to(dev).eval())
             mirror_axes = ckpt.get("inference_allowed_mirroring_axes")
@@ -147,27 +146,6 @@ class ImageLevelModel:
                 raise ValueError(f"{self.task.key} has {output.shape[0]} classes; one probability needs two")
             return float(output[1])
         return float(output[0])
-
-
-def _trainer_class(name: str):
-    """The trainer class: ours from our trainers package, any other found the way nnU-Net finds it.
-
-    Ours are looked up first because nnU-Net's search imports every trainer module it ships, down to
-    timm's model zoo, whose deprecated `torch.jit.interface` prints a FutureWarning in every
-    container log.
-    """
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    from fomo_nnunet.paths import trainers_dir
-
-    if name.startswith("nnUNetTrainerFomo"):
-        found = recursive_find_python_class(str(trainers_dir()), name, "fomo_nnunet.trainers")
-        if found is not None:
-            return found
-    os.environ.setdefault("nnUNet_extTrainer", str(trainers_dir()))
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
-        return recursive_find_trainer_class_by_name(name)
 
 
 def predict_folder(images: str | os.PathLike, output: str | os.PathLike, model_dir: str | os.PathLike,

@@ -28,6 +28,19 @@ TARGETS = {
     905: ({f"casetr{i:03d}": i % 2 for i in range(4)}, {}),
 }
 PREPROCESSED = (901, 902, 903, 904)
+PRETRAIN_DATASET = 990
+
+
+@pytest.fixture(scope="session")
+def pretrain_corpus(tmp_path_factory):
+    """A tiny pretraining corpus (dataset 990), planned with the tiny preset and preprocessed; no results."""
+    root = tmp_path_factory.mktemp("pretrain")
+    env = nnunet_env(root)
+    make_raw_dataset(root / "raw", PRETRAIN_DATASET, "Corpus", n_cases=6, seed=1)
+    run(["fomo-nnunet", "plan", "pretrain", "-d", str(PRETRAIN_DATASET), "--arch", "tiny", "-np", "1"], env)
+    run(["nnUNetv2_preprocess", "-d", str(PRETRAIN_DATASET), "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
+         "-np", "1"], env)
+    return root, env
 
 
 @pytest.fixture(scope="session")

@@ -9,20 +9,15 @@ import shutil
 import pytest
 import torch
 
-from helpers import make_raw_dataset, nnunet_env, run
+from conftest import PRETRAIN_DATASET as DATASET
+from helpers import run
 
-DATASET = 990
 TRAINER = "nnUNetTrainerFomoMAE_tiny_smoke"
 
 
 @pytest.fixture(scope="module")
-def pretrain_ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrain")
-    env = nnunet_env(root)
-    make_raw_dataset(root / "raw", DATASET, "Corpus", n_cases=6, seed=1)
-    run(["fomo-nnunet", "plan", "pretrain", "-d", str(DATASET), "--arch", "tiny", "-np", "1"], env)
-    run(["nnUNetv2_preprocess", "-d", str(DATASET), "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
-         "-np", "1"], env)
+def pretrain_ws(pretrain_corpus):
+    root, env = pretrain_corpus
     run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", TRAINER,
          "-device", "cpu"], env)
     fold = root / "results" / f"Dataset{DATASET}_Corpus" / f"{TRAINER}__fomoPretrainPlans__3d_fullres" / "fold_all"

@@ -20,8 +20,8 @@ from torch import nn
 
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
 from fomo_nnunet.training import DistributedRun, SeededRun
-from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs,
-                                     image_level_outputs, load_targets, task_from_plans, validation_score)
+from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs, load_targets,
+                                     task_from_plans, validation_score)
 from fomo_nnunet.tasks import CLASSIFICATION
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -65,22 +65,10 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, FinetuneRecipe, nnU
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        from fomo_nnunet.network_record import build_image_level_network
 
-        from fomo_nnunet.heads import EncoderClassifier, PoolingHead, encoder_stage_widths
-
-        task = task_from_plans(plans_manager.plans)
-        unet = get_network_from_plans(configuration_manager.network_arch_class_name,
-                                      configuration_manager.network_arch_init_kwargs,
-                                      configuration_manager.network_arch_init_kwargs_req_import,
-                                      num_input_channels, 2, allow_init=True, deep_supervision=False)
-        head = PoolingHead(encoder_stage_widths(unet.encoder), image_level_outputs(task), cls.head_stages,
-                           cls.head_hidden, cls.head_dropout, cls.head_pooling)
-        network = EncoderClassifier(unet.encoder, head)
-        if task.kind != CLASSIFICATION:
-            # mean and std of the training targets: saved with the weights, so predictions map back to years
-            network.register_buffer("fomo_target_stats", torch.tensor([0.0, 1.0]))
-        return network
+        return build_image_level_network(plans_manager.plans, configuration_manager, num_input_channels,
+                                         cls.head_stages, cls.head_hidden, cls.head_dropout, cls.head_pooling)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # a pooling head has one output

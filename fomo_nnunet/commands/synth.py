@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         s = generate(args.output, preset=args.preset, seed=args.seed, num_processes=args.num_processes,
                      tasks=args.tasks, pretrain=not args.no_pretrain, n_train=args.n_train,
-                     n_test=args.n_test, previews=not args.no_previews, pretrain_sources=args.pretrain_sources,
-                     pretrain_subjects=args.pretrain_subjects)
+                     n_test=args.n_test, previews=not args.no_previews, n_pretrain_sources=args.pretrain_sources,
+                     n_pretrain_subjects=args.pretrain_subjects)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     c = s["counts"]

@@ -1024,18 +1024,18 @@ def make_previews(out: Path, results: list[dict], pretrain: list[dict], per_spli
 def generate(out: str | Path, preset: str = "tiny", seed: int = 0, num_processes: int = 2,
              tasks: tuple[int, ...] | list[int] | None = None, pretrain: bool = True,
              n_train: int | None = None, n_test: int | None = None, previews: bool = True,
-             progress: bool = True, pretrain_sources: int | None = None,
-             pretrain_subjects: int | None = None) -> dict:
+             progress: bool = True, n_pretrain_sources: int | None = None,
+             n_pretrain_subjects: int | None = None) -> dict:
     """Write FOMO-Synth under `out`; returns the summary also written to OUT/synth.json.
 
-    `n_train`/`n_test` override the preset's per-task sizes (for fast tests); `pretrain_sources` and
-    `pretrain_subjects` (per source) the size of the pretraining corpus (e.g. a few dozen 1 mm scans)."""
+    `n_train`/`n_test` override the preset's per-task sizes (for fast tests); `n_pretrain_sources` and
+    `n_pretrain_subjects` (per source) the size of the pretraining corpus (e.g. a few dozen 1 mm scans)."""
     t0 = time.time()
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    overrides = {k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("pretrain_sources", pretrain_sources),
-                                   ("pretrain_subjects", pretrain_subjects)) if v is not None}
+    overrides = {k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("pretrain_sources", n_pretrain_sources),
+                                   ("pretrain_subjects", n_pretrain_subjects)) if v is not None}
     bad = [f"{k}={v}" for k, v in overrides.items() if v < (0 if k.startswith("n_") else 1)]
     if bad:
         raise ValueError(f"sizes out of range: {', '.join(bad)} (cases >= 0, sources and subjects >= 1)")

@@ -1,0 +1,110 @@
+"""Rebuilding a trained model's network for prediction without looking its trainer class up.
+
+nnU-Net finds a trainer class by name by importing every trainer module it ships
+(`recursive_find_trainer_class_by_name`), which takes seconds in every new process, only to call the
+class's `build_network_architecture`. A bundle therefore records in each slim checkpoint how the
+network is built (`fomo_network`): `{"builder": "plans"}` for trainers that build nnU-Net's network
+from the plans (the segmentation trainers), `{"builder": "image_level", head settings}` for the
+classification and regression trainers. Prediction builds from that record and the plans; a
+checkpoint without one falls back to the trainer class (this package's trainers first, then
+nnU-Net's search).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import pkgutil
+from typing import Any, Mapping
+
+NETWORK_KEY = "fomo_network"
+PLANS = "plans"
+IMAGE_LEVEL = "image_level"
+
+
+def build_plans_network(configuration_manager, num_input_channels: int, num_outputs: int,
+                        deep_supervision: bool = False):
+    """nnU-Net's network of the plans (what nnUNetTrainer.build_network_architecture builds)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    cm = configuration_manager
+    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                  cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
+                                  allow_init=True, deep_supervision=deep_supervision)
+
+
+def build_image_level_network(plans: Mapping, configuration_manager, num_input_channels: int,
+                              head_stages, head_hidden: int, head_dropout: float, head_pooling: str = "avg"):
+    """The plans' U-Net encoder with a pooling head for the plans' task (classification or regression)."""
+    import torch
+
+    from fomo_nnunet.heads import EncoderClassifier, PoolingHead, encoder_stage_widths
+    from fomo_nnunet.image_level import image_level_outputs, task_from_plans
+    from fomo_nnunet.tasks import CLASSIFICATION
+
+    task = task_from_plans(plans)
+    unet = build_plans_network(configuration_manager, num_input_channels, 2)
+    head = PoolingHead(encoder_stage_widths(unet.encoder), image_level_outputs(task), tuple(head_stages),
+                       head_hidden, head_dropout, head_pooling)
+    network = EncoderClassifier(unet.encoder, head)
+    if task.kind != CLASSIFICATION:
+        # mean and std of the training targets: saved with the weights, so predictions map back to years
+        network.register_buffer("fomo_target_stats", torch.tensor([0.0, 1.0]))
+    return network
+
+
+def network_record(trainer_class) -> dict[str, Any] | None:
+    """How `trainer_class` builds its network, as plain data; None when only the class itself knows."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    owner = next(c for c in trainer_class.__mro__ if "build_network_architecture" in vars(c))
+    if owner is nnUNetTrainer:
+        return {"builder": PLANS}
+    # by name: nnU-Net's search and this package may have imported the trainer module under two names
+    if owner.__name__ == "nnUNetTrainerFomoImageLevel":
+        return {"builder": IMAGE_LEVEL, "head_stages": [int(s) for s in trainer_class.head_stages],
+                "head_hidden": int(trainer_class.head_hidden), "head_dropout": float(trainer_class.head_dropout),
+                "head_pooling": str(trainer_class.head_pooling)}
+    return None
+
+
+def build_from_record(record: Mapping, plans_manager, configuration_manager, num_input_channels: int,
+                      num_outputs: int):
+    builder = record.get("builder")
+    if builder == PLANS:
+        return build_plans_network(configuration_manager, num_input_channels, num_outputs)
+    if builder == IMAGE_LEVEL:
+        return build_image_level_network(plans_manager.plans, configuration_manager, num_input_channels,
+                                         record["head_stages"], record["head_hidden"], record["head_dropout"],
+                                         record.get("head_pooling", "avg"))
+    raise ValueError(f"unknown network builder {builder!r} in the checkpoint's {NETWORK_KEY!r} record "
+                     f"(known: {PLANS}, {IMAGE_LEVEL})")
+
+
+def network_for_prediction(checkpoint: Mapping, plans_manager, configuration_manager, num_input_channels: int,
+                           num_outputs: int):
+    """The untrained network a checkpoint's weights belong to (deep supervision off)."""
+    record = checkpoint.get(NETWORK_KEY)
+    if record:
+        return build_from_record(record, plans_manager, configuration_manager, num_input_channels, num_outputs)
+    return trainer_class(checkpoint["trainer_name"]).build_network_architecture(
+        plans_manager, configuration_manager, num_input_channels, num_outputs, enable_deep_supervision=False)
+
+
+def trainer_class(name: str):
+    """The trainer class nnU-Net would use: this package's trainers first, then nnU-Net's own search."""
+    import fomo_nnunet.trainers as ours
+
+    if name.startswith("nnUNetTrainerFomo"):
+        for module in pkgutil.iter_modules(ours.__path__):
+            found = getattr(importlib.import_module(f"{ours.__name__}.{module.name}"), name, None)
+            if found is not None:
+                return found
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from fomo_nnunet.paths import trainers_dir
+
+    os.environ.setdefault("nnUNet_extTrainer", str(trainers_dir()))
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
+        return recursive_find_trainer_class_by_name(name)
