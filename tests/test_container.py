@@ -158,3 +158,16 @@ def test_bundle_mixing_two_pretrained_checkpoints_is_refused(bundle, tmp_path):
                        env=env, capture_output=True, text=True)
     assert p.returncode != 0 and "different pretrained checkpoints" in p.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_bundle_records_how_each_network_is_built(bundle):
+    """The entry rebuilds each network from this record, not through nnU-Net's trainer search."""
+    from fomo_nnunet.network_record import IMAGE_LEVEL, NETWORK_KEY, PLANS
+    from fomo_nnunet.transfer import load_checkpoint_safely
+
+    _, _, out, _, _ = bundle
+    for n in (1, 2, 3, 4, 5):
+        task = TASKS_BY_NUMBER[n]
+        for ckpt in (out / task.key).glob("fold_*/checkpoint_final.pth"):
+            record = load_checkpoint_safely(ckpt)[NETWORK_KEY]
+            assert record["builder"] == (PLANS if task.kind == "segmentation" else IMAGE_LEVEL), (task.key, record)

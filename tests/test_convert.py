@@ -231,6 +231,28 @@ def test_fomo300k_with_participants(tmp_path, raw):
         C.convert_pretrain(src, 950, "Other", progress=False)
 
 
+def test_pretrain_shards_of_a_job_array_merge_into_one_dataset(tmp_path, raw):
+    """Cluster conversion: each array task converts its shard into the SAME dataset folder (a shared
+    filesystem); the per-case records are the merge, and the dataset-level files after the last shard
+    are those of one run over everything."""
+    src = make_fomo300k(tmp_path / "fomo300k")
+    C.convert_pretrain(src, 950, "Whole", progress=False)
+    whole = raw / "Dataset950_Whole"
+    counts = []
+    for i in range(3):
+        r = C.convert_pretrain(src, 951, "Sharded", shard=f"{i}/3", num_processes=2 if i == 0 else 1, progress=False)
+        counts.append(json.loads((raw / "Dataset951_Sharded" / "dataset.json").read_text())["numTraining"])
+        assert r.in_shard == len(range(i, 5, 3)) and r.converted == r.in_shard
+    assert counts == [2, 4, 5]  # each shard's run rebuilds dataset.json from every record so far
+    sharded = raw / "Dataset951_Sharded"
+    assert listing(sharded) == listing(whole)
+    for rel in listing(whole):
+        x, y = (whole / rel).read_bytes(), (sharded / rel).read_bytes()
+        if rel.endswith(".json"):
+            x, y = (t.decode().replace("Dataset951_Sharded", "Dataset950_Whole") for t in (x, y))
+        assert x == y, rel
+
+
 def test_task2_segmentation_train_test(tmp_path, raw):
     task = get_task("task2")
     src = make_task2(tmp_path / "task2")
