@@ -47,6 +47,16 @@ def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and RECORDS not in p.parts)
 
 
+def assert_same_dataset(expected: Path, got: Path) -> None:
+    """The same files with the same bytes (dataset-level JSON files up to the dataset's folder name)."""
+    assert listing(got) == listing(expected)
+    for rel in listing(expected):
+        x, y = (expected / rel).read_bytes(), (got / rel).read_bytes()
+        if rel.endswith(".json"):
+            x, y = x.decode(), y.decode().replace(got.name, expected.name)
+        assert x == y, rel
+
+
 RECORDS = C.RECORDS
 
 
@@ -244,13 +254,7 @@ def test_pretrain_shards_of_a_job_array_merge_into_one_dataset(tmp_path, raw):
         counts.append(json.loads((raw / "Dataset951_Sharded" / "dataset.json").read_text())["numTraining"])
         assert r.in_shard == len(range(i, 5, 3)) and r.converted == r.in_shard
     assert counts == [2, 4, 5]  # each shard's run rebuilds dataset.json from every record so far
-    sharded = raw / "Dataset951_Sharded"
-    assert listing(sharded) == listing(whole)
-    for rel in listing(whole):
-        x, y = (whole / rel).read_bytes(), (sharded / rel).read_bytes()
-        if rel.endswith(".json"):
-            x, y = (t.decode().replace("Dataset951_Sharded", "Dataset950_Whole") for t in (x, y))
-        assert x == y, rel
+    assert_same_dataset(whole, raw / "Dataset951_Sharded")
 
 
 def test_task2_segmentation_train_test(tmp_path, raw):
@@ -355,13 +359,7 @@ def test_malicious_names_resume_and_shards(tmp_path, raw):
     a = C.convert_task(task, src, 941, "Full", shard="0/2", num_processes=2, progress=False)
     b = C.convert_task(task, src, 941, "Full", shard=(1, 2), progress=False)
     assert (a.in_shard, b.in_shard) == (3, 2) and a.converted + b.converted == 5
-    sharded = raw / "Dataset941_Full"
-    assert listing(sharded) == listing(folder)
-    for rel in listing(folder):
-        x, y = (folder / rel).read_bytes(), (sharded / rel).read_bytes()
-        if rel.endswith(".json"):
-            x, y = (s.decode().replace("Dataset941", "Dataset940") for s in (x, y))
-        assert x == y, rel
+    assert_same_dataset(folder, raw / "Dataset941_Full")
     with pytest.raises(ValueError, match="shard"):
         C.parse_shard("2/2")
 
