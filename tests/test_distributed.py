@@ -183,3 +183,20 @@ def test_torchrun_refuses_nnunets_own_trainer_on_cpu(pretrain_corpus, tmp_path):
                                         "all", "-p", "fomoPretrainPlans", "-tr", "nnUNetTrainer", "-device", "cpu"],
                        env=_ddp_env(env, tmp_path), capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "not a fomo trainer" in p.stderr
+
+
+def test_torchrun_place_and_backend_come_from_the_launchers_environment():
+    from fomo_nnunet.distributed import LaunchError, backend_for, torchrun_place
+
+    assert torchrun_place({}) is None  # not started by torchrun: nnUNetv2_train's own path
+    env = {"RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "head",
+           "MASTER_PORT": "29500"}
+    place = torchrun_place(env)
+    assert (place.rank, place.local_rank, place.world_size, place.multi_node) == (9, 1, 16, True)
+    with pytest.raises(LaunchError, match="LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set"):
+        torchrun_place({"RANK": "0"})
+    with pytest.raises(LaunchError, match="inconsistent"):
+        torchrun_place({**env, "RANK": "16"})
+    with pytest.raises(LaunchError, match="must be integers"):
+        torchrun_place({**env, "RANK": "x"})
+    assert backend_for("cuda") == "nccl" and backend_for("cpu") == "gloo"
