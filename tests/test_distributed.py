@@ -145,7 +145,7 @@ def seg_from_ddp_pretraining(mae_run, tasks_ws, tmp_path_factory):
     # the same preprocessed arrays (same spacing and normalisation), plans linked to the new checkpoint
     run([sys.executable, "-c", "import sys; from fomo_nnunet.plans.transfer_planner import plan_transfer; "
          "plan_transfer(902, sys.argv[1], plans_name='fomoPlansDDP', data_identifier='fomoPlans_3d_fullres', "
-         "num_processes=1)", str(fold / "checkpoint_final.pth")], env)
+         "batch_size=2, num_processes=1)", str(fold / "checkpoint_final.pth")], env)  # global batch >= 2 ranks
     return tmp, env
 
 
