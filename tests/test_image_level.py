@@ -81,6 +81,23 @@ def test_batches_carry_the_right_targets_and_classes_are_balanced(ws, monkeypatc
     assert np.mean(drawn["plain"]) > 0.65                    # the raw set is 75 % positive
 
 
+def test_without_augmentation_a_training_batch_is_the_centred_crop(ws, monkeypatch):
+    _, env, _ = ws
+    from fomo_nnunet.image_level import crop_or_pad
+
+    trainer = _trainer(env, monkeypatch, INFARCT, "nnUNetTrainerFomoCls_tiny_smoke", fold="all")
+    patch = tuple(trainer.configuration_manager.patch_size)
+    dataset_tr, _ = trainer.get_tr_and_val_datasets()
+    trainer.augment, trainer.crop_jitter_fraction = False, 0.0
+    batch = next(trainer.get_dataloaders()[0])
+    for key, x in zip(batch["keys"], batch["data"].numpy()):
+        np.testing.assert_array_equal(x, crop_or_pad(np.asarray(dataset_tr.load_case(key)[0]), patch))
+    trainer.augment = True  # nnU-Net's augmentation changes the same crops
+    batch = next(trainer.get_dataloaders()[0])
+    assert any(not np.array_equal(x, crop_or_pad(np.asarray(dataset_tr.load_case(k)[0]), patch))
+               for k, x in zip(batch["keys"], batch["data"].numpy()))
+
+
 def test_classifier_loads_pretrained_encoder_and_fresh_head(ws, monkeypatch):
     _, env, ckpt = ws
     trainer = _trainer(env, monkeypatch, INFARCT, "nnUNetTrainerFomoCls_tiny_smoke")
