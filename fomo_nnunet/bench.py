@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
+
 
 @dataclass
 class PipelineFigures:
@@ -124,8 +126,8 @@ def format_report(r: dict) -> str:
 
 
 # ---- untrained models of the real size, for timing the challenge entry ---------------------------
-TRAINER_FOR_KIND = {"segmentation": "nnUNetTrainerFomoSeg", "classification": "nnUNetTrainerFomoCls",
-                    "regression": "nnUNetTrainerFomoReg"}
+TRAINER_FOR_KIND = {SEGMENTATION: "nnUNetTrainerFomoSeg", CLASSIFICATION: "nnUNetTrainerFomoCls",
+                    REGRESSION: "nnUNetTrainerFomoReg"}
 
 
 def write_untrained_model(preprocessed_dataset: str | os.PathLike, results_folder: str | os.PathLike,

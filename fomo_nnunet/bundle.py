@@ -16,7 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
-from fomo_nnunet.tasks import EMBEDDING, TASKS, Task
+from fomo_nnunet.checkpoints import file_sha256
+from fomo_nnunet.tasks import EMBEDDING, TASKS_BY_NUMBER, Task
 
 MANIFEST = "manifest.json"
 BUNDLE_ENV = "FOMO_BUNDLE"
@@ -38,8 +39,6 @@ def default_bundle_dir() -> str:
 
 
 def _sha256(path: str | os.PathLike) -> str:
-    from fomo_nnunet.plans.transfer_planner import file_sha256
-
     return file_sha256(str(path))
 
 
@@ -80,7 +79,7 @@ def build_bundle(output: str | os.PathLike, models: dict[int, str], embedding: s
     pretrained_sha: dict[str, str] = {}
     entries: dict[str, dict] = {}
     for number, folder in sorted(models.items()):
-        task = next(t for t in TASKS if t.number == number)
+        task = TASKS_BY_NUMBER[number]
         model_dir = Path(folder)
         plans_file = model_dir / "plans.json"
         if not plans_file.is_file():

@@ -1,6 +1,7 @@
 """Finding checkpoints and reading what they say about themselves (safely: weights_only)."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -54,8 +55,7 @@ def describe_checkpoint(checkpoint: str | os.PathLike) -> dict:
 def metadata_from_preset(arch: str, patch: int | None = None, spacing: float | None = None) -> dict:
     """Metadata of an untrained preset network, for from-scratch plans without any checkpoint."""
     from fomo_nnunet import __version__
-    from fomo_nnunet.plans.pretrain_planner import architecture_dict
-    from fomo_nnunet.plans.presets import ARCH_PRESETS
+    from fomo_nnunet.plans.presets import ARCH_PRESETS, architecture_dict
     from fomo_nnunet.transfer import PretrainMetadata
 
     preset = ARCH_PRESETS[arch]
@@ -70,3 +70,12 @@ def metadata_from_preset(arch: str, patch: int | None = None, spacing: float | N
         objective="none", objective_settings={"batch_size": preset.default_batch_size, "use_mask_for_norm": [True]},
         iterations_trained=0, epochs_trained=0, plans_name="", dataset_name="", trainer_name="",
         fomo_nnunet_version=__version__).to_dict()
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks (checkpoints can be gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

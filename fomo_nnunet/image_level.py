@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
+from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, get_task
+
 TARGETS_FILE = "targets.json"
 
 
@@ -44,7 +46,7 @@ def load_targets(folder: str | os.PathLike, cases: Sequence[str], kind: str,
             raise TargetError(f"{path}: case '{case}' has target {value!r}, not a number") from None
         if not np.isfinite(value):
             raise TargetError(f"{path}: case '{case}' has a non-finite target {value}")
-        if kind == "classification" and (value != int(value) or value < 0):
+        if kind == CLASSIFICATION and (value != int(value) or value < 0):
             raise TargetError(f"{path}: case '{case}' has target {value}, not a class index")
         out[case] = value
     return out
@@ -109,8 +111,6 @@ def crop_or_pad(data: np.ndarray, patch: Sequence[int]) -> np.ndarray:
 
 def image_level_outputs(task) -> int:
     """Network outputs of an image-level task: one logit per class, or one value."""
-    from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION
-
     if task.kind == CLASSIFICATION:
         return max(2, task.num_classes)
     if task.kind == REGRESSION:
@@ -120,8 +120,6 @@ def image_level_outputs(task) -> int:
 
 def task_from_plans(plans: Mapping):
     """The FOMO task that `fomo-nnunet plan transfer` recorded in the plans."""
-    from fomo_nnunet.tasks import get_task
-
     fomo = plans.get("fomo") or {}
     if "task" not in fomo:
         raise ValueError(f"plans '{plans.get('plans_name')}' do not name a FOMO task: write them with "
@@ -132,7 +130,7 @@ def task_from_plans(plans: Mapping):
 def decode_outputs(outputs, kind: str, target_stats=None) -> np.ndarray:
     """Network outputs (B, K) -> class probabilities (B, K) or values in the task's unit (B,)."""
     outputs = outputs.float()
-    if kind == "classification":
+    if kind == CLASSIFICATION:
         return torch.softmax(outputs, 1).cpu().numpy()
     values = outputs[:, 0]
     if target_stats is not None:
@@ -148,7 +146,7 @@ def validation_score(kind: str, predictions: np.ndarray, targets: np.ndarray) ->
     """
     from sklearn.metrics import roc_auc_score
 
-    if kind == "classification":
+    if kind == CLASSIFICATION:
         y = targets.astype(int)
         if len(np.unique(y)) < 2:
             return "auroc", float("nan"), float("nan")

@@ -18,6 +18,8 @@ import os
 import pkgutil
 from typing import Any, Mapping
 
+from fomo_nnunet.paths import TRAINERS_PACKAGE, trainers_dir
+
 NETWORK_KEY = "fomo_network"
 PLANS = "plans"
 IMAGE_LEVEL = "image_level"
@@ -98,16 +100,13 @@ def network_for_prediction(checkpoint: Mapping, plans_manager, configuration_man
 
 def trainer_class(name: str):
     """The trainer class nnU-Net would use: this package's trainers first, then nnU-Net's own search."""
-    import fomo_nnunet.trainers as ours
-
+    # looked up by name in the trainers folder, as nnU-Net does (a plugin's folder, not an import of it)
     if name.startswith("nnUNetTrainerFomo"):
-        for module in pkgutil.iter_modules(ours.__path__):
-            found = getattr(importlib.import_module(f"{ours.__name__}.{module.name}"), name, None)
+        for module in pkgutil.iter_modules([str(trainers_dir())]):
+            found = getattr(importlib.import_module(f"{TRAINERS_PACKAGE}.{module.name}"), name, None)
             if found is not None:
                 return found
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    from fomo_nnunet.paths import trainers_dir
 
     os.environ.setdefault("nnUNet_extTrainer", str(trainers_dir()))
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search

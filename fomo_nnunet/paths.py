@@ -1,17 +1,23 @@
 """Where things live: nnU-Net's environment variables, the plugin's trainer folder."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 
-def trainers_dir() -> Path:
-    """The folder nnUNet_extTrainer must point to (our installed trainers package)."""
-    import fomo_nnunet.trainers as t
+TRAINERS_PACKAGE = "fomo_nnunet.trainers"
 
-    return Path(t.__file__).resolve().parent
+
+def trainers_dir() -> Path:
+    """The folder nnUNet_extTrainer must point to (our installed trainers package), found without
+    importing it: the trainers sit above everything else and import it."""
+    spec = importlib.util.find_spec(TRAINERS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{TRAINERS_PACKAGE} is not installed: reinstall fomo-nnunet (pip install -e .)")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
 
 
 def nnunet_defaults(work: str | os.PathLike) -> dict[str, str]:

@@ -23,7 +23,8 @@ class StepFailed(RuntimeError):
 
 
 class Pipeline:
-    def __init__(self, work: str | os.PathLike, log=print, threads: int | None = None):
+    def __init__(self, work: str | os.PathLike, log=print, threads: int | None = None,
+                 in_process: Callable[[list[str]], int] | None = None):
         self.work = Path(work).resolve()
         self.steps_dir = self.work / "steps"
         self.steps_dir.mkdir(parents=True, exist_ok=True)
@@ -38,6 +39,7 @@ class Pipeline:
         for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             Path(self.env[k]).mkdir(parents=True, exist_ok=True)
         self.bin = Path(sys.executable).parent
+        self.in_process = in_process
 
     # ---- markers --------------------------------------------------------------------------------
     def _marker(self, name: str) -> Path:
@@ -68,16 +70,17 @@ class Pipeline:
         return {m.stem: json.loads(m.read_text())["seconds"] for m in sorted(self.steps_dir.glob("*.json"))}
 
     # ---- commands -------------------------------------------------------------------------------
-    # Our own light commands (no worker processes) run inside this process through the same CLI entry:
-    # the same arguments and code path, without a Python start and torch import per call (3-6 s each
-    # on a small CPU, about 2 min over the tiny benchmark). nnU-Net's commands, training, planning and
-    # the container entry always run as subprocesses.
+    # Our own light commands (no worker processes) can run inside this process through the CLI entry
+    # the caller hands in (`in_process`, the command layer's `fomo_nnunet.cli.main`: the pipeline sits
+    # below the commands and does not import them): the same arguments and code path, without a Python
+    # start and torch import per call (3-6 s each on a small CPU, about 2 min over the tiny benchmark).
+    # nnU-Net's commands, training, planning and the container entry always run as subprocesses.
     IN_PROCESS = frozenset({"evaluate", "probe", "embed", "predict", "bundle"})
 
     def run(self, cmd: list[str], quiet_patterns: tuple[str, ...] = ("Inspecting module",)) -> str:
         """Run a command with the work folder's environment, streaming its output; returns the output
         (the empty string for a command run in process, whose output goes straight to the console)."""
-        if cmd[0] == "fomo-nnunet" and len(cmd) > 1 and cmd[1] in self.IN_PROCESS:
+        if self.in_process and cmd[0] == "fomo-nnunet" and len(cmd) > 1 and cmd[1] in self.IN_PROCESS:
             return self._run_in_process(cmd)
         exe = cmd[0] if os.path.isabs(cmd[0]) else str(self.bin / cmd[0]) if (self.bin / cmd[0]).exists() else cmd[0]
         self.log(f"  $ {shlex.join(cmd)}")
@@ -96,14 +99,12 @@ class Pipeline:
         return "".join(lines)
 
     def _run_in_process(self, cmd: list[str]) -> str:
-        from fomo_nnunet.cli import main
-
         self.log(f"  $ {shlex.join(cmd)}")
         saved = dict(os.environ)
         os.environ.clear()
         os.environ.update(self.env)
         try:
-            rc = main(cmd[1:])
+            rc = self.in_process(cmd[1:])
         except SystemExit as e:  # argparse errors
             rc = e.code if isinstance(e.code, int) else 1
         except Exception as e:

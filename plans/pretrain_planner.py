@@ -14,41 +14,9 @@ import shutil
 
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
-from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 from nnunetv2.paths import nnUNet_preprocessed
 
-from fomo_nnunet.plans.presets import (ARCH_PRESETS, CONFIGURATION, PLAIN_UNET, PRETRAIN_PLANS_NAME, RESENC_UNET,
-                                      ArchPreset, conv_block_kwargs)
-
-
-def architecture_dict(preset: ArchPreset, patch_size: tuple[int, ...], spacing: tuple[float, ...]) -> dict:
-    """The plans' 'architecture' entry for a preset at a patch and spacing.
-
-    Kernel sizes and strides follow nnU-Net's topology rule for the spacing, but the number of
-    stages is the preset's: the patch must be divisible by 2**(n_stages-1) on every axis.
-    """
-    _, strides, kernels, _, must_divide = get_pool_and_conv_props(
-        list(spacing), list(patch_size), 4, preset.n_stages - 1)
-    strides = [list(s) for s in strides]
-    if len(strides) != preset.n_stages:
-        raise ValueError(
-            f"patch {tuple(patch_size)} at spacing {tuple(spacing)} allows only {len(strides)} resolution stages, "
-            f"preset '{preset.name}' needs {preset.n_stages}: use a larger --patch "
-            f"(a multiple of {2 ** (preset.n_stages - 1)} of at least {4 * 2 ** (preset.n_stages - 1)} per axis)")
-    kwargs = {
-        "n_stages": preset.n_stages,
-        "features_per_stage": list(preset.features_per_stage),
-        "kernel_sizes": [list(k) for k in kernels],
-        "strides": strides,
-        "n_conv_per_stage_decoder": list(preset.convs_per_stage_decoder),
-        **conv_block_kwargs(conv_bias=True),
-    }
-    if preset.network_class == RESENC_UNET:
-        kwargs["n_blocks_per_stage"] = list(preset.blocks_per_stage)
-    else:
-        kwargs["n_conv_per_stage"] = list(preset.blocks_per_stage)
-    return {"network_class_name": preset.network_class, "arch_kwargs": kwargs,
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+from fomo_nnunet.plans.presets import ARCH_PRESETS, CONFIGURATION, PRETRAIN_PLANS_NAME, ArchPreset, architecture_dict
 
 
 def check_patch(preset: ArchPreset, patch_size: tuple[int, ...]) -> None:

@@ -8,7 +8,6 @@ brain (image-level tasks, whose heads see the whole brain). The plans record the
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -18,6 +17,7 @@ import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.paths import nnUNet_preprocessed
 
+from fomo_nnunet.checkpoints import file_sha256, find_checkpoint, metadata_from_preset, read_checkpoint_metadata
 from fomo_nnunet.plans.presets import CONFIGURATION
 from fomo_nnunet.tasks import Task, get_task
 
@@ -50,14 +50,6 @@ def transfer_patch(pretrain_patch: list[int], median_shape: np.ndarray, divisor:
     if cover_median:
         return [max(f, mn) for f, mn in zip(fitted, minimum)]
     return [max(min(p, f), mn) for p, f, mn in zip(pretrain_patch, fitted, minimum)]
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FomoTransferPlanner(ExperimentPlanner):
@@ -159,8 +151,6 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
     """Extract the task's fingerprint when missing, then write the transferred plans."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    from fomo_nnunet.checkpoints import find_checkpoint, metadata_from_preset, read_checkpoint_metadata
 
     if pretrained:
         checkpoint = find_checkpoint(pretrained)

@@ -143,10 +143,11 @@ def test_learning_check_applies_the_strict_criteria(tmp_path):
 def test_pipeline_runs_light_commands_in_process_with_the_work_folders_environment(tmp_path, monkeypatch):
     import os
 
+    from fomo_nnunet.cli import main
     from fomo_nnunet.pipeline import Pipeline, StepFailed
 
     monkeypatch.delenv("nnUNet_raw", raising=False)
-    pipe = Pipeline(tmp_path / "work", log=lambda *a: None)
+    pipe = Pipeline(tmp_path / "work", log=lambda *a: None, in_process=main)
     gt = tmp_path / "targets.json"
     gt.write_text(json.dumps({"a": 0, "b": 1, "c": 0, "d": 1}))
     pred = tmp_path / "predictions.csv"

@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fomo_nnunet.benchmark import Benchmark
+    from fomo_nnunet.cli import main as cli_main
     from fomo_nnunet.pipeline import StepFailed
 
     sizes = None
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seeds = tuple(args.seed_list) if args.seed_list is not None else tuple(range(args.seeds))
     bench = Benchmark(args.work, args.preset, args.data_seed, seeds, args.num_processes, tasks=args.tasks,
-                      synth_sizes=sizes)
+                      synth_sizes=sizes, in_process=cli_main)
     try:
         report = bench.run()
     except StepFailed as e:

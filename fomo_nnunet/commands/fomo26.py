@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fomo_nnunet.tasks import EMBEDDING, TASKS, get_task, task_choices
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fomo_nnunet import exit_codes
     from fomo_nnunet.bundle import BUNDLE_ENV, DEFAULT_BUNDLE
-    from fomo_nnunet.tasks import TASKS, task_choices
 
     lines = [f"  {t.key} ({t.name}, {t.kind}): " + " ".join(
         "[" + " | ".join(f"--{a}" for a in c.cli_args) + "]" if c.is_alternative else f"--{c.cli_args[0]}"
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "challenge rule) and from-scratch models.")
     b.add_argument("-o", "--output", required=True, help="bundle folder to (re)create")
     for t in TASKS:
-        if t.kind != "embedding":
+        if t.kind != EMBEDDING:
             b.add_argument(f"--{t.key}", default=None, metavar="RESULTS_FOLDER",
                            help=f"{t.name}: trainer output folder (<trainer>__fomoPlans__3d_fullres)")
     b.add_argument("--embedding", default=None, metavar="CHECKPOINT",
@@ -63,7 +64,6 @@ def run_fomo26(args: argparse.Namespace) -> int:
     from fomo_nnunet.bundle import BundleError, default_bundle_dir
     from fomo_nnunet.fomo26 import run_case
     from fomo_nnunet.fomo26_io import FomoInputError
-    from fomo_nnunet.tasks import TASKS, get_task
 
     task = get_task(args.task)
     given = {a: getattr(args, a) for a in {a for t in TASKS for a in t.cli_args}}
@@ -89,9 +89,8 @@ def run_fomo26(args: argparse.Namespace) -> int:
 def run_bundle(args: argparse.Namespace) -> int:
     from fomo_nnunet.bundle import BundleError, build_bundle
     from fomo_nnunet.checkpoints import find_checkpoint
-    from fomo_nnunet.tasks import TASKS
 
-    models = {t.number: getattr(args, t.key) for t in TASKS if t.kind != "embedding" and getattr(args, t.key)}
+    models = {t.number: getattr(args, t.key) for t in TASKS if t.kind != EMBEDDING and getattr(args, t.key)}
     try:
         embedding = find_checkpoint(args.embedding) if args.embedding else None
         manifest = build_bundle(args.output, models, embedding, args.folds, args.checkpoint)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fomo_nnunet.tasks import EMBEDDING, FOMO60K_TO_300K, Task
+from fomo_nnunet.tasks import EMBEDDING, FOMO60K_TO_300K, SEGMENTATION, Task
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 FOMO60K, FOMO300K = "fomo60k", "fomo300k"
@@ -340,7 +340,7 @@ def _channel_files(task: Task, ses_dir: Path, problems: list | None = None
 
 
 def _label_file(task: Task, label_dir: Path) -> tuple[Path | None, str | None]:
-    names = ("seg.nii.gz", "seg.nii") if task.kind == "segmentation" else ("label.txt",)
+    names = ("seg.nii.gz", "seg.nii") if task.kind == SEGMENTATION else ("label.txt",)
     for n in names:
         p = label_dir / n
         if os.path.lexists(p):
