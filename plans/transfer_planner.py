@@ -131,14 +131,7 @@ class FomoTransferPlanner(ExperimentPlanner):
                 self.dataset_fingerprint["foreground_intensity_properties_per_channel"],
             "fomo": fomo,
         }
-        out = os.path.join(nnUNet_preprocessed, self.dataset_name)
-        os.makedirs(out, exist_ok=True)
-        shutil.copy(os.path.join(self.raw_dataset_folder, "dataset.json"), os.path.join(out, "dataset.json"))
-        for extra in ("targets.json", "targetsTs.json", "attributes.json"):
-            # image-level targets travel beside dataset.json, so training finds them after preprocessing
-            src = os.path.join(self.raw_dataset_folder, extra)
-            if os.path.isfile(src):
-                shutil.copy(src, os.path.join(out, extra))
+        os.makedirs(os.path.join(nnUNet_preprocessed, self.dataset_name), exist_ok=True)
         self.plans = plans
         self.save_plans(plans)
         return plans
@@ -167,4 +160,21 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
                              check_dataset_integrity=verify_dataset_integrity)
     planner = FomoTransferPlanner(int(dataset_id), metadata, checkpoint, get_task(task) if task else None,
                                   [patch] * 3 if patch else None, batch_size, plans_name, data_identifier)
-    return planner.plan_experiment()
+    plans = planner.plan_experiment()
+    copy_task_files(planner.raw_dataset_folder, os.path.join(nnUNet_preprocessed, planner.dataset_name))
+    return plans
+
+
+TASK_FILES = ("dataset.json", "targets.json", "targetsTs.json", "attributes.json")
+
+
+def copy_task_files(raw_folder: str, preprocessed_folder: str) -> list[str]:
+    """dataset.json (as nnU-Net's planners copy it) and the image-level targets and case attributes
+    beside it, so that training finds them after preprocessing. Returns the names copied."""
+    copied = []
+    for name in TASK_FILES:
+        src = os.path.join(raw_folder, name)
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(preprocessed_folder, name))
+            copied.append(name)
+    return copied
