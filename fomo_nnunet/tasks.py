@@ -57,6 +57,26 @@ class Task:
     # Tasks whose model is another task's (6 and 7 share the embedding).
     shares_model_with: int | None = None
     description: str = ""
+    # FOMO-Synth (fomo_nnunet.data.synth): how a synthetic case of this task is made.
+    # Lesion kind drawn per class of the target (index = class); one entry: the same for every case.
+    synth_lesions: tuple[str, ...] = ("none",)
+    # Classification: share of positive cases in a split.
+    synth_positive_fraction: float = 0.5
+    # Ages of the cases (None: adults of 30-85); a brain-age target spreads them evenly over the range.
+    synth_age_range: tuple[float, float] | None = None
+    # Share of women (None: half).
+    synth_female_fraction: float | None = None
+    # Age-related white-matter hyperintensities besides the lesion: "age", "brain_age" (more, from the
+    # brain's own age), "none".
+    synth_wmh: str = "age"
+    # Sequences the single input of an any-sequence task is drawn from.
+    synth_sequences: tuple[str, ...] = ()
+    # Skull-stripped (True), head kept (False) as the organisers' test data, or None: as the source does.
+    synth_skull_stripped: bool | None = None
+    # Acquired without thick slices (a high-resolution 3D sequence).
+    synth_isotropic: bool = False
+    # Chance per case that vessels are bright on T2 (None: as the source does).
+    synth_vessel_bright: float | None = None
 
     @property
     def key(self) -> str:
@@ -107,24 +127,34 @@ ANY = Channel("input", ("input",), ("input", "t1", "t2", "flair", "dwi_b1000", "
 TASKS: tuple[Task, ...] = (
     Task(1, "infarct", CLASSIFICATION, (FLAIR, DWI, ADC, SWI_OR_T2S), OUT_PROBABILITY_TXT,
          ("auroc",), classes=("no_infarct", "infarct"),
-         description="infarct yes/no from FLAIR, DWI, ADC and T2*/SWI"),
+         description="infarct yes/no from FLAIR, DWI, ADC and T2*/SWI",
+         synth_lesions=("none", "infarct"), synth_positive_fraction=0.6, synth_age_range=(45.0, 90.0),
+         synth_skull_stripped=True),
     Task(2, "meningioma", SEGMENTATION, (FLAIR, DWI, SWI_OR_T2S), OUT_LABEL_NIFTI,
          ("dice", "nsd"), labels={"background": 0, "meningioma": 1},
-         description="meningioma segmentation from FLAIR, DWI and T2*/SWI"),
+         description="meningioma segmentation from FLAIR, DWI and T2*/SWI",
+         synth_lesions=("meningioma",), synth_female_fraction=0.67, synth_skull_stripped=False),
     Task(3, "brainage", REGRESSION, (T1,), OUT_VALUE_TXT, ("mae", "pearson_r"), unit="years",
-         description="brain age in years from T1"),
+         description="brain age in years from T1",
+         synth_age_range=(20.0, 90.0), synth_wmh="brain_age", synth_skull_stripped=True),
     # Which of labels 1/2 is nerve and which vessels is not public; we use 1 = nerve, 2 = vessel.
     Task(4, "trigeminal", SEGMENTATION, (T2,), OUT_LABEL_NIFTI, ("dice", "nsd"),
          labels={"background": 0, "nerve": 1, "vessel": 2},
-         description="trigeminal nerve and vessel segmentation from T2"),
+         description="trigeminal nerve and vessel segmentation from T2",
+         synth_lesions=("trigeminal",), synth_skull_stripped=False, synth_isotropic=True,
+         synth_vessel_bright=0.3),
     Task(5, "polymicrogyria", CLASSIFICATION, (T1,), OUT_PROBABILITY_TXT, ("auroc",),
          classes=("normal", "polymicrogyria"),
-         description="polymicrogyria yes/no from T1"),
+         description="polymicrogyria yes/no from T1",
+         synth_lesions=("none", "pmg"), synth_age_range=(5.0, 60.0), synth_wmh="none",
+         synth_skull_stripped=False),
     Task(6, "probing", EMBEDDING, (ANY,), OUT_EMBEDDING_NPY, ("macro_auroc", "macro_f1"),
-         description="frozen embedding of any single sequence, scored by a linear probe"),
+         description="frozen embedding of any single sequence, scored by a linear probe",
+         synth_lesions=("none", "wmh", "tumor"), synth_sequences=("t1", "t2", "flair")),
     Task(7, "fairness", EMBEDDING, (ANY,), OUT_EMBEDDING_NPY,
          ("macro_auroc", "macro_f1", "fairness_score"), shares_model_with=6,
-         description="the task-6 embedding, probe scored per demographic group"),
+         description="the task-6 embedding, probe scored per demographic group",
+         synth_lesions=("none", "wmh", "tumor"), synth_sequences=("t1", "t2", "flair")),
 )
 
 TASKS_BY_NUMBER = {t.number: t for t in TASKS}
