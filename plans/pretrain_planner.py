@@ -87,10 +87,7 @@ class FomoPretrainPlanner(ExperimentPlanner):
                 self.dataset_fingerprint["foreground_intensity_properties_per_channel"],
             "fomo": {"role": "pretraining", "arch_preset": self.preset.name},
         }
-        # nnU-Net's preprocessing reads dataset.json from the preprocessed folder, as the default planner leaves it
         os.makedirs(os.path.join(nnUNet_preprocessed, self.dataset_name), exist_ok=True)
-        shutil.copy(os.path.join(self.raw_dataset_folder, "dataset.json"),
-                    os.path.join(nnUNet_preprocessed, self.dataset_name, "dataset.json"))
         self.plans = plans
         self.save_plans(plans)
         return plans
@@ -116,4 +113,8 @@ def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = N
     spacing = spacing or preset.default_spacing
     planner = FomoPretrainPlanner(int(dataset_id), preset, (patch,) * 3, (float(spacing),) * 3,
                                   batch_size or preset.default_batch_size, plans_name)
-    return planner.plan_experiment()
+    plans = planner.plan_experiment()
+    # nnU-Net's preprocessing reads dataset.json from the preprocessed folder, where its own planning leaves it
+    shutil.copy(os.path.join(planner.raw_dataset_folder, "dataset.json"),
+                os.path.join(nnUNet_preprocessed, planner.dataset_name, "dataset.json"))
+    return plans
