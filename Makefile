@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORK ?= fomo_work
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -x -q
+
+# the edit loop: everything but the tests that plan, preprocess, train or synthesise (marked slow)
+test-fast: install
+	$(BIN)/python -m pytest -x -q -m "not slow"
 
 demo: install
 	$(BIN)/fomo-nnunet benchmark --preset tiny --work $(WORK)

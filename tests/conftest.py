@@ -30,6 +30,17 @@ TARGETS = {
 PREPROCESSED = (901, 902, 903, 904)
 PRETRAIN_DATASET = 990
 
+# Fixtures that plan, preprocess, train or synthesise through nnU-Net's commands (tens of seconds to
+# minutes on two cores): every test that uses one, directly or through another fixture, is `slow`.
+# `make test-fast` (pytest -m "not slow") leaves them out for the edit loop; `make test` runs all.
+HEAVY_FIXTURES = {"pretrain_corpus", "tasks_ws", "synth", "tiny_bundle", "busy_corpus", "converted_corpus"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def pretrain_corpus(tmp_path_factory):
