@@ -195,14 +195,21 @@ def _decoder_target(rest: str, upsample: str, convs: str, first: int, last_seg: 
     return f"decoder.seg_layers.{last_seg}.{m[1]}" if m else None
 
 
-def recognise_resenc(t: Mapping[str, torch.Tensor]) -> Recognised:
-    """gardening-tools ResidualEncoderUNet (asparagus ResEnc-S/B/L/H/G) -> DNA ResidualEncoderUNet.
+_RESENC_EXACTNESS = (
+    "exact: dynamic-network-architectures' ResidualEncoderUNet (BasicBlockD) computes the same function as "
+    "gardening-tools' ResidualEncoderUNet: same stem, block order (conv-norm-LeakyReLU, conv-norm, "
+    "shortcut average-pool + 1x1 conv without bias + norm, add, LeakyReLU), padding k//2, affine "
+    "InstanceNorm (eps 1e-5), LeakyReLU slope 0.01, transposed-conv upsampling and [upsampled, skip] order",
+    "names differ only: stem 'conv1' -> 'convs.0', norm 'norm_op' -> 'norm', 'upsample_layers' -> "
+    "'transpconvs', 'decoder_convs.s.convK' -> 'stages.s.convs.K-1', 'out_conv' -> the last seg_layer",
+)
+_RESENC_NAMES = {(32, 64, 128, 256, 320, 320, 1, 3, 4, 6, 6, 6): "ResEnc-B",
+                 (32, 64, 128, 256, 320, 320, 2, 2, 2, 2, 2, 2): "ResEnc-S",
+                 (64, 128, 256, 512, 620, 620, 1, 3, 4, 6, 6, 6): "ResEnc-L"}
 
-    Both build the same residual encoder: a one-convolution stem; per stage, blocks of
-    conv(k, stride)-norm-LeakyReLU, conv(k)-norm, a shortcut of average-pool(stride) then
-    1x1 conv (no bias)-norm where the shape changes, addition, LeakyReLU; and the same U-Net decoder
-    (transposed conv with kernel = stride, concatenation [upsampled, skip], convolutions, 1x1 output).
-    """
+
+def _resenc_encoder(t: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int, list[int], list[int], bool]:
+    """The residual encoder's stem weight, kernel, widths and blocks per stage, and conv bias."""
     stem = "encoder.stem.conv1.conv.weight"
     if "decoder.fc.weight" in t:
         raise InexactArchitectureError(
@@ -218,32 +225,36 @@ def recognise_resenc(t: Mapping[str, torch.Tensor]) -> Recognised:
     if features[0] != w.shape[0]:
         raise InexactArchitectureError(f"stem width {w.shape[0]} differs from stage 0's {features[0]}: "
                                        f"dynamic-network-architectures' stem has the first stage's width")
-    bias = "encoder.stem.conv1.conv.bias" in t
-    assumptions: list[str] = []
-    n_up = _count(t, "decoder.upsample_layers.{}.weight")
-    has_decoder = n_up == n_stages - 1
-    if has_decoder:
-        stride = int(t["decoder.upsample_layers.0.weight"].shape[2])
-        convs_dec = [_count_from_one(t, f"decoder.decoder_convs.{s}.conv{{}}.conv.weight") for s in range(n_up)]
-        first = t["decoder.decoder_convs.0.conv1.conv.weight"]
-        skips = first.shape[1] == 2 * first.shape[0]
-    else:
-        stride, convs_dec, skips = 2, [1] * (n_stages - 1), False
-        assumptions.append("no decoder in the checkpoint: stride 2 assumed (every asparagus ResEnc preset) and "
-                           "average-pool shortcuts (ResidualEncoderUNet, not the max-pool CLSREG variant)")
-    kwargs = _conv_kwargs(n_stages, kernel, stride, bias)
-    kwargs.update({"features_per_stage": features, "n_blocks_per_stage": blocks,
-                   "n_conv_per_stage_decoder": convs_dec})
-    name = {(32, 64, 128, 256, 320, 320, 1, 3, 4, 6, 6, 6): "ResEnc-B", (32, 64, 128, 256, 320, 320, 2, 2, 2, 2, 2, 2):
-            "ResEnc-S", (64, 128, 256, 512, 620, 620, 1, 3, 4, 6, 6, 6): "ResEnc-L"}.get(
-        tuple(features + blocks), "ResEnc")
-    architecture = (f"{name} (gardening-tools ResidualEncoderUNet: features {'-'.join(map(str, features))}, "
-                    f"blocks {'-'.join(map(str, blocks))}, kernel {kernel}, stride {stride}, "
-                    f"decoder {'with' if skips else 'without'} skip connections)" if has_decoder else
-                    f"{name} encoder (gardening-tools ResidualUNetEncoder: features {'-'.join(map(str, features))}, "
-                    f"blocks {'-'.join(map(str, blocks))}, kernel {kernel}; no decoder in the checkpoint)")
-    last_seg = n_stages - 2
+    return w, kernel, features, blocks, "encoder.stem.conv1.conv.bias" in t
 
+
+def _resenc_decoder(t: Mapping[str, torch.Tensor], n_stages: int
+                    ) -> tuple[bool, int, list[int], bool, list[str]]:
+    """(has a decoder, stride, convolutions per decoder stage, takes skips, assumptions made)."""
+    n_up = _count(t, "decoder.upsample_layers.{}.weight")
+    if n_up != n_stages - 1:
+        return False, 2, [1] * (n_stages - 1), False, [
+            "no decoder in the checkpoint: stride 2 assumed (every asparagus ResEnc preset) and "
+            "average-pool shortcuts (ResidualEncoderUNet, not the max-pool CLSREG variant)"]
+    stride = int(t["decoder.upsample_layers.0.weight"].shape[2])
+    convs_dec = [_count_from_one(t, f"decoder.decoder_convs.{s}.conv{{}}.conv.weight") for s in range(n_up)]
+    first = t["decoder.decoder_convs.0.conv1.conv.weight"]
+    return True, stride, convs_dec, first.shape[1] == 2 * first.shape[0], []
+
+
+def _resenc_architecture(features: list[int], blocks: list[int], kernel: int, stride: int, has_decoder: bool,
+                         skips: bool) -> str:
+    """The ResEnc network described for the report (its preset name where it is one)."""
+    name = _RESENC_NAMES.get(tuple(features + blocks), "ResEnc")
+    return (f"{name} (gardening-tools ResidualEncoderUNet: features {'-'.join(map(str, features))}, "
+            f"blocks {'-'.join(map(str, blocks))}, kernel {kernel}, stride {stride}, "
+            f"decoder {'with' if skips else 'without'} skip connections)" if has_decoder else
+            f"{name} encoder (gardening-tools ResidualUNetEncoder: features {'-'.join(map(str, features))}, "
+            f"blocks {'-'.join(map(str, blocks))}, kernel {kernel}; no decoder in the checkpoint)")
+
+
+def _resenc_target_of(last_seg: int) -> Callable[[str], str | None]:
+    """Source name -> target name for a gardening-tools ResidualEncoderUNet."""
     def target_of(name: str) -> str | None:
         m = re.fullmatch(r"encoder\.stem\.conv1\.(conv|norm_op)\.(weight|bias)", name)
         if m:
@@ -254,18 +265,28 @@ def recognise_resenc(t: Mapping[str, torch.Tensor]) -> Recognised:
             return _decoder_target(name[len("decoder."):], r"upsample_layers\.", r"decoder_convs\.", 0, last_seg)
         return None
 
-    exactness = [
-        "exact: dynamic-network-architectures' ResidualEncoderUNet (BasicBlockD) computes the same function as "
-        "gardening-tools' ResidualEncoderUNet: same stem, block order (conv-norm-LeakyReLU, conv-norm, "
-        "shortcut average-pool + 1x1 conv without bias + norm, add, LeakyReLU), padding k//2, affine "
-        "InstanceNorm (eps 1e-5), LeakyReLU slope 0.01, transposed-conv upsampling and [upsampled, skip] order",
-        "names differ only: stem 'conv1' -> 'convs.0', norm 'norm_op' -> 'norm', 'upsample_layers' -> "
-        "'transpconvs', 'decoder_convs.s.convK' -> 'stages.s.convs.K-1', 'out_conv' -> the last seg_layer",
-    ]
-    return Recognised("", architecture, RESENC_UNET, kwargs, int(w.shape[1]), target_of,
+    return target_of
+
+
+def recognise_resenc(t: Mapping[str, torch.Tensor]) -> Recognised:
+    """gardening-tools ResidualEncoderUNet (asparagus ResEnc-S/B/L/H/G) -> DNA ResidualEncoderUNet.
+
+    Both build the same residual encoder: a one-convolution stem; per stage, blocks of
+    conv(k, stride)-norm-LeakyReLU, conv(k)-norm, a shortcut of average-pool(stride) then
+    1x1 conv (no bias)-norm where the shape changes, addition, LeakyReLU; and the same U-Net decoder
+    (transposed conv with kernel = stride, concatenation [upsampled, skip], convolutions, 1x1 output).
+    """
+    w, kernel, features, blocks, bias = _resenc_encoder(t)
+    n_stages = len(features)
+    has_decoder, stride, convs_dec, skips, assumptions = _resenc_decoder(t, n_stages)
+    kwargs = _conv_kwargs(n_stages, kernel, stride, bias)
+    kwargs.update({"features_per_stage": features, "n_blocks_per_stage": blocks,
+                   "n_conv_per_stage_decoder": convs_dec})
+    architecture = _resenc_architecture(features, blocks, kernel, stride, has_decoder, skips)
+    return Recognised("", architecture, RESENC_UNET, kwargs, int(w.shape[1]), _resenc_target_of(n_stages - 2),
                       ("decoder.",), has_decoder and skips,
                       "" if skips else (_NO_SKIP_REASON if has_decoder else "no decoder in the checkpoint"),
-                      exactness, assumptions, {"decoder.ds_out_convs.": _DS_REASON})
+                      list(_RESENC_EXACTNESS), assumptions, {"decoder.ds_out_convs.": _DS_REASON})
 
 
 def _count_from_one(tensors: Mapping[str, torch.Tensor], pattern: str) -> int:
@@ -275,15 +296,19 @@ def _count_from_one(tensors: Mapping[str, torch.Tensor], pattern: str) -> int:
     return n
 
 
-def recognise_maxpool_unet(t: Mapping[str, torch.Tensor]) -> Recognised:
-    """AMAES / FOMO25-baseline UNet (also gardening-tools UNet) -> our PlainConvUNetMaxPool.
+_MAXPOOL_EXACTNESS = (
+    "not expressible by a dynamic-network-architectures class named in plans: PlainConvUNet downsamples with "
+    "strided convolutions, the organisers' U-Net with a 2x2x2 max-pool before each deeper stage; our "
+    "fomo_nnunet.networks.PlainConvUNetMaxPool (DNA's PlainConvEncoder with pool='max' and DNA's "
+    "UNetDecoder) is exact",
+    "exact otherwise: conv (kernel 3, padding 1) - affine InstanceNorm (eps 1e-5) - LeakyReLU (slope 0.01) per "
+    "layer, no dropout at p = 0, 2x2x2 transposed-conv upsampling, [upsampled, skip] order, 1x1 output",
+)
+_MAXPOOL_HEADS = ("decoder.", "rec_head.", "pred_head.")
 
-    Five stages of width f, 2f, 4f, 8f, 16f, each `MultiLayerConvDropoutNormNonlin` (conv 3, padding 1,
-    norm, LeakyReLU), stage s > 0 preceded by a 2x2x2 max-pool; the decoder upsamples with a 2x2x2
-    transposed convolution and concatenates [upsampled, skip]. dynamic-network-architectures'
-    PlainConvUNet downsamples with strided convolutions instead; its PlainConvEncoder(pool='max')
-    reproduces the max-pool, which our PlainConvUNetMaxPool exposes to plans.
-    """
+
+def _maxpool_encoder(t: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int, list[int], list[int], bool]:
+    """The max-pool U-Net's first weight, kernel, convolutions and widths per stage, and conv bias."""
     in_conv = "encoder.in_conv.conv1.conv.weight"
     w = t[in_conv]
     kernel = _cubic_kernel(in_conv, w)
@@ -292,34 +317,43 @@ def recognise_maxpool_unet(t: Mapping[str, torch.Tensor]) -> Recognised:
                                        f"keeps the resolution only for kernel 3")
     norm = "norm" if "encoder.in_conv.conv1.norm.weight" in t else "norm_op"
     _require_affine_norm(t, f"encoder.in_conv.conv1.{norm}.weight")
-    blocks = ["in_conv"] + [f"encoder_conv{i}" for i in range(1, 1 + _count_from_one(t, "encoder.encoder_conv{}.conv1.conv.weight"))]
-    n_stages = len(blocks)
+    n_deeper = _count_from_one(t, "encoder.encoder_conv{}.conv1.conv.weight")
+    blocks = ["in_conv"] + [f"encoder_conv{i}" for i in range(1, 1 + n_deeper)]
     convs = [_count_from_one(t, f"encoder.{b}.conv{{}}.conv.weight") for b in blocks]
     features = [int(t[f"encoder.{b}.conv1.conv.weight"].shape[0]) for b in blocks]
-    bias = "encoder.in_conv.conv1.conv.bias" in t
-    prefix = next((p for p in ("decoder.", "rec_head.", "pred_head.") if f"{p}upsample1.weight" in t), None)
-    assumptions: list[str] = []
-    if prefix is not None:
-        n_up = _count_from_one(t, prefix + "upsample{}.weight")
-        convs_dec = [_count_from_one(t, f"{prefix}decoder_conv{s}.conv{{}}.conv.weight") for s in range(1, n_up + 1)]
-        first = t[f"{prefix}decoder_conv1.conv1.conv.weight"]
-        skips = first.shape[1] == 2 * first.shape[0]
-        if n_up != n_stages - 1:
-            raise InexactArchitectureError(f"{n_up} upsampling layers for {n_stages} encoder stages")
-    else:
-        convs_dec, skips = [2] * (n_stages - 1), False
-        assumptions.append("no U-Net decoder in the checkpoint: the target decoder has 2 convolutions per stage "
-                           "(the organisers' segmentation decoder) and starts fresh")
-    kwargs = _conv_kwargs(n_stages, kernel, 2, bias)
-    kwargs.update({"features_per_stage": features, "n_conv_per_stage": convs, "n_conv_per_stage_decoder": convs_dec})
-    name = {32: "U-Net B", 64: "U-Net XL"}.get(features[0], f"U-Net (starting filters {features[0]})")
-    architecture = (f"{name} (AMAES / FOMO25-baseline / gardening-tools UNet: features {'-'.join(map(str, features))}, "
-                    f"{convs[0]} convolutions per stage, max-pool downsampling, "
-                    + (f"decoder {'with' if skips else 'without'} skip connections, "
-                       f"{convs_dec[0]} convolution(s) per stage)" if prefix else "no U-Net decoder)"))
-    last_seg = n_stages - 2
-    decoder_prefixes = tuple(p for p in ("decoder.", "rec_head.", "pred_head.") if any(k.startswith(p) for k in t))
+    return w, kernel, convs, features, "encoder.in_conv.conv1.conv.bias" in t
 
+
+def _maxpool_decoder(t: Mapping[str, torch.Tensor], n_stages: int
+                     ) -> tuple[str | None, list[int], bool, list[str]]:
+    """(the prefix of the first head with a U-Net decoder layout or None, convolutions per decoder stage,
+    takes skips, assumptions made)."""
+    prefix = next((p for p in _MAXPOOL_HEADS if f"{p}upsample1.weight" in t), None)
+    if prefix is None:
+        return None, [2] * (n_stages - 1), False, [
+            "no U-Net decoder in the checkpoint: the target decoder has 2 convolutions per stage "
+            "(the organisers' segmentation decoder) and starts fresh"]
+    n_up = _count_from_one(t, prefix + "upsample{}.weight")
+    convs_dec = [_count_from_one(t, f"{prefix}decoder_conv{s}.conv{{}}.conv.weight") for s in range(1, n_up + 1)]
+    first = t[f"{prefix}decoder_conv1.conv1.conv.weight"]
+    skips = first.shape[1] == 2 * first.shape[0]
+    if n_up != n_stages - 1:
+        raise InexactArchitectureError(f"{n_up} upsampling layers for {n_stages} encoder stages")
+    return prefix, convs_dec, skips, []
+
+
+def _maxpool_architecture(features: list[int], convs: list[int], prefix: str | None, convs_dec: list[int],
+                          skips: bool) -> str:
+    """The max-pool U-Net described for the report (U-Net B or XL where it is one)."""
+    name = {32: "U-Net B", 64: "U-Net XL"}.get(features[0], f"U-Net (starting filters {features[0]})")
+    return (f"{name} (AMAES / FOMO25-baseline / gardening-tools UNet: features {'-'.join(map(str, features))}, "
+            f"{convs[0]} convolutions per stage, max-pool downsampling, "
+            + (f"decoder {'with' if skips else 'without'} skip connections, "
+               f"{convs_dec[0]} convolution(s) per stage)" if prefix else "no U-Net decoder)"))
+
+
+def _maxpool_target_of(prefix: str | None, last_seg: int) -> Callable[[str], str | None]:
+    """Source name -> target name for the max-pool U-Net whose decoder is under `prefix`."""
     def target_of(name: str) -> str | None:
         m = re.fullmatch(r"encoder\.(in_conv|encoder_conv(\d+))\.conv(\d+)\.(conv|norm|norm_op)\.(weight|bias)", name)
         if m:
@@ -331,24 +365,41 @@ def recognise_maxpool_unet(t: Mapping[str, torch.Tensor]) -> Recognised:
             return None
         return _decoder_target(name[len(prefix):], "upsample", "decoder_conv", 1, last_seg)
 
-    exactness = [
-        "not expressible by a dynamic-network-architectures class named in plans: PlainConvUNet downsamples with "
-        "strided convolutions, the organisers' U-Net with a 2x2x2 max-pool before each deeper stage; our "
-        "fomo_nnunet.networks.PlainConvUNetMaxPool (DNA's PlainConvEncoder with pool='max' and DNA's "
-        "UNetDecoder) is exact",
-        "exact otherwise: conv (kernel 3, padding 1) - affine InstanceNorm (eps 1e-5) - LeakyReLU (slope 0.01) per "
-        "layer, no dropout at p = 0, 2x2x2 transposed-conv upsampling, [upsampled, skip] order, 1x1 output",
-    ]
+    return target_of
+
+
+def _maxpool_left_out_reasons(decoder_prefixes: tuple[str, ...], prefix: str | None) -> dict[str, str]:
+    """Why the deep-supervision outputs and every head other than the mapped decoder are left out."""
     reasons = {f"{p}ds_out_conv": _DS_REASON for p in decoder_prefixes}
     for p in decoder_prefixes:
         if p != prefix:
             reasons[p] = ("a second head of the AMAES network (prediction vs reconstruction); the first with a "
                           "U-Net layout is mapped" if prefix else "not a U-Net decoder (a classification or "
                           "regression head?): it has no equivalent in the target network")
-    return Recognised("", architecture, MAXPOOL_UNET, kwargs, int(w.shape[1]), target_of,
+    return reasons
+
+
+def recognise_maxpool_unet(t: Mapping[str, torch.Tensor]) -> Recognised:
+    """AMAES / FOMO25-baseline UNet (also gardening-tools UNet) -> our PlainConvUNetMaxPool.
+
+    Five stages of width f, 2f, 4f, 8f, 16f, each `MultiLayerConvDropoutNormNonlin` (conv 3, padding 1,
+    norm, LeakyReLU), stage s > 0 preceded by a 2x2x2 max-pool; the decoder upsamples with a 2x2x2
+    transposed convolution and concatenates [upsampled, skip]. dynamic-network-architectures'
+    PlainConvUNet downsamples with strided convolutions instead; its PlainConvEncoder(pool='max')
+    reproduces the max-pool, which our PlainConvUNetMaxPool exposes to plans.
+    """
+    w, kernel, convs, features, bias = _maxpool_encoder(t)
+    n_stages = len(features)
+    prefix, convs_dec, skips, assumptions = _maxpool_decoder(t, n_stages)
+    kwargs = _conv_kwargs(n_stages, kernel, 2, bias)
+    kwargs.update({"features_per_stage": features, "n_conv_per_stage": convs, "n_conv_per_stage_decoder": convs_dec})
+    architecture = _maxpool_architecture(features, convs, prefix, convs_dec, skips)
+    decoder_prefixes = tuple(p for p in _MAXPOOL_HEADS if any(k.startswith(p) for k in t))
+    return Recognised("", architecture, MAXPOOL_UNET, kwargs, int(w.shape[1]),
+                      _maxpool_target_of(prefix, n_stages - 2),
                       (prefix,) if prefix else decoder_prefixes, prefix is not None and skips,
                       "" if skips else (_NO_SKIP_REASON if prefix else "no U-Net decoder in the checkpoint"),
-                      exactness, assumptions, reasons)
+                      list(_MAXPOOL_EXACTNESS), assumptions, _maxpool_left_out_reasons(decoder_prefixes, prefix))
 
 
 # network layout -> (the tensor that identifies it, reader)
@@ -504,75 +555,118 @@ def _target_layout(meta: PretrainMetadata, num_outputs: int) -> tuple[dict[str, 
     return shapes, names
 
 
-def map_tensors(source: SourceCheckpoint, rec: Recognised, meta: PretrainMetadata,
-                report: ImportReport) -> dict[str, torch.Tensor]:
-    """The target state dict; fills the report's mapped / left_out lists. Refuses unless the encoder
-    maps completely (every source and every target encoder tensor, same shapes)."""
+def _num_outputs(source: SourceCheckpoint, rec: Recognised) -> int:
+    """Output channels of the source's output layer (the last tensor mapped to a seg_layer), else 1."""
     num_outputs = 1
     for name, tensor in source.tensors.items():
         if rec.target_of(name) and rec.target_of(name).startswith("decoder.seg_layers."):
             num_outputs = int(tensor.shape[0])
-    target_shapes, target_names = _target_layout(meta, num_outputs)
-    out: dict[str, torch.Tensor] = {}
-    decoder_candidates: list[tuple[str, str, torch.Tensor]] = []
-    decoder_problem = rec.decoder_reason if not rec.decoder_mapped else ""
+    return num_outputs
 
-    def leave_out(name: str, tensor: torch.Tensor, reason: str) -> None:
-        report.left_out.append({"source": name, "shape": list(tensor.shape), "reason": reason})
-        report.left_out_params += tensor.numel()
 
-    for name, tensor in source.tensors.items():
-        target = rec.target_of(name)
-        is_encoder = name.startswith("encoder.")
-        if is_encoder:
-            if target is None:
-                raise InexactArchitectureError(f"{source.path}: encoder tensor {name!r} has no place in "
-                                               f"{rec.network_class}; nothing was written")
-            if target_shapes.get(target) != tuple(tensor.shape):
-                raise InexactArchitectureError(
-                    f"{source.path}: encoder tensor {name!r} {tuple(tensor.shape)} would go to {target!r}, which "
-                    f"has shape {target_shapes.get(target)} in {rec.network_class}; nothing was written")
-            out[target] = tensor
-            report.encoder_params += tensor.numel()
-            continue
-        reason = next((r for p, r in rec.left_out_reasons.items() if name.startswith(p)), None)
-        if reason:
-            leave_out(name, tensor, reason)
-        elif any(name.startswith(p) for p in rec.decoder_prefixes):
-            decoder_candidates.append((name, target, tensor))
-            if not decoder_problem and target is None:
-                decoder_problem = f"{name!r} has no equivalent in the target decoder"
-            elif not decoder_problem and target_shapes.get(target) != tuple(tensor.shape):
-                decoder_problem = (f"{name!r} {tuple(tensor.shape)} does not fit {target!r} "
-                                   f"{target_shapes.get(target)}")
-        else:
-            leave_out(name, tensor, "neither encoder nor decoder of the organisers' network")
+def _leave_out(report: ImportReport, name: str, tensor: torch.Tensor, reason: str) -> None:
+    """Record a source tensor that is not written, and why."""
+    report.left_out.append({"source": name, "shape": list(tensor.shape), "reason": reason})
+    report.left_out_params += tensor.numel()
+
+
+def _check_encoder_tensor(source: SourceCheckpoint, rec: Recognised, name: str, tensor: torch.Tensor,
+                          target: str | None, target_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse the import unless an encoder tensor has a place of the same shape in the target network."""
+    if target is None:
+        raise InexactArchitectureError(f"{source.path}: encoder tensor {name!r} has no place in "
+                                       f"{rec.network_class}; nothing was written")
+    if target_shapes.get(target) != tuple(tensor.shape):
+        raise InexactArchitectureError(
+            f"{source.path}: encoder tensor {name!r} {tuple(tensor.shape)} would go to {target!r}, which "
+            f"has shape {target_shapes.get(target)} in {rec.network_class}; nothing was written")
+
+
+def _decoder_tensor_problem(name: str, tensor: torch.Tensor, target: str | None,
+                            target_shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """Why a decoder tensor has no equivalent in the target decoder ('' where it fits)."""
+    if target is None:
+        return f"{name!r} has no equivalent in the target decoder"
+    if target_shapes.get(target) != tuple(tensor.shape):
+        return f"{name!r} {tuple(tensor.shape)} does not fit {target!r} {target_shapes.get(target)}"
+    return ""
+
+
+def _refuse_incomplete_encoder(source: SourceCheckpoint, target_shapes: Mapping[str, tuple[int, ...]],
+                               out: Mapping[str, torch.Tensor]) -> None:
+    """Refuse the import when a target encoder tensor has no tensor in the checkpoint."""
     missing = sorted(n for n in target_shapes if n.startswith("encoder.") and n not in out)
     if missing:
         raise InexactArchitectureError(f"{source.path}: the target encoder's {missing[0]!r} (and {len(missing) - 1} "
                                        f"more) has no tensor in the checkpoint; nothing was written")
-    if decoder_candidates:
-        if decoder_problem:
-            # a decoder is taken whole or not at all: part of one would be "most of it"
-            for name, _, tensor in decoder_candidates:
-                leave_out(name, tensor, "decoder: " + decoder_problem)
-        else:
-            for _, target, tensor in decoder_candidates:
-                out[target] = tensor
-            report.decoder_mapped = True
-    for name, tensor in source.outside_network.items():
-        leave_out(name, tensor, "a LightningModule entry outside its `model` (not part of the network)")
+
+
+def _take_decoder_whole_or_not(candidates: list[tuple[str, str | None, torch.Tensor]], problem: str,
+                               out: dict[str, torch.Tensor], report: ImportReport) -> None:
+    """Map every decoder tensor, or (where any one does not fit) leave them all out with the reason."""
+    if not candidates:
+        return
+    if problem:
+        # a decoder is taken whole or not at all: part of one would be "most of it"
+        for name, _, tensor in candidates:
+            _leave_out(report, name, tensor, "decoder: " + problem)
+    else:
+        for _, target, tensor in candidates:
+            out[target] = tensor
+        report.decoder_mapped = True
+
+
+def _record_mapped(source: SourceCheckpoint, rec: Recognised, out: Mapping[str, torch.Tensor],
+                   report: ImportReport) -> None:
+    """List every source tensor that was written, where it went, and the alias count."""
     for name, tensor in source.tensors.items():
         target = rec.target_of(name)
         if target in out and out[target] is tensor:
             report.mapped.append({"source": name, "target": target, "shape": list(tensor.shape)})
             report.mapped_params += tensor.numel()
     report.aliases = len(source.aliases)
+
+
+def _under_every_name(out: Mapping[str, torch.Tensor], target_names: Mapping[str, list[str]]
+                      ) -> dict[str, torch.Tensor]:
+    """The written state dict: a contiguous copy of each tensor under every name the network gives it."""
     weights: dict[str, torch.Tensor] = {}
     for name, tensor in out.items():
         copy = tensor.detach().clone().contiguous()
         weights.update({alias: copy for alias in target_names[name]})
     return weights
+
+
+def map_tensors(source: SourceCheckpoint, rec: Recognised, meta: PretrainMetadata,
+                report: ImportReport) -> dict[str, torch.Tensor]:
+    """The target state dict; fills the report's mapped / left_out lists. Refuses unless the encoder
+    maps completely (every source and every target encoder tensor, same shapes)."""
+    target_shapes, target_names = _target_layout(meta, _num_outputs(source, rec))
+    out: dict[str, torch.Tensor] = {}
+    decoder_candidates: list[tuple[str, str | None, torch.Tensor]] = []
+    decoder_problem = rec.decoder_reason if not rec.decoder_mapped else ""
+    for name, tensor in source.tensors.items():
+        target = rec.target_of(name)
+        if name.startswith("encoder."):
+            _check_encoder_tensor(source, rec, name, tensor, target, target_shapes)
+            out[target] = tensor
+            report.encoder_params += tensor.numel()
+            continue
+        reason = next((r for p, r in rec.left_out_reasons.items() if name.startswith(p)), None)
+        if reason:
+            _leave_out(report, name, tensor, reason)
+        elif any(name.startswith(p) for p in rec.decoder_prefixes):
+            decoder_candidates.append((name, target, tensor))
+            if not decoder_problem:
+                decoder_problem = _decoder_tensor_problem(name, tensor, target, target_shapes)
+        else:
+            _leave_out(report, name, tensor, "neither encoder nor decoder of the organisers' network")
+    _refuse_incomplete_encoder(source, target_shapes, out)
+    _take_decoder_whole_or_not(decoder_candidates, decoder_problem, out, report)
+    for name, tensor in source.outside_network.items():
+        _leave_out(report, name, tensor, "a LightningModule entry outside its `model` (not part of the network)")
+    _record_mapped(source, rec, out, report)
+    return _under_every_name(out, target_names)
 
 
 # ---- the whole import ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from fomo_nnunet.bundle import check_model_files, load_manifest, loading_model, model_entry
 from fomo_nnunet.fomo26_io import (OutputFile, check_fields_of_view, check_output_target, orthogonal_affine,
                                    read_input, read_input_header, resample_onto, select_inputs, unused_arguments,
                                    write_embedding_npy, write_label_nifti, write_value_txt)
@@ -96,6 +97,58 @@ def segment(predictor, channels: list[np.ndarray], affine: np.ndarray) -> np.nda
 
 
 # ---- the entry point ----------------------------------------------------------------------------
+def _resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' where a GPU is available, else 'cpu'; any other name as given."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _segment_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: list, model_affine: np.ndarray,
+                  slot: OutputFile, mirror: bool, device: str) -> None:
+    """Segmentation: nnU-Net's predictor over the bundled folds -> a label map on the reference grid."""
+    with timer("load model"), loading_model(model_dir, task):
+        predictor = load_segmentation_predictor(model_dir, entry, mirror, device)
+    with timer("preprocess + inference"):
+        labels = segment(predictor, [im.data for im in images], model_affine)
+    with timer("export"):
+        write_label_nifti(slot, labels, images[0], task.max_label)
+
+
+def _predict_value_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: list,
+                        model_affine: np.ndarray, slot: OutputFile, mirror: bool, device: str) -> None:
+    """Classification or regression: the folds' image-level models -> one probability or value."""
+    from fomo_nnunet.inference import ImageLevelModel, predict_case_arrays
+
+    with timer("load model"), loading_model(model_dir, task):
+        model = ImageLevelModel.load(model_dir, entry["folds"], device=device)
+    with timer("preprocess + inference"):
+        value = predict_case_arrays(model, entry["folds"], [im.data for im in images], model_affine,
+                                    mirror=mirror, device=device)
+    with timer("export"):
+        write_value_txt(slot, value, probability=task.kind == CLASSIFICATION)
+
+
+def _embed_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: list, model_affine: np.ndarray,
+                slot: OutputFile, mirror: bool, device: str) -> None:
+    """Embedding: the bundled encoder's vector of the reference channel."""
+    from fomo_nnunet.inference import Embedder, embed_array
+
+    with timer("load model"), loading_model(model_dir, task):
+        embedder = Embedder.load(model_dir, device)
+    with timer("preprocess + inference"):
+        vector = embed_array(embedder, images[0].data, model_affine, device=device)
+    with timer("export"):
+        write_embedding_npy(slot, vector)
+
+
+# task kind -> how one case of it is predicted and written
+_PREDICT_AND_WRITE = {SEGMENTATION: _segment_case, CLASSIFICATION: _predict_value_case,
+                      REGRESSION: _predict_value_case, EMBEDDING: _embed_case}
+
+
 def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str, mirror: bool = True,
              device: str = "auto", verbose: bool = False, log=lambda m: print(m, file=sys.stderr)) -> Timer:
     """Run one case; raises FomoInputError for bad inputs and BundleError for a bad bundle.
@@ -104,8 +157,6 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
     arguments and --output, every input's header, the channels' fields of view, the bundle's files;
     then the voxels are read and the output's temporary file is made. Nothing is written on failure.
     """
-    from fomo_nnunet.bundle import check_model_files, load_manifest, loading_model, model_entry
-
     timer = Timer()
     chosen = select_inputs(task, given)
     check_output_target(output, OUTPUT_SUFFIX[task.output], list(given.items()), task.key)
@@ -126,39 +177,13 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
         log(f"note: {n}")
     # the model reads its inputs through SimpleITK, which refuses sheared grids; outputs keep the input's affine
     model_affine = orthogonal_affine(reference.affine)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _resolve_device(device)
     slot = None
     try:
         slot = OutputFile(output)
-        if task.kind == SEGMENTATION:
-            with timer("load model"), loading_model(model_dir, task):
-                predictor = load_segmentation_predictor(model_dir, entry, mirror, device)
-            with timer("preprocess + inference"):
-                labels = segment(predictor, [im.data for im in images], model_affine)
-            with timer("export"):
-                write_label_nifti(slot, labels, reference, task.max_label)
-        elif task.kind in (CLASSIFICATION, REGRESSION):
-            from fomo_nnunet.inference import ImageLevelModel, predict_case_arrays
-
-            with timer("load model"), loading_model(model_dir, task):
-                model = ImageLevelModel.load(model_dir, entry["folds"], device=device)
-            with timer("preprocess + inference"):
-                value = predict_case_arrays(model, entry["folds"], [im.data for im in images], model_affine,
-                                            mirror=mirror, device=device)
-            with timer("export"):
-                write_value_txt(slot, value, probability=task.kind == CLASSIFICATION)
-        elif task.kind == EMBEDDING:
-            from fomo_nnunet.inference import Embedder, embed_array
-
-            with timer("load model"), loading_model(model_dir, task):
-                embedder = Embedder.load(model_dir, device)
-            with timer("preprocess + inference"):
-                vector = embed_array(embedder, reference.data, model_affine, device=device)
-            with timer("export"):
-                write_embedding_npy(slot, vector)
+        predict_and_write = _PREDICT_AND_WRITE.get(task.kind)
+        if predict_and_write is not None:
+            predict_and_write(timer, model_dir, entry, task, images, model_affine, slot, mirror, device)
     finally:
         if slot is not None:
             slot.discard()  # nothing left once committed; the temporary file when anything failed

@@ -343,6 +343,58 @@ def fairness_report(y: Sequence[int], scores: Sequence[Any], groups_by_variable:
             "variables_used": {m: s["variables_used"] for m, s in score.items()}}
 
 
+def _split_cases(labels: Mapping[str, Any], classes: list[str], attributes: Mapping[str, Mapping[str, Any]],
+                 stratify: str | None, split: str | Sequence[int], seed: int
+                 ) -> tuple[tuple[int, int, int], list[str], list[str], list[str]]:
+    """The cases per class (train, val, test) and the three splits, class by class in sorted order."""
+    by_class: dict[str, list[tuple[str, Any]]] = defaultdict(list)
+    for c in labels:
+        by_class[str(labels[c])].append((c, (attributes.get(c) or {}).get(stratify) if stratify else None))
+    sizes = split_sizes({k: len(v) for k, v in by_class.items()}, split)
+    train, val, test = [], [], []
+    for k in classes:
+        tr, va, te = split_class(by_class[k], *sizes, seed=seed)
+        train += tr
+        val += va
+        test += te
+    return sizes, train, val, test
+
+
+def _check_embeddings(embeddings: Mapping[str, np.ndarray | None], cases: list[str], fitted: list[str]) -> None:
+    """Every train/validation case has an embedding, and all embeddings are 1-D of one length."""
+    missing = sorted(c for c in fitted if embeddings.get(c) is None)
+    if missing:
+        raise ValueError(f"{len(missing)} train/validation cases have no usable embedding: {missing[:10]}"
+                         + (" ..." if len(missing) > 10 else ""))
+    dims = {np.asarray(embeddings[c]).shape for c in cases if embeddings.get(c) is not None}
+    if len(dims) != 1 or len(next(iter(dims))) != 1:
+        raise ValueError(f"embeddings must be 1-D vectors of one length, found shapes {sorted(dims)}")
+
+
+def _score_test(out: dict[str, Any], notes: list[str], predict: Callable, stack: Callable, test: list[str],
+                y_te: list[int], embeddings: Mapping[str, np.ndarray | None]) -> dict[str, Any]:
+    """Score the test split into `out` (a case without an embedding scored as invalid); returns the
+    test scores by case."""
+    have = [c for c in test if embeddings.get(c) is not None]
+    P = dict(zip(have, predict(stack(have)).tolist())) if have else {}
+    scores = [P.get(c) for c in test]
+    out["test_missing_embedding"] = sorted(c for c in test if c not in P)
+    if out["test_missing_embedding"]:
+        notes.append(f"{len(out['test_missing_embedding'])} test cases without a usable embedding scored as "
+                     "invalid (worst-case scores)")
+    out["metrics"] = {m: fn(y_te, scores) for m, fn in METRICS.items()}
+    return P
+
+
+def _fairness_entries(fairness: Sequence[FairnessVariable], attributes: Mapping[str, Mapping[str, Any]],
+                      test: list[str], y_te: list[int], scores: list[Any]) -> dict[str, Any]:
+    """The fairness variables and their report (`fairness_report`) on the test split."""
+    groups = {v.name: [v.group_of((attributes.get(c) or {}).get(v.column)) for c in test] for v in fairness}
+    return {"fairness_variables": {v.name: {"column": v.column, "bins": list(v.bounds) if v.bounds else None}
+                                   for v in fairness},
+            **fairness_report(y_te, scores, groups)}
+
+
 def linear_probe(embeddings: Mapping[str, np.ndarray | None], labels: Mapping[str, Any],
                  attributes: Mapping[str, Mapping[str, Any]] | None = None,
                  fairness: Sequence[FairnessVariable] = (), stratify: str | None = None,
@@ -365,23 +417,8 @@ def linear_probe(embeddings: Mapping[str, np.ndarray | None], labels: Mapping[st
         raise ValueError(f"the probe needs at least two classes, found {classes}")
     index = {c: i for i, c in enumerate(classes)}
     y_of = {c: index[str(labels[c])] for c in cases}
-    by_class: dict[str, list[tuple[str, Any]]] = defaultdict(list)
-    for c in cases:
-        by_class[str(labels[c])].append((c, (attributes.get(c) or {}).get(stratify) if stratify else None))
-    sizes = split_sizes({k: len(v) for k, v in by_class.items()}, split)
-    train, val, test = [], [], []
-    for k in classes:
-        tr, va, te = split_class(by_class[k], *sizes, seed=seed)
-        train += tr
-        val += va
-        test += te
-    missing = sorted(c for c in train + val if embeddings.get(c) is None)
-    if missing:
-        raise ValueError(f"{len(missing)} train/validation cases have no usable embedding: {missing[:10]}"
-                         + (" ..." if len(missing) > 10 else ""))
-    dims = {np.asarray(embeddings[c]).shape for c in cases if embeddings.get(c) is not None}
-    if len(dims) != 1 or len(next(iter(dims))) != 1:
-        raise ValueError(f"embeddings must be 1-D vectors of one length, found shapes {sorted(dims)}")
+    sizes, train, val, test = _split_cases(labels, classes, attributes, stratify, split, seed)
+    _check_embeddings(embeddings, cases, train + val)
     stack = lambda ids: np.stack([np.asarray(embeddings[c], dtype=np.float64) for c in ids])
     y_tr, y_va = np.array([y_of[c] for c in train]), np.array([y_of[c] for c in val])
     notes: list[str] = []
@@ -397,20 +434,10 @@ def linear_probe(embeddings: Mapping[str, np.ndarray | None], labels: Mapping[st
         predict, info = fit_logistic(stack(train), y_tr, stack(val), y_va, len(classes))
         notes += info.pop("notes")
     out.update(info)
-    have = [c for c in test if embeddings.get(c) is not None]
-    P = dict(zip(have, predict(stack(have)).tolist())) if have else {}
-    scores = [P.get(c) for c in test]
     y_te = [y_of[c] for c in test]
-    out["test_missing_embedding"] = sorted(c for c in test if c not in P)
-    if out["test_missing_embedding"]:
-        notes.append(f"{len(out['test_missing_embedding'])} test cases without a usable embedding scored as "
-                     "invalid (worst-case scores)")
-    out["metrics"] = {m: fn(y_te, scores) for m, fn in METRICS.items()}
+    P = _score_test(out, notes, predict, stack, test, y_te, embeddings)
     if fairness:
-        groups = {v.name: [v.group_of((attributes.get(c) or {}).get(v.column)) for c in test] for v in fairness}
-        out["fairness_variables"] = {v.name: {"column": v.column, "bins": list(v.bounds) if v.bounds else None}
-                                     for v in fairness}
-        out.update(fairness_report(y_te, scores, groups))
+        out.update(_fairness_entries(fairness, attributes, test, y_te, [P.get(c) for c in test]))
     out["predictions"] = {c: {"label": classes[y_of[c]], "scores": P.get(c)} for c in test}
     out["notes"] = notes
     return _clean(out)

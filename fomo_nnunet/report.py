@@ -225,18 +225,18 @@ def learning_checks(runs: dict[int, dict[str, dict]]) -> list[dict]:
             for arm, result in arms.items() if result.get("learning_check")]
 
 
-def write_report(work: Path, runs: dict[int, dict[str, dict]], settings: dict, step_seconds: dict[str, float],
-                 pretrain_folder: Path | None = None, overlays: list[dict] | None = None,
-                 container: dict[str, dict] | None = None) -> Path:
-    """work/report/report.md (+ results.json and PNGs) from {seed: {task: {arm: result}}}; returns its path."""
-    out = work / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(runs)
-    checks = learning_checks(runs)
+def _write_results_json(out: Path, runs: dict[int, dict[str, dict]], rows: list[dict], checks: list[dict],
+                        settings: dict, step_seconds: dict[str, float]) -> None:
+    """report/results.json: the table rows, learning checks, every run, settings and step times."""
     (out / "results.json").write_text(json.dumps({
         "seeds": sorted(runs), "verdict_rule": VERDICT_RULE, "learning_criteria": LEARNING_CRITERIA,
         "rows": rows, "learning_checks": checks, "runs": {str(s): r for s, r in sorted(runs.items())},
         "settings": settings, "step_seconds": step_seconds}, indent=1, default=str))
+
+
+def _draw_pictures(out: Path, rows: list[dict], pretrain_folder: Path | None, overlays: list[dict] | None) -> list[str]:
+    """The bar plot, the pretraining pictures (copied from its first fold) and the overlays, in report/;
+    returns their file names. An overlay that cannot be drawn is skipped with a printed line."""
     plot_bars(out / "pretrained_vs_scratch.png", rows)
     pictures = ["pretrained_vs_scratch.png"]
     if pretrain_folder is not None:
@@ -251,12 +251,43 @@ def write_report(work: Path, runs: dict[int, dict[str, dict]], settings: dict, s
             pictures.append(o["file"])
         except (OSError, ValueError) as e:  # a picture must not sink the report
             print(f"overlay {o['file']} not drawn: {e}")
+    return pictures
+
+
+def _learning_section(checks: list[dict]) -> list[str]:
+    """'Did the models learn?': every model's learning check (no section without checks)."""
+    if not checks:
+        return []
+    failed = [c for c in checks if not c["learned"]]
+    return [
+        "## Did the models learn?", "",
+        "Independent of which arm wins: what each model predicts on the test split, per seed and arm. A model "
+        "that fails its criterion has not left its starting point, and a comparison involving it is noise. "
+        "Criteria: " + "; ".join(f"{k}: {v}" for k, v in LEARNING_CRITERIA.items()) + ".", "",
+        f"**{len(checks) - len(failed)} of {len(checks)} finetuned models learned.**", "",
+        *(f"- seed {c['seed']} {c['task']} {c['arm']}: {c['text']}" + ("" if c["learned"] else
+                                                                     " **(has not learned)**") for c in checks),
+        ""]
+
+
+def _submission_section(seeds: list[int], container: dict[str, dict] | None) -> list[str]:
+    """'The submission': the container's output per task (no section without container runs)."""
+    if not container:
+        return []
+    return ["## The submission", "",
+            f"The pretrained models of seed {seeds[0]} bundled (`fomo-nnunet bundle`) and run through the "
+            "container's entry (`container/predict.py`) on one out-of-domain test case per task; each output "
+            "passes the official validator's rules:", "",
+            *(f"- {k}: `{Path(v['output']).name}`: {v['check']}" for k, v in container.items()), ""]
+
+
+def _report_lines(rows: list[dict], checks: list[dict], seeds: list[int], settings: dict,
+                  step_seconds: dict[str, float], container: dict[str, dict] | None, pictures: list[str]) -> list[str]:
+    """The lines of report.md."""
     main = [r for r in rows if r["main"]]
     counts = {v: [r["task"] for r in main if r["verdict"] == v] for v in ("better", "worse", "undecided", "tie")}
-    failed = [c for c in checks if not c["learned"]]
-    seeds = sorted(runs)
     total = sum(step_seconds.values())
-    lines = [
+    return [
         "# FOMO-Synth benchmark", "",
         f"Preset **{settings.get('preset')}**, {len(seeds)} repetition(s) (seeds {', '.join(map(str, seeds))}). "
         "Repetition s pretrains ONE MAE checkpoint with seed s and finetunes it per task with seed s (tasks 6/7: a "
@@ -267,20 +298,8 @@ def write_report(work: Path, runs: dict[int, dict[str, dict]], settings: dict, s
         markdown_table(rows), "",
         f"Verdict rule: {VERDICT_RULE}", "",
         "Main metrics: " + "; ".join(f"{v} on {len(t)} ({', '.join(t)})" for v, t in counts.items() if t) + ".", "",
-        *(["## Did the models learn?", "",
-           "Independent of which arm wins: what each model predicts on the test split, per seed and arm. A model "
-           "that fails its criterion has not left its starting point, and a comparison involving it is noise. "
-           "Criteria: " + "; ".join(f"{k}: {v}" for k, v in LEARNING_CRITERIA.items()) + ".", "",
-           f"**{len(checks) - len(failed)} of {len(checks)} finetuned models learned.**", "",
-           *(f"- seed {c['seed']} {c['task']} {c['arm']}: {c['text']}" + ("" if c["learned"] else
-                                                                        " **(has not learned)**") for c in checks),
-           ""] if checks else []),
-        *(["## The submission", "",
-           f"The pretrained models of seed {seeds[0]} bundled (`fomo-nnunet bundle`) and run through the "
-           "container's entry (`container/predict.py`) on one out-of-domain test case per task; each output "
-           "passes the official validator's rules:", "",
-           *(f"- {k}: `{Path(v['output']).name}`: {v['check']}" for k, v in container.items()), ""]
-          if container else []),
+        *_learning_section(checks),
+        *_submission_section(seeds, container),
         "## Settings", "",
         *(f"- {k}: `{v}`" for k, v in settings.items()), "",
         "## Time", "",
@@ -289,6 +308,19 @@ def write_report(work: Path, runs: dict[int, dict[str, dict]], settings: dict, s
         "## Pictures", "",
         *(f"![{p}]({p})" for p in pictures), "",
     ]
+
+
+def write_report(work: Path, runs: dict[int, dict[str, dict]], settings: dict, step_seconds: dict[str, float],
+                 pretrain_folder: Path | None = None, overlays: list[dict] | None = None,
+                 container: dict[str, dict] | None = None) -> Path:
+    """work/report/report.md (+ results.json and PNGs) from {seed: {task: {arm: result}}}; returns its path."""
+    out = work / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(runs)
+    checks = learning_checks(runs)
+    _write_results_json(out, runs, rows, checks, settings, step_seconds)
+    pictures = _draw_pictures(out, rows, pretrain_folder, overlays)
+    lines = _report_lines(rows, checks, sorted(runs), settings, step_seconds, container, pictures)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

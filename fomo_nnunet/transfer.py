@@ -303,6 +303,75 @@ def _shape_mismatch(name: str, source: torch.Tensor, target: torch.Tensor) -> st
             f"{tuple(target.shape)} in the model")
 
 
+def _keep_fresh(report: TransferReport, name: str, tensor: torch.Tensor, reason: str,
+                note: str | None = None) -> None:
+    """Record that a model tensor keeps its initialisation, and why."""
+    report.fresh[name] = reason
+    report.fresh_params += tensor.numel()
+    if note:
+        report.notes.append(note)
+
+
+def _load(report: TransferReport, copies: list[tuple[torch.Tensor, torch.Tensor]], name: str,
+          tensor: torch.Tensor, value: torch.Tensor) -> None:
+    """Plan copying a checkpoint tensor unchanged into a model tensor."""
+    copies.append((tensor, value))
+    report.loaded.append(name)
+    report.loaded_params += tensor.numel()
+
+
+def _encoder_problem(name: str, part: str, tensor: torch.Tensor, found: torch.Tensor | None) -> str:
+    """Why an encoder tensor of the model cannot take the checkpoint's tensor."""
+    if found is None:
+        return f"encoder parameter {name!r} of the model is not in the checkpoint"
+    problem = _shape_mismatch(name, found, tensor)
+    if part == STEM and found.ndim >= 3 and found.shape[1] not in (1, tensor.shape[1]):
+        problem += "; only a 1-channel input convolution can be adapted to several channels"
+    return problem
+
+
+def _plan_encoder_tensor(report: TransferReport, copies: list[tuple[torch.Tensor, torch.Tensor]], name: str,
+                         part: str, tensor: torch.Tensor, found: torch.Tensor | None, strict: bool) -> None:
+    """An encoder (or stem) tensor: copied, adapted from 1 input channel, refused (strict) or kept fresh."""
+    if found is not None and found.shape == tensor.shape:
+        _load(report, copies, name, tensor, found)
+        return
+    adapted = _adapt_input_channels(found, tensor.shape) if found is not None and part == STEM else None
+    if adapted is not None:
+        copies.append((tensor, adapted))
+        report.adapted[name] = f"{part}: {found.shape[1]}->{tensor.shape[1]} channels"
+        report.adapted_params += tensor.numel()
+        return
+    problem = _encoder_problem(name, part, tensor, found)
+    if strict:
+        raise WeightTransferError(problem)
+    _keep_fresh(report, name, tensor, "encoder mismatch", problem)
+
+
+def _plan_decoder_tensor(report: TransferReport, copies: list[tuple[torch.Tensor, torch.Tensor]], name: str,
+                         tensor: torch.Tensor, found: torch.Tensor | None, load_decoder: bool) -> None:
+    """A decoder tensor: copied where name and shape match (and the decoder is wanted), else kept fresh."""
+    if not load_decoder:
+        _keep_fresh(report, name, tensor, "decoder not loaded")
+    elif found is None:
+        _keep_fresh(report, name, tensor, "decoder not in checkpoint", f"decoder {name!r} is not in the checkpoint")
+    elif found.shape != tensor.shape:
+        _keep_fresh(report, name, tensor, "decoder mismatch", _shape_mismatch(name, found, tensor))
+    else:
+        _load(report, copies, name, tensor, found)
+
+
+def _refuse_foreign_encoder(source: Mapping[str, torch.Tensor], model_encoder_names: set[str],
+                            has_stem_module: bool) -> None:
+    """Refuse a checkpoint whose encoder has tensors the model's encoder lacks."""
+    unexpected = sorted(n for n in source if _part_of(n, has_stem_module) in (STEM, ENCODER)
+                        and n not in model_encoder_names)
+    if unexpected:
+        raise WeightTransferError(
+            f"the checkpoint's encoder has {len(unexpected)} tensors the model lacks (first: "
+            f"{unexpected[0]!r}): the pretrained and the target encoders are different architectures")
+
+
 def transfer_weights(model: nn.Module, pretrained_state: Mapping[str, torch.Tensor], load_decoder: bool = True,
                      strict_encoder: bool = True) -> TransferReport:
     """Copy pretrained weights into `model` in place and report what happened to every tensor.
@@ -325,61 +394,20 @@ def transfer_weights(model: nn.Module, pretrained_state: Mapping[str, torch.Tens
     report = TransferReport()
     copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     model_encoder_names: set[str] = set()
-
-    def keep_fresh(name: str, tensor: torch.Tensor, reason: str, note: str | None = None) -> None:
-        report.fresh[name] = reason
-        report.fresh_params += tensor.numel()
-        if note:
-            report.notes.append(note)
-
     for name, aliases, tensor in targets:
         part = _part_of(name, has_stem_module)
         found = next((source[a] for a in aliases if a in source), None)
         if part in (STEM, ENCODER):
             model_encoder_names.update(aliases)
-            if found is not None and found.shape == tensor.shape:
-                copies.append((tensor, found))
-                report.loaded.append(name)
-                report.loaded_params += tensor.numel()
-                continue
-            adapted = _adapt_input_channels(found, tensor.shape) if found is not None and part == STEM else None
-            if adapted is not None:
-                copies.append((tensor, adapted))
-                report.adapted[name] = f"{part}: {found.shape[1]}->{tensor.shape[1]} channels"
-                report.adapted_params += tensor.numel()
-                continue
-            if found is None:
-                problem = f"encoder parameter {name!r} of the model is not in the checkpoint"
-            else:
-                problem = _shape_mismatch(name, found, tensor)
-                if part == STEM and found.ndim >= 3 and found.shape[1] not in (1, tensor.shape[1]):
-                    problem += "; only a 1-channel input convolution can be adapted to several channels"
-            if strict_encoder:
-                raise WeightTransferError(problem)
-            keep_fresh(name, tensor, "encoder mismatch", problem)
+            _plan_encoder_tensor(report, copies, name, part, tensor, found, strict_encoder)
         elif part == DECODER:
-            if not load_decoder:
-                keep_fresh(name, tensor, "decoder not loaded")
-            elif found is None:
-                keep_fresh(name, tensor, "decoder not in checkpoint", f"decoder {name!r} is not in the checkpoint")
-            elif found.shape != tensor.shape:
-                keep_fresh(name, tensor, "decoder mismatch", _shape_mismatch(name, found, tensor))
-            else:
-                copies.append((tensor, found))
-                report.loaded.append(name)
-                report.loaded_params += tensor.numel()
+            _plan_decoder_tensor(report, copies, name, tensor, found, load_decoder)
         elif part == OUTPUT:
-            keep_fresh(name, tensor, "output layers")
+            _keep_fresh(report, name, tensor, "output layers")
         else:
-            keep_fresh(name, tensor, "not encoder or decoder")
-
+            _keep_fresh(report, name, tensor, "not encoder or decoder")
     if strict_encoder:
-        unexpected = sorted(n for n in source if _part_of(n, has_stem_module) in (STEM, ENCODER)
-                            and n not in model_encoder_names)
-        if unexpected:
-            raise WeightTransferError(
-                f"the checkpoint's encoder has {len(unexpected)} tensors the model lacks (first: "
-                f"{unexpected[0]!r}): the pretrained and the target encoders are different architectures")
+        _refuse_foreign_encoder(source, model_encoder_names, has_stem_module)
 
     with torch.no_grad():
         for target, value in copies:

@@ -74,24 +74,30 @@ class FomoTransferPlanner(ExperimentPlanner):
         use_mask = bool(self.metadata.get("objective_settings", {}).get("use_mask_for_norm", [True])[0])
         return [scheme] * n, [use_mask] * n
 
-    def plan_experiment(self) -> dict:
-        meta = self.metadata
-        spacing = np.array(meta["spacing"], dtype=float)
-        arch_kwargs = dict(meta["network_kwargs"])
-        divisor = shape_divisor(arch_kwargs["strides"])
+    def _median_shape_at_spacing(self, spacing: np.ndarray) -> np.ndarray:
+        """The median image shape in voxels at the target spacing."""
         shapes = [np.array(s) * np.array(sp) / spacing for s, sp in
                   zip(self.dataset_fingerprint["shapes_after_crop"], self.dataset_fingerprint["spacings"])]
-        median_shape = np.median(shapes, 0)
-        patch = self.patch_override or transfer_patch(list(meta["patch_size"]), median_shape, divisor,
+        return np.median(shapes, 0)
+
+    def _checked_patch(self, median_shape: np.ndarray, divisor: np.ndarray) -> list[int]:
+        """--patch, else the transferred patch (`transfer_patch`); refused unless the strides divide it."""
+        patch = self.patch_override or transfer_patch(list(self.metadata["patch_size"]), median_shape, divisor,
                                                       cover_median=self.task.has_image_target)
         bad = [p for p, d in zip(patch, divisor) if p % d]
         if bad:
             raise ValueError(f"patch {patch} must be divisible by {divisor.tolist()} (the network's strides)")
+        return patch
+
+    def _fullres_configuration(self, arch_kwargs: dict, patch: list[int], median_shape: np.ndarray,
+                       spacing: np.ndarray) -> dict:
+        """The 3d_fullres configuration: the pretrained network, this patch and spacing."""
+        meta = self.metadata
         resampling_data, rd_kwargs, resampling_seg, rs_kwargs = self.determine_resampling()
         resampling_softmax, rsm_kwargs = self.determine_segmentation_softmax_export_fn()
         normalization, use_mask = self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
         batch = self.batch_size or int(meta.get("objective_settings", {}).get("batch_size", 2))
-        configuration = {
+        return {
             "data_identifier": self.data_identifier or self.generate_data_identifier(CONFIGURATION),
             "preprocessor_name": self.preprocessor_name,
             "batch_size": batch,
@@ -110,11 +116,25 @@ class FomoTransferPlanner(ExperimentPlanner):
                              "_kw_requires_import": list(meta["arch_kwargs_requires_import"])},
             "batch_dice": False,
         }
-        fomo = {"role": "finetune", "task": self.task.key, "task_kind": self.task.kind,
+
+    def _fomo_entry(self) -> dict:
+        """The plans' `fomo` entry: the task and the pretrained checkpoint (path and sha256) they derive from."""
+        meta = self.metadata
+        return {"role": "finetune", "task": self.task.key, "task_kind": self.task.kind,
                 "pretrained_checkpoint": self.checkpoint,
                 "pretrained_sha256": file_sha256(self.checkpoint) if self.checkpoint else None,
                 "pretrained_objective": meta.get("objective"),
                 "pretrained_dataset": meta.get("dataset_name")}
+
+    def plan_experiment(self) -> dict:
+        """The plans (one 3d_fullres configuration, the pretrained network), saved and returned."""
+        spacing = np.array(self.metadata["spacing"], dtype=float)
+        arch_kwargs = dict(self.metadata["network_kwargs"])
+        divisor = shape_divisor(arch_kwargs["strides"])
+        median_shape = self._median_shape_at_spacing(spacing)
+        patch = self._checked_patch(median_shape, divisor)
+        configuration = self._fullres_configuration(arch_kwargs, patch, median_shape, spacing)
+        fomo = self._fomo_entry()
         plans = {
             "dataset_name": self.dataset_name,
             "plans_name": self.plans_identifier,

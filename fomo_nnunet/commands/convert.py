@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fomo_nnunet.tasks import PRETRAIN_DATASET_ID, PRETRAIN_DATASET_NAME, TASKS, task_choices
+
 _COMMON = """
 Checks every source file, its header before any voxel is read; unusable ones (unreadable, truncated,
 not gzip behind .nii.gz, 2D, an axis of size 0 or fewer than 15 slices, complex or RGB data, a header
@@ -40,16 +42,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert FOMO folders into nnU-Net raw datasets",
-                       description="Convert FOMO folders (pretraining corpora, task folders) into nnU-Net raw "
-                                   "datasets under $nnUNet_raw.")
-    csub = p.add_subparsers(dest="convert_command", metavar="WHAT")
-
-    from fomo_nnunet.tasks import PRETRAIN_DATASET_ID, PRETRAIN_DATASET_NAME, TASKS, task_choices
-
-    common = _common_help()
-
+def _add_pretrain_parser(csub: argparse._SubParsersAction, common: str) -> None:
+    """`convert pretrain`: a pretraining corpus -> one single-channel case per scan."""
     pre = csub.add_parser(
         "pretrain", help="a FOMO60K/FOMO300K corpus -> one single-channel case per scan",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,6 +70,9 @@ next: fomo-nnunet plan pretrain -d {PRETRAIN_DATASET_ID}""")
     _add_common(pre)
     pre.set_defaults(func=run_pretrain)
 
+
+def _add_task_parser(csub: argparse._SubParsersAction, common: str) -> None:
+    """`convert task`: a FOMO task folder -> a multi-channel dataset with labels or targets."""
     table = "\n".join(f"  {t.key:6s} {t.name:15s} {t.kind:15s} {', '.join(t.channel_names):28s} -> "
                       f"{t.dataset_name}" for t in TASKS)
     tk = csub.add_parser(
@@ -105,6 +102,16 @@ next: fomo-nnunet plan transfer -d ID --pretrained RESULTS""")
                     help="dataset ID (default: 900 + task number)")
     _add_common(tk)
     tk.set_defaults(func=run_task)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert FOMO folders into nnU-Net raw datasets",
+                       description="Convert FOMO folders (pretraining corpora, task folders) into nnU-Net raw "
+                                   "datasets under $nnUNet_raw.")
+    csub = p.add_subparsers(dest="convert_command", metavar="WHAT")
+    common = _common_help()
+    _add_pretrain_parser(csub, common)
+    _add_task_parser(csub, common)
     p.set_defaults(func=lambda a: p.print_help() or 2)  # exit_codes.BAD_INPUT
 
 

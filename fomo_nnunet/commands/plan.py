@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from fomo_nnunet.plans.presets import ARCH_PRESETS, PRETRAIN_PLANS_NAME
+from fomo_nnunet.tasks import task_choices
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="write fomoPretrainPlans / fomoPlans plans files",
-                       description="Write nnU-Net plans files. Then run nnUNetv2_preprocess with -plans_name.")
-    psub = p.add_subparsers(dest="plan_command", metavar="WHAT")
 
+def _add_pretrain_parser(psub: argparse._SubParsersAction) -> None:
+    """`plan pretrain`: plans for MAE pretraining on a converted corpus."""
     pre = psub.add_parser(
         "pretrain", help="plans for MAE pretraining on a converted corpus (fomoPretrainPlans.json)",
         description="Write fomoPretrainPlans.json into $nnUNet_preprocessed/DatasetNNN_*: a fixed "
@@ -16,8 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "fingerprint is extracted first when missing. Next: nnUNetv2_preprocess -d ID "
                     "-plans_name fomoPretrainPlans -c 3d_fullres")
     pre.add_argument("-d", "--dataset", type=int, required=True, help="dataset ID of the converted corpus")
-    from fomo_nnunet.plans.presets import ARCH_PRESETS, PRETRAIN_PLANS_NAME
-
     pre.add_argument("--arch", default="resenc_b", choices=list(ARCH_PRESETS),
                      help="architecture preset (default: resenc_b); " + "; ".join(f"{k}: {v.description}" for k, v in ARCH_PRESETS.items()))
     pre.add_argument("--patch", type=int, default=None,
@@ -32,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="check the raw dataset first, as nnUNetv2_plan_and_preprocess does with this flag")
     pre.set_defaults(func=run_pretrain)
 
+
+def _add_transfer_parser(psub: argparse._SubParsersAction) -> None:
+    """`plan transfer`: plans for a task dataset, derived from a pretrained checkpoint."""
     tr = psub.add_parser(
         "transfer", help="plans for a task dataset, derived from a pretrained checkpoint (fomoPlans.json)",
         description="Write fomoPlans.json for a converted task dataset: network, spacing and normalisation from "
@@ -48,8 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "or from --arch when there is no checkpoint), for honest from-scratch comparisons")
     tr.add_argument("--arch", default=None, choices=list(ARCH_PRESETS),
                     help="with --from-scratch and no --pretrained: the architecture preset")
-    from fomo_nnunet.tasks import task_choices
-
     tr.add_argument("--task", default=None, choices=task_choices(),
                     help="the FOMO task (default: read from dataset.json 'fomo_task' or the dataset name)")
     tr.add_argument("--patch", type=int, default=None, help="cubic patch edge in voxels (default: see above)")
@@ -64,6 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--verify_dataset_integrity", action="store_true",
                     help="check the raw dataset first, as nnUNetv2_plan_and_preprocess does with this flag")
     tr.set_defaults(func=run_transfer)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="write fomoPretrainPlans / fomoPlans plans files",
+                       description="Write nnU-Net plans files. Then run nnUNetv2_preprocess with -plans_name.")
+    psub = p.add_subparsers(dest="plan_command", metavar="WHAT")
+    _add_pretrain_parser(psub)
+    _add_transfer_parser(psub)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 
