@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 
-import numpy as np
-from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.paths import nnUNet_preprocessed
 
+from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner
 from fomo_nnunet.plans.presets import ARCH_PRESETS, CONFIGURATION, PRETRAIN_PLANS_NAME, ArchPreset, architecture_dict
 
 
@@ -27,7 +26,7 @@ def check_patch(preset: ArchPreset, patch_size: tuple[int, ...]) -> None:
                          f"{4 * factor} for preset '{preset.name}' ({preset.n_stages} stages)")
 
 
-class FomoPretrainPlanner(ExperimentPlanner):
+class FomoPretrainPlanner(FixedNetworkPlanner):
     """Writes a plans file with one 3d_fullres configuration of a fixed preset architecture."""
 
     def __init__(self, dataset_name_or_id: str | int, preset: ArchPreset, patch_size: tuple[int, int, int],
@@ -46,51 +45,12 @@ class FomoPretrainPlanner(ExperimentPlanner):
         return ["ZScoreNormalization"] * n, [True] * n
 
     def plan_experiment(self) -> dict:
-        spacing = np.array(self.target_spacing)
-        resampling_data, resampling_data_kwargs, resampling_seg, resampling_seg_kwargs = self.determine_resampling()
-        resampling_softmax, resampling_softmax_kwargs = self.determine_segmentation_softmax_export_fn()
-        normalization, use_mask = self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
-        shapes = [np.array(s) * np.array(sp) / spacing for s, sp in
-                  zip(self.dataset_fingerprint["shapes_after_crop"], self.dataset_fingerprint["spacings"])]
-        median_shape = np.median(shapes, 0)
-        configuration = {
-            "data_identifier": self.generate_data_identifier(CONFIGURATION),
-            "preprocessor_name": self.preprocessor_name,
-            "batch_size": self.batch_size,
-            "patch_size": list(self.patch_size),
-            "median_image_size_in_voxels": [float(i) for i in median_shape],
-            "spacing": list(self.target_spacing),
-            "normalization_schemes": normalization,
-            "use_mask_for_norm": use_mask,
-            "resampling_fn_data": resampling_data.__name__,
-            "resampling_fn_seg": resampling_seg.__name__,
-            "resampling_fn_data_kwargs": resampling_data_kwargs,
-            "resampling_fn_seg_kwargs": resampling_seg_kwargs,
-            "resampling_fn_probabilities": resampling_softmax.__name__,
-            "resampling_fn_probabilities_kwargs": resampling_softmax_kwargs,
-            "architecture": architecture_dict(self.preset, self.patch_size, self.target_spacing),
-            "batch_dice": False,
-        }
-        plans = {
-            "dataset_name": self.dataset_name,
-            "plans_name": self.plans_identifier,
-            "original_median_spacing_after_transp": [float(i) for i in np.median(self.dataset_fingerprint["spacings"], 0)],
-            "original_median_shape_after_transp": [int(round(i)) for i in
-                                                   np.median(self.dataset_fingerprint["shapes_after_crop"], 0)],
-            "image_reader_writer": self.determine_reader_writer().__name__,
-            "transpose_forward": [0, 1, 2],
-            "transpose_backward": [0, 1, 2],
-            "configurations": {CONFIGURATION: configuration},
-            "experiment_planner_used": self.__class__.__name__,
-            "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel":
-                self.dataset_fingerprint["foreground_intensity_properties_per_channel"],
-            "fomo": {"role": "pretraining", "arch_preset": self.preset.name},
-        }
-        os.makedirs(os.path.join(nnUNet_preprocessed, self.dataset_name), exist_ok=True)
-        self.plans = plans
-        self.save_plans(plans)
-        return plans
+        """The plans (one 3d_fullres configuration of the preset's network), saved and returned."""
+        configuration = self.fullres_configuration(
+            self.generate_data_identifier(CONFIGURATION), self.batch_size, self.patch_size,
+            self.median_shape_at_spacing(self.target_spacing), self.target_spacing,
+            architecture_dict(self.preset, self.patch_size, self.target_spacing))
+        return self.save_fixed_plans(configuration, {"role": "pretraining", "arch_preset": self.preset.name})
 
 
 def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = None,

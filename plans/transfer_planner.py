@@ -14,10 +14,10 @@ import re
 import shutil
 
 import numpy as np
-from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.paths import nnUNet_preprocessed
 
 from fomo_nnunet.checkpoints import file_sha256, find_checkpoint, metadata_from_preset, read_checkpoint_metadata
+from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner
 from fomo_nnunet.plans.presets import CONFIGURATION
 from fomo_nnunet.tasks import Task, get_task
 
@@ -52,7 +52,7 @@ def transfer_patch(pretrain_patch: list[int], median_shape: np.ndarray, divisor:
     return [max(min(p, f), mn) for p, f, mn in zip(pretrain_patch, fitted, minimum)]
 
 
-class FomoTransferPlanner(ExperimentPlanner):
+class FomoTransferPlanner(FixedNetworkPlanner):
     """One 3d_fullres configuration whose network is the pretrained one."""
 
     def __init__(self, dataset_name_or_id: str | int, metadata: dict, checkpoint: str | None,
@@ -74,12 +74,6 @@ class FomoTransferPlanner(ExperimentPlanner):
         use_mask = bool(self.metadata.get("objective_settings", {}).get("use_mask_for_norm", [True])[0])
         return [scheme] * n, [use_mask] * n
 
-    def _median_shape_at_spacing(self, spacing: np.ndarray) -> np.ndarray:
-        """The median image shape in voxels at the target spacing."""
-        shapes = [np.array(s) * np.array(sp) / spacing for s, sp in
-                  zip(self.dataset_fingerprint["shapes_after_crop"], self.dataset_fingerprint["spacings"])]
-        return np.median(shapes, 0)
-
     def _checked_patch(self, median_shape: np.ndarray, divisor: np.ndarray) -> list[int]:
         """--patch, else the transferred patch (`transfer_patch`); refused unless the strides divide it."""
         patch = self.patch_override or transfer_patch(list(self.metadata["patch_size"]), median_shape, divisor,
@@ -90,32 +84,14 @@ class FomoTransferPlanner(ExperimentPlanner):
         return patch
 
     def _fullres_configuration(self, arch_kwargs: dict, patch: list[int], median_shape: np.ndarray,
-                       spacing: np.ndarray) -> dict:
+                               spacing: np.ndarray) -> dict:
         """The 3d_fullres configuration: the pretrained network, this patch and spacing."""
         meta = self.metadata
-        resampling_data, rd_kwargs, resampling_seg, rs_kwargs = self.determine_resampling()
-        resampling_softmax, rsm_kwargs = self.determine_segmentation_softmax_export_fn()
-        normalization, use_mask = self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
         batch = self.batch_size or int(meta.get("objective_settings", {}).get("batch_size", 2))
-        return {
-            "data_identifier": self.data_identifier or self.generate_data_identifier(CONFIGURATION),
-            "preprocessor_name": self.preprocessor_name,
-            "batch_size": batch,
-            "patch_size": [int(p) for p in patch],
-            "median_image_size_in_voxels": [float(i) for i in median_shape],
-            "spacing": [float(s) for s in spacing],
-            "normalization_schemes": normalization,
-            "use_mask_for_norm": use_mask,
-            "resampling_fn_data": resampling_data.__name__,
-            "resampling_fn_seg": resampling_seg.__name__,
-            "resampling_fn_data_kwargs": rd_kwargs,
-            "resampling_fn_seg_kwargs": rs_kwargs,
-            "resampling_fn_probabilities": resampling_softmax.__name__,
-            "resampling_fn_probabilities_kwargs": rsm_kwargs,
-            "architecture": {"network_class_name": meta["network_class"], "arch_kwargs": arch_kwargs,
-                             "_kw_requires_import": list(meta["arch_kwargs_requires_import"])},
-            "batch_dice": False,
-        }
+        architecture = {"network_class_name": meta["network_class"], "arch_kwargs": arch_kwargs,
+                        "_kw_requires_import": list(meta["arch_kwargs_requires_import"])}
+        return self.fullres_configuration(self.data_identifier or self.generate_data_identifier(CONFIGURATION),
+                                          batch, patch, median_shape, spacing, architecture)
 
     def _fomo_entry(self) -> dict:
         """The plans' `fomo` entry: the task and the pretrained checkpoint (path and sha256) they derive from."""
@@ -131,30 +107,10 @@ class FomoTransferPlanner(ExperimentPlanner):
         spacing = np.array(self.metadata["spacing"], dtype=float)
         arch_kwargs = dict(self.metadata["network_kwargs"])
         divisor = shape_divisor(arch_kwargs["strides"])
-        median_shape = self._median_shape_at_spacing(spacing)
+        median_shape = self.median_shape_at_spacing(spacing)
         patch = self._checked_patch(median_shape, divisor)
         configuration = self._fullres_configuration(arch_kwargs, patch, median_shape, spacing)
-        fomo = self._fomo_entry()
-        plans = {
-            "dataset_name": self.dataset_name,
-            "plans_name": self.plans_identifier,
-            "original_median_spacing_after_transp": [float(i) for i in np.median(self.dataset_fingerprint["spacings"], 0)],
-            "original_median_shape_after_transp": [int(round(i)) for i in
-                                                   np.median(self.dataset_fingerprint["shapes_after_crop"], 0)],
-            "image_reader_writer": self.determine_reader_writer().__name__,
-            "transpose_forward": [0, 1, 2],
-            "transpose_backward": [0, 1, 2],
-            "configurations": {CONFIGURATION: configuration},
-            "experiment_planner_used": self.__class__.__name__,
-            "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel":
-                self.dataset_fingerprint["foreground_intensity_properties_per_channel"],
-            "fomo": fomo,
-        }
-        os.makedirs(os.path.join(nnUNet_preprocessed, self.dataset_name), exist_ok=True)
-        self.plans = plans
-        self.save_plans(plans)
-        return plans
+        return self.save_fixed_plans(configuration, self._fomo_entry())
 
 
 def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = False, arch: str | None = None,
