@@ -24,9 +24,7 @@ class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrai
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self._apply_recipe(resuming)
         self.oversample_foreground_percent = self.oversample_foreground
 
     def perform_actual_validation(self, save_probabilities: bool = False):
