@@ -178,9 +178,9 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
                                "(progress.png, reconstruction.png); no segmentation validation to run.")
 
 
-# ---- variants: a subclass changes a few attributes ----------------------------------------------
-class nnUNetTrainerFomoMAE_tiny(nnUNetTrainerFomoMAE):
-    """CPU-sized run for the demo: 4 mm data, 32^3 patches, a few minutes on two cores."""
+# ---- budgets: attribute sets placed before the trainer (as fomo_nnunet.finetune.TinyBudget) --------
+class TinyPretraining:
+    """The CPU demo's pretraining for tiny-preset plans (4 mm data, 32^3 patches): 500 steps, blocks of 16 mm."""
     block_size = 4
     epochs = 20
     iterations_per_epoch = 25
@@ -190,20 +190,33 @@ class nnUNetTrainerFomoMAE_tiny(nnUNetTrainerFomoMAE):
     picture_every = 5
 
 
-class nnUNetTrainerFomoMAE_tiny_80epochs(nnUNetTrainerFomoMAE_tiny):
-    """Four times the tiny pretraining (2000 steps): do longer-pretrained features probe better?"""
+class LongTinyPretraining(TinyPretraining):
+    """Four times the tiny pretraining (2000 steps)."""
     epochs = 80
     checkpoint_every = 10
     picture_every = 20
 
 
-class nnUNetTrainerFomoMAE_tiny_smoke(nnUNetTrainerFomoMAE_tiny):
+class SmokePretraining(TinyPretraining):
     """A few iterations, for tests."""
     epochs = 3
     iterations_per_epoch = 4
     val_iterations_per_epoch = 2
     checkpoint_every = 1
     picture_every = 1
+
+
+# ---- variants: a subclass changes a few attributes, as nnU-Net writes them ------------------------
+class nnUNetTrainerFomoMAE_tiny(TinyPretraining, nnUNetTrainerFomoMAE):
+    """CPU-sized run for the demo: 4 mm data, 32^3 patches, a few minutes on two cores."""
+
+
+class nnUNetTrainerFomoMAE_tiny_80epochs(LongTinyPretraining, nnUNetTrainerFomoMAE_tiny):
+    """Four times the tiny pretraining (2000 steps): do longer-pretrained features probe better?"""
+
+
+class nnUNetTrainerFomoMAE_tiny_smoke(SmokePretraining, nnUNetTrainerFomoMAE_tiny):
+    """A few iterations, for tests."""
 
 
 class nnUNetTrainerFomoMAE_ratio60(nnUNetTrainerFomoMAE):
