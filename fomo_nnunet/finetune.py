@@ -3,18 +3,20 @@
 - which checkpoint the plans name, and loading it into a freshly built network (safe loading,
   stem adaptation and the report come from fomo_nnunet.transfer);
 - parameter groups that know which tensors are pretrained;
-- the schedule: first only the fresh parts learn (pretrained groups at lr 0), then the whole
-  network warms up linearly, then nnU-Net's polynomial decay. A from-scratch twin has no
-  pretrained group, so the same recipe reduces to warmup + poly for every parameter.
+- the schedule (fomo_nnunet.training.EpochSchedule): first only the fresh parts learn (pretrained
+  groups at lr 0), then the whole network warms up linearly, then nnU-Net's polynomial decay. A
+  from-scratch twin has no pretrained group, so the same recipe reduces to warmup + poly for every
+  parameter.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from fomo_nnunet.training import Budget, EpochLR, EpochSchedule, unwrap
 
 
 def pretrained_checkpoint_from_plans(plans: dict) -> str | None:
@@ -75,43 +77,11 @@ def split_parameters(network: nn.Module, pretrained_names: set[str]) -> tuple[li
     return pretrained, fresh
 
 
-@dataclass
-class FinetuneSchedule:
-    """Per-epoch learning-rate factors of the few-shot recipe."""
-
-    num_epochs: int
-    fresh_only_epochs: int
-    warmup_epochs: int
-    exponent: float = 0.9
-
-    def factor(self, epoch: int, pretrained: bool) -> float:
-        if pretrained and epoch < self.fresh_only_epochs:
-            return 0.0
-        start = self.fresh_only_epochs if pretrained else 0
-        if epoch < start + self.warmup_epochs:
-            return (epoch - start + 1) / (self.warmup_epochs + 1)
-        return (1 - epoch / self.num_epochs) ** self.exponent
-
-
-class FinetuneLR:
-    """nnU-Net-style `step(epoch)` scheduler applying FinetuneSchedule to tagged param groups."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: FinetuneSchedule):
-        self.optimizer = optimizer
-        self.schedule = schedule
-        for g in optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-
-    def step(self, epoch: int) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * self.schedule.factor(epoch, g.get("pretrained", False))
-
-
 OPTIMIZERS = ("sgd", "adamw")
 
 
 def build_optimizer(network: nn.Module, pretrained_names: set[str], lr: float, weight_decay: float,
-                    pretrained_lr_scale: float, schedule: FinetuneSchedule, kind: str = "sgd"):
+                    pretrained_lr_scale: float, schedule: EpochSchedule, kind: str = "sgd"):
     """A group for pretrained and one for fresh tensors; `kind` "sgd" is nnU-Net's (nesterov momentum 0.99),
     "adamw" is AdamW (betas 0.9/0.999), as the FOMO baselines finetune."""
     pretrained, fresh = split_parameters(network, pretrained_names)
@@ -124,42 +94,33 @@ def build_optimizer(network: nn.Module, pretrained_names: set[str], lr: float, w
         optimizer = torch.optim.AdamW(groups, lr, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {kind!r} (choose from {', '.join(OPTIMIZERS)})")
-    return optimizer, FinetuneLR(optimizer, schedule)
+    return optimizer, EpochLR(optimizer, schedule)
 
 
-class FinetuneRecipe:
+class FinetuneRecipe(Budget):
     """Mixin for nnU-Net trainers: pretrained initialisation from the plans and the few-shot recipe.
 
     nnU-Net builds the network and then calls `configure_optimizers`: the one moment the network
     exists and the optimiser does not, so the weights are loaded there and the parameter groups
-    know which tensors are pretrained. Attributes below are the recipe; variants change them.
+    know which tensors are pretrained. Attributes below (and Budget's) are the recipe; variants
+    change them.
     """
 
     use_pretrained: bool = True
     load_decoder: bool = True
     epochs: int = 250
-    iterations_per_epoch: int = 250
-    val_iterations_per_epoch: int = 50
-    optimizer_name: str = "sgd"       # "sgd" (nnU-Net's) or "adamw"
-    lr: float = 1e-2
-    weight_decay_value: float = 3e-5  # the weight decay, whichever the optimizer
+    optimizer_name: str = "sgd"       # "sgd" (nnU-Net's) or "adamw"; `weight_decay_value` applies to either
     fresh_only_epochs: int = 10       # pretrained tensors frozen (lr 0) while fresh ones start
     warmup_epochs: int = 10           # then the whole network warms up linearly
     pretrained_lr_scale: float = 1.0  # lr of pretrained tensors relative to fresh ones
-    checkpoint_every: int = 50
     test_time_mirroring: bool = True  # mirroring TTA in validation and nnUNetv2_predict (8x the forwards)
     progress_plot_every: int = 1      # nnU-Net redraws progress.png every epoch (about 1 s on a CPU)
 
-    def _apply_recipe(self, resuming: bool) -> None:
-        """Call at the end of __init__, after nnU-Net set its defaults."""
-        self.num_epochs = self.epochs
-        self.num_iterations_per_epoch = self.iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
-        self.initial_lr = self.lr
-        self.weight_decay = self.weight_decay_value
-        self.save_every = self.checkpoint_every
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
         # resuming (--c) restores every weight from checkpoint_latest: no need to load the pretraining
-        self._resuming = resuming
+        self._resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.transfer_report = None
         if self.progress_plot_every > 1:
             self._throttle_progress_plot()
@@ -182,17 +143,10 @@ class FinetuneRecipe:
             self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch, mirror_axes
 
-    def _plain(self) -> nn.Module:
-        from torch._dynamo import OptimizedModule
-        from torch.nn.parallel import DistributedDataParallel
-
-        # check the wrapper, not is_ddp: configure_optimizers runs before nnU-Net wraps the network in DDP
-        mod = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
-
     def _network_for_transfer(self) -> nn.Module:
         """The module whose state dict matches the pretraining U-Net (the whole network by default)."""
-        return self._plain()
+        # by its wrappers, not is_ddp: configure_optimizers runs before nnU-Net wraps the network in DDP
+        return unwrap(self.network)
 
     def configure_optimizers(self):
         pretrained: set[str] = set()
@@ -210,8 +164,8 @@ class FinetuneRecipe:
             pretrained = {self._transfer_prefix() + n for n in names}
         else:
             self.print_to_log_file("training from scratch: random initialisation (the _scratch twin)")
-        schedule = FinetuneSchedule(self.num_epochs, self.fresh_only_epochs if pretrained else 0,
-                                    self.warmup_epochs)
+        schedule = EpochSchedule(self.num_epochs, self.warmup_epochs,
+                                 fresh_only_epochs=self.fresh_only_epochs if pretrained else 0)
         return build_optimizer(self.network, pretrained, self.initial_lr, self.weight_decay,
                                self.pretrained_lr_scale, schedule, self.optimizer_name)
 

@@ -262,7 +262,9 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel / DataParallel and torch.compile wrappers (any nesting):
+    the module whose state dict has the plain parameter names."""
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
             model = model.module
@@ -384,7 +386,7 @@ def transfer_weights(model: nn.Module, pretrained_state: Mapping[str, torch.Tens
     - output layers (decoder.seg_layers.*, head.*) and anything else: never copied.
     Nothing is copied unless the whole transfer can go through.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     source: dict[str, torch.Tensor] = {}
     for name, tensor in pretrained_state.items():
         source.setdefault(_canonical_name(name), tensor)

@@ -5,6 +5,7 @@ report) feeds a pooling head (fomo_nnunet.heads). nnU-Net's planning, preprocess
 and training loop stay; what changes is what a batch carries (the case's target from targets.json),
 where a patch is cut (the brain centre, with a small random shift, no foreground oversampling), the
 loss, and validation by the task's own metric (AUROC, MAE), which also picks checkpoint_best.pth.
+The training step and the epoch end are the trainer toolkit's (fomo_nnunet.training).
 Predict with `fomo-nnunet predict` (nnU-Net's predictor is for segmentations).
 """
 from __future__ import annotations
@@ -12,24 +13,62 @@ from __future__ import annotations
 import csv
 import json
 import os
-from time import time
 
 import numpy as np
 import torch
-from torch import nn
-
-from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
-from fomo_nnunet.training import DistributedRun, SeededRun
-from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs, load_targets,
-                                     task_from_plans, validation_score)
-from fomo_nnunet.tasks import CLASSIFICATION
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from torch import nn
+
+from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
+from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs, load_targets,
+                                     task_from_plans, validation_score)
+from fomo_nnunet.network_record import build_image_level_network
+from fomo_nnunet.tasks import CLASSIFICATION
+from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, SeededRun, unwrap
 
 
-class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrainer):
+class CentredCropValidation:
+    """The image-level trainers' final validation (nnU-Net's segments sliding windows instead): every
+    validation case once, its centred crop, predictions to validation/predictions.csv and the task's
+    metric to validation/summary.json."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.local_rank != 0:
+            return
+        _, dataset_val = self.get_tr_and_val_datasets()
+        if not self.targets:
+            self.targets = load_targets(self.preprocessed_dataset_folder_base, dataset_val.identifiers, self.kind)
+        net = unwrap(self.network)
+        net.eval()
+        rows = []
+        for key in dataset_val.identifiers:
+            data = dataset_val.load_case(key)[0]
+            x = torch.from_numpy(crop_or_pad(np.asarray(data), self.configuration_manager.patch_size)[None]).float()
+            with torch.no_grad():
+                out = decode_outputs(net(x.to(self.device)), self.kind, self._target_stats())[0]
+            rows.append((key, float(out[1]) if self.kind == CLASSIFICATION and out.shape[0] == 2 else out,
+                         self.targets[key]))
+        folder = os.path.join(self.output_folder, "validation")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "predictions.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["case_id", "prediction", "target"])
+            for key, p, t in rows:
+                w.writerow([key, p if np.ndim(p) == 0 else json.dumps(np.asarray(p).tolist()), t])
+        preds = np.array([r[1] for r in rows], dtype=float)
+        if self.kind == CLASSIFICATION and preds.ndim == 1:
+            preds = np.stack([1 - preds, preds], 1)
+        name, value, _ = validation_score(self.kind, preds, np.array([r[2] for r in rows], dtype=float))
+        with open(os.path.join(folder, "summary.json"), "w") as f:
+            json.dump({"metric": name, "value": value, "n_cases": len(rows)}, f, indent=1)
+        self.print_to_log_file(f"final validation on {len(rows)} case(s), centred crop: {name} = {value:.4f}")
+
+
+class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, CentredCropValidation,
+                                  FinetuneRecipe, nnUNetTrainer):
     """Shared by the classification and regression trainers; the task's kind (from the plans) decides."""
 
     # the head (fomo_nnunet.heads.PoolingHead)
@@ -49,25 +88,24 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, FinetuneRecipe, nnU
     fresh_only_epochs = 5
     warmup_epochs = 5
     checkpoint_every = 20
+    grad_clip = 12.0                       # max gradient norm (nnU-Net's)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self._apply_recipe(resuming)
         self.task = task_from_plans(self.plans_manager.plans)
         self.kind = self.task.kind
         self.enable_deep_supervision = False
         self.oversample_foreground_percent = 0.0
         self.logger.local_logger.my_fantastic_logging["val_metric"] = []
         self.targets: dict[str, float] = {}
+        # the task's metric (validation_score): its name, and the last value as a score (higher is better)
+        self._metric_name, self._val_score = "metric", float("nan")
 
     # ---- network: the pretrained U-Net's encoder and a pooling head ----------------------------
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        from fomo_nnunet.network_record import build_image_level_network
-
         return build_image_level_network(plans_manager.plans, configuration_manager, num_input_channels,
                                          cls.head_stages, cls.head_hidden, cls.head_dropout, cls.head_pooling)
 
@@ -81,8 +119,6 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, FinetuneRecipe, nnU
 
     # ---- data: targets from targets.json, centred crops, balanced classes -----------------------
     def get_dataloaders(self):
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         patch = self.configuration_manager.patch_size
@@ -128,31 +164,16 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, FinetuneRecipe, nnU
         return ((y - mean) / std)[:, None]
 
     # ---- steps ---------------------------------------------------------------------------------
-    def _autocast(self):
-        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
-
-    def train_step(self, batch: dict) -> dict:
+    def training_loss(self, batch: dict) -> torch.Tensor:
         data = batch["data"].to(self.device, non_blocking=True)
         target = self._batch_targets(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss = self.loss(self.network(data).float(), target)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy()}
+        with self.autocast():
+            return self.loss(self.network(data).float(), target)
 
     def validation_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = self._batch_targets(batch)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             out = self.network(data).float()
             loss = self.loss(out, target)
         return {"loss": loss.detach().cpu().numpy(),
@@ -161,84 +182,26 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, FinetuneRecipe, nnU
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
         outputs = collate_outputs(val_outputs)
-        loss = float(np.mean(outputs["loss"]))
-        predictions, targets = np.concatenate(outputs["prediction"]), np.concatenate(outputs["target"])
-        if self.is_ddp:
-            import torch.distributed as dist
-
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (loss, predictions, targets))
-            loss = float(np.mean([g[0] for g in gathered]))
-            predictions = np.concatenate([g[1] for g in gathered])
-            targets = np.concatenate([g[2] for g in gathered])
-        self._metric_name, value, _ = validation_score(self.kind, predictions, targets)
-        self.logger.log("val_losses", loss, self.current_epoch)
+        ranks = self.from_all_ranks((float(np.mean(outputs["loss"])), np.concatenate(outputs["prediction"]),
+                                     np.concatenate(outputs["target"])))
+        predictions, targets = (np.concatenate([r[i] for r in ranks]) for i in (1, 2))
+        self._metric_name, value, self._val_score = validation_score(self.kind, predictions, targets)
+        self.logger.log("val_losses", float(np.mean([r[0] for r in ranks])), self.current_epoch)
         self.logger.log("val_metric", value, self.current_epoch)
 
     # ---- epoch end: the task's metric picks checkpoint_best ------------------------------------
-    def on_epoch_end(self):
-        self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
+    def epoch_lines(self) -> list[tuple]:
         log = self.logger.get_value
-        name = getattr(self, "_metric_name", "metric")
-        value = log("val_metric", -1)
-        self.print_to_log_file("train_loss", np.round(log("train_losses", -1), 4))
-        self.print_to_log_file("val_loss", np.round(log("val_losses", -1), 4))
-        self.print_to_log_file(f"val {name} (sampled crops)", np.round(value, 4))
-        self.print_to_log_file(f"Epoch time: {np.round(log('epoch_end_timestamps', -1) - log('epoch_start_timestamps', -1), 2)} s")
-        epoch = self.current_epoch
-        if (epoch + 1) % self.save_every == 0 and epoch != self.num_epochs - 1:
-            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
-        score = value if name == "auroc" else -value
-        if np.isfinite(score) and (self._best_ema is None or score > self._best_ema):
-            self._best_ema = score  # nnU-Net saves `_best_ema` in checkpoints; here: the best score
-            self.print_to_log_file(f"New best val {name}: {np.round(value, 4)}")
-            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_best.pth"))
-        if self.local_rank == 0:
-            self._plot_progress()
-        self.current_epoch += 1
+        return [("train_loss", np.round(log("train_losses", -1), 4)), ("val_loss", np.round(log("val_losses", -1), 4)),
+                (f"val {self._metric_name} (sampled crops)", np.round(log("val_metric", -1), 4))]
 
-    def _plot_progress(self) -> None:
-        from fomo_nnunet.plots import plot_curves
+    def selection(self) -> tuple[float, str]:
+        value = self.logger.get_value("val_metric", -1)
+        return self._val_score, f"New best val {self._metric_name}: {np.round(value, 4)}"
 
-        log = self.logger.get_value
-        n = min(len(log(k, None)) for k in ("train_losses", "val_losses", "val_metric"))
-        plot_curves(os.path.join(self.output_folder, "progress.png"),
-                    {"train loss": log("train_losses", None)[:n], "val loss": log("val_losses", None)[:n]},
-                    f"{self.__class__.__name__}: {self.task.key} ({self.task.name})",
-                    secondary={f"val {getattr(self, '_metric_name', 'metric')}": log("val_metric", None)[:n]},
-                    secondary_label=getattr(self, "_metric_name", "metric"))
-
-    # ---- final validation: every validation case once, centred, written as CSV -----------------
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        if self.local_rank != 0:
-            return
-        _, dataset_val = self.get_tr_and_val_datasets()
-        if not self.targets:
-            self.targets = load_targets(self.preprocessed_dataset_folder_base, dataset_val.identifiers, self.kind)
-        net = self._plain()
-        net.eval()
-        rows = []
-        for key in dataset_val.identifiers:
-            data = dataset_val.load_case(key)[0]
-            x = torch.from_numpy(crop_or_pad(np.asarray(data), self.configuration_manager.patch_size)[None]).float()
-            with torch.no_grad():
-                out = decode_outputs(net(x.to(self.device)), self.kind, self._target_stats())[0]
-            rows.append((key, float(out[1]) if self.kind == CLASSIFICATION and out.shape[0] == 2 else out,
-                         self.targets[key]))
-        folder = os.path.join(self.output_folder, "validation")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "predictions.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["case_id", "prediction", "target"])
-            for key, p, t in rows:
-                w.writerow([key, p if np.ndim(p) == 0 else json.dumps(np.asarray(p).tolist()), t])
-        preds = np.array([r[1] for r in rows], dtype=float)
-        if self.kind == CLASSIFICATION and preds.ndim == 1:
-            preds = np.stack([1 - preds, preds], 1)
-        name, value, _ = validation_score(self.kind, preds, np.array([r[2] for r in rows], dtype=float))
-        with open(os.path.join(folder, "summary.json"), "w") as f:
-            json.dump({"metric": name, "value": value, "n_cases": len(rows)}, f, indent=1)
-        self.print_to_log_file(f"final validation on {len(rows)} case(s), centred crop: {name} = {value:.4f}")
+    def write_pictures(self, epoch: int) -> None:
+        self.plot_losses(f"{self.__class__.__name__}: {self.task.key} ({self.task.name})",
+                         {f"val {self._metric_name}": "val_metric"}, self._metric_name)
 
 
 class nnUNetTrainerFomoCls(nnUNetTrainerFomoImageLevel):
@@ -260,7 +223,9 @@ class TinyImageLevel(TinyBudget):
     even its 10 training cases in 180 steps (training loss 0.3-0.6 on standardised targets, the spread of
     its predictions 9 % of the targets'); on the same crops without augmentation and shift it fits them
     (loss below 0.1) and the out-of-domain spread rises to 27-31 %. The polymicrogyria classifier's
-    probabilities went from sd 0.03 to 0.16; the infarct classifier still learns (AUROC 0.98).
+    probabilities went from sd 0.03 to 0.16; the infarct classifier still learns (AUROC 0.98). The
+    regressor gets 180 steps: at 90 its brain-age predictions ranked the test cases (r 0.61) but spread
+    over 7 % of the targets' sd only.
     """
 
     head_hidden = 64
@@ -313,8 +278,7 @@ class nnUNetTrainerFomoReg_scratch(nnUNetTrainerFomoReg):
 
 
 class nnUNetTrainerFomoReg_tiny(TinyImageLevel, nnUNetTrainerFomoReg):
-    """CPU-sized budget for the demo (tiny-preset plans): 180 steps (at 90 the brain-age predictions ranked the
-    test cases (r 0.61) but spread over 7 % of the targets' sd only)."""
+    """CPU-sized budget for the demo (tiny-preset plans): 180 steps (see TinyImageLevel)."""
     epochs = 12
 
 

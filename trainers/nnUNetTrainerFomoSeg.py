@@ -24,9 +24,7 @@ class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrai
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self._apply_recipe(resuming)
         self.oversample_foreground_percent = self.oversample_foreground
 
     def perform_actual_validation(self, save_probabilities: bool = False):
@@ -47,18 +45,22 @@ class nnUNetTrainerFomoSeg_nodecoder(nnUNetTrainerFomoSeg):
     load_decoder = False
 
 
-class nnUNetTrainerFomoSeg_tiny(TinyBudget, nnUNetTrainerFomoSeg):
-    """CPU-sized budget for the demo and tests (pair with tiny-preset plans): 180 steps, a few minutes on 2 cores.
+class TinySegmentation(TinyBudget):
+    """The demo's segmentation recipe for tiny-preset plans: 180 steps, a few minutes on 2 cores.
 
     The recipe (fomo_nnunet.finetune.TinyBudget): AdamW 3e-3, one fresh-only and one warmup epoch. Every
     batch holds foreground (a few-shot task's structures are small: with nnU-Net's 33 % the meningioma
     stayed background for 900 SGD steps in one of two runs). No mirroring at inference: on a CPU it
-    multiplies prediction time by eight."""
+    multiplies prediction time by eight. Place before the trainer."""
     epochs = 12
     oversample_foreground = 1.0
     test_time_mirroring = False
     validate_fold_all = False
     progress_plot_every = 5
+
+
+class nnUNetTrainerFomoSeg_tiny(TinySegmentation, nnUNetTrainerFomoSeg):
+    """CPU-sized budget for the demo and tests (pair with tiny-preset plans): 180 steps, a few minutes on 2 cores."""
 
 
 class nnUNetTrainerFomoSeg_tiny_scratch(nnUNetTrainerFomoSeg_tiny):

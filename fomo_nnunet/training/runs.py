@@ -1,4 +1,4 @@
-"""Pieces every fomo trainer shares, as mixins placed before nnU-Net's trainer in the bases.
+"""How a run is set up: its seed and its processes (mixins placed before nnU-Net's trainer in the bases).
 
 `SeededRun`: the run's seed (fomo_nnunet.seeding) reaches the weight initialisation, the data
 loader and every augmentation worker; it is printed in the log, written to `seed.json` in the fold
@@ -6,9 +6,19 @@ folder and stored in every checkpoint (`init_args["fomo_seed"]`, which nnU-Net s
 
 `DistributedRun`: nnU-Net's DDP code as it is, on any device and any node: under a process group
 the rank trains on the device the launcher chose (fomo_nnunet.distributed), not on `cuda:<rank>`.
+
+Both take exactly nnU-Net's constructor arguments: nnU-Net reads the parameter names of the trainer's
+(most derived) `__init__` to record its arguments in every checkpoint (`init_args`), so a trainer may
+leave `__init__` to these mixins.
 """
 from __future__ import annotations
 
+import torch
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from fomo_nnunet.distributed import ddp_device
 from fomo_nnunet.seeding import (DETERMINISTIC_ENV, SEED_ENV, derive_seed, deterministic_requested, environment,
                                  run_seed, seed_everything, seeded_augmenters, use_deterministic_algorithms,
                                  write_seed_record)
@@ -17,8 +27,9 @@ from fomo_nnunet.seeding import (DETERMINISTIC_ENV, SEED_ENV, derive_seed, deter
 class SeededRun:
     """Mixin for nnU-Net trainers: one seed per run, every random stream derived from it."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.fomo_seed = run_seed()
         self.fomo_deterministic = deterministic_requested()
         # nnU-Net saves init_args in every checkpoint and only reads 'configuration' back from it
@@ -32,8 +43,6 @@ class SeededRun:
 
     def get_dataloaders(self):
         """nnU-Net's loaders and transforms, fed by seeded workers in a fixed order (see seeded_augmenters)."""
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
         processes = get_allowed_n_proc_DA()
         with environment(nnUNet_n_proc_DA="0"):  # build the loaders in-process; the workers are ours
             single_tr, single_val = super().get_dataloaders()
@@ -53,15 +62,9 @@ class SeededRun:
         if self.local_rank == 0:
             write_seed_record(self.output_folder, {
                 "seed": self.fomo_seed, "env": SEED_ENV, "deterministic_algorithms": self.fomo_deterministic,
-                "trainer": self.__class__.__name__, "augmentation_workers": _workers(),
+                "trainer": self.__class__.__name__, "augmentation_workers": int(get_allowed_n_proc_DA()),
                 "seeded": ["weight initialisation", "data sampling", "augmentation workers (one seed each)",
                            "mask stream (MAE)"]})
-
-
-def _workers() -> int:
-    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
-    return int(get_allowed_n_proc_DA())
 
 
 class DistributedRun:
@@ -72,14 +75,13 @@ class DistributedRun:
     (no GPU) or on a second node (rank 8 is GPU 0 there). Here the rank keeps the device it was given
     (CPU, or the GPU the launcher selected) and the network is wrapped for that device. Everything
     else is nnU-Net's: `local_rank` stays the global rank (rank 0 alone writes logs and checkpoints),
-    the batch is split over the ranks, losses are gathered.
+    the batch is split over the ranks, losses are gathered (nnU-Net's, or ours with `from_all_ranks`).
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_ddp:
-            from fomo_nnunet.distributed import ddp_device
-
             self.device = ddp_device(self.my_init_kwargs["device"])
             if self.device.type != "cuda":
                 self.grad_scaler = None  # mixed precision is for CUDA only, as in nnU-Net's single-process run
@@ -87,9 +89,6 @@ class DistributedRun:
     def initialize(self):
         if not self.is_ddp or self.was_initialized:
             return super().initialize()
-        import torch
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         # nnU-Net's initialize without its DDP wrapping (device_ids=[rank]); the rest of it as it is
         self.is_ddp = False
         try:
@@ -100,3 +99,11 @@ class DistributedRun:
         self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
         self.network = DDP(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.loss = self._build_loss()  # with the DDP settings (nnU-Net's batch Dice gathers across ranks)
+
+    def from_all_ranks(self, value) -> list:
+        """`value` of every rank, in rank order (under DDP every rank must call this); [value] in one process."""
+        if not self.is_ddp:
+            return [value]
+        values = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return values

@@ -1,0 +1,26 @@
+"""The trainer toolkit: what the fomo trainers share, as mixins placed before nnU-Net's trainer in the bases.
+
+A trainer file then reads as its recipe: class attributes and the few methods that differ.
+
+- `runs`: `SeededRun` (one seed per run, every random stream derived from it), `DistributedRun` (DDP on
+  any device and node; `from_all_ranks` gathers a value).
+- `schedules`: `Budget` (epochs, iterations, lr, weight decay, checkpoint interval as class attributes)
+  and the one learning-rate schedule, `EpochSchedule` stepped by `EpochLR` (warmup, then polynomial or
+  cosine decay; pretrained parameter groups may start late).
+- `steps`: `AmpStep`, nnU-Net's training step (mixed precision on CUDA, gradient clipping at
+  `grad_clip`) around the trainer's `training_loss`; `unwrap`, the network inside DDP / torch.compile.
+- `epochs`: `EpochEnd`, nnU-Net's epoch end (log lines, checkpoint_latest, checkpoint_best, pictures)
+  judged by the trainer's own number; `plot_losses` draws progress.png.
+- `checkpoints`: `DescribedCheckpoints`, checkpoints that carry `fomo_metadata` (pretraining).
+
+The toolkit builds on nnU-Net and the domain modules (seeding, distributed, transfer, plots); it never
+imports trainers or commands.
+"""
+from fomo_nnunet.training.checkpoints import DescribedCheckpoints
+from fomo_nnunet.training.epochs import EpochEnd
+from fomo_nnunet.training.runs import DistributedRun, SeededRun
+from fomo_nnunet.training.schedules import COSINE, POLY, Budget, EpochLR, EpochSchedule
+from fomo_nnunet.training.steps import AmpStep, unwrap
+
+__all__ = ["AmpStep", "Budget", "COSINE", "DescribedCheckpoints", "DistributedRun", "EpochEnd", "EpochLR",
+           "EpochSchedule", "POLY", "SeededRun", "unwrap"]

@@ -1,0 +1,87 @@
+"""How long and how fast a trainer learns: its budget and the one learning-rate schedule of every fomo trainer.
+
+`Budget` holds the numbers nnU-Net's trainer sets in its `__init__` (epochs, iterations, learning rate,
+weight decay, checkpoint interval) as class attributes, so that a variant is a subclass setting a few.
+
+`EpochSchedule` is a per-epoch factor on each parameter group's base learning rate: a linear warmup,
+then either nnU-Net's polynomial decay (`(1 - epoch / epochs) ** 0.9`, nnunetv2's PolyLRScheduler)
+or a half cosine to `final_factor` (SGDR, Loshchilov & Hutter 2017, as MAE pretraining uses it, He et
+al. 2022). Groups flagged `pretrained` may start late: their factor stays 0 for `fresh_only_epochs`
+while the fresh layers learn, and their warmup begins after that. `EpochLR` applies it the way nnU-Net
+steps its scheduler: `step(epoch)` once at the start of every epoch (nnUNetTrainer.on_train_epoch_start).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.optim import Optimizer
+
+POLY = "poly"
+COSINE = "cosine"
+DECAYS = (POLY, COSINE)
+
+
+class Budget:
+    """Mixin: nnU-Net's budget as class attributes (defaults: nnU-Net's), applied after nnU-Net's `__init__`."""
+
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    lr: float = 1e-2
+    weight_decay_value: float = 3e-5
+    checkpoint_every: int = 50
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        self.initial_lr = self.lr
+        self.weight_decay = self.weight_decay_value
+        self.save_every = self.checkpoint_every
+
+
+@dataclass(frozen=True)
+class EpochSchedule:
+    """Learning-rate factor of an epoch: warmup, then `decay` (POLY or COSINE); pretrained groups may start late."""
+
+    num_epochs: int
+    warmup_epochs: int = 0
+    decay: str = POLY
+    exponent: float = 0.9          # POLY
+    final_factor: float = 0.0      # COSINE: the factor at the last epoch
+    fresh_only_epochs: int = 0     # pretrained groups held at 0 while only the fresh ones learn
+
+    def __post_init__(self):
+        if self.decay not in DECAYS:
+            raise ValueError(f"unknown decay {self.decay!r} (choose from {', '.join(DECAYS)})")
+
+    def factor(self, epoch: int, pretrained: bool = False) -> float:
+        start = self.fresh_only_epochs if pretrained else 0
+        if epoch < start:
+            return 0.0
+        if epoch < start + self.warmup_epochs:
+            return (epoch - start + 1) / (self.warmup_epochs + 1)
+        if self.decay == POLY:
+            return (1 - epoch / self.num_epochs) ** self.exponent
+        decay_start = start + self.warmup_epochs
+        progress = min(1.0, (epoch - decay_start) / max(1, self.num_epochs - decay_start))
+        return self.final_factor + (1 - self.final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class EpochLR:
+    """nnU-Net-style scheduler: `step(epoch)` sets each group's lr to its base lr (`initial_lr`) times the
+    schedule's factor; a group's `pretrained` flag (default False) selects its start."""
+
+    def __init__(self, optimizer: Optimizer, schedule: EpochSchedule):
+        self.optimizer = optimizer
+        self.schedule = schedule
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+
+    def step(self, epoch: int) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * self.schedule.factor(epoch, g.get("pretrained", False))
