@@ -98,9 +98,7 @@ def init_process_group(place: Place, device_type: str) -> None:
 
 def check_trainer_supports(trainer_class, device_type: str, place: Place) -> None:
     """nnU-Net's own trainers put rank r on cuda:r: fine on one GPU node, wrong on CPU or a second node."""
-    from fomo_nnunet.training import DistributedRun
-
-    if issubclass(trainer_class, DistributedRun):
+    if getattr(trainer_class, "places_ranks_on_their_devices", False):  # fomo_nnunet.training.DistributedRun
         return
     if device_type != "cuda" or place.multi_node:
         where = "on CPU" if device_type != "cuda" else "across nodes"

@@ -161,3 +161,15 @@ def test_pipeline_runs_light_commands_in_process_with_the_work_folders_environme
                   "-o", str(tmp_path / "scores2")])
     with pytest.raises(StepFailed, match="exited with 2"):
         pipe.run(["fomo-nnunet", "evaluate", "--no-such-flag"])
+
+
+def test_every_trainer_a_preset_names_exists_with_its_scratch_twin():
+    from fomo_nnunet.benchmark import PRESETS
+    from fomo_nnunet.network_record import trainer_class
+
+    for preset in PRESETS.values():
+        finetuners = [preset.seg_trainer, preset.cls_trainer, preset.reg_trainer]
+        assert trainer_class(preset.pretrain_trainer).__name__ == preset.pretrain_trainer
+        for name in finetuners:
+            assert trainer_class(name).use_pretrained, name
+            assert not trainer_class(name + "_scratch").use_pretrained, name + "_scratch"

@@ -78,6 +78,9 @@ class DistributedRun:
     the batch is split over the ranks, losses are gathered (nnU-Net's, or ours with `from_all_ranks`).
     """
 
+    # what `fomo_nnunet.distributed` asks of a trainer before launching it on CPU or across nodes
+    places_ranks_on_their_devices = True
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
