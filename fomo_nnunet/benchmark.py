@@ -114,7 +114,9 @@ class Benchmark:
                  "-d", str(t.default_dataset_id), "-np", self.np]) and None)
 
     # ---- pretraining ----------------------------------------------------------------------------
-    def pretrain(self) -> Path:
+    def pretrain(self, trainer: str | None = None) -> Path:
+        """Plan, preprocess and pretrain (this seed) with the preset's trainer or another one (a variant)."""
+        trainer = trainer or self.p.pretrain_trainer
         d = str(PRETRAIN_DATASET_ID)
         self.pipe.step("plan_pretrain", lambda: self.pipe.run(
             ["fomo-nnunet", "plan", "pretrain", "-d", d, "--arch", self.p.arch, "-np", self.np,
@@ -122,14 +124,15 @@ class Benchmark:
         self.pipe.step("preprocess_pretrain", lambda: self.pipe.run(
             ["nnUNetv2_preprocess", "-d", d, "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
              "-np", self.np]) and None)
-        self.pipe.step(self._s("pretrain"), lambda: self.pipe.run(
-            ["nnUNetv2_train", d, "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", self.p.pretrain_trainer,
+        step = "pretrain" if trainer == self.p.pretrain_trainer else f"pretrain_{trainer}"
+        self.pipe.step(self._s(step), lambda: self.pipe.run(
+            ["nnUNetv2_train", d, "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", trainer,
              "-device", "cpu"]) and None)
-        return self.pretrain_folder()
+        return self.pretrain_folder(trainer)
 
-    def pretrain_folder(self) -> Path:
+    def pretrain_folder(self, trainer: str | None = None) -> Path:
         name = next(self.pre.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*")).name
-        return self.results / name / f"{self.p.pretrain_trainer}__fomoPretrainPlans__3d_fullres"
+        return self.results / name / f"{trainer or self.p.pretrain_trainer}__fomoPretrainPlans__3d_fullres"
 
     # ---- finetuned tasks (segmentation, classification, regression) ------------------------------
     def dataset_name(self, task: Task) -> str:
@@ -208,6 +211,17 @@ class Benchmark:
             self.pipe.step(self._s(f"probe_{task.key}_{variant}"), lambda cmd=cmd: self.pipe.run(cmd) and None)
             scores[variant] = json.loads((out / "probe.json").read_text())
         return scores
+
+    def pretrain_variants(self, trainers: tuple[str, ...]) -> None:
+        """The data, its pretraining plans and every seed's checkpoint for each trainer (resumable): what
+        the feature benchmark compares."""
+        self.synthesize()
+        self.convert(())
+        for seed in self.seeds:
+            self.use_seed(seed)
+            for trainer in trainers:
+                self.log(f"==== pretraining {trainer} with seed {seed}")
+                self.pretrain(trainer)
 
     # ---- the whole story ------------------------------------------------------------------------
     def run(self) -> Path:

@@ -15,7 +15,8 @@ PACKAGES = {"fomo_nnunet": ROOT / "fomo_nnunet", "fomo_nnunet.plans": ROOT / "pl
 
 FOUNDATIONS = {"fomo_nnunet", "fomo_nnunet.tasks", "fomo_nnunet.paths", "fomo_nnunet.exit_codes",
                "fomo_nnunet.plans", "fomo_nnunet.plans.presets"}
-ORCHESTRATION = {"fomo_nnunet.benchmark", "fomo_nnunet.pipeline", "fomo_nnunet.report", "fomo_nnunet.bench"}
+ORCHESTRATION = {"fomo_nnunet.benchmark", "fomo_nnunet.pipeline", "fomo_nnunet.report", "fomo_nnunet.bench",
+                 "fomo_nnunet.features"}
 PLANNERS = {"fomo_nnunet.plans.pretrain_planner", "fomo_nnunet.plans.transfer_planner", "fomo_nnunet.plans.fixed_network"}
 
 

@@ -52,6 +52,113 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-test", type=int, default=None, help="override the synthetic test cases per task")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default: 2)")
     p.set_defaults(func=run)
+    sub_bench = p.add_subparsers(dest="benchmark_command", metavar="SUBCOMMAND",
+                                 title="subcommands (without one: the whole benchmark)")
+    register_features(sub_bench)
+
+
+FEATURES_EXAMPLES = """\
+examples:
+  fomo-nnunet benchmark features --work fomo_work          # every pretraining checkpoint in the folder
+  fomo-nnunet benchmark features --work w --pretrain nnUNetTrainerFomoMAE_tiny nnUNetTrainerFomoMAE_tiny_noskip --seeds 3
+                                                           # pretrain what is missing (resumable), then probe
+  fomo-nnunet benchmark features --work w --checkpoint my_mae.pth   # another checkpoint, same probe sets
+
+For every image-level task (classification, regression, embedding: tasks 1, 3, 5, 6, 7) the command
+synthesises larger probe sets once (default 100 train + 100 out-of-domain test cases per task, in
+WORK/features/data), embeds them with each checkpoint exactly as the container writes embeddings
+(a multi-channel case: its channels' vectors side by side), fits a linear probe on the train split
+(classification: the organisers' fomo-lp SGD heads in 5-fold cross-validation; regression: ridge with
+a cross-validated penalty; both on the raw embeddings) and scores the test split with a bootstrap
+95 % interval. The same architecture with random weights (3 init seeds) is the baseline. It also
+reports dead embedding dimensions and the effective rank (RankMe). Results per encoder are kept in
+WORK/features/results (a rerun only computes new checkpoints); the summary is
+WORK/features/features.json and features.md.
+"""
+
+
+def register_features(sub: argparse._SubParsersAction) -> None:
+    from fomo_nnunet.features import INIT_SEEDS, N_TEST, N_TRAIN
+
+    p = sub.add_parser("features", help="probe frozen embeddings of pretraining checkpoints against random init",
+                       description="The feature benchmark: linear probes on frozen embeddings, pretrained vs "
+                                   "random-init encoders, minutes per checkpoint on a CPU.",
+                       epilog=FEATURES_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="fomo_work", help="a benchmark work folder (default: fomo_work)")
+    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PTH",
+                   help="probe these checkpoints (files or results folders) instead of the work folder's")
+    p.add_argument("--pretrain", nargs="+", default=None, metavar="TRAINER",
+                   help="first pretrain these trainers in the work folder (missing seeds only; resumable)")
+    p.add_argument("--preset", default="tiny", help="benchmark preset for --pretrain (default: tiny)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="pretraining seeds 0..N-1 for --pretrain")
+    p.add_argument("--arms", nargs="+", default=None, metavar="TRAINER",
+                   help="only these pretraining trainers (default: every one found)")
+    p.add_argument("--pretrained-arm", default=None, metavar="TRAINER",
+                   help="the arm features.json reports as 'pretrained' (default: the preset's pretraining "
+                        "trainer if present, else the first arm)")
+    p.add_argument("--tasks", type=int, nargs="+", default=None, metavar="N",
+                   help="only these image-level tasks (default: 1 3 5 6 7)")
+    p.add_argument("--n-train", type=int, default=N_TRAIN, help=f"probe train cases per task (default {N_TRAIN})")
+    p.add_argument("--n-test", type=int, default=N_TEST, help=f"probe test cases per task (default {N_TEST})")
+    p.add_argument("--init-seeds", type=int, default=len(INIT_SEEDS), metavar="N",
+                   help=f"random-init twins (default {len(INIT_SEEDS)})")
+    p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for synthesis (default: 2)")
+    p.set_defaults(func=run_features)
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from fomo_nnunet.benchmark import PRESETS
+    from fomo_nnunet.features import FeatureBenchmark, work_checkpoints
+
+    if args.pretrain:
+        from fomo_nnunet.benchmark import Benchmark
+        from fomo_nnunet.cli import main as cli_main
+        from fomo_nnunet.pipeline import StepFailed
+
+        bench = Benchmark(args.work, args.preset, seeds=tuple(range(args.seeds)),
+                          num_processes=args.num_processes, in_process=cli_main)
+        try:
+            bench.pretrain_variants(tuple(args.pretrain))
+        except StepFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    if args.checkpoint:
+        found = {"checkpoint": dict(enumerate(args.checkpoint))}
+    else:
+        found = work_checkpoints(args.work)
+        if args.arms:
+            found = {a: found[a] for a in args.arms if a in found}
+    if not found:
+        print(f"error: no finished pretraining checkpoint in {args.work}/runs/seed*/nnUNet_results "
+              f"(run `fomo-nnunet benchmark` or add --pretrain TRAINER), and no --checkpoint", file=sys.stderr)
+        return 2
+    preset_trainer = PRESETS[args.preset].pretrain_trainer if args.preset in PRESETS else None
+    default = args.pretrained_arm or (preset_trainer if preset_trainer in found else next(iter(found)))
+    if default not in found:
+        print(f"error: --pretrained-arm {default}: no checkpoint of it (found: {', '.join(found)})", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    from fomo_nnunet.features import feature_tasks
+
+    tasks = feature_tasks()
+    if args.tasks:
+        unknown = sorted(set(args.tasks) - {t.number for t in tasks})
+        if unknown:
+            print(f"error: --tasks {' '.join(map(str, unknown))}: not image-level tasks (choose from "
+                  f"{' '.join(str(t.number) for t in tasks)})", file=sys.stderr)
+            return 2
+        tasks = tuple(t for t in tasks if t.number in args.tasks)
+    bench = FeatureBenchmark(Path(args.work), found, default, tasks=tasks, n_train=args.n_train, n_test=args.n_test,
+                             init_seeds=tuple(range(args.init_seeds)), num_processes=args.num_processes)
+    try:
+        bench.run()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((bench.folder / "features.md").read_text())
+    print(f"written: {bench.folder / 'features.json'}, {bench.folder / 'features.md'}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

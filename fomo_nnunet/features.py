@@ -1,0 +1,515 @@
+"""The feature benchmark: do a pretraining checkpoint's frozen embeddings probe better than random ones?
+
+`fomo-nnunet benchmark features --work DIR` is the fast inner loop for pretraining work. It needs no
+finetuning: it embeds the cases of every image-level task (classification, regression and the
+embedding tasks of the task table) with each pretraining checkpoint of a benchmark work folder,
+exactly as the container writes embeddings (fomo_nnunet.inference.Embedder, one vector per scan;
+a multi-channel case is the concatenation of its channels' vectors), fits a linear probe per task on
+a train split and scores an out-of-domain test split. Beside each checkpoint the same architecture
+with random weights (several init seeds) is probed the same way.
+
+The few-shot task splits (10 training cases in the tiny preset) are too small to tell features
+apart, so the benchmark synthesises its own, larger probe sets with FOMO-Synth (default 100 train
+and 100 test cases per task from other sources, with a data seed of its own) and keeps them in
+DIR/features/data.
+
+Probes (hyper-parameters chosen on the train split only, never on the test split):
+- classification: the organisers' fomo-lp protocol (fomo_nnunet.probe.train_sgd_heads: SGD heads
+  on the raw embeddings, learning-rate sweep, the head selected on held-out cases) in K-fold
+  cross-validation on the train split; the test scores are the mean of the K fold probes' softmax.
+  Metric: one-vs-rest macro AUROC (fomo26/fomo-metrics).
+- regression: ridge regression on the raw embeddings, its penalty chosen by K-fold cross-validation
+  on the train split. Metric: mean absolute error.
+- beside each, a scale-free reference on standardised features (logistic regression / ridge with
+  cross-validated strength), so that a bad embedding scale can be told from bad content.
+Each score carries a bootstrap 95 % confidence interval over the test cases.
+
+Diagnostics per encoder: per-dimension spread (dimensions with near-zero spread are "dead") and the
+effective rank RankMe (Garrido et al., "RankMe: assessing the downstream performance of pretrained
+self-supervised representations by their rank", ICML 2023): exp of the entropy of the normalised
+singular values of the embedding matrix.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from fomo_nnunet.tasks import CLASSIFICATION, EMBEDDING, PRETRAIN_DATASET_ID, REGRESSION, TASKS, Task
+
+N_TRAIN = 100
+N_TEST = 100
+DATA_SEED_OFFSET = 1000        # the probe sets' data seed = the benchmark's data seed + this
+INIT_SEEDS = (0, 1, 2)
+FOLDS = 5
+BOOTSTRAP = 1000
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))
+LOGISTIC_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+DEAD_RELATIVE_SPREAD = 1e-3    # a dimension whose sd is below this fraction of the median sd is dead
+PRETRAIN_PLANS = "fomoPretrainPlans"
+# the goals the pretraining work is measured against: AUROC gain, relative MAE reduction
+GOAL_AUROC_GAIN = 0.10
+GOAL_MAE_REDUCTION = 0.20
+
+
+def feature_tasks() -> tuple[Task, ...]:
+    """The tasks with one target per image: classification, regression and embedding tasks."""
+    return tuple(t for t in TASKS if t.kind in (CLASSIFICATION, REGRESSION, EMBEDDING))
+
+
+def metric_of(task: Task) -> tuple[str, bool]:
+    """(metric name, higher is better) of a task's probe."""
+    return ("mae", False) if task.kind == REGRESSION else ("auroc", True)
+
+
+# ---------------------------------------------------------------------------------- probe sets
+
+@dataclass
+class ProbeSet:
+    """One task's probe cases: per split the channel files of each case and its target."""
+    task: Task
+    files: dict[str, list[list[str]]] = field(default_factory=dict)   # split -> cases -> channel files
+    targets: dict[str, np.ndarray] = field(default_factory=dict)      # split -> targets
+    skipped: list[str] = field(default_factory=list)                  # "file: reason"
+
+
+def read_probe_set(task: Task, folder: str | os.PathLike) -> ProbeSet:
+    """A task folder in the FOMO layout (train/ and test/) -> a ProbeSet; unusable cases are skipped
+    and named in `skipped`."""
+    from fomo_nnunet.data.convert import parse_target
+    from fomo_nnunet.data.fomo_layout import list_task_cases
+
+    out = ProbeSet(task)
+    problems: list = []
+    for case in list_task_cases(task, Path(folder), problems):
+        if case.problem:
+            out.skipped.append(f"{case.image_dir}: {case.problem}")
+            continue
+        try:
+            target = parse_target(task, case.label)
+        except Exception as e:  # one bad label must not stop the benchmark
+            out.skipped.append(f"{case.label}: {e}")
+            continue
+        out.files.setdefault(case.split, []).append([str(case.files[ch.name]) for ch in task.channels])
+        out.targets.setdefault(case.split, []).append(target)
+    out.skipped += [str(p) for p in problems]
+    out.targets = {s: np.asarray(v, dtype=np.float64 if task.kind == REGRESSION else np.int64)
+                   for s, v in out.targets.items()}
+    for split in ("train", "test"):
+        if len(out.targets.get(split, ())) < FOLDS:
+            raise ValueError(f"{folder}: {task.key} has {len(out.targets.get(split, ()))} usable {split} cases; "
+                             f"the feature benchmark needs at least {FOLDS}")
+    return out
+
+
+def make_probe_sets(folder: str | os.PathLike, tasks: Sequence[Task], n_train: int = N_TRAIN,
+                    n_test: int = N_TEST, seed: int = DATA_SEED_OFFSET, num_processes: int = 2,
+                    log: Callable = print) -> dict[str, ProbeSet]:
+    """Synthesise the probe sets once (FOMO-Synth, tiny preset's 3 mm) into `folder`, then read them.
+    A folder written with other sizes or another seed is refused, not silently reused."""
+    from fomo_nnunet.data.synth import generate
+
+    folder = Path(folder)
+    want = {"seed": seed, "n_train": n_train, "n_test": n_test, "tasks": sorted(t.number for t in tasks)}
+    stamp = folder / "probe_sets.json"
+    if stamp.is_file():
+        have = json.loads(stamp.read_text())
+        if have != want:
+            raise ValueError(f"{folder} holds probe sets made with {have}, not {want}: "
+                             f"delete it or use the same settings")
+    else:
+        log(f"synthesising probe sets: {n_train} train + {n_test} test cases per task, tasks "
+            f"{', '.join(t.key for t in tasks)}, data seed {seed} (a few minutes, once)")
+        generate(folder, preset="tiny", seed=seed, num_processes=num_processes, tasks=[t.number for t in tasks],
+                 pretrain=False, n_train=n_train, n_test=n_test, previews=False)
+        stamp.write_text(json.dumps(want) + "\n")
+    return {t.key: read_probe_set(t, folder / "finetune" / t.key) for t in tasks}
+
+
+# ---------------------------------------------------------------------------------- embedding
+
+class PreprocessedCache:
+    """Each file preprocessed once per (spacing, normalisation, patch): every encoder with the same
+    preprocessing embeds the same arrays."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, dict[str, np.ndarray]] = {}
+
+    @staticmethod
+    def key(embedder) -> tuple:
+        m = embedder.metadata
+        return (tuple(m.spacing), tuple(m.normalization), tuple(m.patch_size),
+                bool(m.objective_settings.get("use_mask_for_norm", [True])[0]))
+
+    def get(self, embedder, file: str) -> np.ndarray:
+        from fomo_nnunet.image_level import crop_or_pad
+
+        arrays = self._arrays.setdefault(self.key(embedder), {})
+        if file not in arrays:
+            arrays[file] = crop_or_pad(embedder.preprocess_file(file), embedder.metadata.patch_size)
+        return arrays[file]
+
+
+def embed_probe_set(embedder, probe_set: ProbeSet, cache: PreprocessedCache) -> dict[str, np.ndarray]:
+    """split -> (cases, channels * length) embeddings, each channel's vector as the container writes it."""
+    out = {}
+    for split, cases in probe_set.files.items():
+        rows = [np.concatenate([embedder.embed_preprocessed(cache.get(embedder, f)) for f in files])
+                for files in cases]
+        out[split] = np.stack(rows).astype(np.float64)
+    return out
+
+
+def random_init_embedder(checkpoint: str, seed: int, device: str = "cpu"):
+    """The checkpoint's architecture with random weights (torch.manual_seed(seed)), as an Embedder."""
+    import torch
+
+    from fomo_nnunet.inference import Embedder
+
+    pretrained = Embedder.load(checkpoint, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = pretrained.metadata.build_network(num_outputs=pretrained.metadata.num_input_channels).encoder
+    encoder.return_skips = True
+    return Embedder(encoder.to(torch.device(device)).eval(), pretrained.metadata, torch.device(device))
+
+
+# ---------------------------------------------------------------------------------- diagnostics
+
+def rankme(X: np.ndarray, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al., ICML 2023): exp(-sum p_k log p_k), p_k = s_k / sum(s) + eps, over the
+    singular values s of the (cases x dimensions) embedding matrix as it is (not centred)."""
+    s = np.linalg.svd(np.asarray(X, dtype=np.float64), compute_uv=False)
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum() + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def embedding_diagnostics(X: np.ndarray) -> dict:
+    """Spread and rank of a (cases x dimensions) embedding matrix."""
+    X = np.asarray(X, dtype=np.float64)
+    sd = X.std(axis=0)
+    median = float(np.median(sd))
+    dead = int((sd <= DEAD_RELATIVE_SPREAD * median).sum()) if median > 0 else int(X.shape[1])
+    return {"cases": int(X.shape[0]), "dimensions": int(X.shape[1]), "dead_dimensions": dead,
+            "rankme": round(rankme(X), 2), "rankme_centred": round(rankme(X - X.mean(axis=0)), 2),
+            "median_sd": median, "min_sd": float(sd.min()), "max_sd": float(sd.max()),
+            "mean_abs": float(np.abs(X).mean())}
+
+
+# ---------------------------------------------------------------------------------- probes
+
+def _folds(y: np.ndarray, classification: bool, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    k = min(FOLDS, int(np.bincount(y).min())) if classification else FOLDS
+    if k < 2:
+        raise ValueError(f"a class has {int(np.bincount(y).min())} training case(s): cross-validation needs 2+")
+    splitter = (StratifiedKFold if classification else KFold)(n_splits=k, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y))
+
+
+def sgd_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_classes: int,
+              seed: int = 0) -> tuple[np.ndarray, dict]:
+    """fomo-lp SGD heads in K-fold cross-validation on the train split (each fold's head selected on
+    its held-out cases); test scores = mean of the fold probes' softmax."""
+    from fomo_nnunet.probe import train_sgd_heads
+
+    scores, lrs = [], []
+    for fit, held in _folds(y_train, True, seed):
+        predict, info = train_sgd_heads(X_train[fit], y_train[fit], X_train[held], y_train[held], n_classes,
+                                        seed=seed)
+        scores.append(predict(X_test))
+        lrs.append(info["best_lr"])
+    return np.mean(scores, axis=0), {"fold_learning_rates": lrs}
+
+
+def logistic_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_classes: int,
+                   seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Scale-free reference: standardised features, logistic regression with C by cross-validation."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings at large C on separable data
+        m = LogisticRegressionCV(Cs=list(LOGISTIC_CS), cv=_folds(y_train, True, seed), max_iter=2000,
+                                 scoring="roc_auc_ovr" if n_classes > 2 else "roc_auc")
+        m.fit(scaler.transform(X_train), y_train)
+    P = np.zeros((len(X_test), n_classes))
+    P[:, m.classes_] = m.predict_proba(scaler.transform(X_test))
+    return P, {"C": float(np.ravel(m.C_)[0])}
+
+
+def ridge_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, seed: int = 0,
+                standardise: bool = False) -> tuple[np.ndarray, dict]:
+    """Ridge regression, its penalty chosen by K-fold cross-validation on the train split."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    if standardise:
+        scaler = StandardScaler().fit(X_train)
+        X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    m = RidgeCV(alphas=RIDGE_ALPHAS, cv=_folds(y_train, False, seed)).fit(X_train, y_train)
+    return m.predict(X_test), {"alpha": float(m.alpha_)}
+
+
+def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
+    from fomo_nnunet.metrics import ovr_auroc
+
+    if metric == "mae":
+        return float(np.mean(np.abs(np.asarray(pred) - np.asarray(y))))
+    return ovr_auroc(y, list(pred))
+
+
+def bootstrap_ci(metric: str, y: np.ndarray, pred: np.ndarray, n: int = BOOTSTRAP, seed: int = 0
+                 ) -> tuple[float, float]:
+    """95 % percentile interval of the metric over test cases resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        v = score(metric, y[idx], pred[idx])
+        if math.isfinite(v):
+            values.append(v)
+    if not values:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def probe_task(task: Task, emb: dict[str, np.ndarray], targets: dict[str, np.ndarray], seed: int = 0) -> dict:
+    """Fit the task's probe on the train embeddings, score the test split (with a bootstrap CI) and the
+    scale-free reference."""
+    metric, _ = metric_of(task)
+    Xtr, Xte, ytr, yte = emb["train"], emb["test"], targets["train"], targets["test"]
+    if task.kind == REGRESSION:
+        pred, info = ridge_probe(Xtr, ytr, Xte, seed)
+        ref, ref_info = ridge_probe(Xtr, ytr, Xte, seed, standardise=True)
+        info["mean_predictor_mae"] = score("mae", yte, np.full(len(yte), ytr.mean()))
+    else:
+        n_classes = int(max(ytr.max(), yte.max())) + 1
+        pred, info = sgd_probe(Xtr, ytr, Xte, n_classes, seed)
+        ref, ref_info = logistic_probe(Xtr, ytr, Xte, n_classes, seed)
+    return {"metric": metric, "score": score(metric, yte, pred), "ci95": bootstrap_ci(metric, yte, pred, seed=seed),
+            "scale_free": score(metric, yte, ref), **info, "scale_free_settings": ref_info}
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+def work_checkpoints(work: str | os.PathLike) -> dict[str, dict[int, str]]:
+    """Every finished pretraining checkpoint of a benchmark work folder: trainer -> {seed: checkpoint}."""
+    from fomo_nnunet.checkpoints import find_checkpoint
+
+    found: dict[str, dict[int, str]] = {}
+    for run in sorted(Path(work, "runs").glob("seed*")):
+        if not run.name[4:].isdigit():
+            continue
+        pattern = f"nnUNet_results/Dataset{PRETRAIN_DATASET_ID:03d}_*/*__{PRETRAIN_PLANS}__*"
+        for folder in sorted(run.glob(pattern)):
+            try:
+                ckpt = find_checkpoint(folder)
+            except FileNotFoundError:
+                continue  # a run that has not written a checkpoint yet
+            if os.path.basename(ckpt) == "checkpoint_final.pth":
+                found.setdefault(folder.name.split("__")[0], {})[int(run.name[4:])] = ckpt
+    return found
+
+
+# ---------------------------------------------------------------------------------- one encoder
+
+def evaluate_encoder(embedder, probe_sets: dict[str, ProbeSet], cache: PreprocessedCache, seed: int = 0) -> dict:
+    """Embed every probe set with one encoder, probe each task, and describe the embedding."""
+    t0 = time.time()
+    tasks, matrices = {}, []
+    for key, ps in probe_sets.items():
+        emb = embed_probe_set(embedder, ps, cache)
+        tasks[key] = probe_task(ps.task, emb, ps.targets, seed)
+        width = embedder.length
+        # one row per scan (a multi-channel case holds one vector per channel)
+        matrices += [m.reshape(-1, width) for m in emb.values()]
+    return {"tasks": tasks, "diagnostics": embedding_diagnostics(np.concatenate(matrices)),
+            "seconds": round(time.time() - t0, 1)}
+
+
+def _fingerprint(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def cached(folder: Path, name: str, fingerprint: str, compute: Callable[[], dict], log: Callable = print) -> dict:
+    """A per-encoder result kept in folder/name.json, recomputed when its fingerprint changes."""
+    f = folder / f"{name}.json"
+    if f.is_file():
+        kept = json.loads(f.read_text())
+        if kept.get("fingerprint") == fingerprint:
+            log(f"  {name}: kept from {f}")
+            return kept
+    result = {"fingerprint": fingerprint, **compute()}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_finite(result), indent=1) + "\n")
+    os.replace(tmp, f)
+    return result
+
+
+def _finite(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+# ---------------------------------------------------------------------------------- the benchmark
+
+@dataclass
+class FeatureBenchmark:
+    """Probe every pretraining checkpoint of a work folder (or given checkpoints) and random-init twins."""
+    work: Path
+    checkpoints: dict[str, dict[int, str]]          # arm (trainer) -> {seed: checkpoint}
+    default: str                                    # the arm reported as "pretrained"
+    tasks: tuple[Task, ...] = field(default_factory=feature_tasks)
+    n_train: int = N_TRAIN
+    n_test: int = N_TEST
+    data_seed: int = DATA_SEED_OFFSET
+    init_seeds: tuple[int, ...] = INIT_SEEDS
+    num_processes: int = 2
+    log: Callable = print
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.work) / "features"
+
+    def run(self) -> dict:
+        from fomo_nnunet.inference import Embedder
+
+        sets = make_probe_sets(self.folder / "data", self.tasks, self.n_train, self.n_test, self.data_seed,
+                               self.num_processes, self.log)
+        for ps in sets.values():
+            for s in ps.skipped:
+                self.log(f"  skipped {s}")
+        cache, results = PreprocessedCache(), self.folder / "results"
+        arms: dict[str, dict[int, dict]] = {}
+        for arm, by_seed in self.checkpoints.items():
+            for seed, ckpt in sorted(by_seed.items()):
+                self.log(f"{arm} seed {seed}: {ckpt}")
+                arms.setdefault(arm, {})[seed] = cached(
+                    results, f"{arm}_seed{seed}", _fingerprint(ckpt),
+                    lambda ckpt=ckpt: evaluate_encoder(Embedder.load(ckpt), sets, cache), self.log)
+        twin_of = next(iter(sorted(self.checkpoints[self.default].items())))[1]
+        for k in self.init_seeds:
+            self.log(f"random init {k} (the architecture of {twin_of})")
+            arms.setdefault("random_init", {})[k] = cached(
+                results, f"random_init_{k}", f"{_fingerprint(twin_of)}:init{k}",
+                lambda k=k: evaluate_encoder(random_init_embedder(twin_of, k), sets, cache), self.log)
+        summary = summarise(arms, self.default, self.tasks)
+        summary["probe_sets"] = {key: {s: int(len(v)) for s, v in ps.targets.items()} | {"skipped": len(ps.skipped)}
+                                 for key, ps in sets.items()}
+        summary["settings"] = {"n_train": self.n_train, "n_test": self.n_test, "data_seed": self.data_seed,
+                               "folds": FOLDS, "bootstrap": BOOTSTRAP, "init_seeds": list(self.init_seeds)}
+        (self.folder / "features.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")
+        (self.folder / "features.md").write_text(markdown(summary))
+        return summary
+
+
+def _arm_entry(runs: dict[int, dict], key: str) -> dict:
+    seeds = sorted(runs)
+    return {"seeds": seeds, "scores": [runs[s]["tasks"][key]["score"] for s in seeds],
+            "ci95": [runs[s]["tasks"][key]["ci95"] for s in seeds],
+            "scale_free": [runs[s]["tasks"][key]["scale_free"] for s in seeds]}
+
+
+def summarise(arms: dict[str, dict[int, dict]], default: str, tasks: Sequence[Task]) -> dict:
+    """features.json: per task the default arm's and random init's scores (one per seed), every arm in
+    `variants`, and per arm the embedding diagnostics (one per seed)."""
+    out: dict = {"pretrained_arm": default, "tasks": {}, "variants": {}, "diagnostics": {}}
+    for t in tasks:
+        metric, higher = metric_of(t)
+        entry = {"metric": metric, "higher_is_better": higher,
+                 "pretrained": _arm_entry(arms[default], t.key)["scores"],
+                 "random_init": _arm_entry(arms["random_init"], t.key)["scores"]}
+        extra = [arms[default][s]["tasks"][t.key].get("mean_predictor_mae") for s in sorted(arms[default])]
+        if t.kind == REGRESSION:
+            entry["mean_predictor"] = extra[0]
+        entry["goal"] = goal(metric, entry["pretrained"], entry["random_init"])
+        out["tasks"][t.key] = entry
+    for arm, runs in arms.items():
+        out["variants"][arm] = {t.key: _arm_entry(runs, t.key) for t in tasks}
+        out["diagnostics"][arm] = [runs[s]["diagnostics"] | {"seed": s, "seconds": runs[s]["seconds"]}
+                                   for s in sorted(runs)]
+    return out
+
+
+def goal(metric: str, pretrained: Sequence[float], random_init: Sequence[float]) -> dict:
+    """The pretraining goal per task: +0.10 mean AUROC over random init, or 20 % lower mean MAE."""
+    p, r = float(np.mean(pretrained)), float(np.mean(random_init))
+    if metric == "mae":
+        gain = (r - p) / r if r > 0 else float("nan")
+        return {"relative_mae_reduction": gain, "target": GOAL_MAE_REDUCTION, "met": bool(gain >= GOAL_MAE_REDUCTION)}
+    return {"auroc_gain": p - r, "target": GOAL_AUROC_GAIN, "met": bool(p - r >= GOAL_AUROC_GAIN)}
+
+
+def _ms(values: Sequence[float | None]) -> str:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return "n/a"
+    return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def markdown(summary: dict) -> str:
+    """features.md: one table of probe scores per arm and task, the goals, the embedding diagnostics."""
+    tasks = list(summary["tasks"])
+    arms = [summary["pretrained_arm"]] + [a for a in summary["variants"] if a != summary["pretrained_arm"]]
+    lines = ["# Feature benchmark: linear probes on frozen embeddings", "",
+             f"Probe sets: {summary['settings']['n_train']} train / {summary['settings']['n_test']} "
+             f"out-of-domain test cases per task (FOMO-Synth, data seed {summary['settings']['data_seed']}). "
+             f"Classification: fomo-lp SGD heads on the raw embeddings, {FOLDS}-fold cross-validation on the "
+             f"train split, test AUROC (higher is better). Regression: ridge on the raw embeddings, penalty by "
+             f"cross-validation, test MAE (lower is better). Mean ± sd over seeds (pretraining seeds; init seeds "
+             f"for random_init); in brackets the scale-free reference (standardised features).", "",
+             "| arm | " + " | ".join(f"{t} ({summary['tasks'][t]['metric']})" for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for arm in arms:
+        cells = [f"{_ms(summary['variants'][arm][t]['scores'])} ({_ms(summary['variants'][arm][t]['scale_free'])})"
+                 for t in tasks]
+        lines.append(f"| {arm} (n={len(summary['variants'][arm][tasks[0]]['scores'])}) | " + " | ".join(cells) + " |")
+    lines += ["", f"Goals for `{summary['pretrained_arm']}` against random init:", ""]
+    for t, e in summary["tasks"].items():
+        g = e["goal"]
+        if "relative_mae_reduction" in g:
+            r = g["relative_mae_reduction"]
+            what = (f"MAE {abs(r):.1%} {'lower' if r >= 0 else 'higher'} than random init (target: "
+                    f"{g['target']:.0%} lower; predicting the train mean: MAE {e['mean_predictor']:.3f})")
+        else:
+            what = f"AUROC {g['auroc_gain']:+.3f} over random init (target +{g['target']:.2f})"
+        lines.append(f"- {t}: {what}: {'met' if g['met'] else 'not met'}")
+    lines += ["", "Per encoder, the test score and its bootstrap 95 % interval:", "",
+              "| arm | seed | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for arm in arms:
+        v = summary["variants"][arm]
+        for i, seed in enumerate(v[tasks[0]]["seeds"]):
+            lines.append(f"| {arm} | {seed} | " + " | ".join(
+                f"{_f(v[t]['scores'][i])} [{_f(v[t]['ci95'][i][0])}, {_f(v[t]['ci95'][i][1])}]" for t in tasks) + " |")
+    lines += ["", "| arm | seed | dimensions | dead | RankMe | RankMe (centred) | median sd | seconds |",
+              "|---|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        for d in summary["diagnostics"][arm]:
+            lines.append(f"| {arm} | {d['seed']} | {d['dimensions']} | {d['dead_dimensions']} | {d['rankme']} | "
+                         f"{d['rankme_centred']} | {d['median_sd']:.3g} | {d['seconds']} |")
+    return "\n".join(lines) + "\n"

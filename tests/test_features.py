@@ -1,0 +1,148 @@
+"""The feature benchmark: probes, diagnostics, checkpoint discovery and one end-to-end run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fomo_nnunet import features as F
+from fomo_nnunet.tasks import TASKS_BY_NUMBER
+
+
+def test_rankme_counts_equal_directions_and_a_rank_one_matrix_is_one():
+    X = np.zeros((40, 16))
+    X[np.arange(8), np.arange(8)] = 3.0  # eight orthogonal directions of equal length
+    assert F.rankme(X) == pytest.approx(8.0, rel=1e-3)
+    assert F.rankme(np.outer(np.arange(1, 41), np.ones(16))) == pytest.approx(1.0, rel=1e-3)
+    assert F.rankme(np.zeros((5, 4))) == 0.0
+
+
+def test_diagnostics_name_dead_dimensions():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 6))
+    X[:, 2] = 4.0  # no spread at all
+    X[:, 4] *= 1e-6  # a millionth of the others' spread
+    d = F.embedding_diagnostics(X)
+    assert d["dimensions"] == 6 and d["dead_dimensions"] == 2 and d["cases"] == 50
+    assert 1.0 < d["rankme_centred"] <= 6.0
+
+
+def _blobs(n: int, shift: float, seed: int, classes: int = 2):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = rng.normal(size=(n, 8)) * 5.0  # raw scale far from 1, as an encoder's may be
+    X[:, 0] += shift * y * 5.0
+    return X, y
+
+
+def test_sgd_probe_separates_separable_classes_and_not_random_labels():
+    Xtr, ytr = _blobs(60, 3.0, 0)
+    Xte, yte = _blobs(40, 3.0, 1)
+    P, info = F.sgd_probe(Xtr, ytr, Xte, 2)
+    assert P.shape == (40, 2) and len(info["fold_learning_rates"]) == F.FOLDS
+    assert F.score("auroc", yte, P) > 0.9
+    shuffled = np.random.default_rng(2).permutation(ytr)
+    P, _ = F.sgd_probe(Xtr, shuffled, Xte, 2)
+    assert F.score("auroc", yte, P) < 0.8
+
+
+def test_logistic_reference_handles_three_classes():
+    Xtr, ytr = _blobs(60, 3.0, 0, classes=3)
+    Xte, yte = _blobs(30, 3.0, 1, classes=3)
+    P, info = F.logistic_probe(Xtr, ytr, Xte, 3)
+    assert P.shape == (30, 3) and np.allclose(P.sum(axis=1), 1.0)
+    assert F.score("auroc", yte, P) > 0.8 and info["C"] in F.LOGISTIC_CS
+
+
+def test_ridge_probe_beats_the_mean_on_a_linear_target():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 10)) * 30.0
+    y = 50.0 + X[:, 0] * 0.5 + rng.normal(size=120)
+    pred, info = F.ridge_probe(X[:80], y[:80], X[80:])
+    mae = F.score("mae", y[80:], pred)
+    assert mae < 0.2 * F.score("mae", y[80:], np.full(40, y[:80].mean()))
+    assert info["alpha"] in F.RIDGE_ALPHAS
+
+
+def test_bootstrap_interval_brackets_the_score():
+    Xte, yte = _blobs(60, 1.0, 3)
+    pred = np.stack([1 - Xte[:, 0] / 100, Xte[:, 0] / 100], axis=1)
+    s = F.score("auroc", yte, pred)
+    lo, hi = F.bootstrap_ci("auroc", yte, pred, n=200)
+    assert lo < s < hi and hi - lo < 0.5
+
+
+def test_goals():
+    assert F.goal("auroc", [0.80, 0.82], [0.70, 0.69])["met"]
+    assert not F.goal("auroc", [0.75], [0.70, 0.69])["met"]
+    g = F.goal("mae", [8.0, 8.0], [10.0, 10.0])
+    assert g["relative_mae_reduction"] == pytest.approx(0.2) and g["met"]
+    assert not F.goal("mae", [9.0], [10.0])["met"]
+
+
+def test_work_checkpoints_finds_finished_runs_only(tmp_path):
+    def make(seed, trainer, name):
+        fold = (tmp_path / "runs" / seed / "nnUNet_results" / "Dataset900_FOMOPretrain"
+                / f"{trainer}__fomoPretrainPlans__3d_fullres" / "fold_all")
+        fold.mkdir(parents=True)
+        (fold / name).write_bytes(b"x")
+
+    make("seed0", "A", "checkpoint_final.pth")
+    make("seed1", "A", "checkpoint_final.pth")
+    make("seed1", "B", "checkpoint_final.pth")
+    make("seed2", "A", "checkpoint_latest.pth")  # still training
+    make("seedx", "A", "checkpoint_final.pth")  # not a seed folder
+    found = F.work_checkpoints(tmp_path)
+    assert sorted(found) == ["A", "B"] and sorted(found["A"]) == [0, 1] and list(found["B"]) == [1]
+    assert found["A"][0].endswith("seed0/nnUNet_results/Dataset900_FOMOPretrain/"
+                                  "A__fomoPretrainPlans__3d_fullres/fold_all/checkpoint_final.pth")
+
+
+def test_cached_results_are_recomputed_when_the_fingerprint_changes(tmp_path):
+    calls = []
+    compute = lambda: calls.append(1) or {"value": float("nan")}
+    assert F.cached(tmp_path, "a", "f1", compute, log=lambda *_: None)["value"] != 0
+    F.cached(tmp_path, "a", "f1", compute, log=lambda *_: None)
+    assert len(calls) == 1
+    F.cached(tmp_path, "a", "f2", compute, log=lambda *_: None)
+    assert len(calls) == 2
+    assert json.loads((tmp_path / "a.json").read_text())["value"] is None  # strict JSON
+
+
+def test_probe_sets_made_with_other_settings_are_refused(tmp_path):
+    (tmp_path / "probe_sets.json").write_text(json.dumps({"seed": 1, "n_train": 5, "n_test": 5, "tasks": [3]}))
+    with pytest.raises(ValueError, match="delete it"):
+        F.make_probe_sets(tmp_path, [TASKS_BY_NUMBER[3]], n_train=6, n_test=6, seed=1)
+
+
+@pytest.mark.slow
+def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
+    """Synthesised probe sets for two tasks, two 'pretraining seeds' (random weights with a fake
+    pretraining's metadata), two random-init twins: features.json has the promised shape; a rerun
+    reuses every per-encoder result."""
+    from helpers import save_fake_pretraining
+
+    from fomo_nnunet.cli import main
+
+    ckpts = [save_fake_pretraining(tmp_path / f"mae_{s}.pth", seed=10 + s) for s in (0, 1)]
+    args = ["benchmark", "features", "--work", str(tmp_path / "w"), "--checkpoint", *map(str, ckpts),
+            "--n-train", "12", "--n-test", "12", "--init-seeds", "2", "-np", "1", "--tasks", "3", "5"]
+    tasks = (TASKS_BY_NUMBER[3], TASKS_BY_NUMBER[5])
+    assert main([*args[:-3], "--tasks", "2"]) == 2  # segmentation has no probe
+    assert main(args) == 0
+    out = json.loads((tmp_path / "w" / "features" / "features.json").read_text())
+    assert set(out["tasks"]) == {"task3", "task5"}
+    t3, t5 = out["tasks"]["task3"], out["tasks"]["task5"]
+    assert t3["metric"] == "mae" and t3["higher_is_better"] is False and t3["mean_predictor"] > 0
+    assert t5["metric"] == "auroc" and t5["higher_is_better"] is True
+    assert len(t5["pretrained"]) == 2 and len(t5["random_init"]) == 2
+    assert all(0.0 <= v <= 1.0 for v in t5["pretrained"] + t5["random_init"])
+    d = out["diagnostics"]["checkpoint"]
+    assert len(d) == 2 and d[0]["dimensions"] == 64 and d[0]["cases"] == 24 * 2
+    assert "RankMe" in (tmp_path / "w" / "features" / "features.md").read_text()
+    logs = []
+    F.FeatureBenchmark(tmp_path / "w", {"checkpoint": dict(enumerate(map(str, ckpts)))}, "checkpoint", tasks,
+                       n_train=12, n_test=12, init_seeds=(0, 1), log=logs.append).run()
+    assert sum("kept from" in line for line in logs) == 4
