@@ -65,12 +65,13 @@ class Benchmark:
     def __init__(self, work: str | os.PathLike, preset: str = "tiny", data_seed: int = 0,
                  seeds: tuple[int, ...] = (0,), num_processes: int = 2, log=print,
                  tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int, int] | None = None,
-                 in_process=None):
+                 in_process=None, corpus: tuple[int | None, int | None] = (None, None)):
         if not seeds:
             raise ValueError("give at least one seed")
         self.p = PRESETS[preset]
         self.tasks = tuple(tasks or self.p.tasks)
         self.synth_sizes = synth_sizes
+        self.corpus = corpus  # pretraining sources, subjects per source (None: the synth preset's)
         self.data_seed = data_seed
         self.seeds = tuple(dict.fromkeys(int(s) for s in seeds))
         self.np = str(num_processes)
@@ -101,6 +102,9 @@ class Benchmark:
                "--seed", str(self.data_seed), "-np", self.np, "--tasks", *map(str, self.tasks)]
         if self.synth_sizes:
             cmd += ["--n-train", str(self.synth_sizes[0]), "--n-test", str(self.synth_sizes[1])]
+        for option, value in zip(("--pretrain-sources", "--pretrain-subjects"), self.corpus):
+            if value is not None:
+                cmd += [option, str(value)]
         self.pipe.step("synth", lambda: self.pipe.run(cmd) and None)
 
     def convert(self, tasks: tuple[int, ...]) -> None:

@@ -50,11 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", type=int, nargs="+", default=None, metavar="N", help="only these tasks (default: 1-7)")
     p.add_argument("--n-train", type=int, default=None, help="override the synthetic train cases per task")
     p.add_argument("--n-test", type=int, default=None, help="override the synthetic test cases per task")
+    add_corpus_options(p)
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default: 2)")
     p.set_defaults(func=run)
     sub_bench = p.add_subparsers(dest="benchmark_command", metavar="SUBCOMMAND",
                                  title="subcommands (without one: the whole benchmark)")
     register_features(sub_bench)
+
+
+def add_corpus_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus-sources", type=int, default=None, metavar="N",
+                   help="pretraining corpus: this many sources (scanners) instead of the preset's (tiny: 3)")
+    p.add_argument("--corpus-subjects", type=int, default=None, metavar="N",
+                   help="pretraining corpus: subjects per source (tiny: 4; each 1-2 sessions of 2 scans)")
 
 
 FEATURES_EXAMPLES = """\
@@ -91,6 +99,7 @@ def register_features(sub: argparse._SubParsersAction) -> None:
                    help="first pretrain these trainers in the work folder (missing seeds only; resumable)")
     p.add_argument("--preset", default="tiny", help="benchmark preset for --pretrain (default: tiny)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="pretraining seeds 0..N-1 for --pretrain")
+    add_corpus_options(p)
     p.add_argument("--arms", nargs="+", default=None, metavar="TRAINER",
                    help="only these pretraining trainers (default: every one found)")
     p.add_argument("--pretrained-arm", default=None, metavar="TRAINER",
@@ -115,8 +124,8 @@ def run_features(args: argparse.Namespace) -> int:
         from fomo_nnunet.cli import main as cli_main
         from fomo_nnunet.pipeline import StepFailed
 
-        bench = Benchmark(args.work, args.preset, seeds=tuple(range(args.seeds)),
-                          num_processes=args.num_processes, in_process=cli_main)
+        bench = Benchmark(args.work, args.preset, seeds=tuple(range(args.seeds)), num_processes=args.num_processes,
+                          in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects))
         try:
             bench.pretrain_variants(tuple(args.pretrain))
         except StepFailed as e:
@@ -179,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seeds = tuple(args.seed_list) if args.seed_list is not None else tuple(range(args.seeds))
     bench = Benchmark(args.work, args.preset, args.data_seed, seeds, args.num_processes, tasks=args.tasks,
-                      synth_sizes=sizes, in_process=cli_main)
+                      synth_sizes=sizes, in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects))
     try:
         report = bench.run()
     except StepFailed as e:
