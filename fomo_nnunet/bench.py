@@ -36,9 +36,9 @@ def _make_trainer(name: str, dataset_id: int, plans_name: str, configuration: st
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     trainer.dataset_class.unpack_dataset(trainer.preprocessed_dataset_folder, overwrite_existing=False,
                                          num_processes=1, verify=True)
+    if hasattr(trainer, "start_random_streams"):  # the MAE trainer's mask (and skip-drop) generators
+        trainer.start_random_streams()
     trainer.on_train_epoch_start()
-    if hasattr(trainer, "_mask_generator"):
-        trainer._mask_generator = torch.Generator(device=trainer.device).manual_seed(trainer.stream_seed("mask"))
     return trainer
 
 

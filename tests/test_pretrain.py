@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pydoc
 import re
 import shutil
@@ -60,6 +61,8 @@ def test_checkpoint_metadata_round_trips_through_inspect(pretrain_ws):
     m = PretrainMetadata.from_dict(meta)
     assert m.objective == "mae" and m.objective_settings["mask_ratio"] == 0.75
     assert m.objective_settings["block_size"] == 4
+    assert m.objective_settings["decoder_skips"] == "all" and m.objective_settings["vicreg_weight"] == 0.0
+    assert "vicreg" not in m.objective_settings
     assert m.patch_size == [32, 32, 32] and m.spacing == [4.0, 4.0, 4.0] and m.num_input_channels == 1
     assert m.epochs_trained == 3 and m.iterations_trained == 12
     net = m.build_network(num_outputs=1)
@@ -117,3 +120,35 @@ def test_bench_reports_both_pipelines(pretrain_ws, monkeypatch):
     assert r["mae"]["patch_size"] == r["baseline"]["patch_size"] == [32, 32, 32]
     assert r["step_ratio_mae_over_baseline"] > 0 and r["mae"]["loader_samples_per_second"] > 0
     assert "MAE step / nnU-Net step" in format_report(r)
+
+
+HYBRID = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_smoke"
+
+
+def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pretrain_corpus, tmp_path):
+    """The hybrid objective end to end: skips off, two views, VICReg logged per epoch beside the
+    reconstruction loss, the settings in the checkpoint, and the weights load as any pretraining's."""
+    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely, transfer_from_checkpoint
+
+    root, env = pretrain_corpus
+    env = {**env, "nnUNet_results": str(tmp_path / "results")}
+    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", HYBRID,
+         "-device", "cpu"], env)
+    fold = tmp_path / "results" / f"Dataset{DATASET}_Corpus" / f"{HYBRID}__fomoPretrainPlans__3d_fullres" / "fold_all"
+    ckpt = load_checkpoint_safely(fold / "checkpoint_final.pth")
+    m = PretrainMetadata.from_dict(ckpt["fomo_metadata"])
+    settings = m.objective_settings
+    assert m.objective == "mae+vicreg" and m.trainer_name == HYBRID
+    assert settings["decoder_skips"] == "none" and settings["vicreg_weight"] > 0 and settings["skip_drop_p"] == 0.5
+    assert settings["vicreg"]["invariance"] == 25.0 and settings["vicreg"]["covariance"] == 1.0
+    logging = ckpt["logging"]
+    for key in ("train_losses", "val_losses", "vicreg_losses", "vicreg_variance"):
+        assert len(logging[key]) == 3 and all(math.isfinite(v) for v in logging[key]), key
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert log.count("vicreg (x ") == 3 and log.count("train_loss") == 3
+    net = m.build_network(num_outputs=1)
+    net.load_state_dict(ckpt["network_weights"])  # the same network and state dict as plain MAE
+    downstream = m.build_network(num_outputs=3, input_channels=2)  # a 2-channel, 3-class segmentation
+    report = transfer_from_checkpoint(downstream, fold / "checkpoint_final.pth")
+    assert report.n_loaded > 0 and report.n_adapted == 1  # the 1-channel stem spread over 2 channels
+    assert all(name.startswith("decoder.seg_layers.") for name in report.fresh)  # only the output layers

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fomo_nnunet.ssl import apply_mask, block_mask, masked_reconstruction_loss
+from fomo_nnunet.ssl import SkipGate, apply_mask, block_mask, masked_reconstruction_loss, vicreg_loss
 
 
 def _block_values(mask: torch.Tensor, block: tuple[int, int, int]) -> torch.Tensor:
@@ -162,3 +162,146 @@ def test_loss_rejects_an_unknown_kind():
     pred, target, mask, _ = _loss_inputs()
     with pytest.raises(ValueError, match="kind"):
         masked_reconstruction_loss(pred, target, mask, kind="huber")
+
+
+# ---- VICReg (Bardes, Ponce & LeCun 2022) on pooled features -----------------------------------------
+def test_vicreg_invariance_is_zero_for_identical_views_and_their_mean_squared_difference_otherwise():
+    z = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    assert vicreg_loss(z, z).invariance.item() == 0.0
+    shifted = z + 0.5
+    assert vicreg_loss(z, shifted).invariance.item() == pytest.approx(0.25)
+
+
+def test_vicreg_variance_is_zero_when_every_dimension_has_std_at_least_one_and_positive_when_collapsed():
+    spread = torch.tensor([[2.0, -3.0], [-2.0, 3.0], [2.0, 3.0], [-2.0, -3.0]])  # std 2.31 and 3.46
+    assert vicreg_loss(spread, spread).variance.item() == 0.0
+    collapsed = torch.ones(4, 2)  # every sample the same: std 0 in both dimensions, both branches
+    assert vicreg_loss(collapsed, collapsed).variance.item() == pytest.approx(2 * (1 - 1e-2))
+    half = spread * 0.25  # std 0.577 and 0.866: a hinge at 1, per dimension, averaged
+    std = torch.sqrt(half.var(dim=0) + 1e-4)
+    assert vicreg_loss(half, half).variance.item() == pytest.approx(2 * float((1 - std).mean()), rel=1e-6)
+
+
+def test_vicreg_covariance_is_zero_for_decorrelated_dimensions_and_counts_off_diagonal_entries():
+    decorrelated = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # centred, orthogonal
+    assert vicreg_loss(decorrelated, decorrelated).covariance.item() == 0.0
+    correlated = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])  # variance 2, covariance 2
+    # per branch: (2^2 + 2^2) / d = 4; two branches
+    assert vicreg_loss(correlated, correlated).covariance.item() == pytest.approx(8.0)
+
+
+def test_vicreg_loss_weights_its_terms_with_the_papers_defaults_or_the_given_coefficients():
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(6, 4, generator=g) * 0.3, torch.randn(6, 4, generator=g) * 0.3
+    t = vicreg_loss(z1, z2)
+    assert t.loss.item() == pytest.approx((25 * t.invariance + 25 * t.variance + t.covariance).item())
+    custom = vicreg_loss(z1, z2, 1.0, 2.0, 3.0)
+    assert custom.loss.item() == pytest.approx((t.invariance + 2 * t.variance + 3 * t.covariance).item())
+
+
+def test_vicreg_refuses_one_sample_or_mismatched_shapes():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        vicreg_loss(torch.zeros(1, 4), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="same shape"):
+        vicreg_loss(torch.zeros(4, 4), torch.zeros(4, 3))
+
+
+# ---- the decoder skip gate --------------------------------------------------------------------------
+def _tiny_unet(seed: int = 0):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    torch.manual_seed(seed)
+    net = PlainConvUNet(input_channels=1, n_stages=3, features_per_stage=(4, 8, 16), conv_op=torch.nn.Conv3d,
+                        kernel_sizes=3, strides=(1, 2, 2), n_conv_per_stage=1, num_classes=1,
+                        n_conv_per_stage_decoder=1, conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
+                        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU)
+    return net.eval()
+
+
+def _input(batch: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 1, 8, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_without_skips_the_decoder_output_ignores_the_skip_contents():
+    net = _tiny_unet()
+    skips = net.encoder(_input())
+    noise = [torch.randn_like(s) for s in skips[:-1]] + [skips[-1]]
+    assert not torch.equal(net.decoder(skips), net.decoder(noise))  # with skips, their contents matter
+    SkipGate("none").attach(net.decoder)
+    assert torch.equal(net.decoder(skips), net.decoder(noise))
+    changed_bottleneck = skips[:-1] + [skips[-1] + 1]
+    assert not torch.equal(net.decoder(skips), net.decoder(changed_bottleneck))
+
+
+def test_all_skips_leave_the_output_bit_identical_and_capture_the_pooled_bottleneck():
+    net, x = _tiny_unet(), _input()
+    before = net(x)
+    gate = SkipGate("all", capture=True).attach(net.decoder)
+    assert torch.equal(net(x), before)
+    assert torch.equal(gate.take_pooled(), net.encoder(x)[-1].mean(dim=(2, 3, 4)))
+    gate.capture = False
+    net(x)
+    with pytest.raises(RuntimeError, match="no bottleneck captured"):
+        gate.take_pooled()
+
+
+def _dropped(seed: int, p: float = 0.5, batch: int = 4) -> torch.Tensor:
+    net = _tiny_unet()
+    SkipGate("drop", p, generator=torch.Generator().manual_seed(seed)).attach(net.decoder)
+    return torch.stack([net(_input(batch)) for _ in range(3)])  # three draws of the stream
+
+
+def test_skip_drop_is_reproducible_for_a_seed_and_differs_between_seeds():
+    assert torch.equal(_dropped(3), _dropped(3))
+    assert not torch.equal(_dropped(3), _dropped(4))
+
+
+def test_skip_drop_at_probability_zero_is_all_and_at_one_is_none():
+    net, x = _tiny_unet(), _input()
+    every, = _dropped(0, p=0.0)[:1]
+    assert torch.equal(every, net(x))
+    SkipGate("none").attach(net.decoder)
+    assert torch.equal(_dropped(0, p=1.0)[0], net(x))
+
+
+def test_skip_drop_zeroes_whole_skips_per_sample():
+    net = _tiny_unet()
+    gate = SkipGate("drop", 0.5, generator=torch.Generator().manual_seed(0))
+    skips = net.encoder(_input(64))
+    gated, = gate(net.decoder, (skips,))
+    for s, g in zip(skips[:-1], gated[:-1]):
+        zeroed = (g == 0).flatten(1).all(1)
+        kept = (g == s).flatten(1).all(1)
+        assert (zeroed ^ kept).all() and 16 < int(zeroed.sum()) < 48  # about half of 64 samples
+    assert gated[-1] is skips[-1]
+
+
+def test_skip_drop_without_a_generator_is_a_clear_error():
+    net = _tiny_unet()
+    SkipGate("drop").attach(net.decoder)
+    with pytest.raises(RuntimeError, match="seeded generator"):
+        net(_input())
+
+
+@pytest.mark.parametrize("mode, p, message", [("foo", 0.5, "'all', 'none', 'drop'"), ("drop", 1.5, "skip_drop_p"),
+                                              ("drop", float("nan"), "skip_drop_p")])
+def test_skip_gate_rejects_bad_settings_naming_the_allowed_values(mode, p, message):
+    with pytest.raises(ValueError, match=message):
+        SkipGate(mode, p)
+
+
+@pytest.mark.parametrize("attribute, value, message", [
+    ("decoder_skips", "foo", "decoder_skips must be one of 'all', 'none', 'drop'"),
+    ("skip_drop_p", -0.1, "skip_drop_p"), ("vicreg_weight", -1.0, "vicreg_weight"),
+    ("vicreg_weight", float("inf"), "vicreg_weight"), ("vicreg_coefficients", (25.0, 25.0), "vicreg_coefficients"),
+])
+def test_mae_trainer_refuses_bad_objective_attributes(attribute, value, message):
+    from types import SimpleNamespace
+
+    from fomo_nnunet.trainers.nnUNetTrainerFomoMAE import nnUNetTrainerFomoMAE
+
+    settings = {name: getattr(nnUNetTrainerFomoMAE, name)
+                for name in ("decoder_skips", "skip_drop_p", "vicreg_weight", "vicreg_coefficients")}
+    nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**settings))  # the defaults pass
+    with pytest.raises(ValueError, match=message):
+        nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**{**settings, attribute: value}))

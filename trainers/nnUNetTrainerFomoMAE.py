@@ -6,6 +6,12 @@ brain only. Masking, loss and augmentation are library functions (fomo_nnunet.ss
 step, schedule, epoch end and self-describing checkpoints come from the trainer toolkit
 (fomo_nnunet.training). This class is the recipe: class attributes, so a variant is a subclass that
 sets a few of them, and the methods that make it masked reconstruction.
+
+Objectives that shape the deep stages (what pooling heads and embeddings read): `decoder_skips`
+"none" or "drop" keeps the encoder skips from the decoder during pretraining (fomo_nnunet.ssl.skips),
+and `vicreg_weight` > 0 adds VICReg on the pooled bottleneck of two masked views of each batch
+(fomo_nnunet.ssl.losses.vicreg_loss). Both act through a forward pre-hook on the decoder; the
+network and its state dict are unchanged, so downstream loading is too.
 """
 from __future__ import annotations
 
@@ -20,10 +26,14 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from fomo_nnunet.plots import plot_reconstruction
-from fomo_nnunet.ssl import apply_mask, block_mask, masked_reconstruction_loss
+from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settings, masked_reconstruction_loss,
+                             vicreg_loss)
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
 from fomo_nnunet.training import (COSINE, AmpStep, Budget, DescribedCheckpoints, DistributedRun, EpochEnd, EpochLR,
                                   EpochSchedule, SeededRun, unwrap)
+
+
+VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vicreg_covariance")
 
 
 class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, DescribedCheckpoints, Budget,
@@ -42,13 +52,19 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
     augmentation: PretrainAugmentation = PretrainAugmentation()
+    # objectives that shape the deep stages (defaults: plain MAE, every skip on)
+    decoder_skips: str = "all"          # "all"; "none": the decoder sees the bottleneck only; "drop": at random
+    skip_drop_p: float = 0.5            # "drop": probability that one skip of one sample is zeroed
+    vicreg_weight: float = 0.0          # > 0: two masked views per step + weight * VICReg(pooled bottlenecks)
+    vicreg_coefficients: tuple[float, float, float] = (25.0, 25.0, 1.0)  # invariance, variance, covariance
     # checkpoints (with fomo_metadata) and pictures
-    objective = "mae"
     checkpoint_every: int = 50
     picture_every: int = 10
     best_is_lowest = True  # checkpoint_best: the lowest validation loss
-    # validation masks: the same for every run and epoch (losses compare); training masks derive from FOMO_SEED
+    # validation masks (and skip drops): the same for every run and epoch (losses compare); training
+    # masks and skip drops derive from FOMO_SEED
     val_mask_seed: int = 11234
+    val_skip_seed: int = 21234
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -56,6 +72,37 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
         self.enable_deep_supervision = False
         self._mask_generator: torch.Generator | None = None
         self._val_example: dict[str, np.ndarray] | None = None
+        self._check_objective_settings()
+        self._skip_generator: torch.Generator | None = None
+        self._skip_gate: SkipGate | None = None
+        self._step_terms: dict[str, torch.Tensor] = {}  # the last hybrid step's losses, for train_step
+        if self.vicreg_weight > 0:
+            for key in VICREG_LOG_KEYS:
+                self.logger.local_logger.my_fantastic_logging[key] = []
+
+    @property
+    def objective(self) -> str:
+        return "mae+vicreg" if self.vicreg_weight > 0 else "mae"
+
+    def _check_objective_settings(self) -> None:
+        check_skip_settings(self.decoder_skips, self.skip_drop_p)
+        w = self.vicreg_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
+            raise ValueError(f"vicreg_weight must be a finite number >= 0 (0: no VICReg term), got {w!r}")
+        c = self.vicreg_coefficients
+        if len(c) != 3 or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x) or x < 0
+                              for x in c):
+            raise ValueError(f"vicreg_coefficients must be three finite numbers >= 0 (invariance, variance, "
+                             f"covariance), got {c!r}")
+
+    def initialize(self):
+        super().initialize()
+        if self._skip_gate is None and (self.decoder_skips != "all" or self.vicreg_weight > 0):
+            if self.vicreg_weight > 0 and self.batch_size < 2:
+                raise ValueError(f"vicreg_weight > 0 needs a batch of at least 2 per process (VICReg's variance "
+                                 f"is over the batch); this process has {self.batch_size}")
+            # after the network exists (and inside DDP's forward): the gate is a hook, not a module
+            self._skip_gate = SkipGate(self.decoder_skips, self.skip_drop_p).attach(unwrap(self.network).decoder)
 
     # ---- network, optimiser, loss -------------------------------------------------------------
     @staticmethod
@@ -106,9 +153,13 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
         return rotation, dummy_2d, initial, mirror_axes
 
     # ---- steps -------------------------------------------------------------------------------
-    def _forward_masked(self, batch: dict, generator: torch.Generator):
+    def _on_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         data = batch["data"].to(self.device, non_blocking=True)
         brain, clean = unpack_target([t.to(self.device, non_blocking=True) for t in batch["target"]])
+        return data, brain, clean
+
+    def _forward_masked(self, batch: dict, generator: torch.Generator):
+        data, brain, clean = self._on_device(batch)
         mask = block_mask(tuple(data.shape[2:]), data.shape[0], self.block_size, self.mask_ratio,
                           generator=generator, device=self.device)
         masked = apply_mask(data, mask, getattr(unwrap(self.network), "fomo_mask_token", None))
@@ -118,17 +169,64 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
         return loss, (data, masked, pred, clean)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
+        if self.vicreg_weight > 0:
+            return self._two_view_loss(batch)
         return self._forward_masked(batch, self._mask_generator)[0]
+
+    def _two_view_loss(self, batch: dict) -> torch.Tensor:
+        """Two independently masked views of the batch in one forward (one DDP forward per step):
+        the mean of their reconstruction losses + vicreg_weight * VICReg of their pooled bottlenecks."""
+        data, brain, clean = self._on_device(batch)
+        n = data.shape[0]
+        mask = block_mask(tuple(data.shape[2:]), 2 * n, self.block_size, self.mask_ratio,
+                          generator=self._mask_generator, device=self.device)
+        masked = apply_mask(torch.cat([data, data]), mask, getattr(unwrap(self.network), "fomo_mask_token", None))
+        with self.autocast():
+            pred = self.network(masked).float()
+            reconstruction = (self.loss(pred[:n], clean, mask[:n], brain)
+                              + self.loss(pred[n:], clean, mask[n:], brain)) / 2
+        z1, z2 = self._skip_gate.take_pooled().chunk(2)
+        terms = vicreg_loss(z1, z2, *self.vicreg_coefficients)
+        self._step_terms = {"loss": reconstruction, "vicreg_losses": terms.loss, "vicreg_invariance": terms.invariance,
+                            "vicreg_variance": terms.variance, "vicreg_covariance": terms.covariance}
+        return reconstruction + self.vicreg_weight * terms.loss
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        if self.vicreg_weight > 0:  # "loss" (train_losses) stays the reconstruction loss; VICReg beside it
+            out.update({k: v.detach().cpu().numpy() for k, v in self._step_terms.items()})
+        return out
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        if self.vicreg_weight > 0:
+            outputs = collate_outputs(train_outputs)
+            for key in VICREG_LOG_KEYS:
+                value = np.mean(self.from_all_ranks(float(np.mean(outputs[key]))))
+                self.logger.log(key, float(value), self.current_epoch)
+        super().on_train_epoch_end(train_outputs)
+
+    def start_random_streams(self) -> None:
+        """The training masks and skip drops: a different stream per DDP rank, reproducible per run seed."""
+        self._mask_generator = torch.Generator(device=self.device).manual_seed(self.stream_seed("mask"))
+        self._skip_generator = torch.Generator(device=self.device).manual_seed(self.stream_seed("skip_drop"))
 
     def on_train_start(self):
         super().on_train_start()
-        # a different mask stream per DDP rank, reproducible per run seed
-        self._mask_generator = torch.Generator(device=self.device).manual_seed(self.stream_seed("mask"))
+        self.start_random_streams()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if self._skip_gate is not None:
+            self._skip_gate.generator, self._skip_gate.capture = self._skip_generator, self.vicreg_weight > 0
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
-        # the same masks every epoch, so validation losses are comparable across epochs
+        # the same masks (and skip drops) every epoch, so validation losses are comparable across epochs
         self._val_generator = torch.Generator(device=self.device).manual_seed(self.val_mask_seed + self.local_rank)
+        if self._skip_gate is not None:
+            self._skip_gate.generator = torch.Generator(device=self.device).manual_seed(self.val_skip_seed +
+                                                                                        self.local_rank)
+            self._skip_gate.capture = False  # validation: the reconstruction loss alone
         self._val_example = None
 
     def validation_step(self, batch: dict) -> dict:
@@ -145,8 +243,13 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     # ---- epoch end: log, checkpoint_best by the validation loss, pictures ----------------------
     def epoch_lines(self) -> list[tuple]:
         log = self.logger.get_value
-        return [("train_loss", np.round(log("train_losses", -1), 5)),
-                ("val_loss (masked brain voxels)", np.round(log("val_losses", -1), 5))]
+        lines = [("train_loss", np.round(log("train_losses", -1), 5)),
+                 ("val_loss (masked brain voxels)", np.round(log("val_losses", -1), 5))]
+        if self.vicreg_weight > 0:
+            lines.insert(1, (f"vicreg (x {self.vicreg_weight})", np.round(log("vicreg_losses", -1), 5),
+                             *(f"{name} {np.round(log('vicreg_' + name, -1), 5)}"
+                               for name in ("invariance", "variance", "covariance"))))
+        return lines
 
     def selection(self) -> tuple[float, str]:
         val_loss = self.logger.get_value("val_losses", -1)
@@ -160,6 +263,8 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
             folder = os.path.join(self.output_folder, "reconstructions")
             os.makedirs(folder, exist_ok=True)
             title = f"epoch {epoch + 1}: mask ratio {self.mask_ratio}, block {self.block_size}"
+            if self.decoder_skips != "all":
+                title += f", decoder skips {self.decoder_skips}"
             plot_reconstruction(os.path.join(folder, f"epoch_{epoch + 1:04d}.png"), self._val_example, title)
             plot_reconstruction(os.path.join(self.output_folder, "reconstruction.png"), self._val_example, title)
 
@@ -169,7 +274,17 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
                 "learned_mask_token": self.learned_mask_token, "loss": self.loss_kind,
                 "loss_region": "masked voxels inside the brain mask", "optimizer": "AdamW", "lr": self.initial_lr,
                 "weight_decay": self.weight_decay, "warmup_fraction": self.warmup_fraction,
-                "schedule": "warmup+cosine"}
+                "schedule": "warmup+cosine", **self._deep_stage_settings()}
+
+    def _deep_stage_settings(self) -> dict:
+        settings = {"decoder_skips": self.decoder_skips, "skip_drop_p": float(self.skip_drop_p),
+                    "vicreg_weight": float(self.vicreg_weight)}
+        if self.vicreg_weight > 0:
+            invariance, variance, covariance = (float(c) for c in self.vicreg_coefficients)
+            settings["vicreg"] = {"invariance": invariance, "variance": variance, "covariance": covariance,
+                                  "features": "global average pool of the bottleneck, no projector",
+                                  "views": "two independently masked views per batch"}
+        return settings
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         # nnU-Net's validation segments the validation cases; a reconstruction model has nothing to
@@ -251,3 +366,52 @@ class nnUNetTrainerFomoMAE_500epochs(nnUNetTrainerFomoMAE):
 
 class nnUNetTrainerFomoMAE_2000epochs(nnUNetTrainerFomoMAE):
     epochs = 2000
+
+
+# ---- objectives that shape the deep stages (what pooling heads and embeddings read) --------------
+class nnUNetTrainerFomoMAE_noskip(nnUNetTrainerFomoMAE):
+    """Skip connections off in pretraining: the decoder reconstructs from the bottleneck alone (AMAES, Munk et
+    al. 2024, arXiv:2408.00640, the FOMO25 baseline; the FOMO26 organisers' ResEnc-B pretraining)."""
+    decoder_skips = "none"
+
+
+class nnUNetTrainerFomoMAE_skipdrop(nnUNetTrainerFomoMAE):
+    """Each skip of each sample zeroed with probability `skip_drop_p` (0.5): skips help, but cannot be relied on."""
+    decoder_skips = "drop"
+
+
+class nnUNetTrainerFomoMAE_vicreg(nnUNetTrainerFomoMAE):
+    """MAE + VICReg (Bardes, Ponce & LeCun, ICLR 2022) on the pooled bottleneck of two masked views; skips on.
+    Weight 0.01 (untuned): on the tiny network the VICReg term starts near 49 (pooled bottleneck features
+    nearly constant across samples), so it weighs about half the initial reconstruction loss."""
+    vicreg_weight = 0.01
+
+
+class nnUNetTrainerFomoMAE_noskip_vicreg(nnUNetTrainerFomoMAE_vicreg):
+    """MAE without skips (AMAES) + VICReg on the pooled bottleneck of two masked views."""
+    decoder_skips = "none"
+
+
+class nnUNetTrainerFomoMAE_tiny_noskip(TinyPretraining, nnUNetTrainerFomoMAE_noskip):
+    """The tiny run without skips in pretraining."""
+
+
+class nnUNetTrainerFomoMAE_tiny_skipdrop(TinyPretraining, nnUNetTrainerFomoMAE_skipdrop):
+    """The tiny run with skips dropped at random."""
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg(TinyPretraining, nnUNetTrainerFomoMAE_vicreg):
+    """The tiny run with the VICReg term."""
+
+
+class nnUNetTrainerFomoMAE_tiny_noskip_vicreg(TinyPretraining, nnUNetTrainerFomoMAE_noskip_vicreg):
+    """The tiny run without skips, with the VICReg term."""
+
+
+class nnUNetTrainerFomoMAE_tiny_noskip_vicreg_smoke(SmokePretraining, nnUNetTrainerFomoMAE_tiny_noskip_vicreg):
+    """A few iterations, for tests."""
+
+
+class nnUNetTrainerFomoMAE_tiny_block2_ratio60(TinyPretraining, nnUNetTrainerFomoMAE_ratio60):
+    """AMAES' masking scaled to the tiny patch: 4^3-voxel blocks at ratio 0.6 on a 160^3 patch are 2^3 on 32^3."""
+    block_size = 2

@@ -1,5 +1,7 @@
-"""Self-supervised pieces in plain torch: masking and reconstruction losses."""
-from fomo_nnunet.ssl.losses import masked_reconstruction_loss
+"""Self-supervised pieces in plain torch: masking, decoder skip gating and losses."""
+from fomo_nnunet.ssl.losses import VICRegTerms, masked_reconstruction_loss, vicreg_loss
 from fomo_nnunet.ssl.masking import apply_mask, block_mask, masked_block_count
+from fomo_nnunet.ssl.skips import SKIP_MODES, SkipGate, check_skip_settings
 
-__all__ = ["apply_mask", "block_mask", "masked_block_count", "masked_reconstruction_loss"]
+__all__ = ["SKIP_MODES", "SkipGate", "VICRegTerms", "apply_mask", "block_mask", "check_skip_settings",
+           "masked_block_count", "masked_reconstruction_loss", "vicreg_loss"]

@@ -1,5 +1,7 @@
-"""Reconstruction losses for masked image modelling."""
+"""Losses for self-supervised pretraining: masked reconstruction, and VICReg on pooled features."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -35,3 +37,54 @@ def masked_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: t
     per_voxel = error.sum(dim=1, keepdim=True)
     count = weight.sum() * pred.shape[1]
     return torch.where(weight, per_voxel, 0.0).sum() / count.clamp(min=1)
+
+
+class VICRegTerms(NamedTuple):
+    """The weighted VICReg loss and its three unweighted terms (both branches summed), for logging."""
+
+    loss: torch.Tensor
+    invariance: torch.Tensor
+    variance: torch.Tensor
+    covariance: torch.Tensor
+
+
+def _variance_term(z: torch.Tensor, target_std: float, eps: float) -> torch.Tensor:
+    std = torch.sqrt(z.var(dim=0) + eps)  # unbiased variance over the batch, per dimension
+    return torch.relu(target_std - std).mean()
+
+
+def _covariance_term(z: torch.Tensor) -> torch.Tensor:
+    n, d = z.shape
+    centred = z - z.mean(dim=0)
+    cov = centred.T @ centred / (n - 1)
+    off_diagonal = cov - torch.diag(torch.diagonal(cov))
+    return off_diagonal.square().sum() / d
+
+
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float = 25.0, variance_weight: float = 25.0,
+                covariance_weight: float = 1.0, target_std: float = 1.0, eps: float = 1e-4) -> VICRegTerms:
+    """VICReg (Bardes, Ponce & LeCun, ICLR 2022) on two batches of embeddings (N, D) of the same N samples.
+
+    - invariance s(Z, Z'): mean squared difference of the paired embeddings (over samples and dimensions);
+    - variance v(Z): mean over dimensions of relu(target_std - sqrt(Var(z_j) + eps)), per branch;
+    - covariance c(Z): sum of the squared off-diagonal entries of the covariance matrix, / D, per branch;
+    loss = invariance_weight * s(Z, Z') + variance_weight * (v(Z) + v(Z')) + covariance_weight * (c(Z) + c(Z')),
+    the paper's formula with its default coefficients 25 / 25 / 1. Computed in float32. N >= 2 (a variance).
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape, got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    if z1.shape[0] < 2:
+        raise ValueError(f"VICReg needs at least 2 samples per batch (a variance over the batch), got {z1.shape[0]}")
+    with torch.autocast(z1.device.type, enabled=False):  # the covariance matmul in float32 under AMP too
+        return _vicreg_terms(z1.float(), z2.float(), invariance_weight, variance_weight, covariance_weight,
+                             target_std, eps)
+
+
+def _vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float, variance_weight: float,
+                  covariance_weight: float, target_std: float, eps: float) -> VICRegTerms:
+    invariance = torch.nn.functional.mse_loss(z1, z2)
+    variance = _variance_term(z1, target_std, eps) + _variance_term(z2, target_std, eps)
+    covariance = _covariance_term(z1) + _covariance_term(z2)
+    loss = invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
+    return VICRegTerms(loss, invariance, variance, covariance)

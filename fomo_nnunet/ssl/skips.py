@@ -1,0 +1,88 @@
+"""Which encoder skips reach a U-Net's decoder during pretraining, and what its bottleneck holds.
+
+A U-Net reconstructing a masked scan can pass detail around its deepest stage through the skip
+connections, so masked reconstruction alone barely shapes the bottleneck, the stage that pooling
+heads and embeddings read. `SkipGate` is a forward pre-hook on the decoder (nnU-Net's `UNetDecoder`
+takes the list of encoder outputs, the bottleneck last) that
+
+- `mode="all"`: passes every skip unchanged (the hook returns nothing, the call is untouched);
+- `mode="none"`: replaces every skip except the bottleneck by zeros, so the decoder reconstructs
+  from the bottleneck alone ("skip connections off in pretraining", as the FOMO25 baseline AMAES,
+  Munk et al. 2024, arXiv:2408.00640, and the FOMO26 organisers' ResEnc-B pretraining do);
+- `mode="drop"`: zeros each skip of each sample with probability `drop_p`, drawn from `generator`;
+
+and, with `capture` on, keeps the global average pool of the bottleneck (B, C) for a loss on it.
+
+The network's modules and state dict are untouched: a checkpoint loads downstream as before. The
+hook runs inside the network's forward, so it works under DDP and torch.compile alike.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SKIP_MODES = ("all", "none", "drop")
+
+
+def check_skip_settings(mode: str, drop_p: float) -> None:
+    """Raise ValueError naming the allowed values when `mode` or `drop_p` is not usable."""
+    if mode not in SKIP_MODES:
+        raise ValueError(f"decoder_skips must be one of {', '.join(map(repr, SKIP_MODES))}, got {mode!r}")
+    if isinstance(drop_p, bool) or not isinstance(drop_p, (int, float)) or not 0 <= drop_p <= 1 \
+            or not math.isfinite(drop_p):
+        raise ValueError(f"skip_drop_p must be a number in [0, 1], got {drop_p!r}")
+
+
+class SkipGate:
+    """Forward pre-hook for a U-Net decoder: gates the skips (see the module docstring), captures the bottleneck."""
+
+    def __init__(self, mode: str = "all", drop_p: float = 0.5, generator: torch.Generator | None = None,
+                 capture: bool = False):
+        check_skip_settings(mode, drop_p)
+        self.mode, self.drop_p, self.generator, self.capture = mode, float(drop_p), generator, capture
+        self.pooled: torch.Tensor | None = None
+        self._handle = None
+
+    def attach(self, decoder: nn.Module) -> SkipGate:
+        """Install on `decoder` (once); returns self."""
+        if self._handle is not None:
+            raise RuntimeError("this SkipGate is already attached to a decoder")
+        self._handle = decoder.register_forward_pre_hook(self)
+        return self
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def take_pooled(self) -> torch.Tensor:
+        """The pooled bottleneck of the last forward (B, C), then forgotten."""
+        if self.pooled is None:
+            raise RuntimeError("no bottleneck captured: set capture=True and run the network first")
+        pooled, self.pooled = self.pooled, None
+        return pooled
+
+    def __call__(self, module: nn.Module, args: tuple):
+        skips = list(args[0])
+        bottleneck = skips[-1]
+        if self.capture:
+            self.pooled = bottleneck.mean(dim=tuple(range(2, bottleneck.ndim)))
+        if self.mode == "all":
+            return None
+        if self.mode == "none":
+            gated = [torch.zeros_like(s) for s in skips[:-1]]
+        else:
+            gated = self._drop(skips[:-1])
+        return (gated + [bottleneck], *args[1:])
+
+    def _drop(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.generator is None:
+            raise RuntimeError("decoder_skips='drop' needs a seeded generator (SkipGate.generator); none is set")
+        batch = skips[0].shape[0]
+        draw = torch.rand(batch, len(skips), generator=self.generator, device=self.generator.device)
+        keep = (draw >= self.drop_p).to(skips[0].device)
+        shape = (batch,) + (1,) * (skips[0].ndim - 1)
+        return [torch.where(keep[:, i].view(shape), s, torch.zeros((), dtype=s.dtype, device=s.device))
+                for i, s in enumerate(skips)]
