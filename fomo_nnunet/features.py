@@ -53,6 +53,9 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))
 LOGISTIC_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 DEAD_RELATIVE_SPREAD = 1e-3    # a dimension whose sd is below this fraction of the median sd is dead
 PRETRAIN_PLANS = "fomoPretrainPlans"
+# part of every kept result's fingerprint: raise it when the embedding or the probes change, so that
+# results computed the old way are recomputed rather than mixed with new ones
+RESULT_VERSION = 1
 # the goals the pretraining work is measured against: AUROC gain, relative MAE reduction
 GOAL_AUROC_GAIN = 0.10
 GOAL_MAE_REDUCTION = 0.20
@@ -343,7 +346,7 @@ def evaluate_encoder(embedder, probe_sets: dict[str, ProbeSet], cache: Preproces
 
 def _fingerprint(path: str) -> str:
     st = os.stat(path)
-    return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+    return f"v{RESULT_VERSION}:{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
 
 
 def cached(folder: Path, name: str, fingerprint: str, compute: Callable[[], dict], log: Callable = print) -> dict:
