@@ -343,12 +343,12 @@ def write_probe_table(dataset_folder: Path, table: Path) -> None:
 def save_random_init(pretrained_checkpoint: str, out: Path, seed: int, corpus: Path | None = None) -> None:
     """The pretrained network's architecture with random weights: the frozen-feature baseline.
 
-    It never inherits the pretrained embedding statistics: with `corpus` (the preprocessed pretraining
-    folder) it gets its own, over the same cases as the pretrained checkpoint's (as many, chosen the
-    same way), so both probe arms are standardised alike; without, it embeds raw."""
+    It never inherits the pretrained embedding statistics. When the pretrained checkpoint has them and
+    `corpus` (the preprocessed pretraining folder) is given, it gets its own over the same cases (as many,
+    chosen the same way); otherwise none. Either way both probe arms are scaled alike."""
     import torch
 
-    from fomo_nnunet.embedding_stats import DEFAULT_MAX_CASES, STATS_KEY, EmbeddingStats, corpus_embedding_stats
+    from fomo_nnunet.embedding_stats import STATS_KEY, EmbeddingStats, corpus_embedding_stats
     from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
 
     ckpt = load_checkpoint_safely(pretrained_checkpoint)
@@ -357,9 +357,9 @@ def save_random_init(pretrained_checkpoint: str, out: Path, seed: int, corpus: P
     net = meta.build_network(num_outputs=meta.num_input_channels)
     d = meta.to_dict()
     d["objective"], d["iterations_trained"], d["epochs_trained"] = "none (random initialisation)", 0, 0
-    if corpus is not None:
-        pretrained = EmbeddingStats.from_checkpoint(ckpt, pretrained_checkpoint)
-        n = pretrained.n_cases if pretrained else DEFAULT_MAX_CASES
-        d[STATS_KEY] = corpus_embedding_stats(net.encoder, corpus, meta.patch_size, max_cases=n).to_dict()
+    pretrained = EmbeddingStats.from_checkpoint(ckpt, pretrained_checkpoint)
+    if corpus is not None and pretrained is not None:
+        stats = corpus_embedding_stats(net.encoder, corpus, meta.patch_size, max_cases=pretrained.n_cases)
+        d[STATS_KEY] = stats.to_dict()
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"network_weights": net.state_dict(), "fomo_metadata": d}, out)

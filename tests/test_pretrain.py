@@ -174,3 +174,12 @@ def test_random_init_twin_gets_its_own_statistics_over_the_same_corpus(pretrain_
     assert not np.allclose(twin.stats.mean, pretrained.mean, rtol=0.1)
     save_random_init(str(fold / "checkpoint_final.pth"), tmp_path / "bare.pth", 0)
     assert Embedder.load(tmp_path / "bare.pth").stats is None  # never the pretrained statistics
+    # a pretrained checkpoint without statistics (an older run): both arms stay raw
+    from fomo_nnunet.embedding_stats import STATS_KEY
+    from fomo_nnunet.transfer import load_checkpoint_safely
+
+    old = load_checkpoint_safely(fold / "checkpoint_final.pth")
+    old["fomo_metadata"].pop(STATS_KEY)
+    torch.save(old, tmp_path / "old.pth")
+    save_random_init(str(tmp_path / "old.pth"), tmp_path / "old_twin.pth", 0, corpus)
+    assert Embedder.load(tmp_path / "old_twin.pth").stats is None
