@@ -134,6 +134,12 @@ class Benchmark:
              "-device", "cpu"]) and None)
         return self.pretrain_folder(trainer)
 
+    def pretrain_data(self) -> Path:
+        """The preprocessed pretraining cases: nnUNet_preprocessed/Dataset900_*/<its plans' data identifier>."""
+        folder = next(self.pre.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*"))
+        plans = json.loads((folder / "fomoPretrainPlans.json").read_text())
+        return folder / plans["configurations"]["3d_fullres"]["data_identifier"]
+
     def pretrain_folder(self, trainer: str | None = None) -> Path:
         name = next(self.pre.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*")).name
         return self.results / name / f"{trainer or self.p.pretrain_trainer}__fomoPretrainPlans__3d_fullres"
@@ -199,7 +205,7 @@ class Benchmark:
         self.pipe.step(f"labels_{task.key}", lambda: write_probe_table(folder, table) and None)
         random_init = self.run_dir / "probe" / "random_init_encoder.pth"
         self.pipe.step(self._s("random_init_encoder"), lambda: save_random_init(
-            find_checkpoint(pretrained), random_init, self.seed) and None)
+            find_checkpoint(pretrained), random_init, self.seed, self.pretrain_data()) and None)
         scores = {}
         for variant, ckpt in (("pretrained", find_checkpoint(pretrained)), ("scratch", str(random_init))):
             emb = self.run_dir / "probe" / task.key / f"embeddings_{variant}"
@@ -352,17 +358,26 @@ def write_probe_table(dataset_folder: Path, table: Path) -> None:
     table.write_text("\n".join(lines) + "\n")
 
 
-def save_random_init(pretrained_checkpoint: str, out: Path, seed: int) -> None:
-    """The pretrained network's architecture with random weights: the frozen-feature baseline."""
+def save_random_init(pretrained_checkpoint: str, out: Path, seed: int, corpus: Path | None = None) -> None:
+    """The pretrained network's architecture with random weights: the frozen-feature baseline.
+
+    It never inherits the pretrained embedding statistics. When the pretrained checkpoint has them and
+    `corpus` (the preprocessed pretraining folder) is given, it gets its own over the same cases (as many,
+    chosen the same way); otherwise none. Either way both probe arms are scaled alike."""
     import torch
 
+    from fomo_nnunet.embedding_stats import STATS_KEY, EmbeddingStats, corpus_embedding_stats
     from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
 
     ckpt = load_checkpoint_safely(pretrained_checkpoint)
-    meta = PretrainMetadata.from_dict(ckpt["fomo_metadata"])
+    meta = PretrainMetadata.from_dict(ckpt["fomo_metadata"])  # keeps no embedding statistics
     torch.manual_seed(seed)
     net = meta.build_network(num_outputs=meta.num_input_channels)
     d = meta.to_dict()
     d["objective"], d["iterations_trained"], d["epochs_trained"] = "none (random initialisation)", 0, 0
+    pretrained = EmbeddingStats.from_checkpoint(ckpt, pretrained_checkpoint)
+    if corpus is not None and pretrained is not None:
+        stats = corpus_embedding_stats(net.encoder, corpus, meta.patch_size, max_cases=pretrained.n_cases)
+        d[STATS_KEY] = stats.to_dict()
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"network_weights": net.state_dict(), "fomo_metadata": d}, out)

@@ -8,7 +8,10 @@ mean over folds. Weights are always loaded safely (fomo_nnunet.transfer.load_che
 Embedding rule (tasks 6 and 7): the image is preprocessed as the pretraining data was (cropped to
 its non-zero region, normalised with the checkpoint's scheme over that region, resampled to the
 checkpoint's spacing), centre-cropped or zero-padded to the pretraining patch, passed through the
-FROZEN encoder; the embedding is the global average pool of the deepest stage (its width long).
+FROZEN encoder; the embedding is the global average pool of the deepest stage (its width long;
+fomo_nnunet.embedding_stats.pooled_embedding). A checkpoint that carries embedding statistics of its
+pretraining corpus (`fomo_metadata["embedding_stats"]`) has each dimension standardised with them
+(probe-ready: scale near 1); one without them (older, imported) embeds raw.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from fomo_nnunet.embedding_stats import EmbeddingStats, compute_embedding_stats, pooled_embedding
 from fomo_nnunet.image_level import crop_or_pad, decode_outputs, task_from_plans
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
 
@@ -201,10 +205,12 @@ class Embedder:
     encoder: torch.nn.Module
     metadata: object
     device: torch.device
+    stats: EmbeddingStats | None = None  # applied to every vector when the checkpoint carries them
 
     @classmethod
     def load(cls, checkpoint: str | os.PathLike, device: str = "cpu") -> Embedder:
         from fomo_nnunet.checkpoints import find_checkpoint
+        from fomo_nnunet.heads import encoder_stage_widths
         from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely, read_metadata
 
         path = find_checkpoint(checkpoint) if os.path.isdir(checkpoint) else str(checkpoint)
@@ -215,7 +221,11 @@ class Embedder:
         weights = {k[len("encoder."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("encoder.")}
         encoder.load_state_dict(weights)
         encoder.return_skips = True
-        return cls(encoder.to(torch.device(device)).eval(), meta, torch.device(device))
+        stats = EmbeddingStats.from_checkpoint(ckpt, path)
+        if stats is not None and stats.length != encoder_stage_widths(encoder)[-1]:
+            raise ValueError(f"{path}: its embedding statistics are {stats.length} long, the encoder's embedding "
+                             f"{encoder_stage_widths(encoder)[-1]}")
+        return cls(encoder.to(torch.device(device)).eval(), meta, torch.device(device), stats)
 
     @property
     def length(self) -> int:
@@ -242,14 +252,22 @@ class Embedder:
         return resample_data_or_seg_to_shape(data, new_shape, spacing, target, is_seg=False, order=3, order_z=0,
                                              force_separate_z=None).astype(np.float32)
 
+    def raw_embedding(self, data: np.ndarray) -> np.ndarray:
+        """The pooled deepest stage of a preprocessed scan, before any normalisation."""
+        return pooled_embedding(self.encoder, data, self.metadata.patch_size, self.device)
+
     def embed_preprocessed(self, data: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(crop_or_pad(data, self.metadata.patch_size)[None]).float().to(self.device)
-        with torch.no_grad():
-            deepest = self.encoder(x)[-1]
-        vector = deepest.float().mean(dim=tuple(range(2, deepest.ndim)))[0].cpu().numpy().astype(np.float32)
-        if not np.all(np.isfinite(vector)):
-            raise ValueError("the embedding is not finite (an image without signal?)")
-        return vector
+        """The embedding: raw, standardised with the checkpoint's statistics when it has them."""
+        vector = self.raw_embedding(data)
+        return vector if self.stats is None else self.stats.apply(vector)
+
+    def describe_scaling(self) -> str:
+        """One line: how this embedder scales its vectors."""
+        if self.stats is None:
+            return ("raw embeddings: the checkpoint carries no embedding statistics (add them with "
+                    "`fomo-nnunet embedding-stats`)")
+        return (f"embeddings standardised per dimension with the checkpoint's statistics ({self.stats.n_cases} "
+                f"pretraining cases)")
 
     def embed_file(self, file: str) -> np.ndarray:
         return self.embed_preprocessed(self.preprocess_file(file))
@@ -287,7 +305,8 @@ def embed_folder(images: str | os.PathLike, output: str | os.PathLike, checkpoin
     files = sorted(f for f in os.listdir(images) if f.endswith((".nii.gz", ".nii")))
     if not files:
         raise FileNotFoundError(f"{images}: no .nii.gz images")
-    report = {"written": 0, "skipped": 0, "failed": {}, "length": embedder.length}
+    report = {"written": 0, "skipped": 0, "failed": {}, "length": embedder.length,
+              "scaling": embedder.describe_scaling()}
     for f in tqdm(files, desc="embed", disable=not progress):
         stem = strip_nifti(f)
         m = CHANNEL_SUFFIX.match(stem)
@@ -307,3 +326,38 @@ def embed_folder(images: str | os.PathLike, output: str | os.PathLike, checkpoin
         os.replace(tmp, target)
         report["written"] += 1
     return report
+
+
+def _preprocessed_images(embedder: Embedder, files: list[str], failed: dict[str, str]):
+    for f in files:
+        try:
+            yield embedder.preprocess_file(f)
+        except Exception as e:  # one unreadable image is reported, not fatal
+            failed[f] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def images_embedding_stats(checkpoint: str | os.PathLike, images: str | os.PathLike,
+                           max_cases: int = 512, device: str = "cpu",
+                           progress: bool | None = None) -> tuple[EmbeddingStats, dict[str, str]]:
+    """Embedding statistics of a checkpoint's encoder over a folder of NIfTI images, each preprocessed as
+    Embedder does (at most `max_cases`, evenly spaced over the sorted names). Returns (stats, {file: why}
+    for the images that could not be used)."""
+    from fomo_nnunet.embedding_stats import select_cases
+
+    embedder = Embedder.load(checkpoint, device)
+    names = [f for f in os.listdir(images) if f.endswith((".nii.gz", ".nii"))] if os.path.isdir(images) else []
+    if not names:
+        raise FileNotFoundError(f"{images}: no .nii.gz images")
+    files = [os.path.join(images, f) for f in select_cases(names, max_cases)]
+    failed: dict[str, str] = {}
+    try:
+        stats = compute_embedding_stats(embedder.encoder, _preprocessed_images(embedder, files, failed),
+                                        embedder.metadata.patch_size, embedder.device, progress, total=len(files))
+    except ValueError:
+        if len(failed) == len(files):
+            raise ValueError(f"{images}: none of its {len(files)} images could be read (first: "
+                             f"{next(iter(failed.items()))[0]}: {next(iter(failed.values()))})") from None
+        raise
+    if stats.n_cases < 2:
+        raise ValueError(f"{images}: {stats.n_cases} usable image(s); statistics need at least 2")
+    return stats, failed

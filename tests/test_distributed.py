@@ -101,6 +101,7 @@ def test_two_ranks_end_with_identical_weights_on_their_share_of_the_batch(mae_ru
     _assert_same_weights(r0["weights"], r1["weights"])
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     _assert_same_weights(final["network_weights"], r0["weights"])
+    assert final["fomo_metadata"]["embedding_stats"]["n_cases"] == 6  # rank 0 alone computed them, none hung
     plans = json.loads((fold.parent / "plans.json").read_text())
     assert r0["batch_size"] + r1["batch_size"] == plans["configurations"]["3d_fullres"]["batch_size"]
     # each rank draws its own masks (and, from the same derivation, its own augmentation seeds)

@@ -7,6 +7,7 @@ import pydoc
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +153,66 @@ def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pr
     report = transfer_from_checkpoint(downstream, fold / "checkpoint_final.pth")
     assert report.n_loaded > 0 and report.n_adapted == 1  # the 1-channel stem spread over 2 channels
     assert all(name.startswith("decoder.seg_layers.") for name in report.fresh)  # only the output layers
+# ---- probe-ready embeddings: statistics over the pretraining corpus in checkpoint_final ------------
+@pytest.fixture(scope="module")
+def corpus_embeddings(pretrain_ws):
+    """The pretraining corpus' scans embedded by checkpoint_final, as `fomo-nnunet embed` does (NIfTI in)."""
+    from fomo_nnunet.inference import Embedder
+
+    root, _, fold = pretrain_ws
+    embedder = Embedder.load(fold / "checkpoint_final.pth")
+    files = sorted((root / "raw" / f"Dataset{DATASET}_Corpus" / "imagesTr").glob("*.nii.gz"))
+    return embedder, np.stack([embedder.embed_file(str(f)) for f in files])
+
+
+def test_final_checkpoint_standardises_the_corpus_embeddings(pretrain_ws, corpus_embeddings):
+    from fomo_nnunet.embedding_stats import STATS_KEY
+    from fomo_nnunet.transfer import load_checkpoint_safely
+
+    _, _, fold = pretrain_ws
+    stored = load_checkpoint_safely(fold / "checkpoint_final.pth")["fomo_metadata"]
+    assert stored[STATS_KEY]["n_cases"] == 6 and len(stored[STATS_KEY]["std"]) == 64
+    assert "pooled deepest stage" in stored[STATS_KEY]["what"]
+    # checkpoint_best was written before the end, with other weights: it carries none
+    best = load_checkpoint_safely(fold / "checkpoint_best.pth")["fomo_metadata"]
+    assert STATS_KEY not in best
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert re.search(r"embedding statistics over 6 cases: median std \S+, \d+ of 64 dimensions dead", log)
+    embedder, vectors = corpus_embeddings
+    assert embedder.stats is not None and vectors.shape == (6, 64)
+    alive = np.setdiff1d(np.arange(64), embedder.stats.dead)
+    std = vectors[:, alive].std(axis=0)
+    assert np.all((std >= 0.5) & (std <= 2)), std  # raw, the tiny encoder's dimensions have std ~1e-2
+
+
+def test_fomo_lp_sgd_probe_trains_on_the_standardised_embeddings(corpus_embeddings):
+    from fomo_nnunet.probe import train_sgd_heads
+
+    _, X = corpus_embeddings
+    y = np.array([0, 1, 0, 1, 0, 1])
+    predict, info = train_sgd_heads(X[:4], y[:4], X[4:], y[4:], 2, learning_rates=(1e-3, 1e-2, 1e-1))
+    assert np.all(np.isfinite(predict(X))) and np.all(np.isfinite(list(info["val_auroc"].values())))
+
+
+def test_random_init_twin_gets_its_own_statistics_over_the_same_corpus(pretrain_ws, corpus_embeddings, tmp_path):
+    from fomo_nnunet.benchmark import save_random_init
+    from fomo_nnunet.inference import Embedder
+
+    root, _, fold = pretrain_ws
+    corpus = root / "preprocessed" / f"Dataset{DATASET}_Corpus" / "fomoPretrainPlans_3d_fullres"
+    save_random_init(str(fold / "checkpoint_final.pth"), tmp_path / "random.pth", 0, corpus)
+    twin = Embedder.load(tmp_path / "random.pth")
+    pretrained = corpus_embeddings[0].stats
+    assert twin.stats.n_cases == pretrained.n_cases == 6
+    assert not np.allclose(twin.stats.mean, pretrained.mean, rtol=0.1)
+    save_random_init(str(fold / "checkpoint_final.pth"), tmp_path / "bare.pth", 0)
+    assert Embedder.load(tmp_path / "bare.pth").stats is None  # never the pretrained statistics
+    # a pretrained checkpoint without statistics (an older run): both arms stay raw
+    from fomo_nnunet.embedding_stats import STATS_KEY
+    from fomo_nnunet.transfer import load_checkpoint_safely
+
+    old = load_checkpoint_safely(fold / "checkpoint_final.pth")
+    old["fomo_metadata"].pop(STATS_KEY)
+    torch.save(old, tmp_path / "old.pth")
+    save_random_init(str(tmp_path / "old.pth"), tmp_path / "old_twin.pth", 0, corpus)
+    assert Embedder.load(tmp_path / "old_twin.pth").stats is None

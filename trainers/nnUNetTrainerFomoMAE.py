@@ -65,6 +65,8 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     # masks and skip drops derive from FOMO_SEED
     val_mask_seed: int = 11234
     val_skip_seed: int = 21234
+    # probe-ready embeddings: checkpoint_final carries embedding statistics over this many pretraining cases
+    embedding_stats_cases: int = 512
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -285,6 +287,12 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
                                   "features": "global average pool of the bottleneck, no projector",
                                   "views": "two independently masked views per batch"}
         return settings
+
+    def on_train_end(self):
+        # before nnU-Net's on_train_end writes checkpoint_final (and deletes checkpoint_latest), so that
+        # its fomo_metadata carries them; checkpoint_best was written earlier, with other weights, without
+        self.embedding_stats = self.corpus_embedding_stats(self.embedding_stats_cases)
+        super().on_train_end()
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         # nnU-Net's validation segments the validation cases; a reconstruction model has nothing to

@@ -57,7 +57,12 @@ def run_inspect(args: argparse.Namespace) -> int:
         print("no fomo metadata: not written by a fomo_nnunet trainer (plain nnU-Net checkpoint)")
         return 0
     width = max(len(k) for k in meta)
+    from fomo_nnunet.embedding_stats import STATS_KEY, EmbeddingStats
+
     for k, v in meta.items():
+        if k == STATS_KEY:  # two vectors the embedding's length: their summary (--json prints them)
+            print(f"{k:<{width}}  {EmbeddingStats.from_dict(v).summary()}")
+            continue
         print(f"{k:<{width}}  {json.dumps(v) if isinstance(v, (dict, list)) else v}")
     return 0
 

@@ -27,8 +27,12 @@ example:
 Pooling rule: each image is preprocessed like the pretraining data (cropped to its non-zero region,
 normalised over it, resampled to the checkpoint's spacing), centre-cropped or zero-padded to the
 pretraining patch, and passed through the FROZEN encoder; the embedding is the global average pool
-of the deepest encoder stage (1-D float32, the same length for every image). One OUT/<case>.npy per
-image (nnU-Net's _0000 suffix dropped); existing files are kept (rerun-safe) unless --overwrite.
+of the deepest encoder stage (1-D float32, the same length for every image). When the checkpoint
+carries embedding statistics of its pretraining corpus (nnUNetTrainerFomoMAE stores them in
+checkpoint_final.pth; `fomo-nnunet embedding-stats` adds them to others), each dimension is
+standardised with them, (v - mean) / std, so its scale is near 1 on brain scans; without them the
+vectors are raw. The command prints which. One OUT/<case>.npy per image (nnU-Net's _0000 suffix
+dropped); existing files are kept (rerun-safe) unless --overwrite.
 """
 
 
@@ -79,6 +83,7 @@ def run_embed(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(report["scaling"])
     print(f"embeddings of length {report['length']} in {args.output}: {report['written']} written, "
           f"{report['skipped']} already there, {len(report['failed'])} failed")
     for f, why in report["failed"].items():

@@ -5,6 +5,11 @@ checkpoint must also tell a later finetuning how to rebuild the network and feed
 plans at hand: `DescribedCheckpoints` adds `PretrainMetadata` (network class and arguments, patch,
 spacing, normalisation, channels, the objective and its settings, how long it trained) and writes the
 file atomically, so that a run killed mid-write leaves the previous checkpoint intact.
+
+Probe-ready embeddings: `corpus_embedding_stats` computes the per-dimension statistics of the
+embedding (fomo_nnunet.embedding_stats) over the run's own preprocessed cases with the network as it
+is; set as `embedding_stats`, every checkpoint written after that carries them in its fomo_metadata.
+A pretraining trainer does that once, at the end, before checkpoint_final is written.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import os
 import torch
 
 from fomo_nnunet import __version__
+from fomo_nnunet.embedding_stats import STATS_KEY, EmbeddingStats, corpus_embedding_stats
 from fomo_nnunet.transfer import METADATA_KEY, PretrainMetadata, unwrap
 
 
@@ -21,6 +27,7 @@ class DescribedCheckpoints:
 
     objective: str = ""
     channel_meaning: str = "any single MRI sequence, z-scored per scan over its non-zero region"
+    embedding_stats: EmbeddingStats | None = None  # carried by every checkpoint written once it is set
 
     def objective_settings(self) -> dict:
         """How the objective was trained (masking, loss, optimiser, schedule ...), as JSON values."""
@@ -29,6 +36,7 @@ class DescribedCheckpoints:
     def fomo_metadata(self, epochs_completed: int) -> dict:
         cm = self.configuration_manager
         arch = self.plans_manager.plans["configurations"][self.configuration_name].get("architecture") or {}
+        extra = {} if self.embedding_stats is None else {STATS_KEY: self.embedding_stats.to_dict()}
         settings = {**self.objective_settings(), "batch_size": int(self.batch_size),
                     "use_mask_for_norm": list(cm.use_mask_for_norm), "seed": int(self.fomo_seed)}
         return PretrainMetadata(
@@ -48,7 +56,29 @@ class DescribedCheckpoints:
             dataset_name=self.plans_manager.dataset_name,
             trainer_name=self.__class__.__name__,
             fomo_nnunet_version=__version__,
-        ).to_dict()
+        ).to_dict() | extra
+
+    def corpus_embedding_stats(self, max_cases: int) -> EmbeddingStats | None:
+        """Embedding statistics of the network as it is over the run's training and validation cases (at
+        most `max_cases`, fomo_nnunet.embedding_stats.select_cases), on rank 0; None on the other ranks,
+        without checkpointing, or when it fails (the run's checkpoints are worth more: the log says why).
+
+        Only rank 0 writes checkpoints; it runs the bare encoder (not the DDP wrapper, whose forward
+        would wait for the other ranks), and no collective call follows, so the others need not wait."""
+        if self.local_rank != 0 or self.disable_checkpointing or max_cases <= 0:
+            return None
+        try:
+            train_keys, val_keys = self.do_split()
+            stats = corpus_embedding_stats(unwrap(self.network).encoder, self.preprocessed_dataset_folder,
+                                           self.configuration_manager.patch_size, [*train_keys, *val_keys],
+                                           max_cases, self.device)
+        except Exception as e:  # noqa: BLE001 - never lose checkpoint_final over the statistics
+            self.print_to_log_file(f"WARNING: no embedding statistics ({type(e).__name__}: {e}); add them "
+                                   f"later with `fomo-nnunet embedding-stats`")
+            return None
+        self.print_to_log_file(f"{stats.summary()}; stored in the fomo_metadata of the checkpoints written from "
+                               f"now on")
+        return stats
 
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0:
