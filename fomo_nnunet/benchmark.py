@@ -135,10 +135,7 @@ class Benchmark:
         return self.pretrain_folder(trainer)
 
     def pretrain_data(self) -> Path:
-        """The preprocessed pretraining cases: nnUNet_preprocessed/Dataset900_*/<its plans' data identifier>."""
-        folder = next(self.pre.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*"))
-        plans = json.loads((folder / "fomoPretrainPlans.json").read_text())
-        return folder / plans["configurations"]["3d_fullres"]["data_identifier"]
+        return pretrain_data(self.pre)
 
     def pretrain_folder(self, trainer: str | None = None) -> Path:
         name = next(self.pre.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*")).name
@@ -323,6 +320,13 @@ class Benchmark:
 
             results[task.key] = self.pipe.step(f"container_{task.key}", go)["result"]
         return results
+
+
+def pretrain_data(preprocessed: Path) -> Path:
+    """The preprocessed pretraining cases: nnUNet_preprocessed/Dataset900_*/<its plans' data identifier>."""
+    folder = next(Path(preprocessed).glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*"))
+    plans = json.loads((folder / "fomoPretrainPlans.json").read_text())
+    return folder / plans["configurations"]["3d_fullres"]["data_identifier"]
 
 
 def case_arguments(task: Task, session_folder: Path) -> list[str]:

@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ DEAD_RELATIVE_SPREAD = 1e-3    # a dimension whose sd is below this fraction of 
 PRETRAIN_PLANS = "fomoPretrainPlans"
 # part of every kept result's fingerprint: raise it when the embedding or the probes change, so that
 # results computed the old way are recomputed rather than mixed with new ones
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: embeddings standardised with the checkpoint's statistics (twins: their own)
 # the goals the pretraining work is measured against: AUROC gain, relative MAE reduction
 GOAL_AUROC_GAIN = 0.10
 GOAL_MAE_REDUCTION = 0.20
@@ -169,18 +169,27 @@ def embed_probe_set(embedder, probe_set: ProbeSet, cache: PreprocessedCache) -> 
     return out
 
 
-def random_init_embedder(checkpoint: str, seed: int, device: str = "cpu"):
-    """The checkpoint's architecture with random weights (torch.manual_seed(seed)), as an Embedder."""
+def random_init_embedder(checkpoint: str, seed: int, corpus: Callable[[], Iterable[np.ndarray]],
+                         device: str = "cpu"):
+    """The checkpoint's architecture with random weights (torch.manual_seed(seed)), as an Embedder.
+
+    Scaled as the checkpoint is: when it carries embedding statistics, the twin gets its own over
+    `corpus()` (preprocessed scans: the pretraining corpus where there is one), never the pretrained ones."""
     import torch
 
+    from fomo_nnunet.embedding_stats import compute_embedding_stats
     from fomo_nnunet.inference import Embedder
 
     pretrained = Embedder.load(checkpoint, device)
+    meta = pretrained.metadata
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = pretrained.metadata.build_network(num_outputs=pretrained.metadata.num_input_channels).encoder
+        encoder = meta.build_network(num_outputs=meta.num_input_channels).encoder
     encoder.return_skips = True
-    return Embedder(encoder.to(torch.device(device)).eval(), pretrained.metadata, torch.device(device))
+    twin = Embedder(encoder.to(torch.device(device)).eval(), meta, torch.device(device))
+    if pretrained.stats is not None:
+        twin.stats = compute_embedding_stats(twin.encoder, corpus(), meta.patch_size, device, progress=False)
+    return twin
 
 
 # ---------------------------------------------------------------------------------- diagnostics
@@ -412,11 +421,12 @@ class FeatureBenchmark:
                     results, f"{arm}_seed{seed}", _fingerprint(ckpt),
                     lambda ckpt=ckpt: evaluate_encoder(Embedder.load(ckpt), sets, cache), self.log)
         twin_of = next(iter(sorted(self.checkpoints[self.default].items())))[1]
+        corpus = self.twin_corpus(twin_of, sets, cache)
         for k in self.init_seeds:
             self.log(f"random init {k} (the architecture of {twin_of})")
             arms.setdefault("random_init", {})[k] = cached(
                 results, f"random_init_{k}", f"{_fingerprint(twin_of)}:init{k}",
-                lambda k=k: evaluate_encoder(random_init_embedder(twin_of, k), sets, cache), self.log)
+                lambda k=k: evaluate_encoder(random_init_embedder(twin_of, k, corpus), sets, cache), self.log)
         summary = summarise(arms, self.default, self.tasks)
         summary["probe_sets"] = {key: {s: int(len(v)) for s, v in ps.targets.items()} | {"skipped": len(ps.skipped)}
                                  for key, ps in sets.items()}
@@ -425,6 +435,28 @@ class FeatureBenchmark:
         (self.folder / "features.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")
         (self.folder / "features.md").write_text(markdown(summary))
         return summary
+
+
+    def twin_corpus(self, checkpoint: str, sets: dict[str, ProbeSet], cache: PreprocessedCache) -> Callable:
+        """The scans random-init twins compute their embedding statistics over (when the pretrained
+        checkpoint has statistics): the work folder's preprocessed pretraining corpus, as many cases as the
+        checkpoint's statistics used; without one (--checkpoint), the probe sets' training scans."""
+        from fomo_nnunet.benchmark import pretrain_data
+        from fomo_nnunet.embedding_stats import preprocessed_cases, select_cases
+        from fomo_nnunet.inference import Embedder
+
+        embedder = Embedder.load(checkpoint)
+        try:
+            folder = pretrain_data(Path(self.work) / "nnUNet_preprocessed")
+        except (StopIteration, FileNotFoundError):
+            folder = None
+        if folder is not None and folder.is_dir() and embedder.stats is not None:
+            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+            chosen = select_cases(infer_dataset_class(str(folder)).get_identifiers(str(folder)), embedder.stats.n_cases)
+            return lambda: preprocessed_cases(folder, chosen)
+        files = [f for ps in sets.values() for case in ps.files["train"] for f in case]
+        return lambda: (cache.get(embedder, f) for f in files)
 
 
 def _arm_entry(runs: dict[int, dict], key: str) -> dict:

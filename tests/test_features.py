@@ -146,3 +146,12 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     F.FeatureBenchmark(tmp_path / "w", {"checkpoint": dict(enumerate(map(str, ckpts)))}, "checkpoint", tasks,
                        n_train=12, n_test=12, init_seeds=(0, 1), log=logs.append).run()
     assert sum("kept from" in line for line in logs) == 4
+    # a checkpoint with embedding statistics: its random-init twin is standardised too (its own statistics,
+    # here over the probe sets' training scans, as there is no pretraining corpus in this folder)
+    from fomo_nnunet.embedding_stats import EmbeddingStats, save_with_stats
+
+    scaled = save_with_stats(ckpts[0], EmbeddingStats(np.zeros(64), np.full(64, 0.02), 5), tmp_path / "scaled.pth")
+    out = F.FeatureBenchmark(tmp_path / "w", {"scaled": {0: str(scaled)}}, "scaled", tasks, n_train=12, n_test=12,
+                             init_seeds=(0,), log=logs.append).run()
+    assert 0.3 < out["diagnostics"]["random_init"][0]["median_sd"] < 3.0
+    assert d[0]["median_sd"] < 0.3  # the raw scale, for contrast
