@@ -367,10 +367,11 @@ def save_random_init(pretrained_checkpoint: str, out: Path, seed: int, corpus: P
 
     It never inherits the pretrained embedding statistics. When the pretrained checkpoint has them and
     `corpus` (the preprocessed pretraining folder) is given, it gets its own over the same cases (as many,
-    chosen the same way); otherwise none. Either way both probe arms are scaled alike."""
+    chosen the same way); otherwise none. Either way both probe arms are scaled alike. It keeps the
+    pretrained checkpoint's embedding pooling, so both arms are pooled alike too."""
     import torch
 
-    from fomo_nnunet.embedding_stats import STATS_KEY, EmbeddingStats, corpus_embedding_stats
+    from fomo_nnunet.embedding_stats import POOLING_KEY, STATS_KEY, EmbeddingStats, corpus_embedding_stats, pooling_of
     from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
 
     ckpt = load_checkpoint_safely(pretrained_checkpoint)
@@ -379,9 +380,11 @@ def save_random_init(pretrained_checkpoint: str, out: Path, seed: int, corpus: P
     net = meta.build_network(num_outputs=meta.num_input_channels)
     d = meta.to_dict()
     d["objective"], d["iterations_trained"], d["epochs_trained"] = "none (random initialisation)", 0, 0
+    d[POOLING_KEY] = pooling_of(ckpt["fomo_metadata"], pretrained_checkpoint)
     pretrained = EmbeddingStats.from_checkpoint(ckpt, pretrained_checkpoint)
     if corpus is not None and pretrained is not None:
-        stats = corpus_embedding_stats(net.encoder, corpus, meta.patch_size, max_cases=pretrained.n_cases)
+        stats = corpus_embedding_stats(net.encoder, corpus, meta.patch_size, max_cases=pretrained.n_cases,
+                                       pooling=d[POOLING_KEY])
         d[STATS_KEY] = stats.to_dict()
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"network_weights": net.state_dict(), "fomo_metadata": d}, out)

@@ -1,8 +1,13 @@
 """Probe-ready embeddings: the embedding rule and its per-dimension statistics over the pretraining corpus.
 
-The embedding (tasks 6 and 7, `fomo-nnunet embed`) is the global average pool of the deepest encoder
-stage over a centred crop (or zero pad) of a preprocessed scan to the checkpoint's patch
-(`pooled_embedding`; fomo_nnunet.inference.Embedder calls it). Its dimensions come in whatever scale
+The embedding (tasks 6 and 7, `fomo-nnunet embed`) is a global average pool of the encoder over a
+centred crop (or zero pad) of a preprocessed scan to the checkpoint's patch (`pooled_embedding`;
+fomo_nnunet.inference.Embedder calls it). Which stages are pooled is the checkpoint's `embedding_pooling`
+(fomo_metadata; absent: "deepest"): "deepest" averages the deepest stage (the FOMO26 organisers' rule),
+"stages" averages every stage and concatenates them shallow to deep, so that the shallower stages'
+features, which a deepest stage ending in normalisation and a nonlinearity may not carry, reach the
+probe as well (the stage-wise pooling of a U-Net encoder's skips; cf. the multi-scale features of
+Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017). Its dimensions come in whatever scale
 the network happened to learn, and the organisers' fomo-lp probe trains SGD heads on the RAW vectors
 with one fixed learning-rate sweep (1e-5 .. 0.1; fomo_nnunet.probe), so the scale decides which
 learning rates work at all. The usual remedy is to standardise each feature with statistics of the
@@ -27,21 +32,63 @@ from fomo_nnunet.image_level import crop_or_pad
 from fomo_nnunet.transfer import METADATA_KEY
 
 STATS_KEY = "embedding_stats"  # in a checkpoint's fomo_metadata
-WHAT = "per-dimension mean/std of the pooled deepest stage over the pretraining corpus"
+POOLING_KEY = "embedding_pooling"  # in a checkpoint's fomo_metadata; absent: DEFAULT_POOLING
+POOLINGS = ("deepest", "stages")
+DEFAULT_POOLING = "deepest"
+POOLING_MEANING = {"deepest": "global average pool of the deepest encoder stage",
+                   "stages": "global average pool of every encoder stage, concatenated shallow to deep"}
+WHAT = ("per-dimension mean/std of the embedding (the pooled deepest stage, or every stage pooled: "
+        f"fomo_metadata {POOLING_KEY!r}) over the pretraining corpus")
 DEFAULT_MAX_CASES = 512
 EPS = 1e-6  # apply() divides by max(std, EPS); a dimension with std below it is reported dead
 
 
 # ---- the embedding rule ------------------------------------------------------------------------
+def check_pooling(pooling: object, what: str = "embedding pooling") -> str:
+    """`pooling` if it is one of POOLINGS, else a ValueError naming the allowed ones."""
+    if not isinstance(pooling, str) or pooling not in POOLINGS:
+        raise ValueError(f"{what} {pooling!r} is not one of {', '.join(repr(p) for p in POOLINGS)} ("
+                         + "; ".join(f"{p}: {POOLING_MEANING[p]}" for p in POOLINGS) + ")")
+    return pooling
+
+
+def pooling_of(metadata: Mapping[str, Any] | None, source: str = "the checkpoint") -> str:
+    """The embedding pooling a checkpoint's fomo_metadata records (absent: DEFAULT_POOLING)."""
+    return check_pooling((metadata or {}).get(POOLING_KEY, DEFAULT_POOLING),
+                         f"{source}: {METADATA_KEY}[{POOLING_KEY!r}] =")
+
+
+def embedding_length(encoder: torch.nn.Module, pooling: str = DEFAULT_POOLING) -> int:
+    """The length of `pooled_embedding(encoder, ..., pooling)`: the deepest stage's width, or the sum of
+    every stage's."""
+    from fomo_nnunet.heads import encoder_stage_widths
+
+    widths = encoder_stage_widths(encoder)
+    return widths[-1] if check_pooling(pooling) == "deepest" else sum(widths)
+
+
+def _stage_average(stage: torch.Tensor) -> torch.Tensor:
+    return stage.float().mean(dim=tuple(range(2, stage.ndim)))[0]
+
+
 def pooled_embedding(encoder: torch.nn.Module, data: np.ndarray, patch_size: Sequence[int],
-                     device: torch.device | str = "cpu") -> np.ndarray:
-    """A preprocessed scan (C, X, Y, Z) -> the global average pool of the encoder's deepest stage over
-    its centred crop (or zero pad) to `patch_size`: 1-D float32, the deepest stage's width long."""
+                     device: torch.device | str = "cpu", pooling: str = DEFAULT_POOLING) -> np.ndarray:
+    """A preprocessed scan (C, X, Y, Z) -> the embedding of its centred crop (or zero pad) to `patch_size`:
+    1-D float32, `embedding_length(encoder, pooling)` long. "deepest": the global average pool of the
+    deepest stage; "stages": that of every stage (the encoder must return them all: return_skips),
+    shallow to deep, so that its last block is the "deepest" vector."""
+    check_pooling(pooling)
     x = torch.from_numpy(crop_or_pad(np.asarray(data, dtype=np.float32), patch_size)[None]).float().to(device)
     with torch.no_grad():
         out = encoder(x)
-    deepest = out[-1] if isinstance(out, (list, tuple)) else out  # return_skips: every stage, deepest last
-    vector = deepest.float().mean(dim=tuple(range(2, deepest.ndim)))[0].cpu().numpy().astype(np.float32)
+    stages = list(out) if isinstance(out, (list, tuple)) else [out]  # return_skips: every stage, deepest last
+    if pooling == "stages" and not isinstance(out, (list, tuple)):
+        raise ValueError("pooling 'stages' needs an encoder that returns every stage (return_skips = True)")
+    if pooling == "deepest":
+        pooled = _stage_average(stages[-1])
+    else:
+        pooled = torch.cat([_stage_average(s) for s in stages])
+    vector = pooled.cpu().numpy().astype(np.float32)
     if not np.all(np.isfinite(vector)):
         raise ValueError("the embedding is not finite (an image without signal?)")
     return vector
@@ -123,15 +170,15 @@ class EmbeddingStats:
 
 def compute_embedding_stats(encoder: torch.nn.Module, arrays: Iterable[np.ndarray], patch_size: Sequence[int],
                             device: torch.device | str = "cpu", progress: bool | None = None,
-                            total: int | None = None) -> EmbeddingStats:
-    """Statistics of `pooled_embedding` over preprocessed arrays (C, X, Y, Z), the encoder in eval mode.
-    `progress`: a progress bar (None: only on a terminal)."""
+                            total: int | None = None, pooling: str = DEFAULT_POOLING) -> EmbeddingStats:
+    """Statistics of `pooled_embedding` (with `pooling`) over preprocessed arrays (C, X, Y, Z), the encoder
+    in eval mode. `progress`: a progress bar (None: only on a terminal)."""
     from tqdm import tqdm
 
     was_training = encoder.training
     encoder.eval()
     try:
-        vectors = [pooled_embedding(encoder, a, patch_size, device)
+        vectors = [pooled_embedding(encoder, a, patch_size, device, pooling)
                    for a in tqdm(arrays, total=total, desc="embedding statistics",
                                  disable=None if progress is None else not progress)]
     finally:
@@ -164,7 +211,8 @@ def preprocessed_cases(folder: str | os.PathLike, identifiers: Sequence[str]) ->
 
 def corpus_embedding_stats(encoder: torch.nn.Module, folder: str | os.PathLike, patch_size: Sequence[int],
                            identifiers: Iterable[str] | None = None, max_cases: int = DEFAULT_MAX_CASES,
-                           device: torch.device | str = "cpu", progress: bool | None = None) -> EmbeddingStats:
+                           device: torch.device | str = "cpu", progress: bool | None = None,
+                           pooling: str = DEFAULT_POOLING) -> EmbeddingStats:
     """Statistics over the preprocessed cases in `folder` (nnUNet_preprocessed/DatasetXXX/<data identifier>):
     `identifiers` (default: all of the folder's), at most `max_cases` of them (`select_cases`)."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -173,16 +221,20 @@ def corpus_embedding_stats(encoder: torch.nn.Module, folder: str | os.PathLike, 
         identifiers = infer_dataset_class(str(folder)).get_identifiers(str(folder))
     chosen = select_cases(identifiers, max_cases)
     return compute_embedding_stats(encoder, preprocessed_cases(folder, chosen), patch_size, device, progress,
-                                   total=len(chosen))
+                                   total=len(chosen), pooling=pooling)
 
 
-def save_with_stats(checkpoint: str | os.PathLike, stats: EmbeddingStats, out: str | os.PathLike) -> Path:
-    """Write a copy of `checkpoint` whose fomo_metadata carries `stats` (atomically; `out` may be the input)."""
+def save_with_stats(checkpoint: str | os.PathLike, stats: EmbeddingStats, out: str | os.PathLike,
+                    pooling: str | None = None) -> Path:
+    """Write a copy of `checkpoint` whose fomo_metadata carries `stats` and the pooling they were computed
+    with (`pooling`; None: the checkpoint's own), so that the two always agree (atomically; `out` may be
+    the input)."""
     from fomo_nnunet.transfer import load_checkpoint_safely, read_metadata
 
     ckpt = load_checkpoint_safely(checkpoint)
     read_metadata(ckpt, str(checkpoint))  # a clear error for a checkpoint without fomo_metadata
-    ckpt[METADATA_KEY] = {**ckpt[METADATA_KEY], STATS_KEY: stats.to_dict()}
+    pooling = pooling_of(ckpt[METADATA_KEY], str(checkpoint)) if pooling is None else check_pooling(pooling)
+    ckpt[METADATA_KEY] = {**ckpt[METADATA_KEY], STATS_KEY: stats.to_dict(), POOLING_KEY: pooling}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -8,15 +8,18 @@ mean over folds. Weights are always loaded safely (fomo_nnunet.transfer.load_che
 Embedding rule (tasks 6 and 7): the image is preprocessed as the pretraining data was (cropped to
 its non-zero region, normalised with the checkpoint's scheme over that region, resampled to the
 checkpoint's spacing), centre-cropped or zero-padded to the pretraining patch, passed through the
-FROZEN encoder; the embedding is the global average pool of the deepest stage (its width long;
-fomo_nnunet.embedding_stats.pooled_embedding). A checkpoint that carries embedding statistics of its
-pretraining corpus (`fomo_metadata["embedding_stats"]`) has each dimension standardised with them
-(probe-ready: scale near 1); one without them (older, imported) embeds raw.
+FROZEN encoder; the embedding is the global average pool of the deepest stage (its width long), or
+of every stage, concatenated shallow to deep, as the checkpoint's `fomo_metadata["embedding_pooling"]`
+says ("deepest" when absent; fomo_nnunet.embedding_stats.pooled_embedding). A checkpoint that carries
+embedding statistics of its pretraining corpus (`fomo_metadata["embedding_stats"]`, computed with that
+pooling) has each dimension standardised with them (probe-ready: scale near 1); one without them
+(older, imported) embeds raw.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -30,7 +33,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from fomo_nnunet.embedding_stats import EmbeddingStats, compute_embedding_stats, pooled_embedding
+from fomo_nnunet.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, POOLING_MEANING, EmbeddingStats,
+                                         check_pooling, compute_embedding_stats, embedding_length,
+                                         pooled_embedding, pooling_of)
 from fomo_nnunet.image_level import crop_or_pad, decode_outputs, task_from_plans
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
 
@@ -206,12 +211,20 @@ class Embedder:
     metadata: object
     device: torch.device
     stats: EmbeddingStats | None = None  # applied to every vector when the checkpoint carries them
+    pooling: str = DEFAULT_POOLING       # the checkpoint's fomo_metadata["embedding_pooling"]
+
+    def __post_init__(self) -> None:
+        check_pooling(self.pooling)
+        if self.stats is not None and self.stats.length != self.length:
+            raise ValueError(f"embedding statistics of length {self.stats.length} do not fit the "
+                             f"{self.pooling!r} embedding ({self.length} long)")
 
     @classmethod
-    def load(cls, checkpoint: str | os.PathLike, device: str = "cpu") -> Embedder:
+    def load(cls, checkpoint: str | os.PathLike, device: str = "cpu", with_stats: bool = True) -> Embedder:
+        """The checkpoint's encoder, pooling and (unless not `with_stats`) embedding statistics; statistics
+        whose length does not fit the pooling are refused, naming the file."""
         from fomo_nnunet.checkpoints import find_checkpoint
-        from fomo_nnunet.heads import encoder_stage_widths
-        from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely, read_metadata
+        from fomo_nnunet.transfer import METADATA_KEY, PretrainMetadata, load_checkpoint_safely, read_metadata
 
         path = find_checkpoint(checkpoint) if os.path.isdir(checkpoint) else str(checkpoint)
         ckpt = load_checkpoint_safely(path)
@@ -221,17 +234,23 @@ class Embedder:
         weights = {k[len("encoder."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("encoder.")}
         encoder.load_state_dict(weights)
         encoder.return_skips = True
-        stats = EmbeddingStats.from_checkpoint(ckpt, path)
-        if stats is not None and stats.length != encoder_stage_widths(encoder)[-1]:
-            raise ValueError(f"{path}: its embedding statistics are {stats.length} long, the encoder's embedding "
-                             f"{encoder_stage_widths(encoder)[-1]}")
-        return cls(encoder.to(torch.device(device)).eval(), meta, torch.device(device), stats)
+        pooling = pooling_of(ckpt[METADATA_KEY], path)
+        stats = EmbeddingStats.from_checkpoint(ckpt, path) if with_stats else None
+        if stats is not None and stats.length != embedding_length(encoder, pooling):
+            raise ValueError(f"{path}: its embedding statistics are {stats.length} long, the encoder's {pooling!r} "
+                             f"embedding ({POOLING_KEY}) {embedding_length(encoder, pooling)}; recompute them "
+                             f"with `fomo-nnunet embedding-stats {path} --pooling {pooling} ...`")
+        return cls(encoder.to(torch.device(device)).eval(), meta, torch.device(device), stats, pooling)
+
+    def with_pooling(self, pooling: str) -> Embedder:
+        """The same encoder with another pooling; statistics of the present pooling do not carry over."""
+        if check_pooling(pooling) == self.pooling:
+            return self
+        return dataclasses.replace(self, pooling=pooling, stats=None)
 
     @property
     def length(self) -> int:
-        from fomo_nnunet.heads import encoder_stage_widths
-
-        return encoder_stage_widths(self.encoder)[-1]
+        return embedding_length(self.encoder, self.pooling)
 
     def preprocess_file(self, file: str) -> np.ndarray:
         """As the pretraining data: crop to non-zero, normalise over it, resample to the checkpoint's spacing."""
@@ -253,8 +272,8 @@ class Embedder:
                                              force_separate_z=None).astype(np.float32)
 
     def raw_embedding(self, data: np.ndarray) -> np.ndarray:
-        """The pooled deepest stage of a preprocessed scan, before any normalisation."""
-        return pooled_embedding(self.encoder, data, self.metadata.patch_size, self.device)
+        """The pooled stage(s) of a preprocessed scan (`pooling`), before any normalisation."""
+        return pooled_embedding(self.encoder, data, self.metadata.patch_size, self.device, self.pooling)
 
     def embed_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """The embedding: raw, standardised with the checkpoint's statistics when it has them."""
@@ -262,12 +281,13 @@ class Embedder:
         return vector if self.stats is None else self.stats.apply(vector)
 
     def describe_scaling(self) -> str:
-        """One line: how this embedder scales its vectors."""
+        """One line: how this embedder pools and scales its vectors."""
+        pooling = f"; pooling {self.pooling!r}: {POOLING_MEANING[self.pooling]}"
         if self.stats is None:
             return ("raw embeddings: the checkpoint carries no embedding statistics (add them with "
-                    "`fomo-nnunet embedding-stats`)")
+                    f"`fomo-nnunet embedding-stats`){pooling}")
         return (f"embeddings standardised per dimension with the checkpoint's statistics ({self.stats.n_cases} "
-                f"pretraining cases)")
+                f"pretraining cases){pooling}")
 
     def embed_file(self, file: str) -> np.ndarray:
         return self.embed_preprocessed(self.preprocess_file(file))
@@ -337,14 +357,15 @@ def _preprocessed_images(embedder: Embedder, files: list[str], failed: dict[str,
 
 
 def images_embedding_stats(checkpoint: str | os.PathLike, images: str | os.PathLike,
-                           max_cases: int = 512, device: str = "cpu",
-                           progress: bool | None = None) -> tuple[EmbeddingStats, dict[str, str]]:
+                           max_cases: int = 512, device: str = "cpu", progress: bool | None = None,
+                           pooling: str | None = None) -> tuple[EmbeddingStats, dict[str, str]]:
     """Embedding statistics of a checkpoint's encoder over a folder of NIfTI images, each preprocessed as
-    Embedder does (at most `max_cases`, evenly spaced over the sorted names). Returns (stats, {file: why}
-    for the images that could not be used)."""
+    Embedder does (at most `max_cases`, evenly spaced over the sorted names), with `pooling` (None: the
+    checkpoint's own). Returns (stats, {file: why} for the images that could not be used)."""
     from fomo_nnunet.embedding_stats import select_cases
 
-    embedder = Embedder.load(checkpoint, device)
+    embedder = Embedder.load(checkpoint, device, with_stats=False)  # its statistics are being replaced
+    embedder = embedder.with_pooling(pooling or embedder.pooling)
     names = [f for f in os.listdir(images) if f.endswith((".nii.gz", ".nii"))] if os.path.isdir(images) else []
     if not names:
         raise FileNotFoundError(f"{images}: no .nii.gz images")
@@ -352,7 +373,8 @@ def images_embedding_stats(checkpoint: str | os.PathLike, images: str | os.PathL
     failed: dict[str, str] = {}
     try:
         stats = compute_embedding_stats(embedder.encoder, _preprocessed_images(embedder, files, failed),
-                                        embedder.metadata.patch_size, embedder.device, progress, total=len(files))
+                                        embedder.metadata.patch_size, embedder.device, progress, total=len(files),
+                                        pooling=embedder.pooling)
     except ValueError:
         if len(failed) == len(files):
             raise ValueError(f"{images}: none of its {len(files)} images could be read (first: "

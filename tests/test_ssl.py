@@ -294,6 +294,7 @@ def test_skip_gate_rejects_bad_settings_naming_the_allowed_values(mode, p, messa
     ("decoder_skips", "foo", "decoder_skips must be one of 'all', 'none', 'drop'"),
     ("skip_drop_p", -0.1, "skip_drop_p"), ("vicreg_weight", -1.0, "vicreg_weight"),
     ("vicreg_weight", float("inf"), "vicreg_weight"), ("vicreg_coefficients", (25.0, 25.0), "vicreg_coefficients"),
+    ("embedding_pooling", "mean", "embedding_pooling 'mean' is not one of 'deepest', 'stages'"),
 ])
 def test_mae_trainer_refuses_bad_objective_attributes(attribute, value, message):
     from types import SimpleNamespace
@@ -301,7 +302,7 @@ def test_mae_trainer_refuses_bad_objective_attributes(attribute, value, message)
     from fomo_nnunet.trainers.nnUNetTrainerFomoMAE import nnUNetTrainerFomoMAE
 
     settings = {name: getattr(nnUNetTrainerFomoMAE, name)
-                for name in ("decoder_skips", "skip_drop_p", "vicreg_weight", "vicreg_coefficients")}
+                for name in ("decoder_skips", "skip_drop_p", "vicreg_weight", "vicreg_coefficients", "embedding_pooling")}
     nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**settings))  # the defaults pass
     with pytest.raises(ValueError, match=message):
         nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**{**settings, attribute: value}))

@@ -25,6 +25,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+from fomo_nnunet.embedding_stats import check_pooling
 from fomo_nnunet.plots import plot_reconstruction
 from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settings, masked_reconstruction_loss,
                              vicreg_loss)
@@ -67,6 +68,8 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     val_skip_seed: int = 21234
     # probe-ready embeddings: checkpoint_final carries embedding statistics over this many pretraining cases
     embedding_stats_cases: int = 512
+    # the embedding's pooling, recorded in every checkpoint: "deepest" stage or every encoder "stages"
+    embedding_pooling: str = "deepest"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -88,6 +91,7 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
 
     def _check_objective_settings(self) -> None:
         check_skip_settings(self.decoder_skips, self.skip_drop_p)
+        check_pooling(self.embedding_pooling, "embedding_pooling")
         w = self.vicreg_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
             raise ValueError(f"vicreg_weight must be a finite number >= 0 (0: no VICReg term), got {w!r}")

@@ -56,9 +56,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     if meta is None:
         print("no fomo metadata: not written by a fomo_nnunet trainer (plain nnU-Net checkpoint)")
         return 0
-    width = max(len(k) for k in meta)
-    from fomo_nnunet.embedding_stats import STATS_KEY, EmbeddingStats
+    from fomo_nnunet.embedding_stats import DEFAULT_POOLING, POOLING_KEY, STATS_KEY, EmbeddingStats
 
+    width = max(len(k) for k in [*meta, POOLING_KEY])
+    if POOLING_KEY not in meta:  # older checkpoints: the default, said as such
+        print(f"{POOLING_KEY:<{width}}  {DEFAULT_POOLING} (not recorded: the default)")
     for k, v in meta.items():
         if k == STATS_KEY:  # two vectors the embedding's length: their summary (--json prints them)
             print(f"{k:<{width}}  {EmbeddingStats.from_dict(v).summary()}")

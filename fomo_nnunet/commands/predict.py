@@ -27,11 +27,13 @@ example:
 Pooling rule: each image is preprocessed like the pretraining data (cropped to its non-zero region,
 normalised over it, resampled to the checkpoint's spacing), centre-cropped or zero-padded to the
 pretraining patch, and passed through the FROZEN encoder; the embedding is the global average pool
-of the deepest encoder stage (1-D float32, the same length for every image). When the checkpoint
+of the deepest encoder stage (1-D float32, the same length for every image), or, when the checkpoint
+records embedding_pooling "stages" (`fomo-nnunet embedding-stats --pooling stages`), of every encoder
+stage, concatenated shallow to deep. When the checkpoint
 carries embedding statistics of its pretraining corpus (nnUNetTrainerFomoMAE stores them in
 checkpoint_final.pth; `fomo-nnunet embedding-stats` adds them to others), each dimension is
 standardised with them, (v - mean) / std, so its scale is near 1 on brain scans; without them the
-vectors are raw. The command prints which. One OUT/<case>.npy per image (nnU-Net's _0000 suffix
+vectors are raw. The command prints which, and the pooling. One OUT/<case>.npy per image (nnU-Net's _0000 suffix
 dropped); existing files are kept (rerun-safe) unless --overwrite.
 """
 

@@ -9,7 +9,9 @@ file atomically, so that a run killed mid-write leaves the previous checkpoint i
 Probe-ready embeddings: `corpus_embedding_stats` computes the per-dimension statistics of the
 embedding (fomo_nnunet.embedding_stats) over the run's own preprocessed cases with the network as it
 is; set as `embedding_stats`, every checkpoint written after that carries them in its fomo_metadata.
-A pretraining trainer does that once, at the end, before checkpoint_final is written.
+A pretraining trainer does that once, at the end, before checkpoint_final is written. The embedding's
+pooling (`embedding_pooling`: "deepest" or "stages") is recorded in every checkpoint's fomo_metadata,
+and the statistics are computed with it, so that `fomo-nnunet embed` pools as the statistics did.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import os
 import torch
 
 from fomo_nnunet import __version__
-from fomo_nnunet.embedding_stats import STATS_KEY, EmbeddingStats, corpus_embedding_stats
+from fomo_nnunet.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, STATS_KEY, EmbeddingStats, check_pooling,
+                                         corpus_embedding_stats)
 from fomo_nnunet.transfer import METADATA_KEY, PretrainMetadata, unwrap
 
 
@@ -28,6 +31,7 @@ class DescribedCheckpoints:
     objective: str = ""
     channel_meaning: str = "any single MRI sequence, z-scored per scan over its non-zero region"
     embedding_stats: EmbeddingStats | None = None  # carried by every checkpoint written once it is set
+    embedding_pooling: str = DEFAULT_POOLING  # fomo_nnunet.embedding_stats.POOLINGS; recorded in every checkpoint
 
     def objective_settings(self) -> dict:
         """How the objective was trained (masking, loss, optimiser, schedule ...), as JSON values."""
@@ -36,7 +40,9 @@ class DescribedCheckpoints:
     def fomo_metadata(self, epochs_completed: int) -> dict:
         cm = self.configuration_manager
         arch = self.plans_manager.plans["configurations"][self.configuration_name].get("architecture") or {}
-        extra = {} if self.embedding_stats is None else {STATS_KEY: self.embedding_stats.to_dict()}
+        extra = {POOLING_KEY: check_pooling(self.embedding_pooling, "embedding_pooling")}
+        if self.embedding_stats is not None:
+            extra[STATS_KEY] = self.embedding_stats.to_dict()
         settings = {**self.objective_settings(), "batch_size": int(self.batch_size),
                     "use_mask_for_norm": list(cm.use_mask_for_norm), "seed": int(self.fomo_seed)}
         return PretrainMetadata(
@@ -71,13 +77,13 @@ class DescribedCheckpoints:
             train_keys, val_keys = self.do_split()
             stats = corpus_embedding_stats(unwrap(self.network).encoder, self.preprocessed_dataset_folder,
                                            self.configuration_manager.patch_size, [*train_keys, *val_keys],
-                                           max_cases, self.device)
+                                           max_cases, self.device, pooling=self.embedding_pooling)
         except Exception as e:  # noqa: BLE001 - never lose checkpoint_final over the statistics
             self.print_to_log_file(f"WARNING: no embedding statistics ({type(e).__name__}: {e}); add them "
                                    f"later with `fomo-nnunet embedding-stats`")
             return None
-        self.print_to_log_file(f"{stats.summary()}; stored in the fomo_metadata of the checkpoints written from "
-                               f"now on")
+        self.print_to_log_file(f"{stats.summary()} (pooling {self.embedding_pooling!r}); stored in the fomo_metadata "
+                               f"of the checkpoints written from now on")
         return stats
 
     def save_checkpoint(self, filename: str) -> None:
