@@ -24,6 +24,11 @@ Probes (hyper-parameters chosen on the train split only, never on the test split
   cross-validated strength), so that a bad embedding scale can be told from bad content.
 Each score carries a bootstrap 95 % confidence interval over the test cases.
 
+Pooling: each checkpoint is embedded with its own pooling (fomo_metadata "embedding_pooling": the
+deepest stage's global average, or every stage's, concatenated), or every encoder with the one given
+(`pooling`, --pooling), so that poolings can be compared on the same checkpoints. Results are kept
+per pooling and never mixed.
+
 Diagnostics per encoder: per-dimension spread (dimensions with near-zero spread are "dead") and the
 effective rank RankMe (Garrido et al., "RankMe: assessing the downstream performance of pretrained
 self-supervised representations by their rank", ICML 2023): exp of the entropy of the normalised
@@ -170,8 +175,9 @@ def embed_probe_set(embedder, probe_set: ProbeSet, cache: PreprocessedCache) -> 
 
 
 def random_init_embedder(checkpoint: str, seed: int, corpus: Callable[[], Iterable[np.ndarray]],
-                         device: str = "cpu"):
-    """The checkpoint's architecture with random weights (torch.manual_seed(seed)), as an Embedder.
+                         device: str = "cpu", pooling: str | None = None):
+    """The checkpoint's architecture with random weights (torch.manual_seed(seed)), as an Embedder pooled
+    as the checkpoint is (or with `pooling`).
 
     Scaled as the checkpoint is: when it carries embedding statistics, the twin gets its own over
     `corpus()` (preprocessed scans: the pretraining corpus where there is one), never the pretrained ones."""
@@ -186,10 +192,39 @@ def random_init_embedder(checkpoint: str, seed: int, corpus: Callable[[], Iterab
         torch.manual_seed(seed)
         encoder = meta.build_network(num_outputs=meta.num_input_channels).encoder
     encoder.return_skips = True
-    twin = Embedder(encoder.to(torch.device(device)).eval(), meta, torch.device(device))
+    twin = Embedder(encoder.to(torch.device(device)).eval(), meta, torch.device(device),
+                    pooling=pooling or pretrained.pooling)
     if pretrained.stats is not None:
-        twin.stats = compute_embedding_stats(twin.encoder, corpus(), meta.patch_size, device, progress=False)
+        twin.stats = compute_embedding_stats(twin.encoder, corpus(), meta.patch_size, device, progress=False,
+                                             pooling=twin.pooling)
     return twin
+
+
+def pooled_embedder(checkpoint: str, pooling: str | None, corpus: Callable[[], Iterable[np.ndarray]],
+                    device: str = "cpu"):
+    """The checkpoint's Embedder with `pooling` (None: its own). Statistics it carries were computed for its
+    own pooling: with another, it gets fresh ones over `corpus()` (the twins' corpus, so that both arms are
+    scaled alike); without statistics it stays raw, as its twins do."""
+    from fomo_nnunet.embedding_stats import compute_embedding_stats
+    from fomo_nnunet.inference import Embedder
+
+    embedder = Embedder.load(checkpoint, device)
+    if pooling is None or pooling == embedder.pooling:
+        return embedder
+    had_stats = embedder.stats is not None
+    embedder = embedder.with_pooling(pooling)
+    if had_stats:
+        embedder.stats = compute_embedding_stats(embedder.encoder, corpus(), embedder.metadata.patch_size, device,
+                                                 progress=False, pooling=pooling)
+    return embedder
+
+
+def checkpoint_pooling(checkpoint: str) -> str:
+    """The embedding pooling a checkpoint records (fomo_metadata; absent: "deepest")."""
+    from fomo_nnunet.embedding_stats import pooling_of
+    from fomo_nnunet.transfer import METADATA_KEY, load_checkpoint_safely
+
+    return pooling_of(load_checkpoint_safely(checkpoint).get(METADATA_KEY), checkpoint)
 
 
 # ---------------------------------------------------------------------------------- diagnostics
@@ -349,13 +384,13 @@ def evaluate_encoder(embedder, probe_sets: dict[str, ProbeSet], cache: Preproces
         width = embedder.length
         # one row per scan (a multi-channel case holds one vector per channel)
         matrices += [m.reshape(-1, width) for m in emb.values()]
-    return {"tasks": tasks, "diagnostics": embedding_diagnostics(np.concatenate(matrices)),
-            "seconds": round(time.time() - t0, 1)}
+    diagnostics = embedding_diagnostics(np.concatenate(matrices)) | {"pooling": embedder.pooling}
+    return {"tasks": tasks, "diagnostics": diagnostics, "seconds": round(time.time() - t0, 1)}
 
 
-def _fingerprint(path: str) -> str:
+def _fingerprint(path: str, pooling: str) -> str:
     st = os.stat(path)
-    return f"v{RESULT_VERSION}:{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+    return f"v{RESULT_VERSION}:{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}:pooling={pooling}"
 
 
 def cached(folder: Path, name: str, fingerprint: str, compute: Callable[[], dict], log: Callable = print) -> dict:
@@ -400,42 +435,59 @@ class FeatureBenchmark:
     num_processes: int = 2
     log: Callable = print
 
+    pooling: str | None = None                      # every encoder with this pooling (None: each its own)
+
     @property
     def folder(self) -> Path:
         return Path(self.work) / "features"
 
     def run(self) -> dict:
-        from fomo_nnunet.inference import Embedder
-
         sets = make_probe_sets(self.folder / "data", self.tasks, self.n_train, self.n_test, self.data_seed,
                                self.num_processes, self.log)
         for ps in sets.values():
             for s in ps.skipped:
                 self.log(f"  skipped {s}")
-        cache, results = PreprocessedCache(), self.folder / "results"
-        arms: dict[str, dict[int, dict]] = {}
-        for arm, by_seed in self.checkpoints.items():
-            for seed, ckpt in sorted(by_seed.items()):
-                self.log(f"{arm} seed {seed}: {ckpt}")
-                arms.setdefault(arm, {})[seed] = cached(
-                    results, f"{arm}_seed{seed}", _fingerprint(ckpt),
-                    lambda ckpt=ckpt: evaluate_encoder(Embedder.load(ckpt), sets, cache), self.log)
+        cache = PreprocessedCache()
         twin_of = next(iter(sorted(self.checkpoints[self.default].items())))[1]
         corpus = self.twin_corpus(twin_of, sets, cache)
-        for k in self.init_seeds:
-            self.log(f"random init {k} (the architecture of {twin_of})")
-            arms.setdefault("random_init", {})[k] = cached(
-                results, f"random_init_{k}", f"{_fingerprint(twin_of)}:init{k}",
-                lambda k=k: evaluate_encoder(random_init_embedder(twin_of, k, corpus), sets, cache), self.log)
+        arms = self.probe_checkpoints(sets, cache, corpus)
+        arms["random_init"] = self.probe_twins(twin_of, sets, cache, corpus)
         summary = summarise(arms, self.default, self.tasks)
         summary["probe_sets"] = {key: {s: int(len(v)) for s, v in ps.targets.items()} | {"skipped": len(ps.skipped)}
                                  for key, ps in sets.items()}
         summary["settings"] = {"n_train": self.n_train, "n_test": self.n_test, "data_seed": self.data_seed,
-                               "folds": FOLDS, "bootstrap": BOOTSTRAP, "init_seeds": list(self.init_seeds)}
+                               "folds": FOLDS, "bootstrap": BOOTSTRAP, "init_seeds": list(self.init_seeds),
+                               "pooling": self.pooling or "own"}
         (self.folder / "features.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")
         (self.folder / "features.md").write_text(markdown(summary))
         return summary
 
+    def probe_checkpoints(self, sets: dict[str, ProbeSet], cache: PreprocessedCache,
+                          corpus: Callable) -> dict[str, dict[int, dict]]:
+        """arm -> seed -> result, each kept in results/<arm>_seed<seed>_<pooling>.json."""
+        arms: dict[str, dict[int, dict]] = {}
+        for arm, by_seed in self.checkpoints.items():
+            for seed, ckpt in sorted(by_seed.items()):
+                pooling = self.pooling or checkpoint_pooling(ckpt)
+                self.log(f"{arm} seed {seed} (pooling {pooling}): {ckpt}")
+                arms.setdefault(arm, {})[seed] = cached(
+                    self.folder / "results", f"{arm}_seed{seed}_{pooling}", _fingerprint(ckpt, pooling),
+                    lambda ckpt=ckpt: evaluate_encoder(pooled_embedder(ckpt, self.pooling, corpus), sets, cache),
+                    self.log)
+        return arms
+
+    def probe_twins(self, twin_of: str, sets: dict[str, ProbeSet], cache: PreprocessedCache,
+                    corpus: Callable) -> dict[int, dict]:
+        """init seed -> result of a random-init twin of `twin_of`, kept in results/random_init_<k>_<pooling>.json."""
+        pooling = self.pooling or checkpoint_pooling(twin_of)
+        twins = {}
+        for k in self.init_seeds:
+            self.log(f"random init {k} (the architecture of {twin_of}; pooling {pooling})")
+            twins[k] = cached(
+                self.folder / "results", f"random_init_{k}_{pooling}", f"{_fingerprint(twin_of, pooling)}:init{k}",
+                lambda k=k: evaluate_encoder(random_init_embedder(twin_of, k, corpus, pooling=pooling), sets, cache),
+                self.log)
+        return twins
 
     def twin_corpus(self, checkpoint: str, sets: dict[str, ProbeSet], cache: PreprocessedCache) -> Callable:
         """The scans random-init twins compute their embedding statistics over (when the pretrained
@@ -507,6 +559,17 @@ def _f(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
+def _pooling_line(summary: dict) -> str:
+    from fomo_nnunet.embedding_stats import POOLING_MEANING
+
+    pooling = summary["settings"].get("pooling", "own")
+    if pooling != "own":
+        return f"Embedding pooling: `{pooling}` ({POOLING_MEANING[pooling]}) for every encoder (--pooling)."
+    used = {arm: sorted({d.get("pooling", "deepest") for d in ds}) for arm, ds in summary["diagnostics"].items()}
+    arms = "; ".join(f"{arm}: {', '.join(p)}" for arm, p in used.items())
+    return f"Embedding pooling: each checkpoint's own ({arms})."
+
+
 def markdown(summary: dict) -> str:
     """features.md: one table of probe scores per arm and task, the goals, the embedding diagnostics."""
     tasks = list(summary["tasks"])
@@ -518,6 +581,7 @@ def markdown(summary: dict) -> str:
              f"train split, test AUROC (higher is better). Regression: ridge on the raw embeddings, penalty by "
              f"cross-validation, test MAE (lower is better). Mean ± sd over seeds (pretraining seeds; init seeds "
              f"for random_init); in brackets the scale-free reference (standardised features).", "",
+             _pooling_line(summary), "",
              "| arm | " + " | ".join(f"{t} ({summary['tasks'][t]['metric']})" for t in tasks) + " |",
              "|---|" + "---|" * len(tasks)]
     for arm in arms:

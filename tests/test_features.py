@@ -142,15 +142,28 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     d = out["diagnostics"]["checkpoint"]
     assert len(d) == 2 and d[0]["dimensions"] == 64 and d[0]["cases"] == 24 * 2
     assert "RankMe" in (tmp_path / "w" / "features" / "features.md").read_text()
-    logs = []
-    F.FeatureBenchmark(tmp_path / "w", {"checkpoint": dict(enumerate(map(str, ckpts)))}, "checkpoint", tasks,
-                       n_train=12, n_test=12, init_seeds=(0, 1), log=logs.append).run()
-    assert sum("kept from" in line for line in logs) == 4
-    # a checkpoint with embedding statistics: its random-init twin is standardised too (its own statistics,
-    # here over the probe sets' training scans, as there is no pretraining corpus in this folder)
+    assert out["settings"]["pooling"] == "own" and d[0]["pooling"] == "deepest"
+    # --pooling stages on a checkpoint whose statistics are for "deepest": both arms pooled over every stage,
+    # both freshly scaled over the same corpus (raw, the tiny encoder's sd is ~0.02), kept apart from deepest
     from fomo_nnunet.embedding_stats import EmbeddingStats, save_with_stats
 
     scaled = save_with_stats(ckpts[0], EmbeddingStats(np.zeros(64), np.full(64, 0.02), 5), tmp_path / "scaled.pth")
+    assert main(["benchmark", "features", "--work", str(tmp_path / "w"), "--checkpoint", str(scaled), "--n-train", "12",
+                 "--n-test", "12", "--init-seeds", "1", "-np", "1", "--tasks", "3", "5", "--pooling", "stages"]) == 0
+    out_stages = json.loads((tmp_path / "w" / "features" / "features.json").read_text())
+    assert out_stages["settings"]["pooling"] == "stages" and len(out_stages["tasks"]["task5"]["random_init"]) == 1
+    for arm in ("checkpoint", "random_init"):
+        diag = out_stages["diagnostics"][arm][0]
+        assert diag["dimensions"] == 120 and diag["pooling"] == "stages" and 0.3 < diag["median_sd"] < 3.0, diag
+    assert "`stages`" in (tmp_path / "w" / "features" / "features.md").read_text()
+    kept = {f.name for f in (tmp_path / "w" / "features" / "results").glob("*.json")}
+    assert {"checkpoint_seed0_stages.json", "checkpoint_seed0_deepest.json", "random_init_0_stages.json"} <= kept
+    logs = []
+    F.FeatureBenchmark(tmp_path / "w", {"checkpoint": dict(enumerate(map(str, ckpts)))}, "checkpoint", tasks,
+                       n_train=12, n_test=12, init_seeds=(0, 1), log=logs.append).run()
+    assert sum("kept from" in line for line in logs) == 4  # the stages run left the deepest results alone
+    # a checkpoint with embedding statistics: its random-init twin is standardised too (its own statistics,
+    # here over the probe sets' training scans, as there is no pretraining corpus in this folder)
     out = F.FeatureBenchmark(tmp_path / "w", {"scaled": {0: str(scaled)}}, "scaled", tasks, n_train=12, n_test=12,
                              init_seeds=(0,), log=logs.append).run()
     assert 0.3 < out["diagnostics"]["random_init"][0]["median_sd"] < 3.0

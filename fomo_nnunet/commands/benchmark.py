@@ -71,6 +71,7 @@ examples:
   fomo-nnunet benchmark features --work w --pretrain nnUNetTrainerFomoMAE_tiny nnUNetTrainerFomoMAE_tiny_noskip --seeds 3
                                                            # pretrain what is missing (resumable), then probe
   fomo-nnunet benchmark features --work w --checkpoint my_mae.pth   # another checkpoint, same probe sets
+  fomo-nnunet benchmark features --work w --pooling stages   # every encoder stage pooled, for comparison
 
 For every image-level task (classification, regression, embedding: tasks 1, 3, 5, 6, 7) the command
 synthesises larger probe sets once (default 100 train + 100 out-of-domain test cases per task, in
@@ -82,10 +83,17 @@ a cross-validated penalty; both on the raw embeddings) and scores the test split
 reports dead embedding dimensions and the effective rank (RankMe). Results per encoder are kept in
 WORK/features/results (a rerun only computes new checkpoints); the summary is
 WORK/features/features.json and features.md.
+
+Each checkpoint is embedded with its own pooling (fomo_metadata "embedding_pooling", "deepest" when
+absent) unless --pooling deepest|stages probes every encoder, pretrained and random-init, with that one;
+a checkpoint whose statistics were computed for another pooling then gets fresh ones over the corpus its
+twins use, so both arms are scaled alike. Per-encoder results are kept per pooling (a run with another
+pooling never reuses them); features.json/md are the latest run's and name its pooling.
 """
 
 
 def register_features(sub: argparse._SubParsersAction) -> None:
+    from fomo_nnunet.embedding_stats import POOLINGS
     from fomo_nnunet.features import INIT_SEEDS, N_TEST, N_TRAIN
 
     p = sub.add_parser("features", help="probe frozen embeddings of pretraining checkpoints against random init",
@@ -111,6 +119,10 @@ def register_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-test", type=int, default=N_TEST, help=f"probe test cases per task (default {N_TEST})")
     p.add_argument("--init-seeds", type=int, default=len(INIT_SEEDS), metavar="N",
                    help=f"random-init twins (default {len(INIT_SEEDS)})")
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="probe every encoder with this embedding pooling: deepest (the deepest stage's global "
+                        "average) or stages (every stage's, concatenated shallow to deep) (default: each "
+                        "checkpoint's own)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for synthesis (default: 2)")
     p.set_defaults(func=run_features)
 
@@ -159,7 +171,8 @@ def run_features(args: argparse.Namespace) -> int:
             return 2
         tasks = tuple(t for t in tasks if t.number in args.tasks)
     bench = FeatureBenchmark(Path(args.work), found, default, tasks=tasks, n_train=args.n_train, n_test=args.n_test,
-                             init_seeds=tuple(range(args.init_seeds)), num_processes=args.num_processes)
+                             init_seeds=tuple(range(args.init_seeds)), num_processes=args.num_processes,
+                             pooling=args.pooling)
     try:
         bench.run()
     except (ValueError, FileNotFoundError) as e:
