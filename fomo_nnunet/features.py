@@ -458,8 +458,11 @@ class FeatureBenchmark:
         summary["settings"] = {"n_train": self.n_train, "n_test": self.n_test, "data_seed": self.data_seed,
                                "folds": FOLDS, "bootstrap": BOOTSTRAP, "init_seeds": list(self.init_seeds),
                                "pooling": self.pooling or "own"}
-        (self.folder / "features.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")
-        (self.folder / "features.md").write_text(markdown(summary))
+        text, report = json.dumps(_finite(summary), indent=1) + "\n", markdown(summary)
+        # the latest run, and one copy per pooling so that poolings can be read side by side
+        for stem in ("features", f"features_{self.pooling or 'own'}"):
+            (self.folder / f"{stem}.json").write_text(text)
+            (self.folder / f"{stem}.md").write_text(report)
         return summary
 
     def probe_checkpoints(self, sets: dict[str, ProbeSet], cache: PreprocessedCache,

@@ -142,6 +142,8 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     d = out["diagnostics"]["checkpoint"]
     assert len(d) == 2 and d[0]["dimensions"] == 64 and d[0]["cases"] == 24 * 2
     assert "RankMe" in (tmp_path / "w" / "features" / "features.md").read_text()
+    assert (tmp_path / "w" / "features" / "features_own.json").read_text() == \
+        (tmp_path / "w" / "features" / "features.json").read_text()
     assert out["settings"]["pooling"] == "own" and d[0]["pooling"] == "deepest"
     # --pooling stages on a checkpoint whose statistics are for "deepest": both arms pooled over every stage,
     # both freshly scaled over the same corpus (raw, the tiny encoder's sd is ~0.02), kept apart from deepest
