@@ -28,15 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fomo_nnunet.embedding_pooling import (DEFAULT_POOLING, POOLING_KEY, POOLING_MEANING, POOLINGS,  # noqa: F401
+                                           check_pooling, pooling_of)
 from fomo_nnunet.image_level import crop_or_pad
 from fomo_nnunet.transfer import METADATA_KEY
 
 STATS_KEY = "embedding_stats"  # in a checkpoint's fomo_metadata
-POOLING_KEY = "embedding_pooling"  # in a checkpoint's fomo_metadata; absent: DEFAULT_POOLING
-POOLINGS = ("deepest", "stages")
-DEFAULT_POOLING = "deepest"
-POOLING_MEANING = {"deepest": "global average pool of the deepest encoder stage",
-                   "stages": "global average pool of every encoder stage, concatenated shallow to deep"}
 WHAT = ("per-dimension mean/std of the embedding (the pooled deepest stage, or every stage pooled: "
         f"fomo_metadata {POOLING_KEY!r}) over the pretraining corpus")
 DEFAULT_MAX_CASES = 512
@@ -44,20 +41,6 @@ EPS = 1e-6  # apply() divides by max(std, EPS); a dimension with std below it is
 
 
 # ---- the embedding rule ------------------------------------------------------------------------
-def check_pooling(pooling: object, what: str = "embedding pooling") -> str:
-    """`pooling` if it is one of POOLINGS, else a ValueError naming the allowed ones."""
-    if not isinstance(pooling, str) or pooling not in POOLINGS:
-        raise ValueError(f"{what} {pooling!r} is not one of {', '.join(repr(p) for p in POOLINGS)} ("
-                         + "; ".join(f"{p}: {POOLING_MEANING[p]}" for p in POOLINGS) + ")")
-    return pooling
-
-
-def pooling_of(metadata: Mapping[str, Any] | None, source: str = "the checkpoint") -> str:
-    """The embedding pooling a checkpoint's fomo_metadata records (absent: DEFAULT_POOLING)."""
-    return check_pooling((metadata or {}).get(POOLING_KEY, DEFAULT_POOLING),
-                         f"{source}: {METADATA_KEY}[{POOLING_KEY!r}] =")
-
-
 def embedding_length(encoder: torch.nn.Module, pooling: str = DEFAULT_POOLING) -> int:
     """The length of `pooled_embedding(encoder, ..., pooling)`: the deepest stage's width, or the sum of
     every stage's."""

@@ -93,7 +93,7 @@ pooling never reuses them); features.json/md are the latest run's and name its p
 
 
 def register_features(sub: argparse._SubParsersAction) -> None:
-    from fomo_nnunet.embedding_stats import POOLINGS
+    from fomo_nnunet.embedding_pooling import POOLINGS
     from fomo_nnunet.features import INIT_SEEDS, N_TEST, N_TRAIN
 
     p = sub.add_parser("features", help="probe frozen embeddings of pretraining checkpoints against random init",

@@ -37,7 +37,7 @@ example:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fomo_nnunet.embedding_stats import POOLINGS
+    from fomo_nnunet.embedding_pooling import POOLINGS
 
     p = sub.add_parser("embedding-stats", help="add embedding statistics (probe-ready embeddings) to a checkpoint",
                        description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
