@@ -105,3 +105,15 @@ def save_fake_pretraining(path, features=None, seed=0):
     net = PretrainMetadata.from_dict(meta).build_network(num_outputs=1)
     torch.save({"network_weights": net.state_dict(), "fomo_metadata": meta, "current_epoch": 1}, path)
     return path
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`fomo-nnunet ARGV` in this process: (exit code, stdout, stderr); argparse's exits included."""
+    from fomo_nnunet.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

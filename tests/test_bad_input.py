@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import badfiles as B
+from helpers import run_cli
 from fomo_nnunet import exit_codes as X
 from fomo_nnunet.cli import main
 from fomo_nnunet.data import convert as C
@@ -25,15 +26,6 @@ from fomo_nnunet.tasks import get_task
 
 ENTRY_INPUTS = {"task2": ("flair", "dwi", "swi"), "task3": ("t1",), "task6": ("input",)}
 SUFFIX = {"task2": ".nii.gz", "task3": ".txt", "task6": ".npy"}
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def leftovers(root: Path) -> list[str]:

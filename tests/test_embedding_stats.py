@@ -12,19 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from fomo_nnunet.cli import main
 from fomo_nnunet.embedding_stats import (STATS_KEY, EmbeddingStats, compute_embedding_stats, pooled_embedding,
                                          save_with_stats, select_cases)
-from helpers import make_raw_dataset, save_fake_pretraining
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from helpers import make_raw_dataset, run_cli, save_fake_pretraining
 
 
 def _sha(path) -> str:
