@@ -46,6 +46,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from fomo_nnunet.probe import nan_to_none
 from fomo_nnunet.tasks import CLASSIFICATION, EMBEDDING, PRETRAIN_DATASET_ID, REGRESSION, TASKS, Task
 
 N_TRAIN = 100
@@ -404,19 +405,9 @@ def cached(folder: Path, name: str, fingerprint: str, compute: Callable[[], dict
     result = {"fingerprint": fingerprint, **compute()}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_finite(result), indent=1) + "\n")
+    tmp.write_text(json.dumps(nan_to_none(result), indent=1) + "\n")
     os.replace(tmp, f)
     return result
-
-
-def _finite(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
 
 
 # ---------------------------------------------------------------------------------- the benchmark
@@ -458,7 +449,7 @@ class FeatureBenchmark:
         summary["settings"] = {"n_train": self.n_train, "n_test": self.n_test, "data_seed": self.data_seed,
                                "folds": FOLDS, "bootstrap": BOOTSTRAP, "init_seeds": list(self.init_seeds),
                                "pooling": self.pooling or "own"}
-        text, report = json.dumps(_finite(summary), indent=1) + "\n", markdown(summary)
+        text, report = json.dumps(nan_to_none(summary), indent=1) + "\n", markdown(summary)
         # the latest run, and one copy per pooling so that poolings can be read side by side
         for stem in ("features", f"features_{self.pooling or 'own'}"):
             (self.folder / f"{stem}.json").write_text(text)

@@ -440,15 +440,16 @@ def linear_probe(embeddings: Mapping[str, np.ndarray | None], labels: Mapping[st
         out.update(_fairness_entries(fairness, attributes, test, y_te, [P.get(c) for c in test]))
     out["predictions"] = {c: {"label": classes[y_of[c]], "scores": P.get(c)} for c in test}
     out["notes"] = notes
-    return _clean(out)
+    return nan_to_none(out)
 
 
-def _clean(v: Any) -> Any:
-    """NaN -> None, recursively, so that probe.json is strict JSON."""
+def nan_to_none(v: Any) -> Any:
+    """NaN and infinities -> None, recursively through dicts, lists and tuples, so that a result is strict
+    JSON (probe.json, features.json)."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
+        return {k: nan_to_none(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [nan_to_none(x) for x in v]
     return v
