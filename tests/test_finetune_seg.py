@@ -47,9 +47,10 @@ def test_transferred_plans_take_network_from_checkpoint_and_channels_from_task(s
                           .read_text())["channel_names"]) == 3
 
 
-def test_initialisation_loads_encoder_adapts_stem_and_keeps_output_fresh(seg_ws, monkeypatch):
+@pytest.mark.parametrize("name,decoder_loaded", [("nnUNetTrainerFomoSeg", True), (SMOKE, False)])
+def test_initialisation_loads_encoder_adapts_stem_and_keeps_output_fresh(seg_ws, monkeypatch, name, decoder_loaded):
     root, env, ckpt = seg_ws
-    trainer = _trainer(env, monkeypatch, MENINGIOMA, SMOKE)
+    trainer = _trainer(env, monkeypatch, MENINGIOMA, name)
     state = trainer.network.state_dict()
     pre = torch.load(ckpt, weights_only=True)["network_weights"]
     stem = "encoder.stem.convs.0.conv.weight"
@@ -59,8 +60,10 @@ def test_initialisation_loads_encoder_adapts_stem_and_keeps_output_fresh(seg_ws,
     assert len(encoder_keys) > 20
     for k in encoder_keys:
         assert torch.equal(state[k], pre[k]), k
-    for k in [k for k in pre if k.startswith("decoder.stages")]:
-        assert torch.equal(state[k], pre[k]), k
+    decoder = [k for k in pre if k.startswith("decoder.stages")]
+    convs = [k for k in decoder if k.endswith("conv.weight")]
+    assert convs and all(torch.equal(state[k], pre[k]) for k in (decoder if decoder_loaded else []))
+    assert decoder_loaded or not any(torch.equal(state[k], pre[k]) for k in convs)  # tiny: a fresh decoder
     out = [k for k in state if k.startswith("decoder.seg_layers")]
     assert out and all(not torch.equal(state[k], pre[k]) for k in out if state[k].shape == pre[k].shape)
     report = json.loads((trainer.output_folder and open(f"{trainer.output_folder}/transfer_report.json").read()))
@@ -136,3 +139,24 @@ def test_tiny_variants_skip_fold_all_self_validation_and_draw_progress_every_few
     assert trainer.perform_actual_validation() is None  # returns before any sliding window
     with open(trainer.log_file) as f:
         assert "final validation skipped" in f.read()
+
+
+def test_tiny_recipe_weights_cross_entropy_by_the_training_cases_label_frequencies(seg_ws, monkeypatch):
+    root, env, _ = seg_ws
+    from fomo_nnunet.class_weights import label_voxel_counts, sqrt_inverse_frequency
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+
+    def ce_weight(trainer):
+        (loss,) = [m for m in trainer.loss.modules() if isinstance(m, DC_and_CE_loss)]
+        return loss.ce.weight
+
+    assert ce_weight(_trainer(env, monkeypatch, TRIGEMINAL, "nnUNetTrainerFomoSeg")) is None  # nnU-Net's loss
+    trainer = _trainer(env, monkeypatch, TRIGEMINAL, SMOKE)
+    keys = trainer.do_split()[0]
+    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys)
+    counts = label_voxel_counts((dataset.load_case(k)[1][:] for k in keys), 3)
+    assert counts[1] > 0 and counts[2] > 0 and counts[0] > 10 * counts[1]
+    expected = sqrt_inverse_frequency(counts, trainer.class_weight_cap)
+    assert torch.allclose(ce_weight(trainer), torch.tensor(expected, dtype=torch.float32))
+    with open(trainer.log_file) as f:
+        assert f"cross-entropy class weights (sqrt_inverse_frequency over {len(keys)} training cases)" in f.read()
