@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -48,6 +49,26 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame):
     raise Terminated()
+
+
+def _default_sigterm_in_forked_child() -> None:
+    """A forked worker (nnU-Net's `multiprocessing.Pool`s fork) dies on SIGTERM, as under nnU-Net's own commands.
+
+    Inherited, `_terminate` makes pool workers run Python code when `Pool.terminate()` signals them at the
+    pool's end: a worker then raised inside a queue lock's release (a traceback in the benchmark's log), and
+    `fomo-nnunet plan pretrain` hung at 0 % CPU in nnU-Net's fingerprint extraction with the parent joining a
+    worker that waited on the pool's queue lock (py-spy); a SIGTERM by hand ended that worker and the
+    planning went on. With the default disposition the workers end as nnU-Net expects.
+    """
+    if signal.getsignal(signal.SIGTERM) is _terminate:
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:  # not the child's main thread: nothing to reset there
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_forked_child)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -753,3 +753,26 @@ def test_header_claims_are_refused_without_the_memory_they_claim(who, tmp_path, 
         report = json.loads((tmp_path / "raw" / "Dataset900_FOMOPretrain" / "conversion_report.json").read_text())
         assert sorted(s["reason"].split(" = ")[0] for s in report["skipped"]) == [
             "the header claims shape (1024, 1024, 1024)", "the header claims shape (4096, 4096, 4096)"]
+
+
+def test_forked_pool_workers_die_on_sigterm_without_running_our_handler(tmp_path):
+    """nnU-Net's fork pools are terminated with SIGTERM: the workers must not inherit the CLI's handler."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import multiprocessing as mp, os, signal, sys\n"
+        "from fomo_nnunet import cli\n"
+        "signal.signal(signal.SIGTERM, cli._terminate)   # as main() installs it\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 1)\n"
+        "assert os.waitpid(pid, 0)[1] == 0, 'the forked child kept the handler'\n"
+        "assert signal.getsignal(signal.SIGTERM) is cli._terminate  # the parent keeps it\n"
+        "for _ in range(20):\n"
+        "    with mp.get_context('fork').Pool(4) as pool:   # __exit__ is terminate(): SIGTERM to every worker\n"
+        "        assert pool.map(abs, range(-8, 0)) == list(range(8, 0, -1))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Terminated" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
