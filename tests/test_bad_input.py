@@ -776,3 +776,22 @@ def test_forked_pool_workers_die_on_sigterm_without_running_our_handler(tmp_path
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Terminated" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
+def test_converter_pool_finishes_every_time(tmp_path):
+    """The converter's worker pool ends cleanly after its last case, run after run. Before the fix it
+    called terminate() after close(): SIGTERM raised in workers already leaving, and one run in 16-65
+    hung in the pool's join (the CI hang of `convert pretrain`)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "pools.py"
+    script.write_text(
+        "from fomo_nnunet.data import convert\n"
+        "for i in range(150):\n"
+        "    assert sorted(convert._run_jobs(abs, list(range(-31, 0)), 2, False, 'x')) == list(range(1, 32))\n")
+    try:
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a converter pool hung after its last case")
+    assert out.returncode == 0, out.stderr[-3000:]

@@ -372,8 +372,32 @@ def _worker_init(parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="fomo-parent-watch").start()
 
 
+_IN_CASE = False   # in a worker: True while a job (one case) runs
+
+
 def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
+    """SIGTERM in a worker. Inside a case it raises, so the case's cleanup removes its temporary files.
+    Anywhere else the worker ends at once: an exception raised in `multiprocessing`'s own code (a
+    queue's lock, the worker's exit path) can leave a lock held or run the parent's stack in the
+    forked child, and the pool then never finishes joining (seen as a hang of `convert pretrain`)."""
+    if _IN_CASE:
+        raise SystemExit(128 + signum)
+    os._exit(128 + signum)
+
+
+class _CaseJob:
+    """A job run by a pool worker, marked as 'inside a case' for `_exit_on_signal`."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, job):
+        global _IN_CASE
+        _IN_CASE = True
+        try:
+            return self.fn(job)
+        finally:
+            _IN_CASE = False
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -403,13 +427,17 @@ def _run_jobs(fn, jobs: list, num_processes: int, progress: bool, desc: str) -> 
         pool = ctx.Pool(min(num_processes, len(jobs)), initializer=_worker_init, initargs=(os.getpid(),))
         try:
             with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
-                for r in pool.imap_unordered(fn, jobs, chunksize=1 if len(jobs) < 200 else 4):
+                for r in pool.imap_unordered(_CaseJob(fn), jobs, chunksize=1 if len(jobs) < 200 else 4):
                     results.append(r)
                     bar.update()
-            pool.close()
-        finally:
+        except BaseException:
             pool.terminate()   # SIGTERM: a worker in the middle of a case removes its temporary files
             pool.join()
+            raise
+        # Every case is done: the workers leave on the pool's own sentinels. No terminate() here: it
+        # signals workers that are already on their way out, which could hang the join.
+        pool.close()
+        pool.join()
     return results
 
 
