@@ -50,7 +50,8 @@ def _digest(path: Path) -> str:
 def _rounded(x):
     """The summary with every float to 9 significant digits. Its acquisition parameters are float64
     results of exp/log on random draws, printed in full; on a new machine (November 2026) the summary's
-    hash changed while every voxel of every file stayed identical, most likely in those last digits. Rounded, the pin is on the values that shape the data, not on a math library's last bit."""
+    hash changed while every voxel of every file stayed identical, most likely in
+    those last digits. Rounded, the pin is on the values that shape the data, not on a last bit."""
     if isinstance(x, float):
         return float(f"{x:.9g}")
     if isinstance(x, dict):
