@@ -41,24 +41,18 @@ def _digest(path: Path) -> str:
         h.update(data.tobytes())
         return h.hexdigest()
     if path.name == "synth.json":
-        summary = json.loads(path.read_text())
+        summary = json.loads(path.read_text(), parse_float=_nine_digits)
         summary.pop("seconds", None)
-        return hashlib.sha256(json.dumps(_rounded(summary), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _rounded(x):
-    """The summary with every float to 9 significant digits. Its acquisition parameters are float64
-    results of exp/log on random draws, printed in full; on a new machine (November 2026) the summary's
-    hash changed while every voxel of every file stayed identical, most likely in
-    those last digits. Rounded, the pin is on the values that shape the data, not on a last bit."""
-    if isinstance(x, float):
-        return float(f"{x:.9g}")
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_rounded(v) for v in x]
-    return x
+def _nine_digits(text: str) -> float:
+    """A float of the summary to 9 significant digits. Its acquisition parameters are float64 results
+    of exp/log on random draws, printed in full; on a new machine (November 2026) the summary's hash
+    changed while every voxel of every file stayed identical, most likely in those last digits.
+    Rounded, the pin is on the values that shape the data, not on a last bit."""
+    return float(f"{float(text):.9g}")
 
 
 def golden_digests(out: Path) -> dict[str, str]:
