@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, nnunetv2, dynamic_network_architectures, nilearn; print('installed torch', torch.__version__)"
 	touch $(STAMP)
 
+# two pytest workers (pytest-xdist), one test file each at a time: most of a test's time is nnU-Net starting up in
+# subprocesses, planning and preprocessing, which leave a core idle; per file, so module fixtures are built once
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -x -q
+	$(BIN)/python -m pytest -x -q -n $(TEST_WORKERS) --dist loadfile
 
 # the edit loop: everything but the tests that plan, preprocess, train or synthesise (marked slow)
 test-fast: install
