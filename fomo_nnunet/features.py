@@ -319,6 +319,33 @@ def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
     return ovr_auroc(y, list(pred))
 
 
+def rank_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney statistic with mid-ranks for ties: the value sklearn's roc_auc_score gives
+    (NaN without both classes), a hundred times faster, for the thousand resamples of a bootstrap."""
+    from scipy.stats import rankdata
+
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def resample_score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
+    """`score` for probe outputs (finite rows of class probabilities, or values), through rank_auroc: the
+    one-vs-rest AUROC of column 1 for two classes, else the mean over the classes that have both positives
+    and negatives (NaN if none), as metrics.ovr_auroc scores valid rows."""
+    if metric == "mae":
+        return score(metric, y, pred)
+    pred = np.asarray(pred, dtype=float)
+    y = np.asarray(y, dtype=int)
+    if pred.shape[1] == 2:
+        return rank_auroc(y == 1, pred[:, 1])
+    values = [rank_auroc(y == c, pred[:, c]) for c in range(pred.shape[1]) if 0 < int((y == c).sum()) < len(y)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def bootstrap_ci(metric: str, y: np.ndarray, pred: np.ndarray, n: int = BOOTSTRAP, seed: int = 0
                  ) -> tuple[float, float]:
     """95 % percentile interval of the metric over test cases resampled with replacement."""
@@ -326,7 +353,7 @@ def bootstrap_ci(metric: str, y: np.ndarray, pred: np.ndarray, n: int = BOOTSTRA
     values = []
     for _ in range(n):
         idx = rng.integers(0, len(y), len(y))
-        v = score(metric, y[idx], pred[idx])
+        v = resample_score(metric, y[idx], pred[idx])
         if math.isfinite(v):
             values.append(v)
     if not values:

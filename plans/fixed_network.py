@@ -5,16 +5,46 @@ nnU-Net's `ExperimentPlanner` sizes a network to each dataset. A foundation mode
 once, so both of our planners keep nnU-Net's choices for everything else (resampling functions,
 preprocessor, reader/writer, the fingerprint's intensity statistics) and write the same standard
 plans file that `nnUNetv2_preprocess -plans_name` and `nnUNetv2_train -p` read.
+
+Both also extract nnU-Net's dataset fingerprint through `FomoFingerprintExtractor`, which bounds the
+foreground intensity samples per case (below).
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.paths import nnUNet_preprocessed
 
 from fomo_nnunet.plans.presets import CONFIGURATION
+
+# nnU-Net draws 1e8 foreground intensities per channel for the whole dataset, 1e8 / cases from each case, with
+# replacement. A few-shot task of 8 cases then draws 12.5 million values per channel from each case's foreground
+# (about 1.5 million voxels for a brain at 1 mm, 14,000 at 4 mm), and planning spends seconds per channel and case
+# drawing, pickling and sorting copies of the same voxels. From 1000 cases up the bound below changes nothing.
+MAX_INTENSITY_SAMPLES_PER_CASE = 100_000
+
+
+class FomoFingerprintExtractor(DatasetFingerprintExtractor):
+    """nnU-Net's fingerprint extractor with at most MAX_INTENSITY_SAMPLES_PER_CASE foreground intensities
+    drawn per case and channel. Every case still contributes equally; the shapes, spacings and crop sizes are
+    nnU-Net's. The intensity statistics are estimates from the drawn samples either way; they normalise CT
+    channels only (MRI channels use per-image z-scores)."""
+
+    def __init__(self, dataset_name_or_id, num_processes: int = 8, verbose: bool = False):
+        super().__init__(dataset_name_or_id, num_processes, verbose)
+        self.num_foreground_voxels_for_intensitystats = min(self.num_foreground_voxels_for_intensitystats,
+                                                            MAX_INTENSITY_SAMPLES_PER_CASE * len(self.dataset))
+
+
+def extract_fingerprint(dataset_id: int, num_processes: int, check_dataset_integrity: bool = False) -> dict:
+    """Extract and save the dataset's fingerprint (nnUNet_preprocessed/NAME/dataset_fingerprint.json)."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
+
+    return extract_fingerprint_dataset(int(dataset_id), FomoFingerprintExtractor, num_processes,
+                                       check_dataset_integrity)
 
 
 class FixedNetworkPlanner(ExperimentPlanner):

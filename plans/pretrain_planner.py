@@ -14,7 +14,7 @@ import shutil
 
 from nnunetv2.paths import nnUNet_preprocessed
 
-from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner
+from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, extract_fingerprint
 from fomo_nnunet.plans.presets import ARCH_PRESETS, CONFIGURATION, PRETRAIN_PLANS_NAME, ArchPreset, architecture_dict
 
 
@@ -58,7 +58,6 @@ def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = N
                   plans_name: str = PRETRAIN_PLANS_NAME, num_processes: int = 2,
                   verify_dataset_integrity: bool = False) -> dict:
     """Extract nnU-Net's fingerprint when missing, then write the pretraining plans."""
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     if arch not in ARCH_PRESETS:
@@ -67,8 +66,7 @@ def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = N
     name = maybe_convert_to_dataset_name(int(dataset_id))
     fingerprint = os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset_fingerprint.json")
     if not os.path.isfile(fingerprint):
-        extract_fingerprints([int(dataset_id)], num_processes=num_processes,
-                             check_dataset_integrity=verify_dataset_integrity)
+        extract_fingerprint(int(dataset_id), num_processes, verify_dataset_integrity)
     patch = patch or preset.default_patch
     spacing = spacing or preset.default_spacing
     planner = FomoPretrainPlanner(int(dataset_id), preset, (patch,) * 3, (float(spacing),) * 3,

@@ -1,11 +1,16 @@
 """One workspace of tiny task datasets, planned and preprocessed once for the whole session.
 
 Planning and preprocessing start nnU-Net in subprocesses, which costs seconds each on two cores;
-the segmentation, classification/regression and container tests share this one.
+the segmentation, classification/regression and container tests share this one. Under pytest-xdist
+(`make test`) the first worker that needs a workspace builds it under a lock and every worker works on
+its own copy, so the two workers do not build it twice.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,27 +41,67 @@ PRETRAIN_DATASET = 990
 HEAVY_FIXTURES = {"pretrain_corpus", "tasks_ws", "synth", "tiny_bundle", "busy_corpus", "converted_corpus"}
 
 
+# The longest test files first (measured, November 2026), so that the two xdist workers of `make test`, which
+# take whole files in collection order, do not end with one long file running while the other worker idles.
+LONGEST_FIRST = ("test_benchmark.py", "test_distributed.py", "test_finetune_seg.py", "test_seeding.py",
+                 "test_container.py", "test_convert.py", "test_features.py", "test_image_level.py",
+                 "test_checkpoint_import.py", "test_pretrain.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
 
 
-@pytest.fixture(scope="session")
-def pretrain_corpus(tmp_path_factory):
-    """A tiny pretraining corpus (dataset 990), planned with the tiny preset and preprocessed; no results."""
-    root = tmp_path_factory.mktemp("pretrain")
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A workspace made by `build(root)`: built here, or under pytest-xdist built once for all workers (the
+    first to ask builds it under a lock, the others wait) and copied into a folder of this worker's own, so
+    that what a test writes there stays its own. The plans' absolute paths are rewritten to the copy."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        root = tmp_path_factory.mktemp(name)
+        build(root)
+        return root
+    shared = tmp_path_factory.getbasetemp().parent / f"shared_{name}"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / ".built").is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # a build that failed half-way
+            build(shared)
+            (shared / ".built").touch()
+    root = tmp_path_factory.mktemp(name)
+    shutil.copytree(shared, root, dirs_exist_ok=True)
+    for f in (root / "preprocessed").rglob("*.json"):
+        text = f.read_text()
+        if str(shared) in text:
+            f.write_text(text.replace(str(shared), str(root)))
+    return root
+
+
+def _build_pretrain_corpus(root: Path) -> None:
     env = nnunet_env(root)
     make_raw_dataset(root / "raw", PRETRAIN_DATASET, "Corpus", n_cases=6, seed=1)
     run(["fomo-nnunet", "plan", "pretrain", "-d", str(PRETRAIN_DATASET), "--arch", "tiny", "-np", "1"], env)
     run(["nnUNetv2_preprocess", "-d", str(PRETRAIN_DATASET), "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
          "-np", "1"], env)
-    return root, env
+
+
+@pytest.fixture(scope="session")
+def pretrain_corpus(tmp_path_factory):
+    """A tiny pretraining corpus (dataset 990), planned with the tiny preset and preprocessed; no results."""
+    root = built_once(tmp_path_factory, "pretrain", _build_pretrain_corpus)
+    return root, nnunet_env(root)
 
 
 @pytest.fixture(scope="session")
 def tasks_ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tasks")
+    root = built_once(tmp_path_factory, "tasks", _build_tasks)
+    return root, nnunet_env(root), root / "pretrained.pth"
+
+
+def _build_tasks(root: Path) -> None:
     env = nnunet_env(root)
     ckpt = save_fake_pretraining(root / "pretrained.pth")
     for d, (name, n, channels, labels, n_test, seed) in TASK_DATASETS.items():
@@ -73,7 +118,6 @@ def tasks_ws(tmp_path_factory):
          str(ckpt), *map(str, TASK_DATASETS)], env)
     run(["nnUNetv2_preprocess", "-d", *map(str, PREPROCESSED), "-plans_name", "fomoPlans", "-c", "3d_fullres",
          "-np", "2"], env)
-    return root, env, ckpt
 
 
 @pytest.fixture

@@ -388,9 +388,14 @@ def test_nnunet_plan_and_preprocess_on_converted(tmp_path):
     save(pre_src / "sub_0/ses_1/flair.nii.gz", vol(shape, seed=10), spacing=4.0)
     run(["fomo-nnunet", "convert", "task", "task3", str(task_src), "-d", "903", "--no-progress"], env)
     run(["fomo-nnunet", "convert", "pretrain", str(pre_src), "-d", "900", "--no-progress"], env)
-    run(["nnUNetv2_plan_and_preprocess", "-d", "903", "900", "-c", "3d_fullres", "-np", "1",
-         "--verify_dataset_integrity"], env, timeout=600)
-    for name in ("Dataset903_FOMO3Brainage", "Dataset900_FOMOPretrain"):
+    # a task dataset goes through nnU-Net's own pipeline (a plain nnU-Net baseline), the corpus through the
+    # pretraining planner and nnU-Net's preprocessing, each with nnU-Net's integrity check of the raw dataset
+    run(["nnUNetv2_plan_and_preprocess", "-d", "903", "-c", "3d_fullres", "-np", "1", "--verify_dataset_integrity"],
+        env, timeout=600)
+    run(["fomo-nnunet", "plan", "pretrain", "-d", "900", "--arch", "tiny", "-np", "1", "--verify_dataset_integrity"],
+        env)
+    run(["nnUNetv2_preprocess", "-d", "900", "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres", "-np", "1"], env)
+    for name, plans in (("Dataset903_FOMO3Brainage", "nnUNetPlans"), ("Dataset900_FOMOPretrain", "fomoPretrainPlans")):
         pre = tmp_path / "nn" / "preprocessed" / name
-        assert (pre / "nnUNetPlans.json").is_file()
-        assert any((pre / "nnUNetPlans_3d_fullres").iterdir())
+        assert (pre / f"{plans}.json").is_file()
+        assert any((pre / f"{plans}_3d_fullres").iterdir())

@@ -74,6 +74,18 @@ def test_bootstrap_interval_brackets_the_score():
     assert lo < s < hi and hi - lo < 0.5
 
 
+def test_resampled_scores_are_the_official_scores():
+    rng = np.random.default_rng(4)
+    for classes in (2, 3, 5):
+        for trial in range(20):
+            y = rng.integers(0, classes, 15)
+            pred = rng.dirichlet(np.ones(classes), 15).round(1)  # rounded: many ties
+            assert np.isclose(F.resample_score("auroc", y, pred), F.score("auroc", y, pred), equal_nan=True,
+                              rtol=0, atol=1e-12), (classes, y, pred)
+    assert np.isnan(F.resample_score("auroc", np.zeros(4, int), rng.dirichlet(np.ones(2), 4)))
+    assert F.resample_score("mae", np.array([1.0, 2.0]), np.array([2.0, 4.0])) == 1.5
+
+
 def test_goals():
     assert F.goal("auroc", [0.80, 0.82], [0.70, 0.69])["met"]
     assert not F.goal("auroc", [0.75], [0.70, 0.69])["met"]

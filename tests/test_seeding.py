@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -54,25 +54,41 @@ def test_worker_loader_seeds_numpy_and_torch_per_worker():
     assert loader._loader.was_initialized is False
 
 
+# nnUNetv2_train's path for one CPU process (run_training_entry -> run_training), without the final validation,
+# which spawns two worker pools (about 20 s here) and shows nothing about seeding; then nnU-Net's predictor on the
+# test images, one process, no pools. One process per run, as a user's runs are.
+TRAIN_AND_PREDICT = """
+import multiprocessing, sys, torch
+from nnunetv2.run.run_training import get_trainer_from_args
+dataset, trainer, images, out = sys.argv[1:5]
+torch.set_num_threads(multiprocessing.cpu_count())
+t = get_trainer_from_args(dataset, "3d_fullres", 0, trainer, "fomoPlans", device=torch.device("cpu"))
+t.run_training()
+if images:
+    import os
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    p = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"),
+                        allow_tqdm=False)
+    p.initialize_from_trained_model_folder(t.output_folder_base, use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    os.makedirs(out)
+    p.predict_from_files_sequential(images, out, save_probabilities=True)
+"""
+
+
 def _train_and_predict(ws, tmp_path, tag: str, seed: int, workers: int, predict: bool = True):
-    """nnUNetv2_train then (if `predict`) nnUNetv2_predict, as a user runs them, into a results folder of its own."""
+    """Train (and if `predict`, predict the test images) in a process of its own, into its own results folder."""
     root, env, _ = ws
     results = tmp_path / f"results_{tag}"
     env = {**env, "nnUNet_results": str(results), "FOMO_SEED": str(seed), "nnUNet_n_proc_DA": str(workers)}
-    run(["nnUNetv2_train", str(MENINGIOMA), "3d_fullres", "0", "-p", "fomoPlans", "-tr", SMOKE, "-device", "cpu"],
+    images = root / "raw" / "Dataset902_FOMO2Meningioma" / "imagesTs"
+    out = tmp_path / f"pred_{tag}"
+    run([sys.executable, "-c", TRAIN_AND_PREDICT, str(MENINGIOMA), SMOKE, str(images) if predict else "", str(out)],
         env)
     fold = results / "Dataset902_FOMO2Meningioma" / f"{SMOKE}__fomoPlans__3d_fullres" / "fold_0"
     ckpt = load_checkpoint_safely(fold / "checkpoint_final.pth")
-    result = {"losses": ckpt["logging"]["train_losses"], "weights": ckpt["network_weights"], "probabilities": [],
-              "seed_file": json.loads((fold / "seed.json").read_text()), "init_args": ckpt["init_args"]}
-    if not predict:
-        return result
-    out = tmp_path / f"pred_{tag}"
-    run(["nnUNetv2_predict", "-i", str(root / "raw" / "Dataset902_FOMO2Meningioma" / "imagesTs"), "-o", str(out),
-         "-d", str(MENINGIOMA), "-c", "3d_fullres", "-p", "fomoPlans", "-tr", SMOKE, "-f", "0", "-device", "cpu",
-         "-npp", "1", "-nps", "1", "--disable_tta", "--save_probabilities"], env)
-    result["probabilities"] = [np.load(f)["probabilities"] for f in sorted(out.glob("*.npz"))]
-    return result
+    return {"losses": ckpt["logging"]["train_losses"], "weights": ckpt["network_weights"],
+            "probabilities": [np.load(f)["probabilities"] for f in sorted(out.glob("*.npz"))],
+            "seed_file": json.loads((fold / "seed.json").read_text()), "init_args": ckpt["init_args"]}
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -85,7 +101,7 @@ def _same(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_same_seed_gives_identical_losses_weights_and_predictions(tasks_ws, tmp_path, workers):
     # prediction uses no augmentation workers: identical weights give identical predictions, which the
-    # workers=0 case proves through nnUNetv2_predict; with workers the runs compare losses and weights
+    # workers=0 case proves with nnU-Net's predictor; with workers the runs compare losses and weights
     predict = workers == 0
     a = _train_and_predict(tasks_ws, tmp_path, "a", 5, workers, predict)
     b = _train_and_predict(tasks_ws, tmp_path, "b", 5, workers, predict)
