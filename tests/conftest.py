@@ -41,8 +41,9 @@ PRETRAIN_DATASET = 990
 HEAVY_FIXTURES = {"pretrain_corpus", "tasks_ws", "synth", "tiny_bundle", "busy_corpus", "converted_corpus"}
 
 
-# The longest test files first (measured, November 2026), so that the two xdist workers of `make test`, which
-# take whole files in collection order, do not end with one long file running while the other worker idles.
+# The longest test files (measured, November 2026) are collected first, meant to let the two xdist workers of
+# `make test` start them first. Not confirmed: in a clean-clone run xdist's loadfile scheduler still started
+# test_benchmark.py last, so the suite ended with one worker idle.
 LONGEST_FIRST = ("test_benchmark.py", "test_distributed.py", "test_finetune_seg.py", "test_seeding.py",
                  "test_container.py", "test_convert.py", "test_features.py", "test_image_level.py",
                  "test_checkpoint_import.py", "test_pretrain.py")
