@@ -39,12 +39,15 @@ class FomoFingerprintExtractor(DatasetFingerprintExtractor):
                                                             MAX_INTENSITY_SAMPLES_PER_CASE * len(self.dataset))
 
 
-def extract_fingerprint(dataset_id: int, num_processes: int, check_dataset_integrity: bool = False) -> dict:
-    """Extract and save the dataset's fingerprint (nnUNet_preprocessed/NAME/dataset_fingerprint.json)."""
+def extract_fingerprint_if_missing(dataset_id: int, num_processes: int, check_dataset_integrity: bool = False) -> None:
+    """Extract and save the dataset's fingerprint (nnUNet_preprocessed/NAME/dataset_fingerprint.json) unless
+    it is there already."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    return extract_fingerprint_dataset(int(dataset_id), FomoFingerprintExtractor, num_processes,
-                                       check_dataset_integrity)
+    name = maybe_convert_to_dataset_name(int(dataset_id))
+    if not os.path.isfile(os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset_fingerprint.json")):
+        extract_fingerprint_dataset(int(dataset_id), FomoFingerprintExtractor, num_processes, check_dataset_integrity)
 
 
 class FixedNetworkPlanner(ExperimentPlanner):

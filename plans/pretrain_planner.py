@@ -14,7 +14,7 @@ import shutil
 
 from nnunetv2.paths import nnUNet_preprocessed
 
-from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, extract_fingerprint
+from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, extract_fingerprint_if_missing
 from fomo_nnunet.plans.presets import ARCH_PRESETS, CONFIGURATION, PRETRAIN_PLANS_NAME, ArchPreset, architecture_dict
 
 
@@ -58,15 +58,10 @@ def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = N
                   plans_name: str = PRETRAIN_PLANS_NAME, num_processes: int = 2,
                   verify_dataset_integrity: bool = False) -> dict:
     """Extract nnU-Net's fingerprint when missing, then write the pretraining plans."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     if arch not in ARCH_PRESETS:
         raise ValueError(f"--arch {arch!r} is not a preset; choose from {', '.join(ARCH_PRESETS)}")
     preset = ARCH_PRESETS[arch]
-    name = maybe_convert_to_dataset_name(int(dataset_id))
-    fingerprint = os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset_fingerprint.json")
-    if not os.path.isfile(fingerprint):
-        extract_fingerprint(int(dataset_id), num_processes, verify_dataset_integrity)
+    extract_fingerprint_if_missing(dataset_id, num_processes, verify_dataset_integrity)
     patch = patch or preset.default_patch
     spacing = spacing or preset.default_spacing
     planner = FomoPretrainPlanner(int(dataset_id), preset, (patch,) * 3, (float(spacing),) * 3,

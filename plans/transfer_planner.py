@@ -17,7 +17,7 @@ import numpy as np
 from nnunetv2.paths import nnUNet_preprocessed
 
 from fomo_nnunet.checkpoints import file_sha256, find_checkpoint, metadata_from_preset, read_checkpoint_metadata
-from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, extract_fingerprint
+from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, extract_fingerprint_if_missing
 from fomo_nnunet.plans.presets import CONFIGURATION
 from fomo_nnunet.tasks import Task, get_task
 
@@ -118,8 +118,6 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
                   plans_name: str = TRANSFER_PLANS_NAME, num_processes: int = 2,
                   verify_dataset_integrity: bool = False, data_identifier: str | None = None) -> dict:
     """Extract the task's fingerprint when missing, then write the transferred plans."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     if pretrained:
         checkpoint = find_checkpoint(pretrained)
         metadata = read_checkpoint_metadata(checkpoint)
@@ -129,9 +127,7 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
         raise ValueError("give --pretrained CHECKPOINT_OR_RESULTS_FOLDER (or --from-scratch with --arch PRESET)")
     if from_scratch:
         checkpoint = None
-    name = maybe_convert_to_dataset_name(int(dataset_id))
-    if not os.path.isfile(os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset_fingerprint.json")):
-        extract_fingerprint(int(dataset_id), num_processes, verify_dataset_integrity)
+    extract_fingerprint_if_missing(dataset_id, num_processes, verify_dataset_integrity)
     planner = FomoTransferPlanner(int(dataset_id), metadata, checkpoint, get_task(task) if task else None,
                                   [patch] * 3 if patch else None, batch_size, plans_name, data_identifier)
     plans = planner.plan_experiment()

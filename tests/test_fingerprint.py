@@ -14,14 +14,13 @@ def test_bounded_draws_keep_nnunets_shapes_and_the_foreground_statistics(tmp_pat
     env = nnunet_env(tmp_path)
     folder = make_raw_dataset(tmp_path / "raw", 977, "Fingerprint", n_cases=3, n_channels=2, seed=3)
     p = run([sys.executable, "-c",
-             "import json; from fomo_nnunet.plans.fixed_network import FomoFingerprintExtractor, extract_fingerprint; "
-             "fp = extract_fingerprint(977, 1); "
-             "print(json.dumps({'draws': FomoFingerprintExtractor(977, 1).num_foreground_voxels_for_intensitystats, "
-             "'fp': fp}))"], env)
+             "import json; from fomo_nnunet.plans.fixed_network import FomoFingerprintExtractor as E, "
+             "extract_fingerprint_if_missing; extract_fingerprint_if_missing(977, 1); "
+             "print(json.dumps({'draws': E(977, 1).num_foreground_voxels_for_intensitystats}))"], env)
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["draws"] == 3 * 100_000   # nnU-Net's own extractor would draw 1e8 for these three cases
     saved = json.loads((tmp_path / "preprocessed" / "Dataset977_Fingerprint" / "dataset_fingerprint.json").read_text())
-    assert saved["spacings"] == out["fp"]["spacings"] == [[4.0, 4.0, 4.0]] * 3
+    assert saved["spacings"] == [[4.0, 4.0, 4.0]] * 3
     for channel in range(2):
         # every foreground voxel of every case (the label map is the brain mask): the statistics the draws estimate
         values = np.concatenate([
