@@ -300,14 +300,17 @@ def logistic_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
 
 def ridge_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, seed: int = 0,
                 standardise: bool = False) -> tuple[np.ndarray, dict]:
-    """Ridge regression, its penalty chosen by K-fold cross-validation on the train split."""
+    """Ridge regression, its penalty chosen by K-fold cross-validation on the train split, scored by the
+    task's metric (mean absolute error): R^2, RidgeCV's default, is undefined on a held-out fold of one case
+    and noisy on folds of two or three, the fold sizes of a few-shot split."""
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
 
     if standardise:
         scaler = StandardScaler().fit(X_train)
         X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
-    m = RidgeCV(alphas=RIDGE_ALPHAS, cv=_folds(y_train, False, seed)).fit(X_train, y_train)
+    m = RidgeCV(alphas=RIDGE_ALPHAS, cv=_folds(y_train, False, seed), scoring="neg_mean_absolute_error")
+    m.fit(X_train, y_train)
     return m.predict(X_test), {"alpha": float(m.alpha_)}
 
 

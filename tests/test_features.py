@@ -140,7 +140,7 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
 
     ckpts = [save_fake_pretraining(tmp_path / f"mae_{s}.pth", seed=10 + s) for s in (0, 1)]
     args = ["benchmark", "features", "--work", str(tmp_path / "w"), "--checkpoint", *map(str, ckpts),
-            "--n-train", "12", "--n-test", "12", "--init-seeds", "2", "-np", "1", "--tasks", "3", "5"]
+            "--n-train", "8", "--n-test", "8", "--init-seeds", "2", "-np", "1", "--tasks", "3", "5"]
     tasks = (TASKS_BY_NUMBER[3], TASKS_BY_NUMBER[5])
     assert main([*args[:-3], "--tasks", "2"]) == 2  # segmentation has no probe
     assert main(args) == 0
@@ -152,7 +152,7 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     assert len(t5["pretrained"]) == 2 and len(t5["random_init"]) == 2
     assert all(0.0 <= v <= 1.0 for v in t5["pretrained"] + t5["random_init"])
     d = out["diagnostics"]["checkpoint"]
-    assert len(d) == 2 and d[0]["dimensions"] == 64 and d[0]["cases"] == 24 * 2
+    assert len(d) == 2 and d[0]["dimensions"] == 64 and d[0]["cases"] == 16 * 2
     assert "RankMe" in (tmp_path / "w" / "features" / "features.md").read_text()
     assert (tmp_path / "w" / "features" / "features_own.json").read_text() == \
         (tmp_path / "w" / "features" / "features.json").read_text()
@@ -162,8 +162,8 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     from fomo_nnunet.embedding_stats import EmbeddingStats, save_with_stats
 
     scaled = save_with_stats(ckpts[0], EmbeddingStats(np.zeros(64), np.full(64, 0.02), 5), tmp_path / "scaled.pth")
-    assert main(["benchmark", "features", "--work", str(tmp_path / "w"), "--checkpoint", str(scaled), "--n-train", "12",
-                 "--n-test", "12", "--init-seeds", "1", "-np", "1", "--tasks", "3", "5", "--pooling", "stages"]) == 0
+    assert main(["benchmark", "features", "--work", str(tmp_path / "w"), "--checkpoint", str(scaled), "--n-train", "8",
+                 "--n-test", "8", "--init-seeds", "1", "-np", "1", "--tasks", "3", "5", "--pooling", "stages"]) == 0
     out_stages = json.loads((tmp_path / "w" / "features" / "features.json").read_text())
     assert out_stages["settings"]["pooling"] == "stages" and len(out_stages["tasks"]["task5"]["random_init"]) == 1
     for arm in ("checkpoint", "random_init"):
@@ -174,11 +174,11 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     assert {"checkpoint_seed0_stages.json", "checkpoint_seed0_deepest.json", "random_init_0_stages.json"} <= kept
     logs = []
     F.FeatureBenchmark(tmp_path / "w", {"checkpoint": dict(enumerate(map(str, ckpts)))}, "checkpoint", tasks,
-                       n_train=12, n_test=12, init_seeds=(0, 1), log=logs.append).run()
+                       n_train=8, n_test=8, init_seeds=(0, 1), log=logs.append).run()
     assert sum("kept from" in line for line in logs) == 4  # the stages run left the deepest results alone
     # a checkpoint with embedding statistics: its random-init twin is standardised too (its own statistics,
     # here over the probe sets' training scans, as there is no pretraining corpus in this folder)
-    out = F.FeatureBenchmark(tmp_path / "w", {"scaled": {0: str(scaled)}}, "scaled", tasks, n_train=12, n_test=12,
+    out = F.FeatureBenchmark(tmp_path / "w", {"scaled": {0: str(scaled)}}, "scaled", tasks, n_train=8, n_test=8,
                              init_seeds=(0,), log=logs.append).run()
     assert 0.3 < out["diagnostics"]["random_init"][0]["median_sd"] < 3.0
     assert d[0]["median_sd"] < 0.3  # the raw scale, for contrast
