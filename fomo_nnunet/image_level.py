@@ -162,6 +162,18 @@ def validation_score(kind: str, predictions: np.ndarray, targets: np.ndarray) ->
     return "mae", mae, -mae
 
 
+def without_spatial_augmentation(transforms):
+    """nnU-Net's training transforms (a ComposeTransforms) with its SpatialTransform reduced to the crop
+    (no rotation, scaling or elastic deformation); the intensity transforms (noise, blur, brightness,
+    contrast, low resolution, gamma) stay as nnU-Net draws them. Changes `transforms` and returns it."""
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+    spatial = [t for t in transforms.transforms if isinstance(t, SpatialTransform)]
+    if len(spatial) != 1:
+        raise TypeError(f"expected nnU-Net's training transforms with one SpatialTransform, found {len(spatial)}")
+    spatial[0].p_rotation = spatial[0].p_scaling = spatial[0].p_elastic_deform = 0.0
+    return transforms
+
 
 class ImageLevelDataLoader(nnUNetDataLoader):
     """nnU-Net's data loader for image-level tasks: crops centred on the (brain-cropped) volume with a

@@ -98,6 +98,39 @@ def test_without_augmentation_a_training_batch_is_the_centred_crop(ws, monkeypat
                for k, x in zip(batch["keys"], batch["data"].numpy()))
 
 
+def test_intensity_augmentation_keeps_the_geometry_of_the_centred_crop(ws, monkeypatch):
+    """augment = "intensity": nnU-Net's intensity transforms change the crop's values, never where the
+    anatomy is (no rotation, scaling or mirroring); an unknown value is refused."""
+    _, env, _ = ws
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+    from fomo_nnunet.image_level import crop_or_pad
+
+    trainer = _trainer(env, monkeypatch, BRAINAGE, "nnUNetTrainerFomoReg_tiny_smoke", fold="all")
+    patch = tuple(trainer.configuration_manager.patch_size)
+    dataset_tr, _ = trainer.get_tr_and_val_datasets()
+    trainer.augment, trainer.crop_jitter_fraction = "intensity", 0.0
+    loader = trainer.get_dataloaders()[0]
+    steps = loader.data_loader.transforms.transforms  # nnUNet_n_proc_DA=0: a SingleThreadedAugmenter
+    spatial = [t for t in steps if isinstance(t, SpatialTransform)]
+    assert len(spatial) == 1 and spatial[0].p_rotation == spatial[0].p_scaling == spatial[0].p_elastic_deform == 0
+    assert not any(isinstance(t, MirrorTransform) for t in steps) and len(steps) > 5  # the intensity ones stay
+    np.random.seed(0)
+    changed = 0
+    for _ in range(4):
+        batch = next(loader)
+        for key, x in zip(batch["keys"], batch["data"].numpy()):
+            ref = crop_or_pad(np.asarray(dataset_tr.load_case(key)[0]), patch)
+            assert x.shape == ref.shape
+            assert np.corrcoef(x.ravel(), ref.ravel())[0, 1] > 0.8, key  # the same anatomy, in the same place
+            changed += not np.allclose(x, ref)
+    assert changed > 0
+    trainer.augment = "spatial"
+    with pytest.raises(ValueError, match="augment must be"):
+        trainer.get_dataloaders()
+
+
 def test_classifier_loads_pretrained_encoder_and_fresh_head(ws, monkeypatch):
     _, env, ckpt = ws
     trainer = _trainer(env, monkeypatch, INFARCT, "nnUNetTrainerFomoCls_tiny_smoke")

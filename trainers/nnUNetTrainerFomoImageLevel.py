@@ -24,7 +24,7 @@ from torch import nn
 
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
 from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs, load_targets,
-                                     task_from_plans, validation_score)
+                                     task_from_plans, validation_score, without_spatial_augmentation)
 from fomo_nnunet.network_record import build_image_level_network
 from fomo_nnunet.tasks import CLASSIFICATION
 from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, SeededRun, unwrap
@@ -78,7 +78,8 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
     head_pooling: str = "avg"              # "avg", or "avgmax" (average and maximum: focal findings survive)
     # data
     crop_jitter_fraction: float = 0.1      # random shift of the centred crop, as a fraction of the patch
-    augment: bool = True                   # nnU-Net's spatial and intensity augmentation of the training crops
+    augment: bool | str = True             # True: nnU-Net's augmentation of the training crops; "intensity": its
+                                           # intensity transforms only (no rotation, scaling, mirroring); False: none
     balance_classes: bool = True           # classification: draw every class equally often
     huber_delta: float = 1.0               # regression: Huber loss on standardised targets
     # the few-shot recipe (fomo_nnunet.finetune.FinetuneRecipe) for tens of cases
@@ -125,10 +126,17 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         rotation, dummy_2d, initial_patch, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         common = dict(is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
                       ignore_label=None)
-        if self.augment:
+        norm_mask = self.configuration_manager.use_mask_for_norm
+        if self.augment not in (True, False, "intensity"):
+            raise ValueError(f"augment must be True, False or 'intensity', got {self.augment!r}")
+        if self.augment == "intensity":  # crops at the patch size, as they are cut; no mirroring
+            initial_patch = patch
+            tr_transforms = without_spatial_augmentation(self.get_training_transforms(
+                patch, rotation, None, (), dummy_2d, use_mask_for_norm=norm_mask, **common))
+            self.print_to_log_file("training crops get nnU-Net's intensity augmentation only (augment = 'intensity')")
+        elif self.augment:
             tr_transforms = self.get_training_transforms(patch, rotation, None, mirror_axes, dummy_2d,
-                                                         use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
-                                                         **common)
+                                                         use_mask_for_norm=norm_mask, **common)
         else:  # as nnU-Net's NoDA variant: the crop as it is, at the patch size
             initial_patch = patch
             tr_transforms = self.get_validation_transforms(None, **common)
