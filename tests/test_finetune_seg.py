@@ -96,10 +96,12 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(seg_ws, monkeypatch
         ckpt.write_bytes(original)
 
 
-@pytest.mark.parametrize("dataset,name,max_label", [(MENINGIOMA, "FOMO2Meningioma", 1),
-                                                     (TRIGEMINAL, "FOMO4Trigeminal", 2)])
-def test_nnunet_train_and_predict_end_to_end(seg_ws, tmp_path, dataset, name, max_label):
+def test_nnunet_train_and_predict_end_to_end(seg_ws, tmp_path):
+    """nnU-Net's train (fold 0, with its final validation), predict and evaluate commands on our trainer, on
+    the two-label task (trigeminal nerve and vessel). The three-channel meningioma task is trained through
+    nnU-Net's training entry and predicted by nnU-Net's predictor in tests/test_seeding.py."""
     root, env, _ = seg_ws
+    dataset, name, max_label = TRIGEMINAL, "FOMO4Trigeminal", 2
     run(["nnUNetv2_train", str(dataset), "3d_fullres", "0", "-p", "fomoPlans", "-tr", SMOKE, "-device", "cpu"], env)
     images = root / "raw" / f"Dataset{dataset}_{name}" / "imagesTs"
     out = tmp_path / "pred"
