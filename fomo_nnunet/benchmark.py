@@ -64,7 +64,7 @@ class Benchmark:
 
     def __init__(self, work: str | os.PathLike, preset: str = "tiny", data_seed: int = 0,
                  seeds: tuple[int, ...] = (0,), num_processes: int = 2, log=print,
-                 tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int, int] | None = None,
+                 tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int | None, int | None] | None = None,
                  in_process=None, corpus: tuple[int | None, int | None] = (None, None)):
         if not seeds:
             raise ValueError("give at least one seed")
@@ -100,8 +100,9 @@ class Benchmark:
     def synthesize(self) -> None:
         cmd = ["fomo-nnunet", "synth", "-o", str(self.synth_dir), "--preset", self.p.synth_preset,
                "--seed", str(self.data_seed), "-np", self.np, "--tasks", *map(str, self.tasks)]
-        if self.synth_sizes:
-            cmd += ["--n-train", str(self.synth_sizes[0]), "--n-test", str(self.synth_sizes[1])]
+        for flag, size in zip(("--n-train", "--n-test"), self.synth_sizes or ()):
+            if size is not None:  # None: the preset's (with each task's train factor)
+                cmd += [flag, str(size)]
         for option, value in zip(("--pretrain-sources", "--pretrain-subjects"), self.corpus):
             if value is not None:
                 cmd += [option, str(value)]

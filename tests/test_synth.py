@@ -174,3 +174,19 @@ def test_cli_help():
     parser = build_parser()
     args = parser.parse_args(["synth", "-o", "x", "--preset", "small", "--tasks", "1", "3"])
     assert args.preset == "small" and args.tasks == [1, 3] and args.num_processes == 2
+
+
+def test_brain_age_gets_ten_times_the_few_shot_train_cases_unless_sizes_are_given():
+    """FOMO25's brain-age task had 200 training cases against 21-23 for the few-shot tasks: the presets give
+    task 3 ten times their train size; an explicit n_train is every task's exact size."""
+    from fomo_nnunet.data.synth.cases import plan_task_cases
+    from fomo_nnunet.data.synth.presets import resolve_preset
+
+    tiny = resolve_preset("tiny")
+    assert [len(plan_task_cases(tiny, 0, t, "train")) for t in (1, 3, 5)] == [10, 100, 10]
+    assert len(plan_task_cases(tiny, 0, 3, "test")) == 20
+    ages = [c["age"] for c in plan_task_cases(tiny, 0, 3, "train")]
+    assert min(ages) < 21 and max(ages) > 89  # stratified over the task's whole age range
+    given = resolve_preset("tiny", n_train=6)
+    assert [len(plan_task_cases(given, 0, t, "train")) for t in (1, 3)] == [6, 6]
+    assert len(plan_task_cases(resolve_preset("tiny", n_test=4), 0, 3, "train")) == 100

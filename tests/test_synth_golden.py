@@ -291,7 +291,7 @@ EXPECTED: dict[str, str] = {
     "pretrain/participants.tsv":
         "64d62c192078c739b6282d36959016b165207e918c5e0ce17b7bc43ef6cf5c95",
     "synth.json":
-        "a6c05dad49b40ed9e0efd73b5809b50c08de973c4361043f5f5270e1aa9fee52",
+        "0544904156ea298c5dfa917f4b12fbec8066f0d9147756c29fa8409eaf156d0e",
 }
 
 

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-seed", "--seed", type=int, default=0, dest="data_seed",
                    help="seed of the synthetic data and the probe split, the same for every repetition (default: 0)")
     p.add_argument("--tasks", type=int, nargs="+", default=None, metavar="N", help="only these tasks (default: 1-7)")
-    p.add_argument("--n-train", type=int, default=None, help="override the synthetic train cases per task")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="synthetic train cases, the same for every task (default: the preset's; brain age 10x)")
     p.add_argument("--n-test", type=int, default=None, help="override the synthetic test cases per task")
     add_corpus_options(p)
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default: 2)")
@@ -188,14 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from fomo_nnunet.cli import main as cli_main
     from fomo_nnunet.pipeline import StepFailed
 
-    sizes = None
-    if args.n_train or args.n_test:
-        from fomo_nnunet.data.synth import PRESETS as SYNTH
-
-        from fomo_nnunet.benchmark import PRESETS as BENCH
-
-        base = SYNTH[BENCH[args.preset].synth_preset]
-        sizes = (args.n_train or base.n_train, args.n_test or base.n_test)
+    sizes = (args.n_train, args.n_test) if args.n_train or args.n_test else None
     if args.seed_list is None and args.seeds < 1:
         print(f"error: --seeds must be at least 1 (got {args.seeds})", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "  OUT/previews/*.png, OUT/synth.json\n"
                     "Each task has a few-shot train split and a larger out-of-domain test split from other "
                     "sources (scanners). Output depends on --seed only, not on -np.",
-        epilog="presets: tiny = 3 mm, ~36 pretraining scans, 10/20 cases per task (under a minute); "
+        epilog="presets: tiny = 3 mm, ~36 pretraining scans, 10/20 cases per task, brain age 100/20 (about a minute); "
                "small = 2 mm, ~300 scans, 20/60; full = 1 mm, ~2000 scans, 30/200.\n"
                "example: fomo-nnunet synth -o /tmp/fomo_synth --preset tiny -np 2\n"
                "a few dozen 1 mm scans only: fomo-nnunet synth -o /tmp/s --preset full --tasks 3 --n-train 0 "
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", type=int, nargs="+", default=None, metavar="N",
                    help="only these task numbers (default: all seven)")
     p.add_argument("--no-pretrain", action="store_true", help="skip the pretraining corpus")
-    p.add_argument("--n-train", type=int, default=None, help="override the preset's train cases per task")
+    p.add_argument("--n-train", type=int, default=None, help="train cases per task, the same for every task (default: the preset's, ten times as many for brain age)")
     p.add_argument("--n-test", type=int, default=None, help="override the preset's test cases per task")
     p.add_argument("--pretrain-sources", type=int, default=None, metavar="N",
                    help="override the preset's number of pretraining sources (scanners)")

@@ -60,7 +60,7 @@ def _draw_demographics(case: dict, task: Task, rng: np.random.Generator) -> None
 def plan_task_cases(preset: SynthPreset, seed: int, task: int, split: str) -> list[dict]:
     """Deterministic case table of a task split (task number `task`): source, sex, age and target."""
     t = TASKS_BY_NUMBER[task]
-    n = preset.n_train if split == "train" else preset.n_test
+    n = preset.train_cases(t) if split == "train" else preset.n_test
     srcs = task_sources(preset, seed, task)[split]
     rng = np.random.default_rng([seed, task, SPLITS.index(split), 10**6])
     ranks = rng.permutation(n)

@@ -12,11 +12,16 @@ class SynthPreset:
     pretrain_subjects: int         # per source
     pretrain_max_sessions: int
     pretrain_seq_range: tuple[int, int]   # sequences per session, inclusive
-    n_train: int                   # per task
+    n_train: int                   # per task, times the task's synth_train_factor (brain age: 10)
     n_test: int                    # per task
     train_sources: int             # per task
     test_sources: int              # per task (distinct from the train sources)
     previews_per_split: int = 2
+    task_train_factors: bool = True   # False once n_train is given: then every task gets exactly n_train
+
+    def train_cases(self, task) -> int:
+        """Train cases of a task (fomo_nnunet.tasks.Task)."""
+        return self.n_train * (task.synth_train_factor if self.task_train_factors else 1)
 
 
 PRESETS: dict[str, SynthPreset] = {
@@ -36,6 +41,8 @@ def resolve_preset(name: str, **overrides: int | None) -> SynthPreset:
     bad = [f"{k}={v}" for k, v in given.items() if v < (0 if k.startswith("n_") else 1)]
     if bad:
         raise ValueError(f"sizes out of range: {', '.join(bad)} (cases >= 0, sources and subjects >= 1)")
+    if "n_train" in given:
+        given["task_train_factors"] = False
     preset = PRESETS[name]
     return SynthPreset(**{**asdict(preset), **given}) if given else preset
 
