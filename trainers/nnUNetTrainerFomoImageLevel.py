@@ -231,9 +231,10 @@ class TinyImageLevel(TinyBudget):
     even its 10 training cases in 180 steps (training loss 0.3-0.6 on standardised targets, the spread of
     its predictions 9 % of the targets'); on the same crops without augmentation and shift it fits them
     (loss below 0.1) and the out-of-domain spread rises to 27-31 %. The polymicrogyria classifier's
-    probabilities went from sd 0.03 to 0.16; the infarct classifier still learns (AUROC 0.98). The
-    regressor gets 180 steps: at 90 its brain-age predictions ranked the test cases (r 0.61) but spread
-    over 7 % of the targets' sd only.
+    probabilities went from sd 0.03 to 0.16; the infarct classifier still learns (AUROC 0.98). At 90
+    steps the regressor's brain-age predictions ranked the test cases (r 0.61) but spread over 7 % of the
+    targets' sd only; its own budget and augmentation are nnUNetTrainerFomoReg_tiny's (chosen later, on
+    held-out training cases).
     """
 
     head_hidden = 64
