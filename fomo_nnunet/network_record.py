@@ -27,15 +27,19 @@ IMAGE_LEVEL = "image_level"
 
 def build_plans_network(configuration_manager, num_input_channels: int, num_outputs: int,
                         deep_supervision: bool = False, initialize: bool = True):
-    """nnU-Net's network of the plans (what nnUNetTrainer.build_network_architecture builds). `initialize`
+    """nnU-Net's network of the plans (what nnUNetTrainer.build_network_architecture builds, with its 3-D
+    convolutions on oneDNN on a CPU: fomo_nnunet.cpu_convolution). `initialize`
     False skips nnU-Net's He initialisation (about 1.5 s for a 100M-parameter U-Net on a CPU), for a network
     whose weights are loaded next."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+    from fomo_nnunet.cpu_convolution import for_this_machine
+
     cm = configuration_manager
-    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                  cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
-                                  allow_init=initialize, deep_supervision=deep_supervision)
+    network = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                     cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
+                                     allow_init=initialize, deep_supervision=deep_supervision)
+    return for_this_machine(network)  # oneDNN's kernels and layout on a CPU (fomo_nnunet.cpu_convolution)
 
 
 def build_image_level_network(plans: Mapping, configuration_manager, num_input_channels: int,
@@ -64,9 +68,9 @@ def network_record(trainer_class) -> dict[str, Any] | None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     owner = next(c for c in trainer_class.__mro__ if "build_network_architecture" in vars(c))
-    if owner is nnUNetTrainer:
-        return {"builder": PLANS}
     # by name: nnU-Net's search and this package may have imported the trainer module under two names
+    if owner is nnUNetTrainer or owner.__name__ == "nnUNetTrainerFomoSeg":  # the latter: build_plans_network
+        return {"builder": PLANS}
     if owner.__name__ == "nnUNetTrainerFomoImageLevel":
         return {"builder": IMAGE_LEVEL, "head_stages": [int(s) for s in trainer_class.head_stages],
                 "head_hidden": int(trainer_class.head_hidden), "head_dropout": float(trainer_class.head_dropout),

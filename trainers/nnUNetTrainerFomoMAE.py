@@ -23,9 +23,9 @@ import torch
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from fomo_nnunet.embedding_stats import check_pooling
+from fomo_nnunet.network_record import build_plans_network
 from fomo_nnunet.plots import plot_reconstruction
 from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settings, masked_reconstruction_loss,
                              vicreg_loss)
@@ -115,11 +115,7 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         # A reconstruction head: one output per input channel, whatever the dataset's labels say.
-        network = get_network_from_plans(configuration_manager.network_arch_class_name,
-                                         configuration_manager.network_arch_init_kwargs,
-                                         configuration_manager.network_arch_init_kwargs_req_import,
-                                         num_input_channels, num_input_channels, allow_init=True,
-                                         deep_supervision=False)
+        network = build_plans_network(configuration_manager, num_input_channels, num_input_channels)
         # Without deep supervision only the last output layer is used; the lower-resolution ones never
         # get a gradient, and DDP would wait for theirs forever. They stay in the state dict, frozen.
         for layer in list(getattr(network.decoder, "seg_layers", []))[:-1]:

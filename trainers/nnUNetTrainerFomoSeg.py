@@ -13,6 +13,7 @@ import torch
 
 from fomo_nnunet.class_weights import SQRT_INVERSE_FREQUENCY, WEIGHTINGS, label_voxel_counts, sqrt_inverse_frequency
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
+from fomo_nnunet.network_record import build_plans_network
 from fomo_nnunet.training import DistributedRun, SeededRun
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -36,6 +37,14 @@ class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrai
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.oversample_foreground_percent = self.oversample_foreground
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        # nnU-Net's network of the plans; on a CPU its convolutions use oneDNN at batch 1 too, which makes
+        # nnUNetv2_predict's sliding window several times faster for small networks (fomo_nnunet.cpu_convolution)
+        return build_plans_network(configuration_manager, num_input_channels, num_output_channels,
+                                   deep_supervision=enable_deep_supervision)
 
     def _build_loss(self):
         loss = super()._build_loss()
