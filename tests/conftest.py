@@ -118,7 +118,7 @@ def _build_tasks(root: Path) -> None:
          "[plan_transfer(int(d), sys.argv[1], num_processes=1) for d in sys.argv[2:]]",
          str(ckpt), *map(str, TASK_DATASETS)], env)
     run(["nnUNetv2_preprocess", "-d", *map(str, PREPROCESSED), "-plans_name", "fomoPlans", "-c", "3d_fullres",
-         "-np", "2"], env)
+         "-np", "1"], env)
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_miniature_benchmark_writes_the_report_and_resumes(tmp_path):
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env.pop(k)  # the benchmark puts nnU-Net's folders in its work folder
     cmd = ["fomo-nnunet", "benchmark", "--preset", "smoke", "--tasks", "3", "6", "--n-train", "6", "--n-test", "6",
-           "--work", str(work), "-np", "2"]
+           "--work", str(work), "-np", "1"]
     first = run(cmd, env, timeout=900)
     report = work / "report" / "report.md"
     text = report.read_text()
