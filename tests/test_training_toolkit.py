@@ -100,3 +100,27 @@ def test_epoch_end_saves_latest_and_best_and_draws_every_epoch(lowest, best_epoc
     best = [e for e, f in t.saved if f == "checkpoint_best.pth"]
     assert best == best_epochs  # a NaN is never a new best
     assert ("value", 3.0) in t.printed and any(str(a[0]).startswith("Epoch time") for a in t.printed)
+
+
+def test_progress_plot_is_drawn_every_nth_epoch_and_after_the_last(monkeypatch, tmp_path):
+    import fomo_nnunet.training.epochs as epochs
+
+    drawn = []
+    monkeypatch.setattr(epochs, "plot_curves", lambda path, *a, **k: drawn.append(run.current_epoch))
+
+    class Run(epochs.EpochEnd):
+        progress_plot_every = 5
+        num_epochs = 12
+        output_folder = str(tmp_path)
+        logger = type("Log", (), {"get_value": staticmethod(lambda key, step: [1.0, 2.0])})()
+
+    run = Run()
+    for epoch in range(12):
+        run.current_epoch = epoch
+        run.plot_losses("t", {"lr": "lrs"}, "lr")
+    assert drawn == [4, 9, 11]
+    run.progress_plot_every, drawn[:] = 1, []
+    for epoch in range(3):
+        run.current_epoch = epoch
+        run.plot_losses("t", {}, "")
+    assert drawn == [0, 1, 2]

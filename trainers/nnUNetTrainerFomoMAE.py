@@ -311,6 +311,7 @@ class TinyPretraining:
     lr = 3e-3
     checkpoint_every = 5
     picture_every = 5
+    progress_plot_every = 5
 
 
 class LongTinyPretraining(TinyPretraining):

@@ -121,7 +121,6 @@ class TinySegmentation(TinyBudget):
     oversample_foreground = 1.0
     test_time_mirroring = False
     validate_fold_all = False
-    progress_plot_every = 5
 
 
 class nnUNetTrainerFomoSeg_tiny(TinySegmentation, nnUNetTrainerFomoSeg):
