@@ -67,6 +67,10 @@ class PoolingHead(nn.Module):
         self.in_features_per_stage = [int(w) for w in in_features_per_stage]
         self.n_stages = n_stages
         self.in_features = sum(int(in_features_per_stage[s]) for s in normalised) * (2 if pooling == "avgmax" else 1)
+        # the pooled features are standardised by these before the MLP: identity (0, 1) unless a trainer
+        # sets them from training cases (`set_input_statistics`); saved with the weights
+        self.register_buffer("input_shift", torch.zeros(self.in_features))
+        self.register_buffer("input_scale", torch.ones(self.in_features))
         self.dropout = nn.Dropout(dropout)
         self.mlp = nn.Sequential(nn.Linear(self.in_features, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, num_outputs))
@@ -79,7 +83,30 @@ class PoolingHead(nn.Module):
         return torch.cat([pool(stage_features[s]) for s in self.stages for pool in pools], dim=1)
 
     def forward(self, stage_features: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.mlp(self.dropout(self.pool(stage_features)))
+        pooled = (self.pool(stage_features) - self.input_shift) / self.input_scale
+        return self.mlp(self.dropout(pooled))
+
+    @torch.no_grad()
+    def set_input_statistics(self, pooled: torch.Tensor, floor_fraction: float = 0.01) -> dict:
+        """Standardise the head's input by the mean and sd over cases of `pooled` (N, in_features), the
+        pooled features of training cases. An sd below `floor_fraction` of the median sd is raised to
+        it, so a nearly constant feature is not blown up. Returns a summary for the log."""
+        if pooled.ndim != 2 or pooled.shape[1] != self.in_features or pooled.shape[0] < 2:
+            raise ValueError(f"need pooled features of shape (N >= 2, {self.in_features}), got {tuple(pooled.shape)}")
+        pooled = pooled.double()
+        std = pooled.std(0)
+        floor = max(float(std.median()) * floor_fraction, 1e-8)
+        self.input_shift.copy_(pooled.mean(0))
+        self.input_scale.copy_(std.clamp_min(floor))
+        return {"cases": int(pooled.shape[0]), "median_sd": float(std.median()), "floored": int((std < floor).sum())}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # weights saved before the standardisation existed load as the identity
+        state_dict.setdefault(prefix + "input_shift", torch.zeros_like(self.input_shift))
+        state_dict.setdefault(prefix + "input_scale", torch.ones_like(self.input_scale))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 class EncoderClassifier(nn.Module):

@@ -93,3 +93,30 @@ def test_embed_is_the_pooled_deepest_stage():
 def test_classifier_rejects_a_head_built_for_other_widths():
     with pytest.raises(ValueError, match=r"\[4, 8, 32\].*\[4, 8, 16\]"):
         EncoderClassifier(tiny_encoder(), PoolingHead([4, 8, 32], 1))
+
+
+def test_input_statistics_standardise_the_pooled_features_and_travel_with_the_weights():
+    torch.manual_seed(0)
+    head = PoolingHead([4, 8], 1, stages=(-1,), hidden=8, dropout=0.0)
+    # features that barely vary between cases (sd 0.01 around 5), one of them constant
+    maps = [[torch.randn(1, 4, 2, 2, 2), 5 + 0.01 * torch.randn(1, 8, 2, 2, 2)] for _ in range(20)]
+    for m in maps:
+        m[1][:, 0] = 3.0
+    pooled = torch.cat([head.pool(m) for m in maps])
+    before = torch.cat([head(m) for m in maps])
+    summary = head.set_input_statistics(pooled)
+    assert summary["cases"] == 20 and summary["floored"] == 1  # the constant feature is not divided by ~0
+    standardised = (pooled - head.input_shift) / head.input_scale
+    torch.testing.assert_close(standardised[:, 1:].std(0), torch.ones(7), rtol=1e-4, atol=1e-4)
+    assert standardised[:, 0].abs().max() < 1e-3
+    after = torch.cat([head(m) for m in maps])
+    assert after.std() > 10 * before.std()  # the MLP now sees the differences between cases
+    # saved and loaded with the weights; weights from before the buffers existed load as the identity
+    fresh = PoolingHead([4, 8], 1, stages=(-1,), hidden=8, dropout=0.0)
+    fresh.load_state_dict(head.state_dict())
+    torch.testing.assert_close(torch.cat([fresh(m) for m in maps]), after)
+    old = {k: v for k, v in head.state_dict().items() if not k.startswith("input_")}
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.input_shift, torch.zeros(8)) and torch.equal(fresh.input_scale, torch.ones(8))
+    with pytest.raises(ValueError, match="N >= 2"):
+        head.set_input_statistics(pooled[:1])

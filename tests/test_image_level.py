@@ -177,6 +177,12 @@ def test_train_and_predict_classification_and_regression(ws):
             assert all(abs(float(r["p_no_infarct"]) + float(r["p_infarct"]) - 1) < 1e-4 for r in rows)
         else:
             assert "p_" not in "".join(rows[0])  # regression: one value per case
+            # the tiny regressor standardises its head's inputs over the training crops, saved with the weights
+            logs = [f.read_text() for f in fold.glob("training_log*.txt")]  # other tests may have left one
+            assert any(f"head inputs standardised over the centred crops of {N_TRAIN} training cases" in log
+                       for log in logs)
+            weights = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")["network_weights"]
+            assert not torch.equal(weights["head.input_scale"], torch.ones_like(weights["head.input_scale"]))
         # the challenge's entry point reads the same model from arrays
         from fomo_nnunet.inference import predict_case_arrays
         import nibabel as nib

@@ -35,6 +35,10 @@ class CentredCropValidation:
     validation case once, its centred crop, predictions to validation/predictions.csv and the task's
     metric to validation/summary.json."""
 
+    def centred_crop(self, data) -> torch.Tensor:
+        """(1, C, *patch): a preprocessed case's centred crop (zero-padded where smaller), on the CPU."""
+        return torch.from_numpy(crop_or_pad(np.asarray(data), self.configuration_manager.patch_size)[None]).float()
+
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.local_rank != 0:
             return
@@ -46,7 +50,7 @@ class CentredCropValidation:
         rows = []
         for key in dataset_val.identifiers:
             data = dataset_val.load_case(key)[0]
-            x = torch.from_numpy(crop_or_pad(np.asarray(data), self.configuration_manager.patch_size)[None]).float()
+            x = self.centred_crop(data)
             with torch.no_grad():
                 out = decode_outputs(net(x.to(self.device)), self.kind, self._target_stats())[0]
             rows.append((key, float(out[1]) if self.kind == CLASSIFICATION and out.shape[0] == 2 else out,
@@ -82,6 +86,9 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
                                            # intensity transforms only (no rotation, scaling, mirroring); False: none
     balance_classes: bool = True           # classification: draw every class equally often
     huber_delta: float = 1.0               # regression: Huber loss on standardised targets
+    standardise_head_inputs: bool = False  # before the first step, standardise the head's pooled features by
+                                           # their mean and sd over (up to `standardise_cases`) training cases'
+    standardise_cases: int = 64            # centred crops (PoolingHead.set_input_statistics; saved with the weights)
     # the few-shot recipe (fomo_nnunet.finetune.FinetuneRecipe) for tens of cases
     epochs = 100
     iterations_per_epoch = 50
@@ -154,6 +161,29 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         dl_val = ImageLevelDataLoader(dataset_val, self.batch_size, patch, patch, self.label_manager,
                                       self.targets, transforms=val_transforms)
         return self.seeded_augmenters(dl_tr, dl_val, get_allowed_n_proc_DA())
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.standardise_head_inputs and self.current_epoch == 0:  # a resumed run has them in its checkpoint
+            self._standardise_head_inputs()
+
+    def _standardise_head_inputs(self) -> None:
+        net = unwrap(self.network)
+        dataset_tr, _ = self.get_tr_and_val_datasets()
+        keys = sorted(dataset_tr.identifiers)[: self.standardise_cases]
+        was_training = net.training
+        net.eval()
+        pooled = []
+        with torch.no_grad():
+            for key in keys:
+                x = self.centred_crop(dataset_tr.load_case(key)[0]).to(self.device)
+                pooled.append(net.head.pool(net.stage_features(x)).cpu())
+        net.train(was_training)
+        summary = net.head.set_input_statistics(torch.cat(pooled))
+        self.print_to_log_file(
+            f"head inputs standardised over the centred crops of {summary['cases']} training cases: median sd "
+            f"{summary['median_sd']:.4g} per pooled feature, {summary['floored']} of {net.head.in_features} raised "
+            "to 1 % of it (standardise_head_inputs)")
 
     def _set_target_stats(self, scaler: TargetScaler) -> None:
         self._network_for_transfer().fomo_target_stats.copy_(torch.tensor([scaler.mean, scaler.std]))
@@ -287,7 +317,8 @@ class nnUNetTrainerFomoReg_scratch(nnUNetTrainerFomoReg):
 
 
 class nnUNetTrainerFomoReg_tiny(TinyImageLevel, nnUNetTrainerFomoReg):
-    """CPU-sized budget for the demo (tiny-preset plans): 360 steps with nnU-Net's intensity augmentation.
+    """CPU-sized budget for the demo (tiny-preset plans): 360 steps with nnU-Net's intensity augmentation,
+    the head's pooled features standardised over training cases before the first step.
 
     Chosen on training data only (FOMO-Synth brain age, 200 training cases, nnU-Net's fold 0: 160 to train,
     40 held out; pretraining seed 0; 2 CPU cores), by the mean held-out MAE of both arms (predicting the
@@ -296,8 +327,16 @@ class nnUNetTrainerFomoReg_tiny(TinyImageLevel, nnUNetTrainerFomoReg):
     augmentation 14.96 (pretrained 12.94, sd ratio 0.36; scratch 16.98, sd ratio 0.03); the same with
     squared error 16.76. One fold and one seed: differences under about a year are within the noise. With
     10 training cases, cross-validation found no recipe that generalises (r about 0).
+
+    The pooled features of the encoder vary little between brains (median sd 0.026 per feature over the
+    training crops), so the head's outputs stayed compressed toward the mean: predictions that ranked the
+    cases (r 0.74-0.77) spread over 5-33 % of the targets' sd. Standardising them per feature with the
+    training crops' mean and sd (`standardise_head_inputs`), same fold and seed, with this version's CPU
+    kernels: held-out MAE 8.82 pretrained (sd ratio 0.75, r 0.87) and 10.25 scratch (0.63, 0.82), mean
+    9.54, against 13.28 (0.33, 0.74) and 16.76 (0.05, 0.77), mean 15.02, without.
     """
     epochs = 24
+    standardise_head_inputs = True
     augment = "intensity"
 
 
