@@ -16,7 +16,7 @@ import os
 import torch
 from torch import nn
 
-from fomo_nnunet.training import Budget, EpochLR, EpochSchedule, unwrap
+from fomo_nnunet.training import Budget, EpochLR, EpochSchedule, every_nth_epoch, unwrap
 
 
 def pretrained_checkpoint_from_plans(plans: dict) -> str | None:
@@ -114,7 +114,6 @@ class FinetuneRecipe(Budget):
     warmup_epochs: int = 10           # then the whole network warms up linearly
     pretrained_lr_scale: float = 1.0  # lr of pretrained tensors relative to fresh ones
     test_time_mirroring: bool = True  # mirroring TTA in validation and nnUNetv2_predict (8x the forwards)
-    progress_plot_every: int = 1      # nnU-Net redraws progress.png every epoch (about 1 s on a CPU)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -130,8 +129,8 @@ class FinetuneRecipe(Budget):
         draw = self.logger.plot_progress_png
 
         def maybe_draw(output_folder):
-            epoch = self.current_epoch  # on_epoch_end plots before it counts the epoch
-            if (epoch + 1) % self.progress_plot_every == 0 or epoch >= self.num_epochs - 1:
+            # on_epoch_end plots before it counts the epoch
+            if every_nth_epoch(self.current_epoch, self.progress_plot_every, self.num_epochs):
                 draw(output_folder)
 
         self.logger.plot_progress_png = maybe_draw

@@ -87,8 +87,9 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
     balance_classes: bool = True           # classification: draw every class equally often
     huber_delta: float = 1.0               # regression: Huber loss on standardised targets
     standardise_head_inputs: bool = False  # before the first step, standardise the head's pooled features by
-                                           # their mean and sd over (up to `standardise_cases`) training cases'
-    standardise_cases: int = 64            # centred crops (PoolingHead.set_input_statistics; saved with the weights)
+                                           # their mean and sd over training cases' centred crops (saved with
+                                           # the weights)
+    standardise_cases: int = 64            # at most this many training cases for those statistics
     # the few-shot recipe (fomo_nnunet.finetune.FinetuneRecipe) for tens of cases
     epochs = 100
     iterations_per_epoch = 50

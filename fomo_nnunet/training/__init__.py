@@ -19,8 +19,8 @@ imports trainers or commands.
 from fomo_nnunet.training.checkpoints import DescribedCheckpoints
 from fomo_nnunet.training.epochs import EpochEnd
 from fomo_nnunet.training.runs import DistributedRun, SeededRun
-from fomo_nnunet.training.schedules import COSINE, POLY, Budget, EpochLR, EpochSchedule
+from fomo_nnunet.training.schedules import COSINE, POLY, Budget, EpochLR, EpochSchedule, every_nth_epoch
 from fomo_nnunet.training.steps import AmpStep, unwrap
 
 __all__ = ["AmpStep", "Budget", "COSINE", "DescribedCheckpoints", "DistributedRun", "EpochEnd", "EpochLR",
-           "EpochSchedule", "POLY", "SeededRun", "unwrap"]
+           "EpochSchedule", "POLY", "SeededRun", "every_nth_epoch", "unwrap"]

@@ -15,13 +15,13 @@ from time import time
 import numpy as np
 
 from fomo_nnunet.plots import plot_curves
+from fomo_nnunet.training.schedules import every_nth_epoch
 
 
 class EpochEnd:
     """Mixin: nnU-Net's `on_epoch_end` with the trainer's own lines, best-checkpoint number and pictures."""
 
     best_is_lowest: bool = False  # True when a lower selection value is better (a loss)
-    progress_plot_every: int = 1  # progress.png (plot_losses) every this many epochs and after the last
 
     def epoch_lines(self) -> list[tuple]:
         """The epoch's lines for the log, each the arguments of one print_to_log_file (before 'Epoch time')."""
@@ -64,8 +64,8 @@ class EpochEnd:
         """progress.png: training and validation loss per epoch, and the logged series `secondary`
         (legend -> logger key) on a second axis, all cut to the epochs every series has. Drawn every
         `progress_plot_every` epochs and after the last one (a drawing costs about 0.7 s on a small CPU)."""
-        epoch = self.current_epoch  # on_epoch_end draws before it counts the epoch
-        if (epoch + 1) % self.progress_plot_every and epoch < self.num_epochs - 1:
+        # on_epoch_end draws before it counts the epoch; progress_plot_every is the Budget's
+        if not every_nth_epoch(self.current_epoch, self.progress_plot_every, self.num_epochs):
             return
         log = self.logger.get_value
         series = {"train loss": log("train_losses", None), "val loss": log("val_losses", None),

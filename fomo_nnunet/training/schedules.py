@@ -32,6 +32,7 @@ class Budget:
     lr: float = 1e-2
     weight_decay_value: float = 3e-5
     checkpoint_every: int = 50
+    progress_plot_every: int = 1  # progress.png every this many epochs and after the last (about 1 s a drawing)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -42,6 +43,11 @@ class Budget:
         self.initial_lr = self.lr
         self.weight_decay = self.weight_decay_value
         self.save_every = self.checkpoint_every
+
+
+def every_nth_epoch(epoch: int, every: int, num_epochs: int) -> bool:
+    """Whether 0-based `epoch` is an `every`-th one or the last of `num_epochs` (when to draw, save, ...)."""
+    return (epoch + 1) % every == 0 or epoch >= num_epochs - 1
 
 
 @dataclass(frozen=True)
