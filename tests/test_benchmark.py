@@ -173,3 +173,17 @@ def test_every_trainer_a_preset_names_exists_with_its_scratch_twin():
         for name in finetuners:
             assert trainer_class(name).use_pretrained, name
             assert not trainer_class(name + "_scratch").use_pretrained, name + "_scratch"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n-train", "0"], "--n-train must be at least 1 (got 0)"),
+    (["--n-test", "0"], "--n-test must be at least 1 (got 0)"),
+    (["--seeds", "0"], "--seeds must be at least 1 (got 0)"),
+])
+def test_benchmark_refuses_empty_splits_and_no_seeds_before_doing_anything(tmp_path, capsys, argv, message):
+    from fomo_nnunet.cli import main
+
+    work = tmp_path / "work"
+    assert main(["benchmark", "--preset", "smoke", "--work", str(work), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not work.exists()  # nothing synthesised, no folder made

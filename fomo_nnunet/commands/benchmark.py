@@ -189,10 +189,14 @@ def run(args: argparse.Namespace) -> int:
     from fomo_nnunet.cli import main as cli_main
     from fomo_nnunet.pipeline import StepFailed
 
-    sizes = (args.n_train, args.n_test) if args.n_train or args.n_test else None
     if args.seed_list is None and args.seeds < 1:
         print(f"error: --seeds must be at least 1 (got {args.seeds})", file=sys.stderr)
         return 2
+    for flag, size in (("--n-train", args.n_train), ("--n-test", args.n_test)):
+        if size is not None and size < 1:  # every task needs cases to finetune on and to score
+            print(f"error: {flag} must be at least 1 (got {size})", file=sys.stderr)
+            return 2
+    sizes = (args.n_train, args.n_test) if args.n_train is not None or args.n_test is not None else None
     seeds = tuple(args.seed_list) if args.seed_list is not None else tuple(range(args.seeds))
     bench = Benchmark(args.work, args.preset, args.data_seed, seeds, args.num_processes, tasks=args.tasks,
                       synth_sizes=sizes, in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects))
