@@ -23,6 +23,8 @@ from fomo_nnunet.paths import TRAINERS_PACKAGE, trainers_dir
 NETWORK_KEY = "fomo_network"
 PLANS = "plans"
 IMAGE_LEVEL = "image_level"
+# a trainer class that defines build_network_architecture declares which of the builders above it calls
+BUILDER_ATTRIBUTE = "fomo_network_builder"
 
 
 def build_plans_network(configuration_manager, num_input_channels: int, num_outputs: int,
@@ -68,10 +70,12 @@ def network_record(trainer_class) -> dict[str, Any] | None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     owner = next(c for c in trainer_class.__mro__ if "build_network_architecture" in vars(c))
-    # by name: nnU-Net's search and this package may have imported the trainer module under two names
-    if owner is nnUNetTrainer or owner.__name__ == "nnUNetTrainerFomoSeg":  # the latter: build_plans_network
+    # a class that builds its own network names its builder beside the method (BUILDER_ATTRIBUTE), so a
+    # subclass that overrides the method without naming one is "only the class itself knows"
+    builder = PLANS if owner is nnUNetTrainer else vars(owner).get(BUILDER_ATTRIBUTE)
+    if builder == PLANS:
         return {"builder": PLANS}
-    if owner.__name__ == "nnUNetTrainerFomoImageLevel":
+    if builder == IMAGE_LEVEL:
         return {"builder": IMAGE_LEVEL, "head_stages": [int(s) for s in trainer_class.head_stages],
                 "head_hidden": int(trainer_class.head_hidden), "head_dropout": float(trainer_class.head_dropout),
                 "head_pooling": str(trainer_class.head_pooling)}

@@ -42,3 +42,23 @@ def test_record_rebuilds_the_trainers_network(tasks_ws, dataset, trainer, builde
 def test_unknown_builder_is_refused(tasks_ws):
     with pytest.raises(ValueError, match="unknown network builder 'magic'"):
         build_from_record({"builder": "magic"}, None, None, 1, 1)
+
+
+def test_a_trainer_that_builds_its_own_network_has_no_record_unless_it_names_its_builder():
+    cls = trainer_class("nnUNetTrainerFomoSeg_tiny")
+
+    class OwnNetwork(cls):
+        @staticmethod
+        def build_network_architecture(*args, **kwargs):
+            raise AssertionError("not called")
+
+    class OwnNetworkFromThePlans(OwnNetwork):
+        fomo_network_builder = PLANS
+
+        @staticmethod
+        def build_network_architecture(*args, **kwargs):
+            raise AssertionError("not called")
+
+    assert network_record(OwnNetwork) is None  # only the class knows: prediction falls back to it
+    assert network_record(OwnNetworkFromThePlans) == {"builder": PLANS}
+    assert network_record(type("Inherits", (cls,), {})) == {"builder": PLANS}

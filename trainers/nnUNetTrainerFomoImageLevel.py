@@ -25,7 +25,7 @@ from torch import nn
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
 from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs, load_targets,
                                      task_from_plans, validation_score, without_spatial_augmentation)
-from fomo_nnunet.network_record import build_image_level_network
+from fomo_nnunet.network_record import IMAGE_LEVEL, build_image_level_network
 from fomo_nnunet.tasks import CLASSIFICATION
 from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, SeededRun, unwrap
 
@@ -112,6 +112,8 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         self._metric_name, self._val_score = "metric", float("nan")
 
     # ---- network: the pretrained U-Net's encoder and a pooling head ----------------------------
+    fomo_network_builder = IMAGE_LEVEL  # what build_network_architecture builds (fomo_nnunet.network_record)
+
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:

@@ -13,7 +13,7 @@ import torch
 
 from fomo_nnunet.class_weights import SQRT_INVERSE_FREQUENCY, WEIGHTINGS, label_voxel_counts, sqrt_inverse_frequency
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
-from fomo_nnunet.network_record import build_plans_network
+from fomo_nnunet.network_record import PLANS, build_plans_network
 from fomo_nnunet.training import DistributedRun, SeededRun
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -37,6 +37,8 @@ class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrai
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.oversample_foreground_percent = self.oversample_foreground
+
+    fomo_network_builder = PLANS  # what build_network_architecture builds (fomo_nnunet.network_record)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
