@@ -176,6 +176,21 @@ def test_every_trainer_a_preset_names_exists_with_its_scratch_twin():
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["--n-train", "4"], "--n-train must be at least 5 (got 4)"),
+    (["--n-test", "0"], "--n-test must be at least 5 (got 0)"),
+    (["--init-seeds", "0"], "--init-seeds must be at least 1 (got 0)"),
+    (["--pretrain", "nnUNetTrainerFomoMAE_tiny", "--seeds", "0"], "--seeds must be at least 1 (got 0)"),
+])
+def test_feature_benchmark_refuses_too_few_cases_or_seeds_before_doing_anything(tmp_path, capsys, argv, message):
+    from fomo_nnunet.cli import main
+
+    work = tmp_path / "work"
+    assert main(["benchmark", "features", "--work", str(work), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not work.exists()  # nothing pretrained or synthesised, no folder made
+
+
+@pytest.mark.parametrize("argv, message", [
     (["--n-train", "0"], "--n-train must be at least 1 (got 0)"),
     (["--n-test", "0"], "--n-test must be at least 1 (got 0)"),
     (["--seeds", "0"], "--seeds must be at least 1 (got 0)"),

@@ -130,8 +130,14 @@ def register_features(sub: argparse._SubParsersAction) -> None:
 
 def run_features(args: argparse.Namespace) -> int:
     from fomo_nnunet.benchmark import PRESETS
-    from fomo_nnunet.features import FeatureBenchmark, work_checkpoints
+    from fomo_nnunet.features import FOLDS, FeatureBenchmark, work_checkpoints
 
+    # refused before minutes of pretraining or synthesis: each probe is chosen by FOLDS-fold cross-validation
+    for flag, size, least in (("--n-train", args.n_train, FOLDS), ("--n-test", args.n_test, FOLDS),
+                              ("--seeds", args.seeds, 1), ("--init-seeds", args.init_seeds, 1)):
+        if size < least:
+            print(f"error: {flag} must be at least {least} (got {size})", file=sys.stderr)
+            return 2
     if args.pretrain:
         from fomo_nnunet.benchmark import Benchmark
         from fomo_nnunet.cli import main as cli_main
