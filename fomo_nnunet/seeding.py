@@ -103,30 +103,14 @@ def environment(**values: str):
                 os.environ[k] = v
 
 
-class SeededWorkerLoader:
-    """A batchgenerators data loader whose copy in worker i seeds numpy, torch and `random` with seeds[i].
+class LoaderProxy:
+    """A batchgenerators data loader wrapped: every attribute not defined by a subclass is the wrapped
+    loader's, so the augmenters use the proxy as they use nnU-Net's loader (and proxies nest)."""
 
-    batchgenerators' MultiThreadedAugmenter seeds only numpy in its workers and then calls
-    `set_thread_id(i)` on the worker's copy of the loader; that call is where torch and `random`
-    get their seeds too (augmentations draw from torch as well as numpy).
-    """
-
-    def __init__(self, loader, seeds: list[int]):
+    def __init__(self, loader):
         self._loader = loader
-        self._seeds = list(seeds)
 
     def set_thread_id(self, thread_id: int) -> None:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        # a forked worker must not use the parent's OpenMP pool (it hangs in the first torch op), and
-        # several single-threaded workers beat one multi-threaded one, as nnU-Net's own workers do
-        torch.set_num_threads(1)
-        threadpool_limits(1)
-        seed = self._seeds[thread_id]
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
         self._loader.set_thread_id(thread_id)
 
     def __iter__(self):
@@ -146,6 +130,33 @@ class SeededWorkerLoader:
             object.__setattr__(self, name, value)
         else:
             setattr(self._loader, name, value)
+
+
+class SeededWorkerLoader(LoaderProxy):
+    """A batchgenerators data loader whose copy in worker i seeds numpy, torch and `random` with seeds[i].
+
+    batchgenerators' MultiThreadedAugmenter seeds only numpy in its workers and then calls
+    `set_thread_id(i)` on the worker's copy of the loader; that call is where torch and `random`
+    get their seeds too (augmentations draw from torch as well as numpy).
+    """
+
+    def __init__(self, loader, seeds: list[int]):
+        super().__init__(loader)
+        self._seeds = list(seeds)
+
+    def set_thread_id(self, thread_id: int) -> None:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        # a forked worker must not use the parent's OpenMP pool (it hangs in the first torch op), and
+        # several single-threaded workers beat one multi-threaded one, as nnU-Net's own workers do
+        torch.set_num_threads(1)
+        threadpool_limits(1)
+        seed = self._seeds[thread_id]
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self._loader.set_thread_id(thread_id)
 
 
 def seeded_augmenters(loader_tr, loader_val, num_processes: int, seed: int, rank: int = 0,

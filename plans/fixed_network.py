@@ -12,6 +12,7 @@ foreground intensity samples per case (below).
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
@@ -107,3 +108,16 @@ class FixedNetworkPlanner(ExperimentPlanner):
         self.plans = plans
         self.save_plans(plans)
         return plans
+
+
+def copy_beside_plans(raw_folder: str, dataset_name: str, names: tuple[str, ...]) -> list[str]:
+    """Copy `names` that exist in the raw dataset folder into its preprocessed folder: dataset.json,
+    which nnU-Net's preprocessing reads there (its own planners copy it), and the files our trainers
+    read during training. Returns the names copied."""
+    copied = []
+    for name in names:
+        src = os.path.join(raw_folder, name)
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(nnUNet_preprocessed, dataset_name, name))
+            copied.append(name)
+    return copied

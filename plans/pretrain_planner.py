@@ -9,12 +9,7 @@ work unchanged.
 """
 from __future__ import annotations
 
-import os
-import shutil
-
-from nnunetv2.paths import nnUNet_preprocessed
-
-from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, extract_fingerprint_if_missing
+from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, copy_beside_plans, extract_fingerprint_if_missing
 from fomo_nnunet.plans.presets import ARCH_PRESETS, CONFIGURATION, PRETRAIN_PLANS_NAME, ArchPreset, architecture_dict
 
 
@@ -67,7 +62,6 @@ def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = N
     planner = FomoPretrainPlanner(int(dataset_id), preset, (patch,) * 3, (float(spacing),) * 3,
                                   batch_size or preset.default_batch_size, plans_name)
     plans = planner.plan_experiment()
-    # nnU-Net's preprocessing reads dataset.json from the preprocessed folder, where its own planning leaves it
-    shutil.copy(os.path.join(planner.raw_dataset_folder, "dataset.json"),
-                os.path.join(nnUNet_preprocessed, planner.dataset_name, "dataset.json"))
+    # the session list, for session-pair objectives (fomo_nnunet.ssl.sessions) where nnUNet_raw is not mounted
+    copy_beside_plans(planner.raw_dataset_folder, planner.dataset_name, ("dataset.json", "subjects.json"))
     return plans

@@ -11,13 +11,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 
 import numpy as np
-from nnunetv2.paths import nnUNet_preprocessed
 
 from fomo_nnunet.checkpoints import file_sha256, find_checkpoint, metadata_from_preset, read_checkpoint_metadata
-from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, extract_fingerprint_if_missing
+from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, copy_beside_plans, extract_fingerprint_if_missing
 from fomo_nnunet.plans.presets import CONFIGURATION
 from fomo_nnunet.tasks import Task, get_task
 
@@ -131,20 +129,9 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
     planner = FomoTransferPlanner(int(dataset_id), metadata, checkpoint, get_task(task) if task else None,
                                   [patch] * 3 if patch else None, batch_size, plans_name, data_identifier)
     plans = planner.plan_experiment()
-    copy_task_files(planner.raw_dataset_folder, os.path.join(nnUNet_preprocessed, planner.dataset_name))
+    copy_beside_plans(planner.raw_dataset_folder, planner.dataset_name, TASK_FILES)
     return plans
 
 
+# image-level targets and case attributes, for training after preprocessing
 TASK_FILES = ("dataset.json", "targets.json", "targetsTs.json", "attributes.json")
-
-
-def copy_task_files(raw_folder: str, preprocessed_folder: str) -> list[str]:
-    """dataset.json (as nnU-Net's planners copy it) and the image-level targets and case attributes
-    beside it, so that training finds them after preprocessing. Returns the names copied."""
-    copied = []
-    for name in TASK_FILES:
-        src = os.path.join(raw_folder, name)
-        if os.path.isfile(src):
-            shutil.copy(src, os.path.join(preprocessed_folder, name))
-            copied.append(name)
-    return copied

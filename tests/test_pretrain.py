@@ -153,6 +153,37 @@ def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pr
     report = transfer_from_checkpoint(downstream, fold / "checkpoint_final.pth")
     assert report.n_loaded > 0 and report.n_adapted == 1  # the 1-channel stem spread over 2 channels
     assert all(name.startswith("decoder.seg_layers.") for name in report.fresh)  # only the output layers
+SESSIONS = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke"
+
+
+def test_session_pair_pretraining_reads_the_session_list_that_planning_copies(pretrain_corpus, tmp_path):
+    """`plan pretrain` copies subjects.json beside the plans; the session-pair hybrid trains from it (in an
+    augmentation worker) and records its pairs in the checkpoint."""
+    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
+
+    root, env = pretrain_corpus
+    name = f"Dataset{DATASET}_Corpus"
+    for kind in ("raw", "preprocessed"):  # copies: this test adds a session list to both
+        shutil.copytree(root / kind / name, tmp_path / kind / name)
+    env = {**env, "nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "preprocessed"),
+           "nnUNet_results": str(tmp_path / "results")}
+    subjects = {"A/sub-01/ses-01": {"scans": {"casetr000": "t1w", "casetr001": "flair"}},
+                "A/sub-02/ses-01": {"scans": {"casetr002": "t1w", "casetr003": "t2w", "casetr004": "flair"}},
+                "B/sub-01/ses-01": {"scans": {"casetr005": "t1w"}}}
+    (tmp_path / "raw" / name / "subjects.json").write_text(json.dumps(subjects))
+    run(["fomo-nnunet", "plan", "pretrain", "-d", str(DATASET), "--arch", "tiny", "-np", "1"], env)
+    assert json.loads((tmp_path / "preprocessed" / name / "subjects.json").read_text()) == subjects
+    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", SESSIONS,
+         "-device", "cpu"], env)
+    fold = tmp_path / "results" / name / f"{SESSIONS}__fomoPretrainPlans__3d_fullres" / "fold_all"
+    ckpt = load_checkpoint_safely(fold / "checkpoint_final.pth")
+    vicreg = PretrainMetadata.from_dict(ckpt["fomo_metadata"]).objective_settings["vicreg"]
+    assert vicreg["pairs"] == "sessions" and vicreg["session_p_other"] == 0.5
+    assert all(math.isfinite(v) for v in ckpt["logging"]["vicreg_losses"]) and len(ckpt["logging"]["vicreg_losses"]) == 3
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "session pairs: 5 of 6 training cases have another sequence of their session" in log
+
+
 # ---- probe-ready embeddings: statistics over the pretraining corpus in checkpoint_final ------------
 @pytest.fixture(scope="module")
 def corpus_embeddings(pretrain_ws):

@@ -1,6 +1,8 @@
 import itertools
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -295,6 +297,9 @@ def test_skip_gate_rejects_bad_settings_naming_the_allowed_values(mode, p, messa
     ("skip_drop_p", -0.1, "skip_drop_p"), ("vicreg_weight", -1.0, "vicreg_weight"),
     ("vicreg_weight", float("inf"), "vicreg_weight"), ("vicreg_coefficients", (25.0, 25.0), "vicreg_coefficients"),
     ("embedding_pooling", "mean", "embedding_pooling 'mean' is not one of 'deepest', 'stages'"),
+    ("vicreg_pairs", "subjects", "vicreg_pairs must be one of views, sessions"),
+    ("vicreg_pairs", "sessions", "set vicreg_weight > 0"),  # the default weight is 0: nothing to pair for
+    ("session_p_other", 1.5, "session_p_other must be a probability"),
 ])
 def test_mae_trainer_refuses_bad_objective_attributes(attribute, value, message):
     from types import SimpleNamespace
@@ -302,7 +307,97 @@ def test_mae_trainer_refuses_bad_objective_attributes(attribute, value, message)
     from fomo_nnunet.trainers.nnUNetTrainerFomoMAE import nnUNetTrainerFomoMAE
 
     settings = {name: getattr(nnUNetTrainerFomoMAE, name)
-                for name in ("decoder_skips", "skip_drop_p", "vicreg_weight", "vicreg_coefficients", "embedding_pooling")}
+                for name in ("decoder_skips", "skip_drop_p", "vicreg_weight", "vicreg_coefficients", "embedding_pooling",
+                             "vicreg_pairs", "session_p_other")}
     nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**settings))  # the defaults pass
     with pytest.raises(ValueError, match=message):
         nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**{**settings, attribute: value}))
+
+
+# ---- session pairs (fomo_nnunet.ssl.sessions) ----------------------------------------------------
+SUBJECTS = {"A/sub-01/ses-01": {"scans": {"a1_t1w": "t1w", "a1_flair": "flair"}},
+            "A/sub-02/ses-01": {"scans": {"a2_t1w": "t1w", "a2_t2w": "t2w", "a2_flair": "flair"}},
+            "B/sub-01/ses-01": {"scans": {"b1_t1w": "t1w"}}}
+
+
+def test_session_partners_are_the_other_sequences_of_the_session_within_the_split():
+    from fomo_nnunet.ssl.sessions import session_partners
+
+    split = ["a1_t1w", "a1_flair", "a2_t1w", "a2_t2w", "b1_t1w", "unlisted"]  # a2_flair is in another split
+    partners = session_partners(SUBJECTS, split)
+    assert partners == {"a1_flair": ["a1_t1w"], "a1_t1w": ["a1_flair"], "a2_t1w": ["a2_t2w"], "a2_t2w": ["a2_t1w"],
+                        "b1_t1w": [], "unlisted": []}
+    with pytest.raises(ValueError, match="session 'x' has no 'scans' mapping"):
+        session_partners({"x": {"subject": "sub-01"}}, split)
+
+
+def test_read_subjects_names_the_file_and_what_is_wrong(tmp_path):
+    from fomo_nnunet.ssl.sessions import read_subjects
+
+    with pytest.raises(FileNotFoundError, match=r"subjects.json: missing.*fomo-nnunet convert pretrain"):
+        read_subjects(tmp_path)
+    (tmp_path / "subjects.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"subjects.json: not valid JSON"):
+        read_subjects(tmp_path)
+    (tmp_path / "subjects.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected an object of sessions, got list"):
+        read_subjects(tmp_path)
+    (tmp_path / "subjects.json").write_text(json.dumps(SUBJECTS))
+    assert read_subjects(tmp_path) == SUBJECTS
+
+
+class _KeyLoader:
+    """A stand-in for nnU-Net's loader: draws keys with numpy as batchgenerators does; each sample's
+    data is its key's index plus uniform noise (its "augmentation"), targets a list as the MAE's."""
+
+    def __init__(self, keys, batch_size):
+        self.indices, self.batch_size, self.threads = list(keys), batch_size, []
+
+    def get_indices(self):
+        return list(np.random.choice(self.indices, self.batch_size))
+
+    def generate_train_batch(self):
+        keys = self.get_indices()
+        value = torch.tensor([float(self.indices.index(k)) for k in keys]).view(-1, 1, 1, 1, 1)
+        data = value + torch.from_numpy(np.random.uniform(size=(len(keys), 1, 2, 2, 2))).float()
+        return {"data": data, "target": [value.expand(-1, 1, 2, 2, 2), data.clone()], "keys": keys}
+
+    def set_thread_id(self, thread_id):
+        self.threads.append(thread_id)
+
+
+def test_session_pair_loader_appends_one_partner_per_case_from_its_own_random_stream():
+    from fomo_nnunet.ssl.sessions import SessionPairLoader, session_partners
+
+    keys = ["a1_t1w", "a1_flair", "a2_t1w", "a2_t2w", "a2_flair", "b1_t1w"]
+    partners = session_partners(SUBJECTS, keys)
+
+    def batches(p_other, seed=0, n=20):
+        np.random.seed(seed)
+        loader = SessionPairLoader(_KeyLoader(keys, 3), partners, p_other)
+        return [next(loader) for _ in range(n)]
+
+    for batch in batches(1.0):
+        first, second = batch["keys"][:3], batch["keys"][3:]
+        assert batch["data"].shape == (6, 1, 2, 2, 2) and [t.shape[0] for t in batch["target"]] == [6, 6]
+        for case, partner, other in zip(first, second, batch["fomo_other_sequence"].tolist()):
+            # another sequence whenever the session has one (p_other 1); a single-scan session pairs with itself
+            assert partner in partners[case] if partners[case] else partner == case
+            assert other == (partner != case)
+        assert not torch.equal(batch["data"][:3], batch["data"][3:])  # a partner is a crop of its own
+    assert all(b["keys"][:3] == b["keys"][3:] for b in batches(0.0))  # p_other 0: second views of the cases
+    mixed = torch.cat([b["fomo_other_sequence"] for b in batches(0.5, n=50)])
+    assert 0.3 < mixed.float().mean() < 0.6  # 5 of 6 cases can pair across sequences, half the time
+    a, b = batches(0.5, seed=3), batches(0.5, seed=3)
+    assert all(x["keys"] == y["keys"] and torch.equal(x["data"], y["data"]) for x, y in zip(a, b))
+    assert [x["keys"] for x in batches(0.5, seed=4)] != [x["keys"] for x in a]
+
+    inner = _KeyLoader(keys, 2)
+    loader = SessionPairLoader(inner, partners)
+    next(loader)
+    assert "get_indices" not in vars(inner)  # the partners' key list was for one call only
+    loader.set_thread_id(1)
+    loader.batch_size = 4  # attributes are the wrapped loader's, as the augmenters expect
+    assert inner.threads == [1] and inner.batch_size == 4 and loader.indices == keys
+    with pytest.raises(ValueError, match=r"p_other must be in \[0, 1\]"):
+        SessionPairLoader(inner, partners, 1.5)

@@ -10,13 +10,16 @@ sets a few of them, and the methods that make it masked reconstruction.
 Objectives that shape the deep stages (what pooling heads and embeddings read): `decoder_skips`
 "none" or "drop" keeps the encoder skips from the decoder during pretraining (fomo_nnunet.ssl.skips),
 and `vicreg_weight` > 0 adds VICReg on the pooled bottleneck of two masked views of each batch
-(fomo_nnunet.ssl.losses.vicreg_loss). Both act through a forward pre-hook on the decoder; the
+(fomo_nnunet.ssl.losses.vicreg_loss): two masks of each patch (`vicreg_pairs = "views"`), or each case
+and a partner from its imaging session, another sequence with probability `session_p_other`
+(`"sessions"`, fomo_nnunet.ssl.sessions). Both act through a forward pre-hook on the decoder; the
 network and its state dict are unchanged, so downstream loading is too.
 """
 from __future__ import annotations
 
 import os
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,10 +33,16 @@ from fomo_nnunet.plots import plot_reconstruction
 from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settings, masked_reconstruction_loss,
                              vicreg_loss)
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
+from fomo_nnunet.ssl.sessions import SessionPairLoader, read_subjects, session_partners
 from fomo_nnunet.training import (COSINE, AmpStep, Budget, DescribedCheckpoints, DistributedRun, EpochEnd, EpochLR,
                                   EpochSchedule, SeededRun, unwrap)
 
 
+VICREG_PAIRS = ("views", "sessions")
+VIEW_DESCRIPTIONS = {  # checkpoint metadata: what the VICReg term compared
+    "views": "two independently masked views per batch",
+    "sessions": "each case and a partner from its session: another sequence with probability {p}, else the case "
+                "itself; each cropped, augmented and masked on its own"}
 VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vicreg_covariance")
 
 
@@ -58,6 +67,8 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     skip_drop_p: float = 0.5            # "drop": probability that one skip of one sample is zeroed
     vicreg_weight: float = 0.0          # > 0: two masked views per step + weight * VICReg(pooled bottlenecks)
     vicreg_coefficients: tuple[float, float, float] = (25.0, 25.0, 1.0)  # invariance, variance, covariance
+    vicreg_pairs: str = "views"         # "views": two masks of each patch; "sessions": a case and a session partner
+    session_p_other: float = 0.5        # "sessions": how often the partner is another sequence (else the case)
     # checkpoints (with fomo_metadata) and pictures
     checkpoint_every: int = 50
     picture_every: int = 10
@@ -95,6 +106,13 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
         w = self.vicreg_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
             raise ValueError(f"vicreg_weight must be a finite number >= 0 (0: no VICReg term), got {w!r}")
+        if self.vicreg_pairs not in VICREG_PAIRS:
+            raise ValueError(f"vicreg_pairs must be one of {', '.join(VICREG_PAIRS)}, got {self.vicreg_pairs!r}")
+        if self.vicreg_pairs == "sessions" and not w > 0:
+            raise ValueError("vicreg_pairs = 'sessions' pairs cases for the VICReg term; set vicreg_weight > 0")
+        p = self.session_p_other
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"session_p_other must be a probability in [0, 1], got {p!r}")
         c = self.vicreg_coefficients
         if len(c) != 3 or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x) or x < 0
                               for x in c):
@@ -146,6 +164,22 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     def get_validation_transforms(self, *args, **kwargs):
         return validation_transforms(self._mask_channels())
 
+    def seeded_augmenters(self, loader_tr, loader_val, processes: int):
+        if self.vicreg_pairs == "sessions":  # the training batches only; validation is the reconstruction loss
+            loader_tr = SessionPairLoader(loader_tr, self._session_partners(loader_tr.indices), self.session_p_other)
+        return super().seeded_augmenters(loader_tr, loader_val, processes)
+
+    def _session_partners(self, identifiers) -> dict[str, list[str]]:
+        """The training cases' session partners, from subjects.json beside the preprocessed dataset.json
+        (`fomo-nnunet plan pretrain` copies it there from nnUNet_raw)."""
+        subjects = read_subjects(Path(self.preprocessed_dataset_folder_base))
+        partners = session_partners(subjects, identifiers)
+        paired = sum(1 for others in partners.values() if others)
+        self.print_to_log_file(f"session pairs: {paired} of {len(partners)} training cases have another sequence "
+                               f"of their session; the partner is another sequence with probability "
+                               f"{self.session_p_other}, else a second view of the case")
+        return partners
+
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, _, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         # the loader's initial crop only needs to cover our (smaller) rotations and scalings
@@ -176,17 +210,20 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
         return self._forward_masked(batch, self._mask_generator)[0]
 
     def _two_view_loss(self, batch: dict) -> torch.Tensor:
-        """Two independently masked views of the batch in one forward (one DDP forward per step):
-        the mean of their reconstruction losses + vicreg_weight * VICReg of their pooled bottlenecks."""
+        """Two independently masked views in one forward (one DDP forward per step): the batch twice
+        ("views"), or the loader's n cases and their n session partners ("sessions"); the mean of the
+        two halves' reconstruction losses + vicreg_weight * VICReg of their pooled bottlenecks."""
         data, brain, clean = self._on_device(batch)
-        n = data.shape[0]
+        if self.vicreg_pairs == "views":
+            data, brain, clean = torch.cat([data, data]), torch.cat([brain, brain]), torch.cat([clean, clean])
+        n = data.shape[0] // 2
         mask = block_mask(tuple(data.shape[2:]), 2 * n, self.block_size, self.mask_ratio,
                           generator=self._mask_generator, device=self.device)
-        masked = apply_mask(torch.cat([data, data]), mask, getattr(unwrap(self.network), "fomo_mask_token", None))
+        masked = apply_mask(data, mask, getattr(unwrap(self.network), "fomo_mask_token", None))
         with self.autocast():
             pred = self.network(masked).float()
-            reconstruction = (self.loss(pred[:n], clean, mask[:n], brain)
-                              + self.loss(pred[n:], clean, mask[n:], brain)) / 2
+            reconstruction = (self.loss(pred[:n], clean[:n], mask[:n], brain[:n])
+                              + self.loss(pred[n:], clean[n:], mask[n:], brain[n:])) / 2
         z1, z2 = self._skip_gate.take_pooled().chunk(2)
         terms = vicreg_loss(z1, z2, *self.vicreg_coefficients)
         self._step_terms = {"loss": reconstruction, "vicreg_losses": terms.loss, "vicreg_invariance": terms.invariance,
@@ -285,7 +322,10 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
             invariance, variance, covariance = (float(c) for c in self.vicreg_coefficients)
             settings["vicreg"] = {"invariance": invariance, "variance": variance, "covariance": covariance,
                                   "features": "global average pool of the bottleneck, no projector",
-                                  "views": "two independently masked views per batch"}
+                                  "pairs": self.vicreg_pairs,
+                                  "views": VIEW_DESCRIPTIONS[self.vicreg_pairs].format(p=float(self.session_p_other))}
+            if self.vicreg_pairs == "sessions":
+                settings["vicreg"]["session_p_other"] = float(self.session_p_other)
         return settings
 
     def on_train_end(self):
@@ -401,6 +441,13 @@ class nnUNetTrainerFomoMAE_noskip_vicreg(nnUNetTrainerFomoMAE_vicreg):
     decoder_skips = "none"
 
 
+class nnUNetTrainerFomoMAE_noskip_vicreg_sessions(nnUNetTrainerFomoMAE_noskip_vicreg):
+    """MAE without skips + VICReg between each case and a partner from its imaging session (subjects.json):
+    another sequence half of the time, else a second crop of the case (the FOMO25 method-track winner's
+    positives were sequences of one session)."""
+    vicreg_pairs = "sessions"
+
+
 class nnUNetTrainerFomoMAE_tiny_noskip(TinyPretraining, nnUNetTrainerFomoMAE_noskip):
     """The tiny run without skips in pretraining."""
 
@@ -418,6 +465,15 @@ class nnUNetTrainerFomoMAE_tiny_noskip_vicreg(TinyPretraining, nnUNetTrainerFomo
 
 
 class nnUNetTrainerFomoMAE_tiny_noskip_vicreg_smoke(SmokePretraining, nnUNetTrainerFomoMAE_tiny_noskip_vicreg):
+    """A few iterations, for tests."""
+
+
+class nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions(TinyPretraining, nnUNetTrainerFomoMAE_noskip_vicreg_sessions):
+    """The tiny run without skips, with the VICReg term between session partners."""
+
+
+class nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke(SmokePretraining,
+                                                             nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions):
     """A few iterations, for tests."""
 
 
