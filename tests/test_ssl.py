@@ -334,8 +334,12 @@ def test_session_partners_are_the_other_sequences_of_the_session_within_the_spli
 def test_read_subjects_names_the_file_and_what_is_wrong(tmp_path):
     from fomo_nnunet.ssl.sessions import read_subjects
 
-    with pytest.raises(FileNotFoundError, match=r"subjects.json: missing.*fomo-nnunet convert pretrain"):
-        read_subjects(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"subjects.json and .*raw/subjects.json: missing.*convert pretrain"):
+        read_subjects(tmp_path, raw)
+    (raw / "subjects.json").write_text(json.dumps({"only": {"scans": {}}}))
+    assert read_subjects(tmp_path, raw) == {"only": {"scans": {}}}  # the first folder that has one
     (tmp_path / "subjects.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"subjects.json: not valid JSON"):
         read_subjects(tmp_path)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -171,8 +172,11 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
 
     def _session_partners(self, identifiers) -> dict[str, list[str]]:
         """The training cases' session partners, from subjects.json beside the preprocessed dataset.json
-        (`fomo-nnunet plan pretrain` copies it there from nnUNet_raw)."""
-        subjects = read_subjects(Path(self.preprocessed_dataset_folder_base))
+        (`fomo-nnunet plan pretrain` copies it there, so a cluster needs no nnUNet_raw), else the raw one's."""
+        folders = [Path(self.preprocessed_dataset_folder_base)]
+        if nnUNet_raw:  # a dataset planned before plans carried the session list
+            folders.append(Path(nnUNet_raw) / self.plans_manager.dataset_name)
+        subjects = read_subjects(*folders)
         partners = session_partners(subjects, identifiers)
         paired = sum(1 for others in partners.values() if others)
         self.print_to_log_file(f"session pairs: {paired} of {len(partners)} training cases have another sequence "

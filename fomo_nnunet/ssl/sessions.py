@@ -44,12 +44,14 @@ def session_partners(subjects: Mapping[str, Mapping], identifiers: Iterable[str]
     return partners
 
 
-def read_subjects(dataset_folder: str | os.PathLike) -> dict:
-    """`subjects.json` of a raw nnU-Net dataset folder, with an error that says where it comes from."""
-    path = Path(dataset_folder) / SUBJECTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; session pairs need the session list that `fomo-nnunet convert "
-                                f"pretrain` writes beside dataset.json")
+def read_subjects(*dataset_folders: str | os.PathLike) -> dict:
+    """`subjects.json` from the first of `dataset_folders` that has one (the preprocessed dataset folder,
+    where `fomo-nnunet plan pretrain` copies it, then the raw one), with an error that says where it looked."""
+    tried = [Path(folder) / SUBJECTS_FILE for folder in dataset_folders]
+    path = next((p for p in tried if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{' and '.join(map(str, tried))}: missing; session pairs need the session list that "
+                                f"`fomo-nnunet convert pretrain` writes beside dataset.json")
     try:
         subjects = json.loads(path.read_text())
     except json.JSONDecodeError as e:
