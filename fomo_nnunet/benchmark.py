@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fomo_nnunet.pipeline import Pipeline
@@ -50,7 +50,8 @@ PRESETS = {p.name: p for p in (
 )}
 
 
-TASK_PLANS_DATA = "fomoPlans_3d_fullres"  # the preprocessed task data every seed's plans share
+TASK_PLANS_DATA = "fomoPlans_3d_fullres"
+PRETRAINING_RECORD = "pretraining.json"  # in the work folder: the trainer every seed's checkpoint comes from  # the preprocessed task data every seed's plans share
 
 
 class Benchmark:
@@ -65,10 +66,13 @@ class Benchmark:
     def __init__(self, work: str | os.PathLike, preset: str = "tiny", data_seed: int = 0,
                  seeds: tuple[int, ...] = (0,), num_processes: int = 2, log=print,
                  tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int | None, int | None] | None = None,
-                 in_process=None, corpus: tuple[int | None, int | None] = (None, None)):
+                 in_process=None, corpus: tuple[int | None, int | None] = (None, None),
+                 pretrain_trainer: str | None = None):
         if not seeds:
             raise ValueError("give at least one seed")
         self.p = PRESETS[preset]
+        if pretrain_trainer:  # another pretraining recipe, finetuned with the preset's trainers
+            self.p = replace(self.p, pretrain_trainer=pretrain_trainer)
         self.tasks = tuple(tasks or self.p.tasks)
         self.synth_sizes = synth_sizes
         self.corpus = corpus  # pretraining sources, subjects per source (None: the synth preset's)
@@ -232,10 +236,26 @@ class Benchmark:
                 self.pretrain(trainer)
 
     # ---- the whole story ------------------------------------------------------------------------
+    def claim_pretraining(self) -> None:
+        """Record which trainer pretrains in this folder, and refuse a folder pretrained with another: its
+        finished steps (task plans, finetuning, predictions) build on that checkpoint and would be skipped."""
+        path = self.work / PRETRAINING_RECORD
+        if path.is_file():
+            had = json.loads(path.read_text())["pretrain_trainer"]
+        elif any(self.pipe.steps_dir.glob("pretrain_seed*.json")):
+            had = PRESETS[self.p.name].pretrain_trainer  # a folder from before the record: the preset's trainer
+        else:
+            had = None
+        if had is not None and had != self.p.pretrain_trainer:
+            raise ValueError(f"{self.work} holds a benchmark pretrained with {had}, and its finished steps build on "
+                             f"that checkpoint; use a new --work folder for {self.p.pretrain_trainer}")
+        path.write_text(json.dumps({"pretrain_trainer": self.p.pretrain_trainer}, indent=1))
+
     def run(self) -> Path:
         """Every step (resumable) for every seed, then report.md; returns the report's path."""
         from fomo_nnunet.report import write_report
 
+        self.claim_pretraining()
         self.synthesize()
         self.convert(self.tasks)
         runs = {}

@@ -175,6 +175,40 @@ def test_every_trainer_a_preset_names_exists_with_its_scratch_twin():
             assert not trainer_class(name + "_scratch").use_pretrained, name + "_scratch"
 
 
+@pytest.mark.parametrize("name, message", [
+    ("nnUNetTrainerFomoMAE_nonexistent", "no such trainer"),
+    ("nnUNetTrainerFomoSeg_tiny", "not a pretraining trainer"),
+])
+def test_benchmark_refuses_a_pretraining_trainer_that_is_not_one(tmp_path, capsys, name, message):
+    from fomo_nnunet.cli import main
+
+    work = tmp_path / "work"
+    assert main(["benchmark", "--preset", "smoke", "--work", str(work), "--pretrain-trainer", name]) == 2
+    assert message in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_a_work_folder_keeps_the_pretraining_trainer_it_started_with(tmp_path, capsys):
+    from fomo_nnunet.benchmark import Benchmark
+    from fomo_nnunet.cli import main
+
+    hybrid = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke"
+    old = tmp_path / "old"  # a folder pretrained before the record existed: the preset's trainer
+    (old / "steps").mkdir(parents=True)
+    (old / "steps" / "pretrain_seed0.json").write_text("{}")
+    Benchmark(old, "smoke").claim_pretraining()
+    with pytest.raises(ValueError, match=f"pretrained with nnUNetTrainerFomoMAE_tiny_smoke.*new --work folder for {hybrid}"):
+        Benchmark(old, "smoke", pretrain_trainer=hybrid).claim_pretraining()
+    new = tmp_path / "new"
+    bench = Benchmark(new, "smoke", pretrain_trainer=hybrid)
+    assert bench.p.pretrain_trainer == hybrid and bench.p.seg_trainer == "nnUNetTrainerFomoSeg_tiny_smoke"
+    bench.claim_pretraining()
+    assert json.loads((new / "pretraining.json").read_text()) == {"pretrain_trainer": hybrid}
+    Benchmark(new, "smoke", pretrain_trainer=hybrid).claim_pretraining()  # the same trainer again: fine
+    assert main(["benchmark", "--preset", "smoke", "--work", str(new)]) == 2  # the preset's: refused up front
+    assert f"pretrained with {hybrid}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--n-train", "4"], "--n-train must be at least 5 (got 4)"),
     (["--n-test", "0"], "--n-test must be at least 5 (got 0)"),

@@ -11,6 +11,8 @@ examples:
   fomo-nnunet benchmark --preset tiny --seeds 3 --work w      # seeds 0, 1, 2: mean, sd, paired differences
   fomo-nnunet benchmark --preset tiny --seed-list 3 4 --work w   # add seeds 3 and 4 to the same folder
   fomo-nnunet benchmark --preset tiny-long --seeds 3 --work w # longer finetuning (hours on 2 CPU cores)
+  fomo-nnunet benchmark --preset tiny-long --seeds 3 --work w2 --pretrain-trainer nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions
+                                                           # another pretraining recipe, the same finetuning
   fomo-nnunet benchmark --preset smoke --tasks 2 3 6 --work /tmp/w   # a few iterations, proves the chain
   fomo-nnunet benchmark --preset full --work /data/fomo_synth  # real sizes (GPU)
 
@@ -52,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="synthetic train cases, the same for every task (default: the preset's; brain age 10x)")
     p.add_argument("--n-test", type=int, default=None, help="override the synthetic test cases per task")
     add_corpus_options(p)
+    p.add_argument("--pretrain-trainer", default=None, metavar="TRAINER",
+                   help="pretrain with this MAE trainer instead of the preset's (e.g. "
+                        "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions); finetuning keeps the preset's "
+                        "trainers. A work folder keeps the pretraining trainer it started with")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default: 2)")
     p.set_defaults(func=run)
     sub_bench = p.add_subparsers(dest="benchmark_command", metavar="SUBCOMMAND",
@@ -203,9 +209,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {flag} must be at least 1 (got {size})", file=sys.stderr)
             return 2
     sizes = (args.n_train, args.n_test) if args.n_train is not None or args.n_test is not None else None
+    if args.pretrain_trainer is not None:
+        problem = pretraining_trainer_problem(args.pretrain_trainer)
+        if problem:
+            print(f"error: --pretrain-trainer {args.pretrain_trainer}: {problem}", file=sys.stderr)
+            return 2
     seeds = tuple(args.seed_list) if args.seed_list is not None else tuple(range(args.seeds))
     bench = Benchmark(args.work, args.preset, args.data_seed, seeds, args.num_processes, tasks=args.tasks,
-                      synth_sizes=sizes, in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects))
+                      synth_sizes=sizes, in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects),
+                      pretrain_trainer=args.pretrain_trainer)
+    try:
+        bench.claim_pretraining()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         report = bench.run()
     except StepFailed as e:
@@ -216,3 +233,18 @@ def run(args: argparse.Namespace) -> int:
     rows = json.loads((report.parent / "results.json").read_text())["rows"]
     print("\n" + markdown_table(rows) + f"\n\nreport: {report}")
     return 0
+
+
+def pretraining_trainer_problem(name: str) -> str | None:
+    """Why `name` cannot pretrain in the benchmark (None: it can)."""
+    from fomo_nnunet.network_record import trainer_class
+
+    try:
+        cls = trainer_class(name)
+    except RuntimeError:  # nnU-Net's search found nothing
+        cls = None
+    if cls is None:
+        return "no such trainer (not in fomo_nnunet's trainers nor nnU-Net's)"
+    if not hasattr(cls, "mask_ratio"):
+        return "not a pretraining trainer (no masked-reconstruction settings)"
+    return None
