@@ -50,8 +50,8 @@ PRESETS = {p.name: p for p in (
 )}
 
 
-TASK_PLANS_DATA = "fomoPlans_3d_fullres"
-PRETRAINING_RECORD = "pretraining.json"  # in the work folder: the trainer every seed's checkpoint comes from  # the preprocessed task data every seed's plans share
+TASK_PLANS_DATA = "fomoPlans_3d_fullres"  # the preprocessed task data every seed's plans share
+PRETRAINING_RECORD = "pretraining.json"  # in the work folder: the trainer every seed's checkpoint comes from
 
 
 class Benchmark:
