@@ -74,6 +74,21 @@ def mirror_combinations(axes) -> list[tuple[int, ...]]:
     return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
 
 
+def no_trained_fold(model_dir: Path, fold, checkpoint: str) -> str:
+    """What to say when a model folder holds no trained fold: the nnUNetv2_train command that makes one
+    (read off nnU-Net's folder names, results/DatasetNNN_*/<trainer>__<plans>__<configuration>)."""
+    parts = model_dir.name.split("__")
+    dataset = re.match(r"Dataset(\d+)_", model_dir.parent.name)
+    trained = sorted(p.parent.name for p in model_dir.glob(f"fold_*/{checkpoint}"))
+    if len(parts) == 3 and dataset:
+        train = (f"nnUNetv2_train {int(dataset.group(1))} {parts[2]} {fold} -p {parts[1]} -tr {parts[0]}")
+    else:
+        train = "nnUNetv2_train DATASET 3d_fullres FOLD -p PLANS -tr TRAINER (-m takes <trainer>__<plans>__3d_fullres)"
+    where = model_dir / f"fold_{fold}" / checkpoint if model_dir.is_dir() else model_dir
+    return (f"no trained fold at {where}: run `{train}` first"
+            + (f" (trained here: {', '.join(trained)}; choose them with -f)" if trained else ""))
+
+
 @dataclass
 class ImageLevelModel:
     """The folds of one trained classification or regression model, ready to predict."""
@@ -95,6 +110,8 @@ class ImageLevelModel:
         from fomo_nnunet.transfer import load_checkpoint_safely
 
         model_dir = Path(model_dir)
+        if not (model_dir / "plans.json").is_file():
+            raise FileNotFoundError(no_trained_fold(model_dir, folds[0] if folds else "all", checkpoint))
         plans = json.loads((model_dir / "plans.json").read_text())
         task = task_from_plans(plans)
         if task.kind == SEGMENTATION:
@@ -109,8 +126,7 @@ class ImageLevelModel:
         for fold in folds:
             path = model_dir / f"fold_{fold}" / checkpoint
             if not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist (trained? other folds: "
-                                        f"{sorted(p.name for p in model_dir.glob('fold_*'))})")
+                raise FileNotFoundError(no_trained_fold(model_dir, fold, checkpoint))
             ckpt = load_checkpoint_safely(path)
             cm = pm.get_configuration(ckpt["init_args"]["configuration"])
             net = network_for_prediction(ckpt, pm, cm, len(dataset_json["channel_names"]), 2)
