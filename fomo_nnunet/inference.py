@@ -37,6 +37,7 @@ from fomo_nnunet.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, POOLING_M
                                          check_pooling, compute_embedding_stats, embedding_length,
                                          pooled_embedding, pooling_of)
 from fomo_nnunet.image_level import crop_or_pad, decode_outputs, task_from_plans
+from fomo_nnunet.mirroring import MIRRORING_DEFAULT, mirroring_note
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -174,13 +175,15 @@ class ImageLevelModel:
 
 
 def predict_folder(images: str | os.PathLike, output: str | os.PathLike, model_dir: str | os.PathLike,
-                   folds=("all",), checkpoint: str = "checkpoint_final.pth", mirror: bool = False,
-                   device: str = "cpu", progress: bool = True) -> Path:
+                   folds=("all",), checkpoint: str = "checkpoint_final.pth", mirror: bool = MIRRORING_DEFAULT,
+                   device: str = "cpu", progress: bool = True, log=None) -> Path:
     """Predict every case of an nnU-Net images folder; writes OUTPUT/predictions.csv (case_id, prediction
-    [, probability per class]) atomically and returns its path."""
+    [, probability per class]) atomically and returns its path. `log` gets the mirroring line."""
     from tqdm import tqdm
 
     model = ImageLevelModel.load(model_dir, folds, checkpoint, device)
+    if log is not None:
+        log(mirroring_note(mirror, model.mirror_axes))
     cases = group_cases(images, model.num_channels)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +212,7 @@ def _write_temp_nifti(arrays: list[np.ndarray], affine: np.ndarray, folder: str)
 
 
 def predict_case_arrays(model_dir: str | os.PathLike | ImageLevelModel, folds, arrays: list[np.ndarray],
-                        affine: np.ndarray, mirror: bool = True, device: str = "cpu") -> float:
+                        affine: np.ndarray, mirror: bool = MIRRORING_DEFAULT, device: str = "cpu") -> float:
     """One case given as arrays on one grid (nibabel order) -> P(positive) or the value (fomo26).
     `model_dir` may be a model already loaded (folds and device are then its own)."""
     model = model_dir if isinstance(model_dir, ImageLevelModel) else ImageLevelModel.load(model_dir, folds,

@@ -133,8 +133,7 @@ def validation_problem(kind: str, targets: Sequence[float], metric: str) -> str 
 
 def fold_advice(fold) -> str:
     """What to do about a validation fold that cannot score."""
-    if str(fold) == "all":
-        return "fold 'all' validates on its training cases"
-    return ("with few cases, train fold 'all' (every case, no held-out score) or check that the split in "
-            "splits_final.json puts both classes into every fold")
-
+    if str(fold) == "all":  # fold 'all' validates on its own training cases
+        return "fold 'all' validates on its training cases, so they are all of one class: check targets.json"
+    return ("with this few cases, train fold 'all' (no held-out score), or give every fold both classes in "
+            "splits_final.json")

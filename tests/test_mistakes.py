@@ -19,7 +19,9 @@ from fomo_nnunet.trainer_checks import Refused
 
 
 def _one_line_error(err: str, *fragments: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
+    """`err` is one line `error: ...` holding every fragment (Python warnings of the libraries aside)."""
+    lines = [line for line in err.splitlines()
+             if line.strip() and "Warning: " not in line and line.strip() != "warnings.warn("]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     for f in fragments:
         assert f in lines[0], lines[0]
@@ -122,7 +124,7 @@ def test_predict_before_training_says_which_training_to_run(tmp_path, capsys):
                     "run `nnUNetv2_train 901 3d_fullres all -p fomoPlans -tr nnUNetTrainerFomoCls_tiny` first")
 
 
-def test_nnunet_predict_on_an_image_level_model_points_to_fomo_predict_and_writes_nothing(tasks_ws, tmp_path):
+def test_nnunet_predict_on_an_image_level_model_points_to_fomo_predict_and_writes_nothing(tasks_ws, tmp_path, capsys):
     import subprocess
 
     from fomo_nnunet.bench import write_untrained_model
@@ -137,6 +139,16 @@ def test_nnunet_predict_on_an_image_level_model_points_to_fomo_predict_and_write
     assert p.returncode == X.BAD_INPUT, p.stdout + p.stderr
     _one_line_error(p.stderr, "image-level (classification) model", "fomo-nnunet predict")
     assert not out.exists() or not any(out.iterdir())  # nnU-Net makes the folder first; nothing goes into it
+    # what the line says to run works, and says whether it mirrors
+    model = tmp_path / "results" / "Dataset901_FOMO1Infarct" / "nnUNetTrainerFomoCls__fomoPlans__3d_fullres"
+    for flag, said in (("--no-tta", "mirroring test-time augmentation: off"),
+                       ("--tta", "mirroring test-time augmentation: on, every subset of axes 0, 1, 2 (8x the forwards)")):
+        with pytest.MonkeyPatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            code, printed, err = run_cli(["predict", "-i", root / "raw" / "Dataset901_FOMO1Infarct" / "imagesTs",
+                                          "-o", tmp_path / flag, "-m", model, flag], capsys)
+        assert code == 0 and said in printed and (tmp_path / flag / "predictions.csv").is_file(), err
 
 
 # ---- conversion ----------------------------------------------------------------------------------
