@@ -260,8 +260,8 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         return self._val_score, f"New best val {self._metric_name}: {np.round(value, 4)}"
 
     def write_pictures(self, epoch: int) -> None:
-        self.plot_losses(f"{self.__class__.__name__}: {self.task.key} ({self.task.name})",
-                         {f"val {self._metric_name}": "val_metric"}, self._metric_name)
+        metric = {} if self._select_by_loss else {f"val {self._metric_name}": "val_metric"}  # no empty axis
+        self.plot_losses(f"{self.__class__.__name__}: {self.task.key} ({self.task.name})", metric, self._metric_name)
 
 
 class nnUNetTrainerFomoCls(nnUNetTrainerFomoImageLevel):
