@@ -86,6 +86,13 @@ def test_finetuning_refuses_a_pretrained_checkpoint_changed_since_planning(tmp_p
                     f"fomo-nnunet plan transfer -d 902 --pretrained {ckpt}")
 
 
+def _nnunet_folders_with_dataset_902(root: Path, monkeypatch) -> None:
+    for k in ("raw", "pre"):
+        (root / k / "Dataset902_FOMO2Meningioma").mkdir(parents=True)
+    monkeypatch.setenv("nnUNet_raw", str(root / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(root / "pre"))
+
+
 def test_plan_transfer_refuses_a_pretraining_without_final_checkpoint_unless_named(tmp_path, monkeypatch, capsys):
     from fomo_nnunet.checkpoints import FINAL_ONLY, find_checkpoint
 
@@ -96,20 +103,14 @@ def test_plan_transfer_refuses_a_pretraining_without_final_checkpoint_unless_nam
     with pytest.raises(FileNotFoundError, match="no checkpoint_final.pth yet"):
         find_checkpoint(results, FINAL_ONLY)
     assert find_checkpoint(best, FINAL_ONLY) == str(best)  # a file named explicitly
-    for k in ("raw", "pre"):
-        (tmp_path / k / "Dataset902_FOMO2Meningioma").mkdir(parents=True)
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    _nnunet_folders_with_dataset_902(tmp_path, monkeypatch)
     code, _, err = run_cli(["plan", "transfer", "-d", "902", "--pretrained", results], capsys)
     assert code == X.BAD_INPUT
     _one_line_error(err, "no checkpoint_final.pth yet", f"--pretrained {best}")
 
 
 def test_plan_transfer_of_an_unknown_dataset_lists_the_datasets_there(tmp_path, monkeypatch, capsys):
-    for k in ("raw", "pre"):
-        (tmp_path / k / "Dataset902_FOMO2Meningioma").mkdir(parents=True)
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    _nnunet_folders_with_dataset_902(tmp_path, monkeypatch)
     code, _, err = run_cli(["plan", "transfer", "-d", "909", "--pretrained", tmp_path], capsys)
     assert code == X.BAD_INPUT
     _one_line_error(err, "no dataset 909", "fomo-nnunet convert task", "Dataset902_FOMO2Meningioma")
