@@ -8,7 +8,7 @@ Classification and regression models: `fomo-nnunet predict` without and with `--
 checkpoint's mirroring axes: 8 forwards for 3 axes). Segmentation models: nnU-Net's predictor (as
 `nnUNetv2_predict`) without mirroring and with mirroring over all three axes, whatever the checkpoint allows
 (the tiny recipes switch mirroring off at inference, so their checkpoints allow none). Prints a Markdown
-table and writes WORK/mirroring/summary.json.
+table and writes WORK/mirroring/seedN/summary.json.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def predict_segmentation(model: Path, folds: list[str], images: Path, out: Path,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="a benchmark's work folder (fomo-nnunet benchmark --work)")
+    ap.add_argument("--seed", type=int, default=0, help="the benchmark repetition (WORK/runs/seedN), default 0")
     ap.add_argument("--tasks", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     args = ap.parse_args()
     from fomo_nnunet.paths import nnunet_defaults, trainers_dir
@@ -54,8 +55,9 @@ def main() -> int:
     work = Path(args.work).resolve()
     env = dict(os.environ, **nnunet_defaults(work), nnUNet_extTrainer=str(trainers_dir()),
                nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1")
+    env["nnUNet_results"] = str(work / "runs" / f"seed{args.seed}" / "nnUNet_results")  # the benchmark's layout
     os.environ.update(env)
-    raw, results, study = Path(env["nnUNet_raw"]), Path(env["nnUNet_results"]), work / "mirroring"
+    raw, results, study = Path(env["nnUNet_raw"]), Path(env["nnUNet_results"]), work / "mirroring" / f"seed{args.seed}"
     rows = []
     for n in args.tasks:
         task = TASKS_BY_NUMBER[n]
@@ -87,6 +89,13 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
     study.mkdir(parents=True, exist_ok=True)
     (study / "summary.json").write_text(json.dumps(rows, indent=1))
+    print("| task | model | metric | no mirroring | mirroring | difference | seconds (no / with) |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        for name, plain in r["plain"]["metrics"].items():
+            mirrored = r["mirrored"]["metrics"].get(name)
+            if isinstance(plain, (int, float)) and isinstance(mirrored, (int, float)):
+                print(f"| {r['task']} | {r['model']} | {name} | {plain:.4f} | {mirrored:.4f} | {mirrored - plain:+.4f} | "
+                      f"{r['plain']['seconds']} / {r['mirrored']['seconds']} |")
     return 0
 
 
