@@ -43,11 +43,36 @@ def predict_segmentation(model: Path, folds: list[str], images: Path, out: Path,
                                  num_processes_preprocessing=1, num_processes_segmentation_export=1)
 
 
+def first_cases(images: Path, gt: Path, n: int, folder: Path) -> tuple[Path, Path]:
+    """Links to the first `n` test cases (images and ground truth) in `folder`."""
+    from fomo_nnunet.inference import group_cases, strip_nifti
+
+    cases = dict(sorted(group_cases(images, len({strip_nifti(f.name)[-4:] for f in images.iterdir()})).items())[:n])
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for files in cases.values():
+        for f in files:
+            link = folder / "images" / Path(f).name
+            link.unlink(missing_ok=True)
+            link.symlink_to(f)
+    if gt.is_dir():
+        (folder / "labels").mkdir(exist_ok=True)
+        for case in cases:
+            link = folder / "labels" / f"{case}.nii.gz"
+            link.unlink(missing_ok=True)
+            link.symlink_to(gt / f"{case}.nii.gz")
+        return folder / "images", folder / "labels"
+    targets = json.loads(gt.read_text())
+    (folder / gt.name).write_text(json.dumps({c: targets[c] for c in cases}))
+    return folder / "images", folder / gt.name
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="a benchmark's work folder (fomo-nnunet benchmark --work)")
     ap.add_argument("--seed", type=int, default=0, help="the benchmark repetition (WORK/runs/seedN), default 0")
     ap.add_argument("--tasks", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    ap.add_argument("--models", nargs="+", default=None, help="only model folders whose name contains one of these")
+    ap.add_argument("--max-cases", type=int, default=None, help="only the first N test cases (by name)")
     args = ap.parse_args()
     from fomo_nnunet.paths import nnunet_defaults, trainers_dir
     from fomo_nnunet.tasks import SEGMENTATION, TASKS_BY_NUMBER
@@ -66,8 +91,12 @@ def main() -> int:
                 folds = sorted(f.name[5:] for f in model.glob("fold_*") if (f / "checkpoint_final.pth").is_file())
                 if not folds:
                     continue
+                if args.models and not any(m in model.name for m in args.models):
+                    continue
                 images = raw / dataset.name / "imagesTs"
                 gt = raw / dataset.name / ("labelsTs" if task.kind == SEGMENTATION else "targetsTs.json")
+                if args.max_cases:
+                    images, gt = first_cases(images, gt, args.max_cases, study / task.key / "cases")
                 row = {"task": task.key, "model": model.name, "folds": folds}
                 for mirror in (False, True):
                     out = study / task.key / model.name / ("mirrored" if mirror else "plain")
