@@ -44,7 +44,9 @@ def _add_transfer_parser(psub: argparse._SubParsersAction) -> None:
                     "Next: nnUNetv2_preprocess -d ID -plans_name fomoPlans -c 3d_fullres")
     tr.add_argument("-d", "--dataset", type=int, required=True, help="dataset ID of the converted task")
     tr.add_argument("--pretrained", default=None,
-                    help="pretraining checkpoint (.pth) or its results folder (fold_*/checkpoint_final.pth)")
+                    help="pretraining checkpoint (.pth, taken as it is) or its results folder, which must hold a "
+                         "finished pretraining (fold_*/checkpoint_final.pth); the plans record the file's sha256 "
+                         "and the finetuning trainers refuse a file that changed since")
     tr.add_argument("--from-scratch", action="store_true",
                     help="the same plans without a link to the checkpoint (network from --pretrained's metadata, "
                          "or from --arch when there is no checkpoint), for honest from-scratch comparisons")
