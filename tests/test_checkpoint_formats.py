@@ -12,7 +12,12 @@ nnssl's `save_checkpoint` writes, adaptation plan included. asparagus's Primus i
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from einops import rearrange
@@ -23,6 +28,7 @@ from fomo_nnunet.checkpoint_import import (CHECKPOINT_FILE, REPORT_JSON, Unknown
 from fomo_nnunet.checkpoints_io.export import export_checkpoint
 from fomo_nnunet.transfer import CheckpointError, PretrainMetadata, load_checkpoint_safely
 
+from helpers import run
 from test_checkpoint_import import TOLERANCE, randomised, save_like_lightning, tiny_resenc  # noqa: E402
 
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet  # noqa: E402
@@ -32,6 +38,7 @@ from gardening_tools.modules.networks.primus import Primus as GardeningPrimus  #
 from gardening_tools.modules.networks.resunet import ResidualEncoderUNet as GardeningResEncUNet  # noqa: E402
 
 X = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(7))
+XS = X[:1, :, :16, :16, :16].contiguous()   # enough for the U-Nets (4 stages), a quarter of the work
 
 
 # ---- nnssl's networks and checkpoint, rebuilt from its definitions ------------------------------------
@@ -123,8 +130,8 @@ def test_nnssl_resenc_l_is_the_same_network_and_plans_like_its_pretraining(tmp_p
     mine, ckpt = ours(tmp_path / "imported")
     assert ckpt["fomo_metadata"]["epochs_trained"] == 3
     with torch.no_grad():
-        d32 = max_diff(theirs(X), mine(X))
-        d64 = max_diff(theirs.double()(X.double()), mine.double()(X.double()))
+        d32 = max_diff(theirs(XS), mine(XS))
+        d64 = max_diff(theirs.double()(XS.double()), mine.double()(XS.double()))
     print(f"\nnnssl ResEnc U-Net, whole network: max |diff| float32 {d32}, float64 {d64}")
     assert d32 <= TOLERANCE and d64 == 0.0
 
@@ -237,11 +244,12 @@ def our_checkpoint(tmp_path) -> tuple[nn.Module, object]:
     return net, path
 
 
-def _round_trip_is_exact(original: dict, out_dir) -> None:
+def _round_trip_is_exact(original: dict, out_dir, without: tuple[str, ...] = ()) -> None:
     back = load_checkpoint_safely(out_dir / CHECKPOINT_FILE)
-    weights = back["network_weights"]
-    assert set(weights) == set(original["network_weights"])
-    assert all(torch.equal(weights[k], v) for k, v in original["network_weights"].items())
+    weights = {k: v for k, v in back["network_weights"].items() if k not in without}
+    expected = {k: v for k, v in original["network_weights"].items() if k not in without}
+    assert set(weights) == set(expected)
+    assert all(torch.equal(weights[k], v) for k, v in expected.items())
     for key in ("network_class", "network_kwargs", "patch_size", "spacing", "normalization", "num_input_channels"):
         assert back["fomo_metadata"][key] == original["fomo_metadata"][key], key
     for key in ("mask_ratio", "mask_unit", "use_mask_for_norm"):
@@ -257,18 +265,13 @@ def test_asparagus_export_loads_into_gardening_tools_and_round_trips_exactly(tmp
                                  n_conv_per_stage_decoder=(1, 1, 1)).eval()
     theirs.load_state_dict({k[len("model."):]: v for k, v in exported["state_dict"].items()}, strict=True)
     with torch.no_grad():
-        d32 = max_diff(theirs(X), mine.eval()(X))
+        d32 = max_diff(theirs(XS), mine.eval()(XS))
     print(f"\nexport asparagus -> gardening-tools ResidualEncoderUNet: max |diff| float32 {d32}; "
           f"left out {report.left_out}")
     assert d32 <= TOLERANCE and all(n.startswith("decoder.seg_layers.") for n in report.left_out)
     import_checkpoint(tmp_path / "asparagus" / "checkpoints" / "last.ckpt", tmp_path / "back")
-    original = torch.load(path, weights_only=True)
-    original["network_weights"] = {k: v for k, v in original["network_weights"].items()
-                                   if k not in report.left_out}   # deep-supervision outputs have no place there
-    back = load_checkpoint_safely(tmp_path / "back" / CHECKPOINT_FILE)
-    back["network_weights"] = {k: v for k, v in back["network_weights"].items() if k not in report.left_out}
-    torch.save(back, tmp_path / "back" / CHECKPOINT_FILE)
-    _round_trip_is_exact(original, tmp_path / "back")
+    # deep-supervision outputs have no place in their network: the rest comes back unchanged
+    _round_trip_is_exact(torch.load(path, weights_only=True), tmp_path / "back", tuple(report.left_out))
 
 
 def test_nnssl_export_loads_as_nnssl_builds_its_network_and_round_trips_exactly(tmp_path):
@@ -292,7 +295,7 @@ def test_nnssl_export_loads_as_nnssl_builds_its_network_and_round_trips_exactly(
         theirs.get_submodule(key).load_state_dict(
             {k[len(key) + 1:]: v for k, v in exported["network_weights"].items() if k.startswith(key + ".")})
     with torch.no_grad():
-        d64 = max_diff(theirs.double()(X.double()), mine.double().eval()(X.double()))
+        d64 = max_diff(theirs.double()(XS.double()), mine.double().eval()(XS.double()))
     print(f"\nexport nnssl -> ResidualEncoderUNet from the adaptation plan: max |diff| float64 {d64}")
     assert d64 == 0.0
     config = next(iter(plan["pretrain_plan"]["configurations"].values()))
@@ -310,3 +313,61 @@ def test_export_of_a_network_the_format_has_no_class_for_is_refused(tmp_path):
     for fmt in ("asparagus", "nnssl"):
         with pytest.raises(CheckpointError, match="PlainConvUNet, which"):
             export_checkpoint(path, tmp_path / fmt, fmt)
+
+
+# ---- end to end: nnssl import -> plan transfer -> finetune -> bundle -> challenge entry (seg, embedding) --------
+SEG, CLS = (904, "Dataset904_FOMO4Trigeminal"), (901, "Dataset901_FOMO1Infarct")
+PLANS = "fomoImportedPlans"
+
+
+@pytest.mark.slow
+def test_imported_checkpoints_plan_finetune_bundle_and_run_the_challenge_entry(tasks_ws, tmp_path):
+    """nnssl ResEnc (segmentation task and the embedding, bundled and run through the challenge entry) and
+    asparagus ResEnc (classification task, planned and finetuned): each import plans like its pretraining (no --patch / --spacing: the nnssl adaptation plan says
+    4 mm and 32^3, the asparagus file is told), finetunes, and answers the challenge entry."""
+    root, env, _ = tasks_ws
+    save_like_nnssl(nnssl_resenc(seed=5), tmp_path / "checkpoint_final.pth", adaptation_plan("ResEncL"),
+                    "BaseMAETrainer")
+    nnssl_dir, asparagus_dir = root / "imported_nnssl", root / "imported_asparagus"
+    import_checkpoint(tmp_path / "checkpoint_final.pth", nnssl_dir)   # the CLI is this call
+    import_checkpoint(save_like_lightning(tiny_resenc(True, seed=5), tmp_path / "last.ckpt"), asparagus_dir,
+                      patch=32, spacing=4.0)
+    # `fomo-nnunet plan transfer -d ID --pretrained DIR` per dataset, then nnUNetv2_preprocess, in one process
+    run([sys.executable, "-c", "import sys; from fomo_nnunet.plans.transfer_planner import plan_transfer; "
+         "from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess; a = sys.argv[1:]; "
+         f"[plan_transfer(int(d), c, num_processes=1, plans_name='{PLANS}') for d, c in ((a[0], a[1]), (a[2], a[3]))]; "
+         f"preprocess([int(a[0]), int(a[2])], '{PLANS}', ['3d_fullres'], [2], show_progress_bar=False)",
+         str(SEG[0]), str(nnssl_dir), str(CLS[0]), str(asparagus_dir)], env)
+    plans = json.loads((root / "preprocessed" / SEG[1] / f"{PLANS}.json").read_text())
+    assert plans["fomo"]["pretrained_checkpoint"] == str(nnssl_dir / CHECKPOINT_FILE)
+    fullres = plans["configurations"]["3d_fullres"]
+    assert fullres["spacing"] == [4.0] * 3 and fullres["use_mask_for_norm"] == [False]   # the adaptation plan's
+    assert fullres["normalization_schemes"] == ["ZScoreNormalization"]
+    bin_dir = Path(sys.executable).parent
+    jobs = [subprocess.Popen([str(bin_dir / "nnUNetv2_train"), str(d), "3d_fullres", "all", "-p", PLANS, "-tr", tr,
+                              "-device", "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for d, tr in ((SEG[0], "nnUNetTrainerFomoSeg_tiny_smoke"), (CLS[0], "nnUNetTrainerFomoCls_tiny_smoke"))]
+    for job in jobs:
+        out, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, out[-4000:]
+    seg_model = root / "results" / SEG[1] / f"nnUNetTrainerFomoSeg_tiny_smoke__{PLANS}__3d_fullres"
+    cls_model = root / "results" / CLS[1] / f"nnUNetTrainerFomoCls_tiny_smoke__{PLANS}__3d_fullres"
+    seg_transfer = json.loads((seg_model / "fold_all" / "transfer_report.json").read_text())
+    cls_transfer = json.loads((cls_model / "fold_all" / "transfer_report.json").read_text())
+    assert any(n.startswith("encoder.stages.") for n in seg_transfer["loaded"])   # the nnssl encoder is used
+    assert any("1->4 channels" in why for why in cls_transfer["adapted"].values())  # stem over 4 sequences
+    from fomo_nnunet.bundle import build_bundle
+
+    bundle = tmp_path / "bundle"
+    # one pretrained checkpoint per bundle (the challenge's rule): the nnssl one; the asparagus-based classifier
+    # has shown above that it plans and finetunes
+    build_bundle(bundle, {4: str(seg_model)}, str(nnssl_dir / CHECKPOINT_FILE), folds=["all"])
+    case = root / "raw" / SEG[1] / "imagesTs" / "casets000_0000.nii.gz"
+    # the challenge entry for a segmentation task and for the embedding task, in one process
+    run([sys.executable, "-c", "import sys; from fomo_nnunet.cli import main; a = sys.argv[1:]; "
+         "sys.exit(main(['fomo26', 'task4', '--t2', a[0], '--output', a[1], '--bundle', a[3], '--no-mirroring']) "
+         "or main(['fomo26', 'task6', '--input', a[0], '--output', a[2], '--bundle', a[3]]))",
+         str(case), str(tmp_path / "seg.nii.gz"), str(tmp_path / "emb.npy"), str(bundle)], env)
+    assert nib.load(tmp_path / "seg.nii.gz").shape == nib.load(case).shape
+    embedding = np.load(tmp_path / "emb.npy", allow_pickle=False)
+    assert embedding.shape == (32,) and np.all(np.isfinite(embedding))
