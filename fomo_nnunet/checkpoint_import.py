@@ -1,19 +1,23 @@
-"""Import the FOMO organisers' published checkpoints into our self-describing checkpoint format.
+"""Import published pretrained checkpoints into our self-describing checkpoint format.
 
-Two source layouts are understood, both read as data only (`load_torch_file_safely`: weights_only):
+Three frameworks are understood, every file read as data only (`load_torch_file_safely`: weights_only):
 
 - `asparagus`: the FOMO26 organisers' framework (github.com/Sllambias/asparagus), whose networks come
-  from the gardening-tools package: `ResidualEncoderUNet` (ResEnc-B and its S/L/H/G siblings). A
-  Lightning checkpoint (`state_dict` under `model.`, `hyper_parameters`) or a bare state dict.
+  from the gardening-tools package: `ResidualEncoderUNet` (ResEnc-B and its S/L/H/G siblings), `UNet`,
+  `Primus`. A Lightning checkpoint (`state_dict` under `model.`, `hyper_parameters`) or a bare state
+  dict; the run's Hydra config beside `checkpoints/` gives patch and masking (checkpoints_io.asparagus_config).
 - `fomo25-baseline`: the yucca-based FOMO25 baseline codebase and AMAES (github.com/asbjrnmunk/amaes),
-  whose `UNet` (U-Net B: 32 filters, U-Net XL: 64) halves the resolution by max-pooling. The
-  gardening-tools `UNet` has the same layout and is read the same way.
+  whose `UNet` (U-Net B: 32 filters, U-Net XL: 64) halves the resolution by max-pooling.
+- `nnssl`: github.com/MIC-DKFZ/nnssl (the OpenMind models): `checkpoint_final.pth` with its adaptation
+  plan; ResEnc-L in dynamic-network-architectures' own names, Primus (checkpoints_io.nnssl, .primus).
 
 The architecture is recognised from the tensors themselves (widths, depths, kernel and stride,
-input channels, bias, whether the decoder takes skip connections); hyper-parameters fill in what
-tensors cannot say (patch size, masking), framework defaults the rest, and the report says which
-came from where. Every encoder tensor must find its place in the target network with the same
-shape, or nothing is written. A decoder is mapped as a whole or not at all.
+input channels, bias, whether the decoder takes skip connections); the framework from the file, and a
+`--format` that contradicts it is refused. Recorded settings (nnssl's adaptation plan, an asparagus run
+config, hyper-parameters) fill in what tensors cannot say (patch size, spacing, normalisation, masking),
+framework defaults the rest, and the report says which came from where. Every encoder tensor must find
+its place in the target network with the same shape, or nothing is written. A decoder is mapped as a
+whole or not at all.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import torch
 
 from fomo_nnunet.checkpoints_io.common import (InexactArchitectureError, Recognised, Setting,
                                                UnknownArchitectureError, conv_kwargs as _conv_kwargs,
+                                               residual_encoder,
                                                count as _count, cubic_kernel as _cubic_kernel, cubic_patch,
                                                require_affine_norm as _require_affine_norm)
 from fomo_nnunet.checkpoints_io import asparagus_config, nnssl, primus
@@ -185,15 +190,7 @@ def _resenc_encoder(t: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int, l
             "this is a finetuned classification/regression network (ResidualEncoderUNetCLSREG, 'decoder.fc'): its "
             "residual shortcuts downsample with max-pooling, which dynamic-network-architectures' BasicBlockD "
             "(average pooling) does not reproduce; import the organisers' pretraining checkpoint instead")
-    w = t[stem]
-    kernel = _cubic_kernel(stem, w)
-    _require_affine_norm(t, "encoder.stem.conv1.norm_op.weight")
-    n_stages = _count(t, "encoder.stages.{}.blocks.0.conv1.conv.weight")
-    blocks = [_count(t, f"encoder.stages.{s}.blocks.{{}}.conv1.conv.weight") for s in range(n_stages)]
-    features = [int(t[f"encoder.stages.{s}.blocks.0.conv1.conv.weight"].shape[0]) for s in range(n_stages)]
-    if features[0] != w.shape[0]:
-        raise InexactArchitectureError(f"stem width {w.shape[0]} differs from stage 0's {features[0]}: "
-                                       f"dynamic-network-architectures' stem has the first stage's width")
+    w, kernel, features, blocks = residual_encoder(t, stem, "encoder.stem.conv1.norm_op.weight")
     return w, kernel, features, blocks, "encoder.stem.conv1.conv.bias" in t
 
 

@@ -86,3 +86,19 @@ def cubic_patch(value: Any) -> list[int] | None:
     if isinstance(value, list | tuple) and len(value) == 3 and all(isinstance(p, int | float) for p in value):
         return [int(p) for p in value]
     return None
+
+
+def residual_encoder(t: Mapping[str, torch.Tensor], stem: str, stem_norm: str
+                     ) -> tuple[torch.Tensor, int, list[int], list[int]]:
+    """A residual encoder's stem weight, kernel, widths and blocks per stage (`encoder.stages.S.blocks.B`,
+    the names gardening-tools and dynamic-network-architectures share)."""
+    w = t[stem]
+    kernel = cubic_kernel(stem, w)
+    require_affine_norm(t, stem_norm)
+    n_stages = count(t, "encoder.stages.{}.blocks.0.conv1.conv.weight")
+    blocks = [count(t, f"encoder.stages.{s}.blocks.{{}}.conv1.conv.weight") for s in range(n_stages)]
+    features = [int(t[f"encoder.stages.{s}.blocks.0.conv1.conv.weight"].shape[0]) for s in range(n_stages)]
+    if not features or features[0] != w.shape[0]:
+        raise InexactArchitectureError(f"stem width {w.shape[0]} differs from stage 0's {features[:1]}: "
+                                       f"dynamic-network-architectures' stem has the first stage's width")
+    return w, kernel, features, blocks

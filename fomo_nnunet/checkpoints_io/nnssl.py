@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from fomo_nnunet.checkpoints_io.common import (InexactArchitectureError, Recognised, Setting, conv_kwargs, count,
-                                               cubic_kernel, cubic_patch, require_affine_norm)
+                                               cubic_patch, residual_encoder)
 from fomo_nnunet.transfer import CheckpointError
 
 ADAPTATION_KEY = "nnssl_adaptation_plan"
@@ -85,12 +85,8 @@ def _check_plan_kwargs(arch_kwargs: Mapping[str, Any], kwargs: Mapping[str, Any]
 def recognise_resenc(t: Mapping[str, torch.Tensor], plan: Mapping[str, Any]) -> Recognised:
     """An nnssl ResEnc U-Net (ResEncL, NoSkipResEncL, or a ResidualEncoderUNet with its arguments in the
     plan) -> dynamic-network-architectures' ResidualEncoderUNet, tensor for tensor."""
-    w = t[STEM]
-    kernel = cubic_kernel(STEM, w)
-    require_affine_norm(t, "encoder.stem.convs.0.norm.weight")
-    n_stages = count(t, "encoder.stages.{}.blocks.0.conv1.conv.weight")
-    blocks = [count(t, f"encoder.stages.{s}.blocks.{{}}.conv1.conv.weight") for s in range(n_stages)]
-    features = [int(t[f"encoder.stages.{s}.blocks.0.conv1.conv.weight"].shape[0]) for s in range(n_stages)]
+    w, kernel, features, blocks = residual_encoder(t, STEM, "encoder.stem.convs.0.norm.weight")
+    n_stages = len(features)
     has_decoder, stride, convs_dec, skips = _decoder(t, n_stages)
     name = plan["architecture_plans"]["arch_class_name"]
     arch_kwargs = plan["architecture_plans"].get("arch_kwargs") or {}
