@@ -136,6 +136,42 @@ def test_nnssl_resenc_l_is_the_same_network_and_plans_like_its_pretraining(tmp_p
     assert d32 <= TOLERANCE and d64 == 0.0
 
 
+class NoSkipResEncUNet(nn.Module):
+    """nnssl architectures/noskipResEncUNet.py: dynamic-network-architectures' ResidualEncoder (bottleneck
+    only) and a decoder whose stages take the upsampled features alone (C -> C), one `seg_layer`."""
+
+    def __init__(self, features=(4, 8, 16, 32), blocks=(1, 2, 1, 2)):
+        from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+        from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+
+        super().__init__()
+        n, layers = len(features), dict(conv_bias=True, norm_op=nn.InstanceNorm3d,
+                                         norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None,
+                                         dropout_op_kwargs=None, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+        self.encoder = ResidualEncoder(1, n, list(features), nn.Conv3d, 3, [1] + [2] * (n - 1), list(blocks),
+                                       return_skips=False, **layers)
+        self.decoder = nn.Module()
+        self.decoder.encoder = self.encoder
+        self.decoder.stages = nn.ModuleList(StackedConvBlocks(1, nn.Conv3d, features[-s - 1], features[-s - 1], 3, 1,
+                                                              **layers) for s in range(1, n))
+        self.decoder.transpconvs = nn.ModuleList(nn.ConvTranspose3d(features[-s], features[-s - 1], 2, 2)
+                                                 for s in range(1, n))
+        self.decoder.seg_layer = nn.Conv3d(features[0], 1, 1)
+
+
+def test_nnssl_noskip_resenc_maps_the_encoder_and_leaves_the_decoder_out_with_the_reason(tmp_path):
+    theirs = randomised(NoSkipResEncUNet(), seed=6)
+    save_like_nnssl(theirs, tmp_path / "checkpoint_final.pth", adaptation_plan("NoSkipResEncL"), "BaseMAETrainer")
+    report = import_checkpoint(tmp_path / "checkpoint_final.pth", tmp_path / "imported")
+    assert not report.decoder_mapped and {e["source"].split(".")[0] for e in report.left_out} == {"decoder"}
+    assert all("no skip connections" in e["reason"] for e in report.left_out)
+    mine, _ = ours(tmp_path / "imported")
+    with torch.no_grad():
+        d32 = max_diff(theirs.encoder(XS), mine.encoder(XS)[-1])
+    print(f"\nnnssl NoSkipResEncL, bottleneck: max |diff| float32 {d32}")
+    assert d32 <= TOLERANCE
+
+
 def test_nnssl_primus_encoder_gives_the_same_features_in_dna_primus(tmp_path):
     torch.manual_seed(1)
     theirs = randomised(EvaMAE(), seed=1)
