@@ -199,6 +199,19 @@ def test_nnssl_primus_encoder_gives_the_same_features_in_dna_primus(tmp_path):
     assert d32 <= TOLERANCE and d64 <= 1e-12
 
 
+def test_primus_already_in_dna_token_order_is_copied_unchanged(tmp_path):
+    from dynamic_network_architectures.architectures.primus import Primus
+
+    theirs = randomised(Primus(input_channels=1, embed_dim=24, patch_embed_size=(8, 8, 8), num_classes=1,
+                               eva_depth=4, eva_numheads=4, input_shape=(32, 32, 32)), seed=8)
+    save_like_nnssl(theirs, tmp_path / "checkpoint_final.pth", adaptation_plan("PrimusM", primus_keys=True), "ft")
+    report = import_checkpoint(tmp_path / "checkpoint_final.pth", tmp_path / "imported")
+    assert report.adapted == [] and report.left_out == [] and report.decoder_mapped
+    mine, _ = ours(tmp_path / "imported")
+    with torch.no_grad():
+        assert max_diff(theirs.double()(X.double()), mine.double()(X.double())) == 0.0
+
+
 def test_asparagus_primus_reads_its_run_config_and_gives_the_same_output(tmp_path):
     # asparagus primus_debug, saved as asparagus's pretraining saves it, its Hydra config beside
     theirs = randomised(GardeningPrimus(input_channels=1, num_classes=1, input_shape=[32, 32, 32], embed_dim=24,
@@ -339,6 +352,16 @@ def test_nnssl_export_loads_as_nnssl_builds_its_network_and_round_trips_exactly(
     import_checkpoint(tmp_path / "nnssl" / "checkpoint_final.pth", tmp_path / "back")
     _round_trip_is_exact(torch.load(path, weights_only=True), tmp_path / "back")
     assert json.loads((tmp_path / "back" / REPORT_JSON).read_text())["decoder_mapped"]
+
+
+def test_export_cli_writes_and_refuses_with_one_line(tmp_path, capsys):
+    from fomo_nnunet.cli import main
+
+    _, path = our_checkpoint(tmp_path)
+    assert main(["export-checkpoint", str(path), "-o", str(tmp_path / "out"), "--format", "nnssl"]) == 0
+    assert "checkpoint_final.pth" in capsys.readouterr().out and (tmp_path / "out" / "adaptation_plan.json").is_file()
+    with pytest.raises(SystemExit, match="does not exist|no such checkpoint"):
+        main(["export-checkpoint", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "o2"), "--format", "asparagus"])
 
 
 def test_export_of_a_network_the_format_has_no_class_for_is_refused(tmp_path):

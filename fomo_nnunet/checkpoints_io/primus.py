@@ -7,7 +7,8 @@ norm - attention with rotary position embedding (RoPE) - layer scale, norm - Swi
   transformer as decoder (`decoder.*`), `up_projection.*` after it, `mask_token`;
 - gardening-tools' Primus (asparagus `primus_s/b/m/l/h/g`): stem `encoder.*`, the patch decoder
   `decoder.decode.*`, `mask_token`;
-- dynamic-network-architectures' Primus (the target): `down_projection.*`, `eva.*`, `up_projection.*`.
+- dynamic-network-architectures' Primus (the target; also read as a source, unchanged):
+  `down_projection.*`, `eva.*`, `up_projection.*`.
 
 The first two flatten the patch grid into tokens as `(h w d)` (second spatial axis outermost),
 dynamic-network-architectures as `(w h d)`. Loading their weights unchanged (what nnU-Net master's
@@ -89,8 +90,11 @@ def _size(embed_dim: int, depth: int) -> tuple[str, int]:
 def recognise(t: Mapping[str, torch.Tensor], fmt: str, patch: list[int], named: str | None = None) -> Recognised:
     """A Primus from nnssl (EvaMAE) or asparagus (gardening-tools Primus) -> dynamic-network-architectures'
     Primus for the pretraining patch `patch` (which fixes the position embedding's grid)."""
-    nnssl_mae = "down_projection.proj.weight" in t
-    stem = "down_projection.proj" if nnssl_mae else "encoder.proj"
+    dna_names = "down_projection.proj.weight" in t
+    # dynamic-network-architectures' own Primus (a finetuned nnssl network): no transformer decoder
+    dna_primus = dna_names and not any(k.startswith("decoder.") for k in t)
+    nnssl_mae = dna_names and not dna_primus
+    stem = "down_projection.proj" if dna_names else "encoder.proj"
     proj = t[f"{stem}.weight"]
     patch_embed = [int(p) for p in proj.shape[2:]]
     embed_dim = int(t["eva.pos_embed"].shape[-1])
@@ -126,22 +130,25 @@ def recognise(t: Mapping[str, torch.Tensor], fmt: str, patch: list[int], named: 
             return "down_projection." + source[len(stem) - len("proj"):]
         if source.startswith("eva."):
             return source
-        if not nnssl_mae and source.startswith("decoder.decode."):
+        if dna_primus and source.startswith("up_projection."):
+            return source
+        if not dna_names and source.startswith("decoder.decode."):
             return "up_projection." + source[len("decoder."):]
         if not nnssl_mae and source == "mask_token":
             return source
         return None
 
-    source_name = "nnssl EvaMAE" if nnssl_mae else "asparagus / gardening-tools Primus"
+    source_name = ("nnssl EvaMAE" if nnssl_mae else "dynamic-network-architectures Primus" if dna_primus
+                   else "asparagus / gardening-tools Primus")
     architecture = (f"{name} ({source_name}: width {embed_dim}, {depth} blocks, {heads} heads, "
                     f"ViT patch {patch_embed[0]}^3, input {patch[0]}^3)")
-    decoder_prefixes = ("decoder.", "up_projection.", "mask_token") if nnssl_mae else ("decoder.", "mask_token")
-    out_layer = "up_projection.decode.2.weight" if nnssl_mae else "decoder.decode.2.weight"
+    decoder_prefixes = ("decoder.", "up_projection.", "mask_token") if dna_names else ("decoder.", "mask_token")
+    out_layer = "up_projection.decode.2.weight" if dna_names else "decoder.decode.2.weight"
     num_outputs = int(t[out_layer].shape[1]) if out_layer in t and t[out_layer].ndim == 5 else 1
     return Recognised(fmt, architecture, PRIMUS, kwargs, int(proj.shape[1]), target_of, decoder_prefixes,
                       not nnssl_mae, _MAE_DECODER if nnssl_mae else "", [_EXACT], assumptions,
                       encoder_prefixes=(f"{stem}.", "eva."), target_encoder_prefixes=("down_projection.", "eva."),
-                      adapt=swap_adapter(grid, heads, embed_dim), num_outputs=num_outputs,
+                      adapt=None if dna_primus else swap_adapter(grid, heads, embed_dim), num_outputs=num_outputs,
                       patch_multiple=patch_embed)
 
 
