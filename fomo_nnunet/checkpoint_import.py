@@ -414,7 +414,8 @@ def _pretraining_patch(source: SourceCheckpoint, patch: int | None) -> tuple[lis
     if source.adaptation_plan is not None:
         name, config = nnssl.pretrain_configuration(source.adaptation_plan)
         if cubic_patch(config.get("patch_size")):
-            return cubic_patch(config.get("patch_size")), f"adaptation plan: pretrain_plan configuration {name!r} patch_size"
+            return (cubic_patch(config.get("patch_size")),
+                    f"adaptation plan: pretrain_plan configuration {name!r} patch_size")
     if source.run_config is not None and cubic_patch(asparagus_config.lookup(source.run_config, "training.patch_size")):
         return (cubic_patch(asparagus_config.lookup(source.run_config, "training.patch_size")),
                 f"{source.run_config_path}: training.patch_size")
@@ -437,13 +438,15 @@ def recognise(source: SourceCheckpoint, fmt: str = "auto", patch: int | None = N
     t = source.tensors
     layout = _layout(source)
     found, evidence = _framework(source, layout)
-    if fmt not in ("auto", found) or (found == "nnssl" and source.adaptation_plan is None):
-        written = "an nnssl checkpoint" if found == "nnssl" else f"a {layout} written by {found}"
+    if found == "nnssl" and source.adaptation_plan is None:
         raise UnknownArchitectureError(
-            f"{source.path}: --format {fmt}, but this is {written} ({evidence})"
-            + ("; an nnssl checkpoint_final.pth carries 'nnssl_adaptation_plan' with the pretraining's patch, "
-               "spacing and normalisation, and this file has none" if found == "nnssl" and
-               source.adaptation_plan is None else f"; use --format {found} or auto"))
+            f"{source.path}: " + (f"--format {fmt}, but this is" if fmt != "auto" else "this looks like")
+            + f" an nnssl network ({evidence}); an nnssl checkpoint_final.pth carries 'nnssl_adaptation_plan' with "
+              f"the pretraining's patch, spacing and normalisation, and this file has none")
+    if fmt not in ("auto", found):
+        written = "an nnssl checkpoint" if found == "nnssl" else f"a {layout} written by {found}"
+        raise UnknownArchitectureError(f"{source.path}: --format {fmt}, but this is {written} ({evidence}); "
+                                       f"use --format {found} or auto")
     try:
         if layout == "Primus":
             pretrain_patch, _ = _pretraining_patch(source, patch)
@@ -468,7 +471,6 @@ def _settings(rec: Recognised, source: SourceCheckpoint, patch: int | None,
         embed = rec.network_kwargs.get("patch_embed_size")
         return nnssl.settings(source.adaptation_plan, source.trainer_name, rec.num_input_channels, patch, spacing,
                               embed[0] if embed else None)
-    hyper = source.hyper_parameters
     s: dict[str, Setting] = {}
     recorded, where = _pretraining_patch(source, patch)
     s["patch_size"] = Setting(recorded, where) if recorded else Setting(
@@ -537,7 +539,7 @@ class ImportReport:
     assumptions: list[str]
     settings: dict[str, dict[str, Any]]
     mapped: list[dict[str, Any]] = field(default_factory=list)      # {source, target, shape}
-    adapted: list[dict[str, Any]] = field(default_factory=list)     # values changed on the way (none today)
+    adapted: list[dict[str, Any]] = field(default_factory=list)     # {source, how}: values changed (Primus)
     left_out: list[dict[str, Any]] = field(default_factory=list)    # {source, shape, reason}
     aliases: int = 0
     mapped_params: int = 0
@@ -737,7 +739,8 @@ def import_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
                             "use_mask_for_norm": settings["use_mask_for_norm"].value[:1] * rec.num_input_channels,
                             "imported_from": str(src.resolve()), "import_format": rec.format},
         iterations_trained=source.global_step or 0, epochs_trained=source.epoch or 0,
-        plans_name="", dataset_name=f"imported:{rec.format}", trainer_name=f"imported:{rec.architecture.split(' (')[0]}",
+        plans_name="", dataset_name=f"imported:{rec.format}",
+        trainer_name=f"imported:{rec.architecture.split(' (')[0]}",
         fomo_nnunet_version=__version__)
     report = ImportReport(str(src.resolve()), _sha256(src), source.container, rec.format, rec.architecture,
                           rec.network_class, rec.exactness, rec.assumptions,
@@ -795,6 +798,6 @@ def render_report(r: ImportReport) -> str:
         lines.append("nothing")
     lines += ["", "## Adapted", "", "nothing: every mapped tensor is copied unchanged" if not r.adapted else
               "\n".join(f"- `{e['source']}`: {e['how']}" for e in r.adapted)]
-    lines += ["", "## Mapped", "", "| organisers' tensor | our tensor | shape |", "|---|---|---|",
+    lines += ["", "## Mapped", "", "| their tensor | our tensor | shape |", "|---|---|---|",
               *[f"| `{e['source']}` | `{e['target']}` | {tuple(e['shape'])} |" for e in r.mapped]]
     return "\n".join(lines) + "\n"

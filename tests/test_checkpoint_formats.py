@@ -85,10 +85,12 @@ def adaptation_plan(arch: str, patch=(32, 32, 32), spacing=(4.0, 4.0, 4.0), prim
     keys = ({"key_to_encoder": "eva", "key_to_stem": "down_projection", "keys_to_in_proj": ["down_projection.proj"],
              "key_to_lpe": "eva.pos_embed"} if primus_keys else
             {"key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
-             "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"], "key_to_lpe": None})
+             "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
+             "key_to_lpe": None})
     return {"architecture_plans": {"arch_class_name": arch, "arch_kwargs": None, "arch_kwargs_requiring_import": None},
             "pretrain_plan": {"dataset_name": "Dataset745_OpenMind", "plans_name": "nnsslPlans",
-                              "original_median_spacing_after_transp": [1, 1, 1], "image_reader_writer": "NibabelReaderWriter",
+                              "original_median_spacing_after_transp": [1, 1, 1],
+                              "image_reader_writer": "NibabelReaderWriter",
                               "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
                               "configurations": {"onemmiso": config}, "experiment_planner_used": "ExperimentPlanner"},
             "pretrain_num_input_channels": 1, "recommended_downstream_patchsize": list(patch), **keys}
@@ -226,7 +228,8 @@ def test_asparagus_primus_reads_its_run_config_and_gives_the_same_output(tmp_pat
     report = import_checkpoint(src, tmp_path / "imported", spacing=4.0)
     assert report.format == "asparagus" and report.decoder_mapped and report.left_out == []
     assert report.settings["patch_size"]["from"].endswith("training.patch_size")
-    assert report.settings["mask_unit"] == {"value": 8, "from": f"{run / 'hydra' / 'config.yaml'}: training.mask_patch_size"}
+    assert report.settings["mask_unit"] == {"value": 8,
+                                            "from": f"{run / 'hydra' / 'config.yaml'}: training.mask_patch_size"}
     mine, _ = ours(tmp_path / "imported")
     with torch.no_grad():
         d32 = max_diff(theirs(X), mine(X))
@@ -267,7 +270,8 @@ def test_format_that_contradicts_the_file_is_refused_with_the_reason(tmp_path, n
     if network == "asparagus_resenc":
         torch.save({"state_dict": {f"model.{k}": v for k, v in tiny_resenc(True).state_dict().items()}}, path)
     elif network in ("asparagus_unet", "baseline_unet"):
-        torch.save({"state_dict": _gardening_unet_state(".norm_op." if network == "asparagus_unet" else ".norm.")}, path)
+        norm = ".norm_op." if network == "asparagus_unet" else ".norm."
+        torch.save({"state_dict": _gardening_unet_state(norm)}, path)
     elif network == "nnssl_resenc":
         save_like_nnssl(nnssl_resenc(), path, adaptation_plan("ResEncL"), "BaseMAETrainer")
     else:
@@ -382,8 +386,8 @@ PLANS = "fomoImportedPlans"
 @pytest.mark.slow
 def test_imported_checkpoints_plan_finetune_bundle_and_run_the_challenge_entry(tasks_ws, tmp_path):
     """nnssl ResEnc (segmentation task and the embedding, bundled and run through the challenge entry) and
-    asparagus ResEnc (classification task, planned and finetuned): each import plans like its pretraining (no --patch / --spacing: the nnssl adaptation plan says
-    4 mm and 32^3, the asparagus file is told), finetunes, and answers the challenge entry."""
+    asparagus ResEnc (classification task, planned and finetuned). Each import plans like its pretraining:
+    nnssl's adaptation plan says 4 mm and 32^3 (no --patch / --spacing), the asparagus file is told."""
     root, env, _ = tasks_ws
     save_like_nnssl(nnssl_resenc(seed=5), tmp_path / "checkpoint_final.pth", adaptation_plan("ResEncL"),
                     "BaseMAETrainer")

@@ -148,7 +148,8 @@ def export_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
         if report.left_out:
             report.notes.append("deep-supervision outputs (decoder.seg_layers except the last) have no place in "
                                 "gardening-tools' network built without deep supervision")
-        ckpt = {"state_dict": _unique_state(state), "epoch": meta.epochs_trained, "global_step": meta.iterations_trained,
+        ckpt = {"state_dict": _unique_state(state), "epoch": meta.epochs_trained,
+                "global_step": meta.iterations_trained,
                 "hyper_parameters": {"patch_size": list(meta.patch_size),
                                      "mask_ratio": meta.objective_settings.get("mask_ratio"),
                                      "mask_patch_size": meta.objective_settings.get("mask_unit")},

@@ -190,7 +190,8 @@ def adaptation_plan(network_class: str, network_kwargs: Mapping[str, Any], patch
     configuration = {"data_identifier": f"{plans_name or 'fomoPlans'}_3d_fullres",
                      "preprocessor_name": "DefaultPreprocessor", "spacing_style": "onemmiso" if spacing == [1.0] * 3
                      else "median", "normalization_schemes": list(normalization),
-                     "use_mask_for_norm": list(use_mask_for_norm), "resampling_fn_data": "resample_data_or_seg_to_shape",
+                     "use_mask_for_norm": list(use_mask_for_norm),
+                     "resampling_fn_data": "resample_data_or_seg_to_shape",
                      "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
                      "resampling_fn_mask": "resample_data_or_seg_to_shape",
                      "resampling_fn_mask_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
