@@ -34,7 +34,7 @@ PRIMUS = "dynamic_network_architectures.architectures.primus.Primus"
 # asparagus modules/networks/primus.py (H, G, and primus_debug). Heads are not visible in the tensors.
 SIZES = {(396, 12): ("Primus-S", 6), (792, 12): ("Primus-B", 12), (864, 16): ("Primus-M", 12),
          (1056, 24): ("Primus-L", 16), (1248, 32): ("Primus-H", 16), (1584, 32): ("Primus-G", 24),
-         (24, 4): ("Primus debug (asparagus primus_debug)", 4)}
+         (24, 4): ("Primus-debug", 4)}   # asparagus primus_debug
 MLP_RATIO = 4 * 2 / 3   # the SwiGLU hidden width every Primus preset uses
 
 _EXACT = ("exact: the same EVA blocks (timm EvaBlock with RoPE, SwiGLU, layer scale, attention-output norm), "
@@ -42,6 +42,8 @@ _EXACT = ("exact: the same EVA blocks (timm EvaBlock with RoPE, SwiGLU, layer sc
           "dynamic-network-architectures flattens tokens as (w h d) where the source flattens (h w d), which "
           "the import compensates exactly (see 'Adapted'); RoPE has no tensors: on in every published "
           "Primus, assumed on")
+_USE = ("use here: inspection. Our finetuning trainers, heads and embeddings read a U-Net encoder's stages, "
+        "which Primus does not have, so `plan transfer` refuses this checkpoint")
 _MAE_DECODER = ("nnssl's EvaMAE reconstructs through a second transformer ('decoder.*') before its patch decoder "
                 "('up_projection.*'); Primus decodes the encoder's tokens directly, so neither has a place (nnU-Net "
                 "master's Primus finetuning loads the stem and encoder only): the finetuning decoder starts fresh")
@@ -146,7 +148,7 @@ def recognise(t: Mapping[str, torch.Tensor], fmt: str, patch: list[int], named: 
     out_layer = "up_projection.decode.2.weight" if dna_names else "decoder.decode.2.weight"
     num_outputs = int(t[out_layer].shape[1]) if out_layer in t and t[out_layer].ndim == 5 else 1
     return Recognised(fmt, architecture, PRIMUS, kwargs, int(proj.shape[1]), target_of, decoder_prefixes,
-                      not nnssl_mae, _MAE_DECODER if nnssl_mae else "", [_EXACT], assumptions,
+                      not nnssl_mae, _MAE_DECODER if nnssl_mae else "", [_EXACT, _USE], assumptions,
                       encoder_prefixes=(f"{stem}.", "eva."), target_encoder_prefixes=("down_projection.", "eva."),
                       adapt=None if dna_primus else swap_adapter(grid, heads, embed_dim), num_outputs=num_outputs,
                       patch_multiple=patch_embed)
