@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "fomo_nnunet.commands.train",
     "fomo_nnunet.commands.inspect_bench",
     "fomo_nnunet.commands.import_checkpoint",
+    "fomo_nnunet.commands.export_checkpoint",
     "fomo_nnunet.commands.predict",
     "fomo_nnunet.commands.embedding_stats",
     "fomo_nnunet.commands.fomo26",
