@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -144,6 +145,34 @@ def _embed_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: 
         write_embedding_npy(slot, vector)
 
 
+def _import_for(kind: str, device: str | None = None) -> None:
+    """Import what predicting `kind` needs (torch, nnU-Net's predictor for segmentation); start CUDA."""
+    import torch
+
+    if kind == SEGMENTATION:
+        import nnunetv2.inference.predict_from_raw_data  # noqa: F401
+    else:
+        import fomo_nnunet.inference  # noqa: F401
+    if device is not None and device.startswith("cuda"):
+        torch.cuda.init()
+
+
+class Preload(threading.Thread):
+    """`_import_for(kind)` in a daemon thread. A failure there is left to the main thread's own `_import_for`
+    after `join`, which raises it with its traceback."""
+
+    def __init__(self, kind: str):
+        super().__init__(daemon=True, name="fomo26-preload")
+        self.kind, self.error = kind, None
+        self.start()
+
+    def run(self):
+        try:
+            _import_for(self.kind)
+        except BaseException as e:  # reported by the main thread's own import
+            self.error = e
+
+
 # task kind -> how one case of it is predicted and written
 _PREDICT_AND_WRITE = {SEGMENTATION: _segment_case, CLASSIFICATION: _predict_value_case,
                       REGRESSION: _predict_value_case, EMBEDDING: _embed_case}
@@ -168,6 +197,9 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
         manifest = load_manifest(bundle)
         model_dir, entry = model_entry(bundle, manifest, task)
         check_model_files(model_dir, entry, task)
+    # the model's modules import beside the reading: seconds of Python byte-code (nnU-Net's predictor brings
+    # torch._dynamo) against zlib and numpy work that releases the GIL
+    preload = Preload(task.kind)
     with timer("read inputs"):
         images = [read_input(arg, path, h) for (arg, path), (_, h) in zip(chosen, headers)]
     with timer("resample to reference"):
@@ -178,6 +210,9 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
     # the model reads its inputs through SimpleITK, which refuses sheared grids; outputs keep the input's affine
     model_affine = orthogonal_affine(reference.affine)
     device = _resolve_device(device)
+    with timer("import"):  # what is left of it after the inputs were read; CUDA's start
+        preload.join()
+        _import_for(task.kind, device)
     slot = None
     try:
         slot = OutputFile(output)
