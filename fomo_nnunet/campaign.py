@@ -54,6 +54,7 @@ class CampaignSizes:
     entry_arch: str
     entry_tasks: tuple[int, ...]
     entry_warmup: bool                 # one untimed entry process first (writes the byte-code caches)
+    entry_options: tuple[str, ...]     # more `fomo-nnunet fomo26` options
     budget_seconds: int                # the whole campaign
     part_seconds: dict = field(default_factory=dict)  # the most each part may take (pretrain: --minutes)
     finish_seconds: int = 15           # kept back for the last report
@@ -64,14 +65,14 @@ FULL = CampaignSizes(
     loader_batches=30, synth_args=("--preset", "full", "--tasks", "3", "--n-train", "0", "--n-test", "0",
                                    "--pretrain-sources", "2", "--pretrain-subjects", "3"),
     pretrain_arch="resenc_s", pretrain_iterations=50, pretrain_epochs=30, entry_arch="resenc_b",
-    entry_tasks=(2, 4, 1, 3, 5, 6, 7), entry_warmup=True, budget_seconds=540,
+    entry_tasks=(2, 4, 1, 3, 5, 6, 7), entry_warmup=True, entry_options=(), budget_seconds=540,
     part_seconds={"steps": 240, "entry": 100, "loader": 60})
 SMOKE = CampaignSizes(
     "smoke", "tiny", 32, 2, 4.0, warmup_steps=0, timed_steps=1, check_steps=1, loader_workers=(1,),
     loader_batches=2, synth_args=("--preset", "tiny", "--tasks", "3", "--n-train", "0", "--n-test", "0",
                                   "--pretrain-sources", "1", "--pretrain-subjects", "1"),
     pretrain_arch="tiny", pretrain_iterations=2, pretrain_epochs=1, entry_arch="tiny", entry_tasks=(2,),
-    entry_warmup=False,
+    entry_warmup=False, entry_options=("--no-mirroring",),
     budget_seconds=600, part_seconds={"steps": 240, "entry": 120, "loader": 90}, finish_seconds=5)
 
 # NVIDIA's data sheets, dense bf16 tensor-core TFLOP/s (without sparsity), by a part of torch's device name;
@@ -302,7 +303,8 @@ def part_entry(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, sec
     out = work / "entry_out"
     out.mkdir(exist_ok=True)
     suffix = {"nifti_labels": ".nii.gz", "npy_embedding": ".npy"}
-    w.set(arch=sizes.entry_arch, input="MNI152 T1 template at 1 mm (197x233x189)", mirroring="the entry's default")
+    w.set(arch=sizes.entry_arch, input="MNI152 T1 template at 1 mm (197x233x189)",
+          mirroring="off" if "--no-mirroring" in sizes.entry_options else "the entry's default (on)")
     runs = [(None, sizes.entry_tasks[0])] if sizes.entry_warmup else []  # an untimed warm-up
     runs += [(n, n) for n in sizes.entry_tasks]
     last = 0.0
@@ -313,7 +315,7 @@ def part_entry(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, sec
         task = TASKS_BY_NUMBER[n]
         cmd = [sys.executable, "-m", "fomo_nnunet.cli", "fomo26", task.key, *prepared["cases"][str(n)],
                "--output", str(out / f"{task.key}{suffix.get(task.output, '.txt')}"), "--bundle", prepared["bundle"],
-               "--verbose", "--device", device]
+               "--verbose", "--device", device, *sizes.entry_options]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -399,7 +401,7 @@ def part_pretrain(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, 
 
 
 def _last(trainer, key: str):
-    values = trainer.logger.my_fantastic_logging.get(key) or [None]
+    values = trainer.logger.local_logger.my_fantastic_logging.get(key) or [None]
     return None if values[-1] is None else float(values[-1])
 
 
@@ -438,8 +440,9 @@ def format_report(r: dict) -> str:
              f"{r.get('elapsed_seconds', '?')} s in all.",
              f"Device: {env.get('device')} {env.get('gpu') or ''}; torch {env.get('torch')}, CUDA {env.get('cuda')}, "
              f"cuDNN {env.get('cudnn')}, nnU-Net {env.get('nnunetv2')}, Python {env.get('python')}, "
-             f"{env.get('cpu_count')} CPUs; peak bf16 {env.get('peak_bf16_tflops') or 'not known for this device'}"
-             f" TFLOP/s.", ""]
+             f"{env.get('cpu_count')} CPUs; dense bf16 peak (data sheet): "
+             f"{str(env.get('peak_bf16_tflops')) + ' TFLOP/s' if env.get('peak_bf16_tflops') else 'not known for this device'}.",
+             ""]
     parts = r.get("parts", {})
     for name in PARTS:
         p = parts.get(name)
@@ -474,14 +477,16 @@ def _steps_table(p: dict) -> list[str]:
         share = f.get("share_of_peak")
         out.append(f"| {f['trainer']} | {f['setting']} | {f['precision']} | {_f(f['step_seconds'], '.4f')} | "
                    f"{_f(f['first_step_seconds'], '.2f')} | {_f(f.get('compile_seconds'), '.1f')} | "
-                   f"{_f(f.get('tflop_per_step'), '.2f')} | {_f(f.get('tflops'), '.1f')} | "
+                   f"{_f(f.get('tflop_per_step'), '.3g')} | {_f(f.get('tflops'), '.3g')} | "
                    f"{'' if share is None else f'{100 * share:.1f} %'} | {_f(f.get('peak_memory_gib'), '.1f')} | "
                    f"{verdict} |")
     return out
 
 
 def _entry_table(p: dict) -> list[str]:
-    out = ["| task | process s | import s | model load s | inference s | export s | inputs s |",
+    out = [f"Models: untrained {p.get('arch')} on {p.get('input')}; mirroring {p.get('mirroring')}; warm-up "
+           f"process: {p.get('warmup', 'none')}.", "",
+           "| task | process s | import s | model load s | inference s | export s | inputs s |",
            "|---|---|---|---|---|---|---|"]
     for f in p.get("figures", []):
         if "import_seconds" not in f:

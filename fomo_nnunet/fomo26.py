@@ -66,10 +66,11 @@ def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, devi
     dataset_json = json.loads((model_dir / "dataset.json").read_text())
     checkpoints = [load_checkpoint_safely(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in entry["folds"]]
     configuration = plans.get_configuration(checkpoints[0]["init_args"]["configuration"])
+    dev = torch.device(device)
+    warm_gaussian(configuration.patch_size, dev if dev.type == "cuda" else torch.device("cpu"))
     # from the bundle's record of the network, not through nnU-Net's trainer search (seconds per process)
     network = network_for_prediction(checkpoints[0], plans, configuration, len(dataset_json["channel_names"]),
                                      plans.get_label_manager(dataset_json).num_segmentation_heads)
-    dev = torch.device(device)
     with contextlib.redirect_stdout(io.StringIO()):  # a CPU notice nobody needs in a container log
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,
                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
@@ -78,6 +79,21 @@ def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, devi
                                     dataset_json, checkpoints[0]["trainer_name"],
                                     checkpoints[0].get("inference_allowed_mirroring_axes"))
     return predictor
+
+
+def warm_gaussian(patch_size, results_device) -> threading.Thread:
+    """Compute nnU-Net's Gaussian tile weights into its own cache (`compute_gaussian` is lru_cached) in a thread,
+    beside the model's loading and nnU-Net's preprocessing: scipy's Gaussian filter of a whole tile, about 2 s of
+    CPU for 160^3, which releases the GIL. The key is the call nnU-Net 2.8's sliding window makes (the patch as a
+    tuple, these keywords, the device it sums the tiles on: the GPU where nnU-Net predicts on it, else the CPU);
+    should it differ, nnU-Net computes its own and nothing else changes."""
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    t = threading.Thread(target=compute_gaussian, args=(tuple(int(p) for p in patch_size),),
+                         kwargs={"sigma_scale": 1. / 8, "value_scaling_factor": 10, "device": results_device},
+                         daemon=True, name="fomo26-gaussian")
+    t.start()
+    return t
 
 
 def segment(predictor, channels: list[np.ndarray], affine: np.ndarray) -> np.ndarray:

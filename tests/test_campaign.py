@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -140,7 +141,7 @@ def test_campaign_on_cuda_without_a_gpu_is_refused(tmp_path, capsys, monkeypatch
 def test_campaign_smoke_on_cpu_runs_every_part_and_reports_it(tmp_path):
     out = tmp_path / "out"
     run(["fomo-nnunet", "bench", "campaign", "--out", str(out), "--device", "cpu", "--smoke"],
-        {**__import__("os").environ, "OMP_NUM_THREADS": "2"}, timeout=900)
+        {**os.environ, "OMP_NUM_THREADS": "2"}, timeout=900)
     r = json.loads((out / "campaign.json").read_text())
     assert set(r["parts"]) == set(PARTS)
     assert {k: v["status"] for k, v in r["parts"].items()} == {k: "done" for k in PARTS}
@@ -176,3 +177,17 @@ def test_campaign_smoke_on_cpu_runs_every_part_and_reports_it(tmp_path):
     md = (out / "campaign.md").read_text()
     assert md == format_report(r)
     assert "| nnUNetTrainer | bf16 eager | bfloat16 autocast |" in md and "## pretrain: done" in md
+
+
+def test_gaussian_warmed_beside_loading_is_the_one_nnunets_sliding_window_asks_for():
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    from fomo_nnunet.fomo26 import warm_gaussian
+
+    compute_gaussian.cache_clear()
+    warm_gaussian([16, 24, 16], torch.device("cpu")).join()
+    hits = compute_gaussian.cache_info().hits
+    # the call in nnUNetPredictor._internal_predict_sliding_window_return_logits (nnU-Net 2.8), patch from the plans
+    compute_gaussian(tuple([16, 24, 16]), sigma_scale=1. / 8, value_scaling_factor=10, device=torch.device("cpu"))
+    assert compute_gaussian.cache_info().hits == hits + 1
+    compute_gaussian.cache_clear()
