@@ -53,7 +53,6 @@ class CampaignSizes:
     pretrain_epochs: int               # the schedule's length; the wall-clock limit may stop it earlier
     entry_arch: str
     entry_tasks: tuple[int, ...]
-    entry_warmup: bool                 # one untimed entry process first (writes the byte-code caches)
     entry_options: tuple[str, ...]     # more `fomo-nnunet fomo26` options
     budget_seconds: int                # the whole campaign
     part_seconds: dict = field(default_factory=dict)  # the most each part may take (pretrain: --minutes)
@@ -65,14 +64,14 @@ FULL = CampaignSizes(
     loader_batches=30, synth_args=("--preset", "full", "--tasks", "3", "--n-train", "0", "--n-test", "0",
                                    "--pretrain-sources", "2", "--pretrain-subjects", "3"),
     pretrain_arch="resenc_s", pretrain_iterations=50, pretrain_epochs=30, entry_arch="resenc_b",
-    entry_tasks=(2, 4, 1, 3, 5, 6, 7), entry_warmup=True, entry_options=(), budget_seconds=540,
-    part_seconds={"steps": 240, "entry": 100, "loader": 60})
+    entry_tasks=(2, 4, 1, 3, 5, 6, 7), entry_options=(), budget_seconds=540,
+    part_seconds={"steps": 300, "entry": 90, "loader": 45})
 SMOKE = CampaignSizes(
     "smoke", "tiny", 32, 2, 4.0, warmup_steps=0, timed_steps=1, check_steps=1, loader_workers=(1,),
     loader_batches=2, synth_args=("--preset", "tiny", "--tasks", "3", "--n-train", "0", "--n-test", "0",
                                   "--pretrain-sources", "1", "--pretrain-subjects", "1"),
     pretrain_arch="tiny", pretrain_iterations=2, pretrain_epochs=1, entry_arch="tiny", entry_tasks=(2,),
-    entry_warmup=False, entry_options=("--no-mirroring",),
+    entry_options=("--no-mirroring",),
     budget_seconds=600, part_seconds={"steps": 240, "entry": 120, "loader": 90}, finish_seconds=5)
 
 # NVIDIA's data sheets, dense bf16 tensor-core TFLOP/s (without sparsity), by a part of torch's device name;
@@ -305,12 +304,10 @@ def part_entry(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, sec
     suffix = {"nifti_labels": ".nii.gz", "npy_embedding": ".npy"}
     w.set(arch=sizes.entry_arch, input="MNI152 T1 template at 1 mm (197x233x189)",
           mirroring="off" if "--no-mirroring" in sizes.entry_options else "the entry's default (on)")
-    runs = [(None, sizes.entry_tasks[0])] if sizes.entry_warmup else []  # an untimed warm-up
-    runs += [(n, n) for n in sizes.entry_tasks]
     last = 0.0
-    for label, n in runs:
+    for n in sizes.entry_tasks:
         if time.monotonic() + last > deadline:
-            w.add({"task": label, "status": "not reached before the part's deadline"})
+            w.add({"task": n, "status": "not reached before the part's deadline"})
             continue
         task = TASKS_BY_NUMBER[n]
         cmd = [sys.executable, "-m", "fomo_nnunet.cli", "fomo26", task.key, *prepared["cases"][str(n)],
@@ -320,9 +317,6 @@ def part_entry(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, sec
         p = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         last = wall
-        if label is None:
-            w.set(warmup={"task": task.key, "seconds": round(wall, 2), "exit": p.returncode})
-            continue
         fig = {"task": f"{n} {task.key}", "command": " ".join(["fomo-nnunet", *cmd[3:]]), "process_seconds": wall}
         if p.returncode:
             fig["status"] = f"failed (exit {p.returncode}): {p.stderr[-500:]}"
@@ -484,8 +478,7 @@ def _steps_table(p: dict) -> list[str]:
 
 
 def _entry_table(p: dict) -> list[str]:
-    out = [f"Models: untrained {p.get('arch')} on {p.get('input')}; mirroring {p.get('mirroring')}; warm-up "
-           f"process: {p.get('warmup', 'none')}.", "",
+    out = [f"Models: untrained {p.get('arch')} on {p.get('input')}; mirroring {p.get('mirroring')}.", "",
            "| task | process s | import s | model load s | inference s | export s | inputs s |",
            "|---|---|---|---|---|---|---|"]
     for f in p.get("figures", []):
