@@ -179,7 +179,7 @@ class StepBench:
             peak = peak_bf16_tflops(torch.cuda.get_device_name(0))
             w.set(matmul_bf16_tflops=matmul_bf16_tflops(self.device))
         w.set(plans=f"{s.step_arch}, patch {s.step_patch}^3 at {s.step_spacing} mm, batch {s.step_batch}",
-              note=f"{s.warmup_steps} warm-up steps, median of {s.timed_steps}; batches in pinned memory, loading "
+              note=f"{s.warmup_steps} warm-up steps, median of {s.timed_steps}; batches {'in pinned memory' if self.device.type == 'cuda' else 'in memory'}, loading "
                    f"not counted; the loss check compares the first {s.check_steps} steps with eager fp16's "
                    f"(relative tolerance {LOSS_TOLERANCE})", peak_bf16_tflops=peak)
         n_steps = s.warmup_steps + s.timed_steps
