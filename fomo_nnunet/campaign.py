@@ -369,11 +369,15 @@ def part_pretrain(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, 
     from fomo_nnunet.transfer import load_checkpoint_safely
 
     limit = min(minutes * 60, seconds - 30 if seconds > 60 else seconds / 2)
-    w.set(arch=sizes.pretrain_arch, trainer="nnUNetTrainerFomoMAE", wall_limit_seconds=limit,
+    # eager: a compile would take a large part of a few minutes (the step part times compiled steps)
+    trainer_name = "nnUNetTrainerFomoMAE_eager"
+    w.set(arch=sizes.pretrain_arch, trainer=trainer_name, wall_limit_seconds=limit,
           planned_epochs=sizes.pretrain_epochs, iterations_per_epoch=sizes.pretrain_iterations)
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    trainer = get_trainer_from_args(str(PRETRAIN_DATASET_ID), "3d_fullres", "all", "nnUNetTrainerFomoMAE",
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # as nnU-Net's run_training on CUDA
+    trainer = get_trainer_from_args(str(PRETRAIN_DATASET_ID), "3d_fullres", "all", trainer_name,
                                     "fomoPretrainPlans", device=_torch_device(device))
     trainer.num_epochs, trainer.num_iterations_per_epoch = sizes.pretrain_epochs, sizes.pretrain_iterations
     trainer.num_val_iterations_per_epoch = max(1, sizes.pretrain_iterations // 10)
