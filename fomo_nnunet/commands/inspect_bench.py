@@ -1,4 +1,4 @@
-"""`fomo-nnunet inspect CHECKPOINT` and `fomo-nnunet bench pretrain -d ID`."""
+"""`fomo-nnunet inspect CHECKPOINT`, `fomo-nnunet bench pretrain -d ID` and `fomo-nnunet bench campaign`."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the metadata as JSON only")
     p.set_defaults(func=run_inspect)
 
-    b = sub.add_parser("bench", help="measure throughput (bench pretrain)",
+    b = sub.add_parser("bench", help="measure throughput (bench pretrain, bench campaign)",
                        description="Throughput measurements.")
     bsub = b.add_subparsers(dest="bench_command", metavar="WHAT")
     bp = bsub.add_parser(
