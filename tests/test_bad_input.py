@@ -382,7 +382,7 @@ def _stem(kind: str) -> str:
 @pytest.fixture(scope="module")
 def converted_corpus(tmp_path_factory):
     """One FOMO60K tree holding every bad kind (sub_1/ses_1/<kind>.nii.gz) plus odd folders, converted
-    with two workers; the tests below read its report."""
+    with two workers and --copy; the tests below read its report."""
     root = tmp_path_factory.mktemp("corpus")
     src = root / "fomo60k"
     ses = src / "sub_1" / "ses_1"
@@ -410,7 +410,7 @@ def converted_corpus(tmp_path_factory):
     mp.setattr(os, "scandir", scandir)
     old = os.umask(0o022)
     try:
-        res = C.convert_pretrain(src, num_processes=2, progress=False)
+        res = C.convert_pretrain(src, num_processes=2, progress=False, copy=True)
     finally:
         os.umask(old)
         mp.undo()
@@ -636,9 +636,9 @@ def _start_and_wait_for_output(src: Path, raw: Path):
     p = subprocess.Popen([sys.executable, "-c", CONVERT, str(src)], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    images = raw / "Dataset900_FOMOPretrain" / "imagesTr"
+    masks = raw / "Dataset900_FOMOPretrain" / "labelsTr"       # written with or without --copy
     end = time.time() + 60
-    while time.time() < end and not (images.is_dir() and any(images.glob("*.nii.gz"))):
+    while time.time() < end and not (masks.is_dir() and any(masks.glob("*.nii.gz"))):
         assert p.poll() is None, p.communicate()
         time.sleep(0.01)
     workers = _children(p.pid)
