@@ -122,6 +122,10 @@ def test_moved_source_is_a_clear_error_before_any_work(fresh, capsys):
     os.rename(src, moved)
     try:
         code, _, err = run_cli(["preprocess", "-d", "900", "--no-progress"], capsys)
+        from fomo_nnunet.plans.pretrain_planner import plan_pretrain
+
+        with pytest.raises(ValueError, match=f"{N_SCANS} source files of {N_SCANS} cases are missing"):
+            plan_pretrain(900, "tiny")   # planning again says the same, before nnU-Net reads a scan
     finally:
         os.rename(moved, src)
     last = err.strip().splitlines()[-1]

@@ -210,6 +210,31 @@ def missing_sources(cases: dict, keys: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _refuse_missing(gone: list[tuple[str, str]], then: str) -> None:
+    if gone:
+        first = "; ".join(f"{c}: {f}" for c, f in gone[:3])
+        raise PreprocessError(
+            f"{len(gone)} source files of {len({c for c, _ in gone})} cases are missing (moved or deleted since "
+            f"the conversion?), e.g. {first}. Put them back, or rerun `fomo-nnunet convert pretrain SRC -d ID` "
+            f"with the corpus where it is now (it references the scans again and removes vanished ones), "
+            f"then `fomo-nnunet plan` and {then}")
+
+
+def check_references(dataset: int | str) -> None:
+    """Before planning: every file that the raw dataset.json's `dataset` entry names exists (nnU-Net's
+    fingerprint extraction would otherwise stop with a reader's traceback)."""
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    raw = Path(os.environ.get("nnUNet_raw", ""))
+    folders = sorted(raw.glob(f"Dataset{int(dataset):03d}_*")) if str(dataset).isdigit() else [raw / str(dataset)]
+    if len(folders) != 1 or not (folders[0] / "dataset.json").is_file():
+        return   # nnU-Net's own lookup says what is wrong
+    dataset_json = json.loads((folders[0] / "dataset.json").read_text())
+    if "dataset" in dataset_json:
+        cases = get_filenames_of_train_images_and_targets(str(folders[0]), dataset_json)
+        _refuse_missing(missing_sources(cases, sorted(cases)), "plan again")
+
+
 def preprocess(dataset: int | str, plans_name: str, configuration: str = "3d_fullres", shard=None,
                num_processes: int = 1, progress: bool = True) -> PreprocessResult:
     """Preprocess this shard's unfinished cases into nnUNet_preprocessed/<dataset>/<data_identifier>."""
@@ -225,14 +250,7 @@ def preprocess(dataset: int | str, plans_name: str, configuration: str = "3d_ful
     result.in_shard = len(keys)
     todo = [k for k in keys if not (output / f"{k}.b2nd").is_file()]
     result.already_done = len(keys) - len(todo)
-    gone = missing_sources(cases, todo)
-    if gone:
-        first = "; ".join(f"{c}: {f}" for c, f in gone[:3])
-        raise PreprocessError(
-            f"{len(gone)} source files of {len({c for c, _ in gone})} cases are missing (moved or deleted since "
-            f"the conversion?), e.g. {first}. Put them back, or rerun `fomo-nnunet convert pretrain SRC -d ID` "
-            f"with the corpus where it is now (it references the scans again and removes vanished ones), "
-            f"then `fomo-nnunet plan` and this command")
+    _refuse_missing(missing_sources(cases, todo), "this command")
     labels_json = {k: v for k, v in dataset_json.items() if k != "dataset"}
     job = CaseJob(plans, configuration, labels_json, str(output), str(pre / GT_FOLDER), dataset_json["file_ending"])
     jobs = [(k, cases[k]["images"], cases[k]["label"]) for k in todo]
