@@ -177,12 +177,16 @@ def _tmp_path(final: Path) -> Path:
 
 
 def save_nifti(img, final: Path) -> None:
-    """Write a NIfTI (gzip level 1, reproducible bytes) atomically, with the mode the umask gives."""
+    """Write a NIfTI (reproducible bytes) atomically, with the mode the umask gives. Images take gzip
+    level 1 (fast on noisy floats); label maps (uint8) level 6, which makes a real brain mask about
+    2.5 times smaller than level 1 for a few hundredths of a CPU second."""
     import nibabel as nib
 
+    level = 6 if img.get_data_dtype() == np.uint8 else 1
     tmp = _tmp_path(final)
     try:
-        with open(tmp, "xb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+        with open(tmp, "xb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=level,
+                                                   mtime=0) as gz:
             img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
         os.replace(tmp, final)
     except BaseException:
