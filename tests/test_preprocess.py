@@ -86,6 +86,10 @@ def test_four_shards_equal_one_nnunet_preprocess_byte_for_byte(fresh, capsys):
     r = P.preprocess(900, "fomoPretrainPlans", "3d_fullres", progress=False)
     assert (r.done, r.already_done) == (0, N_SCANS)
     assert P.verify(900, "fomoPretrainPlans") == {"missing": [], "unreadable": []}
+    (pre / OUT / "sub_00_ses_1_t1.b2nd").unlink()
+    assert P.verify(900, "fomoPretrainPlans", shard="0/4")["missing"] == ["sub_00_ses_1_t1"]
+    assert P.verify(900, "fomoPretrainPlans", shard="1/4")["missing"] == []
+    P.preprocess(900, "fomoPretrainPlans", "3d_fullres", shard="0/4", progress=False)   # redone
     # a truncated array and a missing case are listed by --verify (exit 1)
     victim = sorted((pre / OUT).glob("*_seg.b2nd"))[0]
     data = victim.read_bytes()

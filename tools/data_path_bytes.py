@@ -7,9 +7,10 @@
 Prints (JSON) the scans, the bytes of the source's NIfTI files, of the raw dataset folder (all files:
 masks, fixed copies, dataset.json, records) and of the preprocessed folder, each in total and per scan.
 `--compressibility` adds bytes per voxel of one synthetic scan and of the 1 mm MNI152 T1 template that
-nilearn ships (with its head, and skull-stripped with nilearn's brain mask), each stored as the source
+nilearn ships (skull-stripped, an average of many subjects: smoother than one scan), each stored as the source
 would be (int16 and float32 .nii.gz) and as nnU-Net stores preprocessed data (z-scored float32, blosc2
-LZ4HC level 5 with the filter nnU-Net picks, 1 mm, chunks for 160^3 patches; and the same as float16).
+LZ4HC level 5 with the filter nnU-Net picks, 1 mm, chunks for 160^3 patches; and the same as float16), and
+the bytes of the template's brain mask as the converter writes masks (uint8, gzip level 6).
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def compressibility(synthetic: Path) -> dict:
     brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata()) > 0
     syn = np.asarray(nib.load(synthetic).get_fdata(), np.float32)
     out = {}
-    for name, vol in (("synthetic", syn), ("mni152_head", mni), ("mni152_brain", np.where(brain, mni, 0))):
+    for name, vol in (("synthetic", syn), ("mni152_template", np.where(brain, mni, 0))):
         scaled = vol / max(float(np.abs(vol).max()), 1e-8) * 1000   # as an int16 scanner image would hold it
         z = zscore(vol)
         n = vol.size
@@ -76,6 +77,8 @@ def compressibility(synthetic: Path) -> dict:
                      "float32_nii_gz_bytes_per_voxel": round(nifti_gz_bytes(vol, np.float32) / n, 3),
                      "blosc2_float32_bytes_per_voxel": round(blosc2_bytes(z) / n, 3),
                      "blosc2_float16_bytes_per_voxel": round(blosc2_bytes(z.astype(np.float16)) / n, 3)}
+    mask = nib.Nifti1Image(brain.astype(np.uint8), np.eye(4)).to_bytes()
+    out["mni152_template"]["brain_mask_nii_gz_level6_bytes"] = len(gzip.compress(mask, compresslevel=6))
     return out
 
 
@@ -94,8 +97,10 @@ def main() -> None:
     res["mask_mb_per_scan"] = round(masks / n / 1e6, 3)
     res["dataset_json_bytes"] = (a.raw / "dataset.json").stat().st_size
     if a.preprocessed:
-        pre, files = folder_bytes(a.preprocessed)
-        res.update(preprocessed_bytes=pre, preprocessed_mb_per_scan=round(pre / n / 1e6, 3))
+        pre, _ = folder_bytes(a.preprocessed)
+        cases = len(list(a.preprocessed.glob("*.pkl")))   # a shard's folder holds fewer cases than the source
+        res.update(preprocessed_cases=cases, preprocessed_bytes=pre,
+                   preprocessed_mb_per_scan=round(pre / max(cases, 1) / 1e6, 3))
     if a.compressibility:
         first = next(p for p in sorted(a.source.rglob("*.nii.gz")))
         res["compressibility"] = compressibility(first)

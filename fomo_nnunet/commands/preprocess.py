@@ -25,7 +25,8 @@ SIGINT/SIGTERM stop the workers within a few seconds and leave no partial case."
         epilog="""examples:
   fomo-nnunet preprocess -d 900 -plans_name fomoPretrainPlans -c 3d_fullres -np 32
   fomo-nnunet preprocess -d 900 -plans_name fomoPretrainPlans -c 3d_fullres -np 32 --shard $SLURM_ARRAY_TASK_ID/8
-  fomo-nnunet preprocess -d 900 -plans_name fomoPretrainPlans -c 3d_fullres --verify     # after the array""")
+  fomo-nnunet preprocess -d 900 -plans_name fomoPretrainPlans -c 3d_fullres --verify     # after the array
+  fomo-nnunet preprocess -d 900 --verify --shard $SLURM_ARRAY_TASK_ID/8 -np 32     # or as an array""")
     p.add_argument("-d", "--dataset", required=True, help="dataset ID or name")
     p.add_argument("-plans_name", "--plans-name", dest="plans_name", default="fomoPretrainPlans",
                    help="plans identifier (default: fomoPretrainPlans)")
@@ -33,8 +34,8 @@ SIGINT/SIGTERM stop the workers within a few seconds and leave no partial case."
     p.add_argument("--shard", default=None, metavar="I/N", help="only the cases with index %% N == I (default: all)")
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--verify", action="store_true",
-                   help="preprocess nothing: list the cases (all shards) that are missing or cannot be read in "
-                        "full; exit 1 when there are any")
+                   help="preprocess nothing: list the cases (of all shards, or of --shard's) that are missing or "
+                        "cannot be read in full; exit 1 when there are any")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.verify:
             found = P.verify(dataset, args.plans_name, args.configuration, args.num_processes,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, shard=args.shard)
             for kind in ("missing", "unreadable"):
                 for line in found[kind][:50]:
                     print(f"{kind}: {line}")

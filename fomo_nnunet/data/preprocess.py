@@ -264,13 +264,15 @@ def preprocess(dataset: int | str, plans_name: str, configuration: str = "3d_ful
 
 
 def verify(dataset: int | str, plans_name: str, configuration: str = "3d_fullres",
-           num_processes: int = 1, progress: bool = True) -> dict[str, list[str]]:
+           num_processes: int = 1, progress: bool = True, shard=None) -> dict[str, list[str]]:
     """{'missing': cases without their three files, 'unreadable': cases whose arrays or properties
-    cannot be read in full} over the whole dataset (all shards)."""
+    cannot be read in full} over the whole dataset, or over one shard's cases."""
+    shard_i, shard_n = parse_shard(shard)
     name, plans, _, cases = load_dataset(dataset, plans_name, configuration)
     output = Path(os.environ["nnUNet_preprocessed"]) / name / _data_identifier(plans, configuration)
-    missing = [k for k in sorted(cases) if not all(f.is_file() for f in _case_files(output, k))]
-    present = [str(output / k) for k in sorted(cases) if k not in set(missing)]
+    keys = [k for i, k in enumerate(sorted(cases)) if i % shard_n == shard_i]
+    missing = [k for k in keys if not all(f.is_file() for f in _case_files(output, k))]
+    present = [str(output / k) for k in keys if k not in set(missing)]
     bad = [r for r in W.run_jobs(_read_case, present, num_processes, progress, f"verify {name}") if r]
     return {"missing": missing, "unreadable": sorted(bad)}
 
