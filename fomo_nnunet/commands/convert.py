@@ -13,7 +13,8 @@ claiming more voxels than {max_voxels:,} or than the file can hold, a degenerate
 all NaN/Inf, all zero, broken links or link loops), folders that cannot be listed and a .nii beside
 the .nii.gz of the same scan are skipped and listed with their reason in conversion_report.json. A
 real 4D series keeps its first volume (noted); NaN/Inf and values beyond +-{max_abs:g} become 0
-(noted). Images are written as float32 in RAS orientation with their own spacing, files with the
+(noted). Copied images (every task image; pretraining scans with --copy or a fixed copy) are
+float32 in RAS orientation with their own spacing, every file written with the
 mode the umask gives. Reruns skip finished cases, remove the temporary files of interrupted runs,
 convert again the cases whose source files changed (size or time) or lost a file (then skipped with
 the reason), and remove the cases whose source is gone (listed under "removed" in the report);
