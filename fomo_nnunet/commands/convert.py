@@ -138,8 +138,9 @@ def _print_summary(result, what: str) -> None:
     if result.leftovers:
         print(f"  removed {len(result.leftovers)} temporary files of interrupted runs")
     if result.redone:
-        print(f"  {len(result.redone)} cases had changed or vanished source files since they were converted: "
-              f"converted again or skipped (see the report): {', '.join(result.redone[:10])}"
+        print(f"  {len(result.redone)} cases had changed or vanished source files since they were converted (or "
+              f"were stored the other way, --copy or not): converted again or skipped (see the report): "
+              f"{', '.join(result.redone[:10])}"
               + (" ..." if len(result.redone) > 10 else ""))
     fixed = r.get("fixed_copies") or {}
     if fixed:
