@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "fomo_nnunet.commands.synth",
     "fomo_nnunet.commands.convert",
     "fomo_nnunet.commands.plan",
+    "fomo_nnunet.commands.preprocess",
     "fomo_nnunet.commands.train",
     "fomo_nnunet.commands.inspect_bench",
     "fomo_nnunet.commands.import_checkpoint",
