@@ -37,4 +37,4 @@ demo: install
 	$(BIN)/fomo-nnunet benchmark --preset tiny --work $(WORK)
 
 clean:
-	rm -rf $(VENV) $(WORK) build *.egg-info
+	rm -rf $(VENV) $(WORK) fomo_quick build *.egg-info
