@@ -7,11 +7,16 @@ link to the environment running the tests, so the block's `source .venv/bin/acti
 and the block's own `export nnUNet_raw=... nnUNet_preprocessed=... nnUNet_results=...` puts nnU-Net's three
 folders under that temporary folder (the test removes any nnU-Net variables it inherits first).
 
-One documented substitution keeps it within the test budget: the full path trains for about 15 minutes on two
-cores, so every `_tiny` trainer of the block (`nnUNetTrainerFomoMAE_tiny`, `..Seg_tiny`, `..Cls_tiny`), in
-commands and in results-folder names alike, becomes its `_tiny_smoke` twin: the same recipe and code path with a
-few iterations per epoch (`SmokeBudget`, `SmokePretraining`). Everything else (synthesis, conversion, planning,
-nnU-Net's preprocessing, prediction, evaluation, the bundle and the challenge entry) runs as printed.
+Two documented substitutions keep it within the test budget (the full path trains for about 15 minutes on two
+cores):
+1. every `_tiny` trainer of the block (`nnUNetTrainerFomoMAE_tiny`, `..Seg_tiny`, `..Cls_tiny`), in commands and
+   in results-folder names alike, becomes its `_tiny_smoke` twin: the same recipe and code path with a few
+   iterations per epoch (`SmokeBudget`, `SmokePretraining`);
+2. the `fomo-nnunet synth ... --preset tiny` line gets SMALLER_DATA appended: 3 test cases per task instead of 20
+   and a pretraining corpus of 2 sources x 2 subjects, no preview pictures (FOMO-Synth is deterministic per case,
+   so test case `sub_1`, which the block's challenge entry reads, is the same case with the same sequences).
+Everything else (conversion, planning, nnU-Net's preprocessing, prediction, evaluation, the bundle and the
+challenge entry) runs as printed.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- quick-path"
 TINY_TRAINER = re.compile(r"\b(nnUNetTrainerFomo(?:MAE|Seg|Cls|Reg))_tiny(?![A-Za-z0-9]|_[A-Za-z0-9])")
+SYNTH_TINY = re.compile(r"^(fomo-nnunet synth .*?--preset tiny\b)", flags=re.M)
+SMALLER_DATA = " --n-test 3 --pretrain-sources 2 --pretrain-subjects 2 --no-previews"
 
 
 def quick_path_block(readme: str) -> str:
@@ -44,6 +51,13 @@ def smoke_twins(block: str) -> tuple[str, int]:
     return TINY_TRAINER.subn(r"\1_tiny_smoke", block)
 
 
+def smaller_data(block: str) -> str:
+    """The block with SMALLER_DATA appended to its one `fomo-nnunet synth ... --preset tiny` command."""
+    out, n = SYNTH_TINY.subn(lambda m: m.group(1) + SMALLER_DATA, block)
+    assert n == 1, f"expected one `fomo-nnunet synth ... --preset tiny` line in the quick path, found {n}"
+    return out
+
+
 def test_the_substitution_touches_only_tiny_trainer_names():
     block = ("nnUNetv2_train 900 3d_fullres all -tr nnUNetTrainerFomoMAE_tiny -device cpu\n"
              "PRE=results/Dataset900_FOMOPretrain/nnUNetTrainerFomoMAE_tiny__fomoPretrainPlans__3d_fullres\n"
@@ -51,6 +65,7 @@ def test_the_substitution_touches_only_tiny_trainer_names():
              "fomo-nnunet synth -o synth --preset tiny --arch tiny\n")
     out, n = smoke_twins(block)
     assert n == 2
+    assert smaller_data(out).endswith("--preset tiny" + SMALLER_DATA + " --arch tiny\n")
     assert "-tr nnUNetTrainerFomoMAE_tiny_smoke -device" in out
     assert "nnUNetTrainerFomoMAE_tiny_smoke__fomoPretrainPlans" in out
     assert "nnUNetTrainerFomoSeg_tiny_long" in out and "--preset tiny --arch tiny" in out
@@ -70,6 +85,7 @@ def test_the_readme_quick_path_runs_as_printed_with_smoke_trainers(tmp_path):
 
     block, n = smoke_twins(quick_path_block((ROOT / "README.md").read_text()))
     assert n >= 6, "the quick path names fewer _tiny trainers than expected"
+    block = smaller_data(block)
     for name in set(re.findall(r"\bnnUNetTrainerFomo\w+?_tiny_smoke\b", block)):
         assert any(f"class {name}(" in f.read_text() for f in trainers_dir().glob("*.py")), name
     activate = Path(sys.prefix) / "bin" / "activate"
