@@ -80,6 +80,7 @@ def test_the_readme_quick_path_is_cpu_sized():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # about 20 commands, each starting torch: far longer than alone on a shared 2-core machine
 def test_the_readme_quick_path_runs_as_printed_with_smoke_trainers(tmp_path):
     from fomo_nnunet.paths import trainers_dir
 
