@@ -7,8 +7,8 @@ link to the environment running the tests, so the block's `source .venv/bin/acti
 and the block's own `export nnUNet_raw=... nnUNet_preprocessed=... nnUNet_results=...` puts nnU-Net's three
 folders under that temporary folder (the test removes any nnU-Net variables it inherits first).
 
-Two documented substitutions keep it within the test budget (the full path trains for about 15 minutes on two
-cores):
+Two documented substitutions keep it within the test budget (the full path spends most of its time training:
+docs/results/quick-path.md):
 1. every `_tiny` trainer of the block (`nnUNetTrainerFomoMAE_tiny`, `..Seg_tiny`, `..Cls_tiny`), in commands and
    in results-folder names alike, becomes its `_tiny_smoke` twin: the same recipe and code path with a few
    iterations per epoch (`SmokeBudget`, `SmokePretraining`);
