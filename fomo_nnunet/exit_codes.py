@@ -1,5 +1,5 @@
 """The exit codes of `fomo-nnunet fomo26` (the container entry) and `fomo-nnunet convert`: one table,
-printed by both commands' --help and the README, and held to by tests."""
+printed by both commands' --help and docs/challenge.md, and held to by tests."""
 from __future__ import annotations
 
 import signal

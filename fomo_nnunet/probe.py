@@ -198,7 +198,7 @@ def torchmetrics_macro_auroc(logits: np.ndarray, y: np.ndarray, n_classes: int) 
 
 class _SGDCosine:
     """torch.optim.SGD(momentum=0.9, weight_decay=0) with CosineAnnealingLR(T_max) stepped per batch,
-    written out with the same tensor operations (torch.optim would import torch._dynamo: +2 s)."""
+    written out with the same tensor operations (torch.optim would import torch._dynamo, a slow import)."""
 
     def __init__(self, groups: list[list[Any]], learning_rates: Sequence[float], t_max: int):
         self.groups, self.base = groups, [float(v) for v in learning_rates]

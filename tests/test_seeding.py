@@ -55,7 +55,7 @@ def test_worker_loader_seeds_numpy_and_torch_per_worker():
 
 
 # nnUNetv2_train's path for one CPU process (run_training_entry -> run_training), without the final validation,
-# which spawns two worker pools (about 20 s here) and shows nothing about seeding; then nnU-Net's predictor on the
+# which spawns two worker pools (slow) and shows nothing about seeding; then nnU-Net's predictor on the
 # test images, one process, no pools. One process per run, as a user's runs are.
 TRAIN_AND_PREDICT = """
 import multiprocessing, sys, torch
