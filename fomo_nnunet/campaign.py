@@ -74,17 +74,6 @@ SMOKE = CampaignSizes(
     entry_options=("--no-mirroring",),
     budget_seconds=600, part_seconds={"steps": 240, "entry": 120, "loader": 90}, finish_seconds=5)
 
-# NVIDIA's data sheets, dense bf16 tensor-core TFLOP/s (without sparsity), by a part of torch's device name;
-# the first match counts. Other GPUs: no share of the peak is given.
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("NVL", None), ("H200", 989.4), ("H100", 989.4), ("A100", 312.0))
-
-
-def peak_bf16_tflops(device_name: str) -> float | None:
-    for part, peak in PEAK_BF16_TFLOPS:
-        if part in device_name:
-            return peak
-    return None
-
 
 def environment(device: str) -> dict:
     """The versions and the device every figure of the campaign was measured with."""
@@ -103,6 +92,8 @@ def environment(device: str) -> dict:
     except Exception as e:  # reported, not fatal: the parts say what failed
         env["nnunetv2"] = f"not importable: {e}"
     if device == "cuda" and torch.cuda.is_available():
+        from fomo_nnunet.step_bench import peak_bf16_tflops
+
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
         env["peak_bf16_tflops"] = peak_bf16_tflops(env["gpu"])

@@ -40,6 +40,18 @@ VARIANTS = (
 )
 
 
+# NVIDIA's data sheets, dense bf16 tensor-core TFLOP/s (without sparsity), by a part of torch's device name;
+# the first match counts. Other GPUs: no share of the peak is given.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("NVL", None), ("H200", 989.4), ("H100", 989.4), ("A100", 312.0))
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    for part, peak in PEAK_BF16_TFLOPS:
+        if part in device_name:
+            return peak
+    return None
+
+
 def step_plans(arch: str, patch: int, spacing: float, batch: int) -> dict:
     """A standard plans dict with one 3d_fullres configuration of the preset's network (single channel)."""
     from fomo_nnunet.plans.presets import ARCH_PRESETS, CONFIGURATION, architecture_dict
@@ -173,8 +185,6 @@ class StepBench:
         s = self.sizes
         peak = None
         if self.device.type == "cuda":
-            from fomo_nnunet.campaign import peak_bf16_tflops
-
             torch.backends.cudnn.benchmark = True  # as nnU-Net's run_training on CUDA
             peak = peak_bf16_tflops(torch.cuda.get_device_name(0))
             w.set(matmul_bf16_tflops=matmul_bf16_tflops(self.device))

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from fomo_nnunet.campaign import CHECKPOINT_LIMIT_BYTES, PARTS, format_report, peak_bf16_tflops
+from fomo_nnunet.campaign import CHECKPOINT_LIMIT_BYTES, PARTS, format_report
+from fomo_nnunet.step_bench import peak_bf16_tflops
 from fomo_nnunet.step_bench import LOSS_TOLERANCE, loss_check
 from fomo_nnunet.training.fast import Settings, StepSettings
 from fomo_nnunet.training.loop import train_until
