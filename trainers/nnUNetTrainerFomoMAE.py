@@ -36,7 +36,7 @@ from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settin
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
 from fomo_nnunet.ssl.sessions import SessionPairLoader, read_subjects, session_partners
 from fomo_nnunet.training import (COSINE, AmpStep, Budget, DescribedCheckpoints, DistributedRun, EpochEnd, EpochLR,
-                                  EpochSchedule, SeededRun, unwrap)
+                                  EpochSchedule, PreemptibleRun, SeededRun, unwrap)
 
 
 VICREG_PAIRS = ("views", "sessions")
@@ -48,7 +48,7 @@ VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vic
 
 
 class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, DescribedCheckpoints, Budget,
-                           nnUNetTrainer):
+                           PreemptibleRun, nnUNetTrainer):
     # masking (nnssl's recipe for a 1 mm, 160^3 patch: 75 % of 16^3 blocks)
     mask_ratio: float = 0.75
     block_size: int = 16
@@ -256,6 +256,9 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     def on_train_start(self):
         super().on_train_start()
         self.start_random_streams()
+
+    def random_generators(self) -> dict[str, torch.Generator]:
+        return {"mask": self._mask_generator, "skip_drop": self._skip_generator}
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
