@@ -158,6 +158,16 @@ def split_sizes(class_counts: Mapping[str, int], spec: str | Sequence[int] = "au
         sizes = tuple(int(v) for v in spec)
         if len(sizes) != 3 or min(sizes) < 1:
             raise ValueError(f"split {spec!r}: three positive counts per class (train, val, test)")
+        # fomo-lp fills test first, then validation: a class with fewer cases leaves train (or more) empty
+        # and their pipeline stops with "need at least one array to stack"
+        n_train, n_val, n_test = sizes
+        short = {k: n for k, n in class_counts.items() if n < n_val + n_test + 1}
+        if short:
+            k = min(short, key=short.get)
+            raise ValueError(f"split {','.join(map(str, sizes))}: class {k!r} has {short[k]} cases, but the split "
+                             f"sends {n_test} per class to test and {n_val} to validation and needs at least one "
+                             f"for training ({n_val + n_test + 1} cases); use --split auto (40/10/50 % of the "
+                             f"smallest class) or smaller counts")
         return sizes  # type: ignore[return-value]
     m = min(class_counts.values())
     if m >= sum(SPLIT_PER_CLASS):

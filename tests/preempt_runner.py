@@ -2,9 +2,10 @@
 
 One process imports torch and nnU-Net once and forks a child per run (a new process group each, as a
 scheduler's job step), so ten kills cost ten trainings, not ten interpreter starts. A child does what
-`nnUNetv2_train ... [--c]` does: get_trainer_from_args, maybe_load_checkpoint, run_training. Pictures
-are switched off (they cost time and draw no random numbers). Skip drops are on, so the skip stream is
-exercised beside the mask and batch streams.
+`nnUNetv2_train ... [--c]` does: get_trainer_from_args, maybe_load_checkpoint, run_training, on a run
+shortened to 3 epochs of 3 steps (and one validation step) with a checkpoint after every epoch.
+Pictures are switched off (they cost time and draw no random numbers). Skip drops are on, so the skip
+stream is exercised beside the mask and batch streams.
 
 usage: preempt_runner.py DATASET TRAINER WORK KILLS SEED  (nnUNet_* variables set; prints a JSON report)
 """
@@ -31,6 +32,7 @@ def _train(dataset: str, trainer_name: str, results: Path, resume: bool, sigterm
     t = get_trainer_from_args(dataset, "3d_fullres", "all", trainer_name, "fomoPretrainPlans", resume,
                               device=torch.device("cpu"))
     t.decoder_skips = "drop"
+    t.num_iterations_per_epoch, t.num_val_iterations_per_epoch = 3, 1  # 3 epochs of 3 steps: 9 steps
     t.write_pictures = lambda epoch: None
     t.embedding_stats_cases = 0
     maybe_load_checkpoint(t, resume, False)
@@ -106,6 +108,10 @@ def main() -> None:
     report["sigterm_steps_done"] = len((fold / STEP_LOG).read_text().splitlines())
     report["sigterm_signal_step"] = signal_step
     report["sigterm_fold"] = str(fold)
+    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    report["sigterm_checkpoint"] = {"current_epoch": latest["current_epoch"], "step": latest["fomo_streams"]["step"],
+                                    "outputs": len(latest["fomo_streams"]["train_outputs"])}
+    report["sigterm_log"] = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     corrupt = work / "corrupt"
     shutil.copytree(stopped, corrupt)
     report["sigterm_resume_rc"] = wait(child(dataset, trainer_name, stopped, resume=True))

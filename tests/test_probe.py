@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fomo_nnunet.cli import main
+from fomo_nnunet.exit_codes import BAD_INPUT
 from fomo_nnunet.commands.evaluate import probe_folder
 from fomo_nnunet.probe import (LEARNING_RATES, FairnessVariable, _SGDCosine, linear_probe, split_class, split_sizes,
                                torchmetrics_macro_auroc)
@@ -185,5 +186,22 @@ def test_cli_probe(tmp_path, capsys):
     assert r["stratify"] == "age"  # the first binned fairness variable stratifies the split
     assert set(r["metrics"]) == {"macro_auroc", "macro_f1"} and set(r["fairness_score"]) == {"macro_auroc", "macro_f1"}
     assert "fairness score" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="bounds"):
-        main(["probe", str(emb), "--labels", str(tsv), "--groups", "age:9,3", "-o", str(out)])
+    assert main(["probe", str(emb), "--labels", str(tsv), "--groups", "age:9,3", "-o", str(out)]) == BAD_INPUT
+    assert "bounds" in capsys.readouterr().err
+
+
+def test_cli_probe_split_larger_than_a_class_exits_2_naming_the_class(tmp_path, capsys):
+    """The organisers' 80/20/100 on 67 cases per class leaves train empty: their pipeline (and ours before)
+    stopped with "need at least one array to stack"."""
+    emb, tsv = _folder(tmp_path, n=134)
+    out = tmp_path / "o"
+    assert main(["probe", str(emb), "--labels", str(tsv), "--split", "80,20,100", "-o", str(out)]) == BAD_INPUT
+    err = capsys.readouterr().err
+    assert "split 80,20,100: class 'c0' has 67 cases" in err and "121 cases" in err and "--split auto" in err
+    assert "stack" not in err and not (out / "probe.json").exists()
+    # the same counts work as soon as one case per class is left for training (as in fomo-lp)
+    (tmp_path / "b").mkdir()
+    emb, tsv = _folder(tmp_path / "b", n=242)
+    assert main(["probe", str(emb), "--labels", str(tsv), "--split", "80,20,100", "--epochs", "1",
+                 "-o", str(out)]) == 0
+    assert json.loads((out / "probe.json").read_text())["n_train"] == 2

@@ -9,10 +9,13 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from fomo_nnunet.exit_codes import BAD_INPUT
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -450,7 +453,8 @@ def run_probe(args: argparse.Namespace) -> int:
                            protocol=args.protocol, seed=args.seed, split=args.split, epochs=args.epochs,
                            batch_size=args.batch_size)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(json.dumps(res, indent=2) + "\n")
