@@ -133,29 +133,43 @@ def main() -> None:
     report["corrupt_resume_rc"] = wait(pid)
     report["corrupt_fold"] = str(cfold)
 
-    # 4. SIGKILL at `kills` random moments in a row, resuming each time, then to the end
+    # 4. SIGKILL at `kills` random moments in a row, resuming each time, then to the end. A moment is drawn
+    # in the run's own progress (the machine's load changes its speed): during the start-up, or a random
+    # time into the step after a random number of finished steps, never so late that the run could end first
     rng = random.Random(int(seed))
     killed = work / "sigkill"
+    times = [float(s[0]) for s in steps]
+    step_seconds = (times[-1] - times[0]) / (len(times) - 1)
     moments = []
     for i in range(kills):
-        # a moment within the run's expected length: start-up, then the steps still to do
         done = 0
         latest = list(killed.glob(f"Dataset*/{trainer_name}__*/fold_all/checkpoint_latest.pth"))
         if latest:
             c = torch.load(latest[0], map_location="cpu", weights_only=False)
             done = c["current_epoch"] * per_epoch + c.get("fomo_streams", {}).get("step", 0)
-        left = (len(steps) - done) / len(steps) * (report["reference_seconds"] - first_step)
-        moment = rng.uniform(0.2, first_step + 0.9 * left)
+        step_file = list(killed.glob(f"Dataset*/{trainer_name}__*/fold_all/{STEP_LOG}"))
+        before = len(step_file[0].read_text().splitlines()) if step_file else 0
+        after_steps = rng.randint(-1, max(-1, len(steps) - done - 2))  # -1: during the start-up
+        delay = rng.uniform(0.0, step_seconds)
+        t_fork = time.time()
         pid = child(dataset, trainer_name, killed, resume=i > 0)
-        time.sleep(moment)
+        if after_steps < 0:
+            time.sleep(rng.uniform(0.05, first_step))
+        else:
+            while time.time() - t_fork < 300:
+                files = list(killed.glob(f"Dataset*/{trainer_name}__*/fold_all/{STEP_LOG}"))
+                if files and len(files[0].read_text().splitlines()) - before >= after_steps:
+                    break
+                time.sleep(0.01)
+            time.sleep(delay)
         ended_before = False
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             ended_before = True
         rc = wait(pid)
-        moments.append({"seconds": round(moment, 3), "rc": rc, "ended_before_the_kill": ended_before or rc == 0,
-                        "resumed_from_step": done})
+        moments.append({"after_steps": after_steps, "delay": round(delay, 3), "rc": rc,
+                        "ended_before_the_kill": ended_before or rc == 0, "resumed_from_step": done})
     report["kills"] = moments
     report["sigkill_final_rc"] = wait(child(dataset, trainer_name, killed, resume=True))
     report["sigkill_fold"] = str(fold_of(killed, trainer_name))
