@@ -112,9 +112,11 @@ def main() -> None:
     report["sigterm_checkpoint"] = {"current_epoch": latest["current_epoch"], "step": latest["fomo_streams"]["step"],
                                     "outputs": len(latest["fomo_streams"]["train_outputs"])}
     report["sigterm_log"] = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    report["sigterm_marker"] = json.loads((fold / "preempted.json").read_text())
     corrupt = work / "corrupt"
     shutil.copytree(stopped, corrupt)
     report["sigterm_resume_rc"] = wait(child(dataset, trainer_name, stopped, resume=True))
+    report["sigterm_marker_after_resume"] = (fold / "preempted.json").exists()
 
     # 3. the same stop, checkpoint_latest truncated, then --c: falls back to checkpoint_latest.prev.pth
     cfold = fold_of(corrupt, trainer_name)

@@ -110,11 +110,13 @@ def test_sigterm_during_an_epoch_checkpoints_within_one_step_and_exits_75(runs):
     assert report["sigterm_checkpoint"] == {"current_epoch": 1, "step": 2, "outputs": 2}
     assert "SIGTERM received: stopping at epoch 1, after 2 of 3 training steps" in report["sigterm_log"]
     assert "exit code 75" in report["sigterm_log"] and "--c" in report["sigterm_log"]
+    marker = report["sigterm_marker"]  # what a job script checks to requeue
+    assert (marker["signal"], marker["epoch"], marker["step"], marker["exit_code"]) == ("SIGTERM", 1, 2, 75)
 
 
 def test_resume_after_sigterm_gives_the_weights_and_losses_of_an_uninterrupted_run(runs):
     report, final = runs
-    assert report["sigterm_resume_rc"] == 0
+    assert report["sigterm_resume_rc"] == 0 and not report["sigterm_marker_after_resume"]
     _assert_identical(final["sigterm_fold"], final["reference_fold"])
 
 

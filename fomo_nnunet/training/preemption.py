@@ -9,7 +9,8 @@ epochs with `torch.save` straight onto the file; nothing stops it cleanly on a s
 - a stop signal (`FOMO_STOP_SIGNALS`, default SIGTERM and SIGUSR1) ends the run after the current
   training step (or, during a validation, at the end of that epoch): checkpoint_latest is written
   with the step reached and the step outputs of the unfinished epoch, and the process exits with
-  `exit_codes.PREEMPTED` (75); under DDP the ranks agree on the step (one all-reduce per step);
+  `exit_codes.PREEMPTED` (75), leaving `preempted.json` in the fold folder (removed when the run goes
+  on); under DDP the ranks agree on the step (one all-reduce per step);
 - every checkpoint is written to a temporary file, fsync'ed, renamed over the old one and the folder
   fsync'ed; checkpoint_latest keeps its predecessor as checkpoint_latest.prev.pth;
 - every checkpoint carries the random streams (`fomo_streams`): the position of the batch streams
@@ -20,11 +21,13 @@ epochs with `torch.save` straight onto the file; nothing stops it cleanly on a s
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +41,7 @@ STOP_SIGNALS_ENV = "FOMO_STOP_SIGNALS"
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 STREAMS_KEY = "fomo_streams"
 LATEST = "checkpoint_latest.pth"
+PREEMPTED_FILE = "preempted.json"  # in the fold folder while a preempted run waits for its --c
 PREVIOUS_SUFFIX = ".prev.pth"
 # what nnU-Net's load_checkpoint reads; a file without them is not a checkpoint to continue from
 REQUIRED_KEYS = ("network_weights", "optimizer_state", "logging", "current_epoch", "init_args")
@@ -134,6 +138,15 @@ def write_checkpoint(checkpoint: dict, filename: str, keep_previous: bool = Fals
     _fsync_folder(folder)
 
 
+def write_json_atomically(path: str, record: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def previous_of(filename: str) -> str:
     stem = filename[:-4] if filename.endswith(".pth") else filename
     return stem + PREVIOUS_SUFFIX
@@ -227,6 +240,9 @@ class PreemptibleRun:
         self._stop.install(stop_signals())
         try:
             self.on_train_start()
+            marker = os.path.join(self.output_folder, PREEMPTED_FILE)
+            if self.local_rank == 0 and os.path.isfile(marker):
+                os.remove(marker)  # this run continues the preempted one
             resume = getattr(self, "resume_point", None) or ResumePoint()
             self._restore_streams(resume)
             for epoch in range(self.current_epoch, self.num_epochs):
@@ -268,10 +284,21 @@ class PreemptibleRun:
         self.save_checkpoint(os.path.join(self.output_folder, LATEST), resume_at=(epoch, step, train_outputs))
         self._finish_augmenters()
         where = os.path.join(self.output_folder, LATEST)
+        if self.local_rank == 0:  # what a job script checks to requeue (torchrun's own exit code is not ours)
+            write_json_atomically(os.path.join(self.output_folder, PREEMPTED_FILE), {
+                "signal": self._stop.name or None, "epoch": int(epoch), "step": int(step),
+                "steps_per_epoch": int(self.num_iterations_per_epoch), "checkpoint": where,
+                "exit_code": int(self.preemption_exit_code), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         hint = (f"`scontrol requeue {os.environ['SLURM_JOB_ID']}`, or " if os.environ.get("SLURM_JOB_ID") else "")
         self.print_to_log_file(f"preempted: {where} written; exit code {self.preemption_exit_code}. Continue with "
                                f"{hint}the same command plus --c (it resumes at this step; docs/preemption.md)")
         raise SystemExit(self.preemption_exit_code)
+
+    def on_train_end(self):
+        super().on_train_end()  # nnU-Net: checkpoint_final written, checkpoint_latest removed
+        previous = previous_of(os.path.join(self.output_folder, LATEST))
+        if self.local_rank == 0 and os.path.isfile(previous):
+            os.remove(previous)
 
     def _finish_augmenters(self) -> None:
         for loader in (self.dataloader_train, self.dataloader_val):
@@ -328,9 +355,9 @@ class PreemptibleRun:
         checkpoint_best (said in the log), and the random streams and step within the epoch are kept
         for run_training."""
         if isinstance(filename_or_checkpoint, (str, os.PathLike)):
-            def warn(message):
-                print(message, file=sys.stderr, flush=True)
+            def warn(message):  # every rank falls back alike; rank 0 says so
                 if self.local_rank == 0:
+                    print(message, file=sys.stderr, flush=True)
                     self.print_to_log_file(message, also_print_to_console=False)
 
             # read once here to check it (nnU-Net's load_checkpoint reads the file it is given again:
