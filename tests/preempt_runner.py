@@ -108,7 +108,8 @@ def main() -> None:
     report["sigterm_steps_done"] = len((fold / STEP_LOG).read_text().splitlines())
     report["sigterm_signal_step"] = signal_step
     report["sigterm_fold"] = str(fold)
-    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    from fomo_nnunet.transfer import load_checkpoint_safely
+    latest = load_checkpoint_safely(fold / "checkpoint_latest.pth")  # mid-epoch, loaded as data only
     report["sigterm_checkpoint"] = {"current_epoch": latest["current_epoch"], "step": latest["fomo_streams"]["step"],
                                     "outputs": len(latest["fomo_streams"]["train_outputs"])}
     report["sigterm_log"] = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))

@@ -17,8 +17,9 @@ import torch
 
 from conftest import PRETRAIN_DATASET
 from fomo_nnunet.exit_codes import PREEMPTED
-from fomo_nnunet.training.preemption import (STOP_SIGNALS_ENV, CheckpointError, read_checkpoint,
-                                             read_checkpoint_or_fallback, stop_signals, write_checkpoint)
+from fomo_nnunet.training.preemption import (STOP_SIGNALS_ENV, read_checkpoint, read_checkpoint_or_fallback,
+                                             stop_signals, write_checkpoint)
+from fomo_nnunet.transfer import CheckpointError, load_checkpoint_safely
 
 RUNNER = str(Path(__file__).with_name("preempt_runner.py"))
 TRAINER = "nnUNetTrainerFomoMAE_tiny_smoke"
@@ -45,8 +46,8 @@ def test_checkpoint_latest_is_replaced_whole_and_keeps_its_predecessor(tmp_path)
     write_checkpoint(_checkpoint(1), str(latest), keep_previous=True)
     assert not (tmp_path / "checkpoint_latest.prev.pth").exists()
     write_checkpoint(_checkpoint(2), str(latest), keep_previous=True)
-    assert read_checkpoint(str(latest), "cpu")["current_epoch"] == 2
-    assert read_checkpoint(str(tmp_path / "checkpoint_latest.prev.pth"), "cpu")["current_epoch"] == 1
+    assert read_checkpoint(str(latest))["current_epoch"] == 2
+    assert read_checkpoint(str(tmp_path / "checkpoint_latest.prev.pth"))["current_epoch"] == 1
     assert {p.name for p in tmp_path.iterdir()} == {"checkpoint_latest.pth", "checkpoint_latest.prev.pth"}  # no .tmp
     best = tmp_path / "checkpoint_best.pth"
     write_checkpoint(_checkpoint(1), str(best))
@@ -61,18 +62,18 @@ def test_unreadable_checkpoint_is_refused_by_name_and_the_next_readable_one_is_u
     write_checkpoint(_checkpoint(0), str(tmp_path / "checkpoint_best.pth"))
     data = latest.read_bytes()
     latest.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"checkpoint_latest\.pth cannot be read .*truncated or corrupt"):
-        read_checkpoint(str(latest), "cpu")
+    with pytest.raises(CheckpointError, match=r"checkpoint_latest\.pth is not a readable torch checkpoint \(truncated"):
+        read_checkpoint(str(latest))
     said = []
-    checkpoint, source = read_checkpoint_or_fallback(str(latest), "cpu", said.append)
+    checkpoint, source = read_checkpoint_or_fallback(str(latest), said.append)
     assert checkpoint["current_epoch"] == 1 and source.endswith("checkpoint_latest.prev.pth")
-    assert "cannot be read" in said[0] and "continuing from" in said[1] and "prev.pth" in said[1]
+    assert "not a readable torch checkpoint" in said[0] and "continuing from" in said[1] and "prev.pth" in said[1]
     (tmp_path / "checkpoint_latest.prev.pth").write_bytes(b"")
-    checkpoint, source = read_checkpoint_or_fallback(str(latest), "cpu", said.append)
+    checkpoint, source = read_checkpoint_or_fallback(str(latest), said.append)
     assert checkpoint["current_epoch"] == 0 and source.endswith("checkpoint_best.pth")
     torch.save({"network_weights": {}}, tmp_path / "checkpoint_best.pth")  # readable, but not a training state
     with pytest.raises(CheckpointError, match=r"no readable checkpoint.*no optimizer_state"):
-        read_checkpoint_or_fallback(str(latest), "cpu", said.append)
+        read_checkpoint_or_fallback(str(latest), said.append)
 
 
 # ---- whole runs ------------------------------------------------------------------------------------
@@ -88,7 +89,8 @@ def runs(request, pretrain_corpus, tmp_path_factory):
     assert p.returncode == 0, (p.stdout + p.stderr)[-6000:]
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert report["reference_rc"] == 0
-    final = {k: torch.load(Path(report[k]) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    # data only, as every reader of our checkpoints loads them (the random streams included)
+    final = {k: load_checkpoint_safely(Path(report[k]) / "checkpoint_final.pth")
              for k in ("reference_fold", "sigterm_fold", "corrupt_fold", "sigkill_fold")}
     return report, final
 
@@ -131,7 +133,7 @@ def test_ten_sigkills_in_a_row_end_with_the_weights_of_an_uninterrupted_run(runs
 def test_corrupt_checkpoint_latest_resumes_from_the_previous_one_with_a_message(runs):
     report, final = runs
     err = report["corrupt_stderr"]
-    assert "checkpoint_latest.pth cannot be read" in err and "truncated or corrupt" in err
+    assert "checkpoint_latest.pth is not a readable torch checkpoint (truncated" in err
     assert "continuing from" in err and "checkpoint_latest.prev.pth" in err
     assert report["corrupt_resume_rc"] == 0
     # the predecessor (written after epoch 0) carries the whole state too: the run still ends bit for bit the same

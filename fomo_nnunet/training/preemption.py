@@ -16,7 +16,7 @@ epochs with `torch.save` straight onto the file; nothing stops it cleanly on a s
 - every checkpoint carries the random streams (`fomo_streams`): the position of the batch streams
   (fomo_nnunet.seeding: a batch is a function of its number), the trainer's generators (MAE masks,
   skip drops) and the global torch / numpy / Python states, of every rank;
-- `--c` on a checkpoint that cannot be read or lacks nnU-Net's keys says so and falls back to
+- `--c` on a checkpoint that cannot be read (as data only) or lacks nnU-Net's keys says so and falls back to
   checkpoint_latest.prev.pth, then checkpoint_best.pth (both carry the full state).
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ import torch
 from torch import distributed as dist
 
 from fomo_nnunet.exit_codes import PREEMPTED
-from fomo_nnunet.transfer import unwrap
+from fomo_nnunet.transfer import CheckpointError, load_torch_file_safely, unwrap
 
 STOP_SIGNALS_ENV = "FOMO_STOP_SIGNALS"
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -45,10 +46,6 @@ PREEMPTED_FILE = "preempted.json"  # in the fold folder while a preempted run wa
 PREVIOUS_SUFFIX = ".prev.pth"
 # what nnU-Net's load_checkpoint reads; a file without them is not a checkpoint to continue from
 REQUIRED_KEYS = ("network_weights", "optimizer_state", "logging", "current_epoch", "init_args")
-
-
-class CheckpointError(RuntimeError):
-    """No readable checkpoint to continue from."""
 
 
 # ---- signals ---------------------------------------------------------------------------------------
@@ -83,6 +80,8 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def install(self, signums: tuple[int, ...]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only: a training run in a thread has no stop signal
         for s in signums:
             self._previous[s] = signal.signal(s, self._handle)
 
@@ -152,13 +151,12 @@ def previous_of(filename: str) -> str:
     return stem + PREVIOUS_SUFFIX
 
 
-def read_checkpoint(filename: str, map_location) -> dict:
-    """A checkpoint to continue from, or CheckpointError saying what is wrong with the file."""
-    try:
-        checkpoint = torch.load(filename, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, empty file: all mean unreadable
-        raise CheckpointError(f"{filename} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                              f"it is truncated or corrupt") from None
+def read_checkpoint(filename: str) -> dict:
+    """A checkpoint to continue from, loaded as data only (fomo_nnunet.transfer.load_torch_file_safely),
+    or CheckpointError saying what is wrong with the file."""
+    if not os.path.isfile(filename):
+        raise CheckpointError(f"{filename} does not exist")
+    checkpoint = load_torch_file_safely(filename)  # CheckpointError: truncated, corrupt, or not data
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{filename} holds a {type(checkpoint).__name__}, not a training checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
@@ -174,13 +172,13 @@ def fallbacks_for(filename: str) -> list[str]:
     return [c for c in candidates if os.path.abspath(c) != os.path.abspath(filename) and os.path.isfile(c)]
 
 
-def read_checkpoint_or_fallback(filename: str, map_location, warn) -> tuple[dict, str]:
+def read_checkpoint_or_fallback(filename: str, warn) -> tuple[dict, str]:
     """(checkpoint, the file it came from): `filename`, or the first readable fallback, each refusal
     reported through `warn`; CheckpointError when none is readable."""
     problems = []
     for candidate in [filename, *fallbacks_for(filename)]:
         try:
-            checkpoint = read_checkpoint(candidate, map_location)
+            checkpoint = read_checkpoint(candidate)
         except CheckpointError as e:
             problems.append(str(e))
             warn(f"WARNING: {e}")
@@ -195,8 +193,12 @@ def read_checkpoint_or_fallback(filename: str, map_location, warn) -> tuple[dict
 
 # ---- random streams ----------------------------------------------------------------------------------
 def capture_random_state(generators: dict[str, torch.Generator]) -> dict:
-    """This process's global random states and the named generators' states (CPU tensors, pickles)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """This process's global random states and the named generators' states, as tensors and plain Python
+    values (a checkpoint loads with torch.load(weights_only=True))."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
              "generators": {name: g.get_state() for name, g in generators.items() if g is not None}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["torch_cuda"] = torch.cuda.get_rng_state_all()
@@ -204,14 +206,31 @@ def capture_random_state(generators: dict[str, torch.Generator]) -> dict:
 
 
 def restore_random_state(state: dict, generators: dict[str, torch.Generator]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "torch_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["torch_cuda"])
     for name, g in generators.items():
         if g is not None and name in state["generators"]:
             g.set_state(state["generators"][name])
+
+
+def _as_tuples(value):
+    """Python's random state with its tuples back (a checkpoint may hand them over as lists)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def outputs_to_tensors(outputs: list[dict]) -> list[dict]:
+    """Training step outputs (numpy arrays) as tensors, bit for bit, for a data-only checkpoint."""
+    return [{k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v
+             for k, v in o.items()} for o in outputs]
+
+
+def outputs_from_tensors(outputs: list[dict]) -> list[dict]:
+    return [{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in o.items()} for o in outputs]
 
 
 @dataclass
@@ -339,7 +358,7 @@ class PreemptibleRun:
             self.current_epoch = saved_epoch
         if step > 0:  # the unfinished epoch's entries are logged again when it runs on
             checkpoint["logging"] = {k: list(v[:epoch]) for k, v in checkpoint["logging"].items()}
-        checkpoint[STREAMS_KEY] = {"step": int(step), "train_outputs": list(outputs), "ranks": ranks,
+        checkpoint[STREAMS_KEY] = {"step": int(step), "train_outputs": outputs_to_tensors(outputs), "ranks": ranks,
                                    "world_size": len(ranks)}
         write_checkpoint(checkpoint, filename, keep_previous=os.path.basename(filename) == LATEST)
 
@@ -362,7 +381,7 @@ class PreemptibleRun:
 
             # read once here to check it (nnU-Net's load_checkpoint reads the file it is given again:
             # 2.8.1 cannot take the loaded dict)
-            checkpoint, source = read_checkpoint_or_fallback(str(filename_or_checkpoint), "cpu", warn)
+            checkpoint, source = read_checkpoint_or_fallback(str(filename_or_checkpoint), warn)
             super().load_checkpoint(source)
         else:
             checkpoint = filename_or_checkpoint
@@ -377,7 +396,7 @@ class PreemptibleRun:
             self.print_to_log_file(f"WARNING: the checkpoint was written by {len(ranks)} process(es), this run has "
                                    f"{world}: random streams start afresh, the run continues but not bit for bit")
             ranks = None
-        self.resume_point = ResumePoint(int(streams["step"]), list(streams["train_outputs"]), ranks)
+        self.resume_point = ResumePoint(int(streams["step"]), outputs_from_tensors(streams["train_outputs"]), ranks)
 
     def _restore_streams(self, resume: ResumePoint) -> None:
         """After on_train_start (which starts the trainer's generators): the checkpoint's random states."""
