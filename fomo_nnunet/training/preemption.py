@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
+from fomo_nnunet.distributed import from_all_ranks
 from fomo_nnunet.exit_codes import PREEMPTED
 from fomo_nnunet.transfer import CheckpointError, load_torch_file_safely, unwrap
 
@@ -343,7 +344,7 @@ class PreemptibleRun:
         """nnU-Net's save_checkpoint, atomic and with the random streams of every rank. Every rank calls it
         (as nnU-Net's epoch end does); rank 0 writes. `resume_at` = (epoch, step, outputs of the steps done):
         a checkpoint in the middle of an epoch (default: after the epoch `current_epoch`)."""
-        ranks = self._all_ranks(capture_random_state(self.random_generators()))
+        ranks = from_all_ranks(capture_random_state(self.random_generators()), self.is_ddp)
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
@@ -361,13 +362,6 @@ class PreemptibleRun:
         checkpoint[STREAMS_KEY] = {"step": int(step), "train_outputs": outputs_to_tensors(outputs), "ranks": ranks,
                                    "world_size": len(ranks)}
         write_checkpoint(checkpoint, filename, keep_previous=os.path.basename(filename) == LATEST)
-
-    def _all_ranks(self, value) -> list:
-        if not self.is_ddp:
-            return [value]
-        values = [None] * dist.get_world_size()
-        dist.all_gather_object(values, value)
-        return values
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's load_checkpoint; a file that cannot be read falls back to its predecessor or

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fomo_nnunet.distributed import ddp_device
+from fomo_nnunet.distributed import ddp_device, from_all_ranks
 from fomo_nnunet.training.preemption import stop_signals
 from fomo_nnunet.seeding import (DETERMINISTIC_ENV, SEED_ENV, derive_seed, deterministic_requested, environment,
                                  run_seed, seed_everything, seeded_augmenters, use_deterministic_algorithms,
@@ -117,8 +116,4 @@ class DistributedRun:
 
     def from_all_ranks(self, value) -> list:
         """`value` of every rank, in rank order (under DDP every rank must call this); [value] in one process."""
-        if not self.is_ddp:
-            return [value]
-        values = [None] * dist.get_world_size()
-        dist.all_gather_object(values, value)
-        return values
+        return from_all_ranks(value, self.is_ddp)
