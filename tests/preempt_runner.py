@@ -111,7 +111,7 @@ def main() -> None:
     from fomo_nnunet.transfer import load_checkpoint_safely
     latest = load_checkpoint_safely(fold / "checkpoint_latest.pth")  # mid-epoch, loaded as data only
     report["sigterm_checkpoint"] = {"current_epoch": latest["current_epoch"], "step": latest["fomo_streams"]["step"],
-                                    "outputs": len(latest["fomo_streams"]["train_outputs"])}
+                                    "outputs": len(latest["fomo_streams"]["ranks"][0]["train_outputs"])}
     report["sigterm_log"] = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     report["sigterm_marker"] = json.loads((fold / "preempted.json").read_text())
     corrupt = work / "corrupt"

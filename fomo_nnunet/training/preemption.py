@@ -344,13 +344,15 @@ class PreemptibleRun:
         """nnU-Net's save_checkpoint, atomic and with the random streams of every rank. Every rank calls it
         (as nnU-Net's epoch end does); rank 0 writes. `resume_at` = (epoch, step, outputs of the steps done):
         a checkpoint in the middle of an epoch (default: after the epoch `current_epoch`)."""
-        ranks = from_all_ranks(capture_random_state(self.random_generators()), self.is_ddp)
+        epoch, step, outputs = resume_at if resume_at is not None else (self.current_epoch + 1, 0, [])
+        # every rank's random state and step outputs (the epoch's loss is the mean over all ranks' steps)
+        mine = capture_random_state(self.random_generators()) | {"train_outputs": outputs_to_tensors(outputs)}
+        ranks = from_all_ranks(mine, self.is_ddp)
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        epoch, step, outputs = resume_at if resume_at is not None else (self.current_epoch + 1, 0, [])
         saved_epoch = self.current_epoch
         self.current_epoch = epoch - 1  # the contents name the epoch to continue at as current_epoch + 1
         try:
@@ -359,8 +361,7 @@ class PreemptibleRun:
             self.current_epoch = saved_epoch
         if step > 0:  # the unfinished epoch's entries are logged again when it runs on
             checkpoint["logging"] = {k: list(v[:epoch]) for k, v in checkpoint["logging"].items()}
-        checkpoint[STREAMS_KEY] = {"step": int(step), "train_outputs": outputs_to_tensors(outputs), "ranks": ranks,
-                                   "world_size": len(ranks)}
+        checkpoint[STREAMS_KEY] = {"step": int(step), "ranks": ranks, "world_size": len(ranks)}
         write_checkpoint(checkpoint, filename, keep_previous=os.path.basename(filename) == LATEST)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
@@ -388,9 +389,12 @@ class PreemptibleRun:
         world = dist.get_world_size() if self.is_ddp else 1
         if len(ranks) != world:
             self.print_to_log_file(f"WARNING: the checkpoint was written by {len(ranks)} process(es), this run has "
-                                   f"{world}: random streams start afresh, the run continues but not bit for bit")
-            ranks = None
-        self.resume_point = ResumePoint(int(streams["step"]), outputs_from_tensors(streams["train_outputs"]), ranks)
+                                   f"{world}: random streams start afresh and the unfinished epoch's loss counts its "
+                                   f"remaining steps only; the run continues, but not bit for bit")
+            self.resume_point = ResumePoint(int(streams["step"]))
+            return
+        outputs = outputs_from_tensors(ranks[self.local_rank]["train_outputs"])
+        self.resume_point = ResumePoint(int(streams["step"]), outputs, ranks)
 
     def _restore_streams(self, resume: ResumePoint) -> None:
         """After on_train_start (which starts the trainer's generators): the checkpoint's random states."""
