@@ -144,27 +144,30 @@ def main() -> None:
     times = [float(s[0]) for s in steps]
     step_seconds = (times[-1] - times[0]) / (len(times) - 1)
     moments = []
+
+    def steps_now() -> int:
+        files = list(killed.glob(f"Dataset*/{trainer_name}__*/fold_all/{STEP_LOG}"))
+        return len(files[0].read_text().splitlines()) if files else 0
+
     for i in range(kills):
         done = 0
         latest = list(killed.glob(f"Dataset*/{trainer_name}__*/fold_all/checkpoint_latest.pth"))
         if latest:
             c = torch.load(latest[0], map_location="cpu", weights_only=False)
             done = c["current_epoch"] * per_epoch + c.get("fomo_streams", {}).get("step", 0)
-        step_file = list(killed.glob(f"Dataset*/{trainer_name}__*/fold_all/{STEP_LOG}"))
-        before = len(step_file[0].read_text().splitlines()) if step_file else 0
-        after_steps = rng.randint(-1, max(-1, len(steps) - done - 2))  # -1: during the start-up
-        delay = rng.uniform(0.0, step_seconds)
+        left = len(steps) - done
+
+        before = steps_now()
+        after_steps = rng.randint(-1, max(-1, left - 2))  # -1: during the start-up
+        delay = rng.uniform(0.0, first_step if after_steps < 0 else step_seconds)
         t_fork = time.time()
         pid = child(dataset, trainer_name, killed, resume=i > 0)
-        if after_steps < 0:
-            time.sleep(rng.uniform(0.05, first_step))
-        else:
-            while time.time() - t_fork < 300:
-                files = list(killed.glob(f"Dataset*/{trainer_name}__*/fold_all/{STEP_LOG}"))
-                if files and len(files[0].read_text().splitlines()) - before >= after_steps:
-                    break
-                time.sleep(0.01)
-            time.sleep(delay)
+        while steps_now() - before < max(0, after_steps) and time.time() - t_fork < 300:
+            time.sleep(0.005)
+        # then the delay, cut short when the run is one step from its end (the machine's speed changes)
+        deadline, last = time.time() + delay, (1 if after_steps < 0 else left - 1)
+        while time.time() < deadline and steps_now() - before < last:
+            time.sleep(0.005)
         ended_before = False
         try:
             os.killpg(pid, signal.SIGKILL)
