@@ -37,6 +37,7 @@ from torch import distributed as dist
 
 from fomo_nnunet.distributed import from_all_ranks
 from fomo_nnunet.exit_codes import PREEMPTED
+from fomo_nnunet.training.loop import end_epoch
 from fomo_nnunet.transfer import CheckpointError, load_torch_file_safely, unwrap
 
 STOP_SIGNALS_ENV = "FOMO_STOP_SIGNALS"
@@ -274,13 +275,7 @@ class PreemptibleRun:
                     if self._stop_agreed():
                         self._preempt(epoch, step + 1, train_outputs)
                 resume = ResumePoint()
-                self.on_train_epoch_end(train_outputs)
-                with torch.no_grad():
-                    self.on_validation_epoch_start()
-                    val_outputs = [self.validation_step(next(self.dataloader_val))
-                                   for _ in range(self.num_val_iterations_per_epoch)]
-                    self.on_validation_epoch_end(val_outputs)
-                self.on_epoch_end()
+                end_epoch(self, train_outputs)
                 if self.current_epoch < self.num_epochs and self._stop_agreed():
                     self._preempt(self.current_epoch, 0, [])
             self.on_train_end()
