@@ -27,7 +27,7 @@ from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or
                                      task_from_plans, validation_score, without_spatial_augmentation)
 from fomo_nnunet.network_record import IMAGE_LEVEL, build_image_level_network
 from fomo_nnunet.tasks import CLASSIFICATION
-from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, SeededRun, unwrap
+from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, PreemptibleRun, SeededRun, unwrap
 
 
 class CentredCropValidation:
@@ -72,7 +72,7 @@ class CentredCropValidation:
 
 
 class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, CentredCropValidation,
-                                  FinetuneRecipe, nnUNetTrainer):
+                                  FinetuneRecipe, PreemptibleRun, nnUNetTrainer):
     """Shared by the classification and regression trainers; the task's kind (from the plans) decides."""
 
     # the head (fomo_nnunet.heads.PoolingHead)

@@ -36,7 +36,7 @@ from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settin
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
 from fomo_nnunet.ssl.sessions import SessionPairLoader, read_subjects, session_partners
 from fomo_nnunet.training import (COSINE, AmpStep, Budget, DescribedCheckpoints, DistributedRun, EpochEnd, EpochLR,
-                                  EpochSchedule, SeededRun, unwrap)
+                                  EpochSchedule, PreemptibleRun, SeededRun, unwrap)
 from fomo_nnunet.training.fast import StepSettings
 
 
@@ -49,7 +49,7 @@ VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vic
 
 
 class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, EpochEnd, DescribedCheckpoints, Budget,
-                           nnUNetTrainer):
+                           PreemptibleRun, nnUNetTrainer):
     # speed (fomo_nnunet.training.fast): nnU-Net's defaults until a GPU campaign shows another setting faster and sane
     autocast_dtype: str = "float16"
     compile_network: bool | None = None  # None: nnU-Net's choice (compiled on CUDA unless nnUNet_compile=f)
@@ -261,6 +261,9 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
     def on_train_start(self):
         super().on_train_start()
         self.start_random_streams()
+
+    def random_generators(self) -> dict[str, torch.Generator]:
+        return {"mask": self._mask_generator, "skip_drop": self._skip_generator}
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()

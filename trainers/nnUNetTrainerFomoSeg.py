@@ -14,13 +14,13 @@ import torch
 from fomo_nnunet.class_weights import SQRT_INVERSE_FREQUENCY, WEIGHTINGS, label_voxel_counts, sqrt_inverse_frequency
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
 from fomo_nnunet.network_record import PLANS, build_plans_network
-from fomo_nnunet.training import DistributedRun, SeededRun
+from fomo_nnunet.training import DistributedRun, PreemptibleRun, SeededRun
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
-class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrainer):
+class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, PreemptibleRun, nnUNetTrainer):
     # nnU-Net validates fold 'all' on its own training cases: a sliding window over every training
     # case that says nothing about generalisation, and costs a tiny run's time on a CPU. False skips it.
     validate_fold_all: bool = True

@@ -11,6 +11,18 @@ import time
 import torch
 
 
+def end_epoch(trainer, train_outputs: list) -> None:
+    """The rest of an epoch after its training steps, as nnU-Net's run_training does it: the training
+    outputs, the validation steps, the epoch's end."""
+    trainer.on_train_epoch_end(train_outputs)
+    with torch.no_grad():
+        trainer.on_validation_epoch_start()
+        val = [trainer.validation_step(next(trainer.dataloader_val))
+               for _ in range(trainer.num_val_iterations_per_epoch)]
+        trainer.on_validation_epoch_end(val)
+    trainer.on_epoch_end()
+
+
 def train_until(trainer, seconds: float, clock=time.monotonic) -> dict:
     """Train epochs until the next would pass `seconds` (judged by the longest epoch so far), then end the run as
     nnU-Net does (checkpoint_final). Returns what ran."""
@@ -25,13 +37,7 @@ def train_until(trainer, seconds: float, clock=time.monotonic) -> dict:
         trainer.on_train_epoch_start()
         outputs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)]
         steps += len(outputs)
-        trainer.on_train_epoch_end(outputs)
-        with torch.no_grad():
-            trainer.on_validation_epoch_start()
-            val = [trainer.validation_step(next(trainer.dataloader_val))
-                   for _ in range(trainer.num_val_iterations_per_epoch)]
-            trainer.on_validation_epoch_end(val)
-        trainer.on_epoch_end()
+        end_epoch(trainer, outputs)
         epoch_seconds.append(clock() - t0)
         if trainer.current_epoch < trainer.num_epochs and \
                 clock() - start + max(epoch_seconds) > seconds:
