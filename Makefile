@@ -9,9 +9,9 @@ WORK ?= fomo_work
 
 install: $(STAMP)
 
-# pip byte-compiles every file it installs, one after the other: about 80 s of CPU for the 15,000 files of
-# torch, nnU-Net and the rest. compileall does the same work on every core (-j 0): about half the wall time on
-# 2 cores. Its exit status is ignored, as pip ignores the same errors (a torch test file in Python 3.12 syntax).
+# pip byte-compiles every file it installs, one after the other (the 15,000 files of torch, nnU-Net and the
+# rest); compileall does the same work on every core (-j 0), in less wall time (docs/results/demo-and-tests.md).
+# Its exit status is ignored, as pip ignores the same errors (a torch test file in Python 3.12 syntax).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet --no-compile pip
@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, nnunetv2, dynamic_network_architectures, nilearn; print('installed torch', torch.__version__)"
 	touch $(STAMP)
 
-# two pytest workers (pytest-xdist), one test file each at a time, so module fixtures are built once; on a 2-core
-# machine this saves about 12 % of the suite's time (1199 s -> 1049 s, November 2026): the cores are mostly busy already.
+# two pytest workers (pytest-xdist), one test file each at a time, so module fixtures are built once; what that
+# saves on a 2-core machine: docs/results/demo-and-tests.md.
 # --no-loadscope-reorder keeps the collection order (longest files first, tests/conftest.py) instead of xdist's
 # default order by the number of tests in a file, which started the longest file last
 TEST_WORKERS ?= 2
@@ -37,4 +37,4 @@ demo: install
 	$(BIN)/fomo-nnunet benchmark --preset tiny --work $(WORK)
 
 clean:
-	rm -rf $(VENV) $(WORK) build *.egg-info
+	rm -rf $(VENV) $(WORK) fomo_quick build *.egg-info

@@ -161,3 +161,88 @@ def write_untrained_model(preprocessed_dataset: str | os.PathLike, results_folde
                 "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 0},
                os.path.join(model, "fold_all", "checkpoint_final.pth"))
     return model
+
+
+# ---- the challenge entry on a brain-sized case, timed as a whole process -------------------------
+def prepare_entry_timing(work: str | os.PathLike, arch: str, tasks, template: str | None = None,
+                         num_processes: int = 1) -> tuple["os.PathLike", dict[int, list[str]]]:
+    """In WORK (with nnU-Net's variables pointing inside it): a 1 mm brain-sized case (the MNI152 T1 template
+    nilearn ships, 197x233x189, or `template`), tiny raw datasets of it for `tasks`, plans transferred from an
+    UNTRAINED checkpoint of the architecture preset, untrained model folders and a bundle. Returns the bundle
+    and, per task, the entry's input arguments. Untrained weights time exactly like trained ones."""
+    import json
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    from fomo_nnunet.bundle import build_bundle
+    from fomo_nnunet.checkpoints import metadata_from_preset
+    from fomo_nnunet.plans.transfer_planner import plan_transfer
+    from fomo_nnunet.tasks import TASKS_BY_NUMBER
+    from fomo_nnunet.transfer import PretrainMetadata
+
+    work = Path(work)
+    if template:
+        image = nib.load(template)
+    else:
+        from nilearn.datasets import load_mni152_template
+
+        image = load_mni152_template(resolution=1)
+    brain = np.asanyarray(image.dataobj).astype(np.float32)
+    affine = image.affine
+    case_dir = work / "case"
+    case_dir.mkdir(parents=True, exist_ok=True)
+
+    ckpt = work / f"untrained_{arch}.pth"
+    if not ckpt.is_file():
+        meta = metadata_from_preset(arch)
+        meta["objective"] = "none (untrained, for timing)"
+        torch.manual_seed(0)
+        net = PretrainMetadata.from_dict(meta).build_network(num_outputs=1)
+        torch.save({"network_weights": net.state_dict(), "fomo_metadata": meta}, ckpt)
+
+    models, case_args = {}, {}
+    for n in tasks:
+        task = TASKS_BY_NUMBER[n]
+        raw = Path(os.environ["nnUNet_raw"]) / task.dataset_name
+        files = {}
+        for c, channel in enumerate(task.channels):
+            f = case_dir / f"{channel.cli_args[-1]}.nii.gz"
+            if not f.is_file():
+                nib.save(nib.Nifti1Image(brain * (1 + 0.1 * c), affine), f)
+            files[channel.cli_args[-1]] = f
+        case_args[n] = [x for a, f in files.items() for x in (f"--{a}", str(f))]
+        if not (raw / "dataset.json").is_file():
+            for split in ("imagesTr", "labelsTr"):
+                (raw / split).mkdir(parents=True, exist_ok=True)
+            mask = (brain > 0).astype(np.uint8)
+            if task.kind == SEGMENTATION:  # any foreground will do
+                mask = np.zeros_like(mask)
+                mask[90:100, 110:120, 80:90] = task.max_label
+            for i in range(2):  # nnU-Net's fingerprint wants cases; two copies of the one volume do
+                for c, f in enumerate(files.values()):
+                    os.link(f, raw / "imagesTr" / f"case{i}_{c:04d}.nii.gz")
+                nib.save(nib.Nifti1Image(mask, affine), raw / "labelsTr" / f"case{i}.nii.gz")
+            labels = task.labels if task.kind == SEGMENTATION else {"background": 0, "brain": 1}
+            (raw / "dataset.json").write_text(json.dumps({
+                "channel_names": {str(i): c for i, c in enumerate(task.channel_names)}, "labels": labels,
+                "numTraining": 2, "file_ending": ".nii.gz", "fomo_task": n}))
+            (raw / "targets.json").write_text(json.dumps({"case0": 0, "case1": 1}))
+            plan_transfer(task.default_dataset_id, str(ckpt), num_processes=num_processes)
+        models[n] = write_untrained_model(Path(os.environ["nnUNet_preprocessed"]) / task.dataset_name,
+                                          os.environ["nnUNet_results"])
+    bundle = work / "bundle"
+    build_bundle(bundle, models, str(ckpt) if any(n in (6, 7) for n in tasks) else None)
+    return bundle, case_args
+
+
+def parse_entry_timing(stderr: str) -> dict[str, float]:
+    """The `fomo-nnunet fomo26 --verbose` timing line as {step: seconds} (without its total)."""
+    line = next(ln for ln in stderr.splitlines() if "timing:" in ln).split("timing:", 1)[1]
+    steps = {}
+    for part in line.split(","):
+        name, seconds, _unit = part.strip().rsplit(" ", 2)
+        if name != "total":
+            steps[name] = float(seconds)
+    return steps

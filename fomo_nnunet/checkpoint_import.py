@@ -1,19 +1,23 @@
-"""Import the FOMO organisers' published checkpoints into our self-describing checkpoint format.
+"""Import published pretrained checkpoints into our self-describing checkpoint format.
 
-Two source layouts are understood, both read as data only (`load_torch_file_safely`: weights_only):
+Three frameworks are understood, every file read as data only (`load_torch_file_safely`: weights_only):
 
 - `asparagus`: the FOMO26 organisers' framework (github.com/Sllambias/asparagus), whose networks come
-  from the gardening-tools package: `ResidualEncoderUNet` (ResEnc-B and its S/L/H/G siblings). A
-  Lightning checkpoint (`state_dict` under `model.`, `hyper_parameters`) or a bare state dict.
+  from the gardening-tools package: `ResidualEncoderUNet` (ResEnc-B and its S/L/H/G siblings), `UNet`,
+  `Primus`. A Lightning checkpoint (`state_dict` under `model.`, `hyper_parameters`) or a bare state
+  dict; the run's Hydra config beside `checkpoints/` gives patch and masking (checkpoints_io.asparagus_config).
 - `fomo25-baseline`: the yucca-based FOMO25 baseline codebase and AMAES (github.com/asbjrnmunk/amaes),
-  whose `UNet` (U-Net B: 32 filters, U-Net XL: 64) halves the resolution by max-pooling. The
-  gardening-tools `UNet` has the same layout and is read the same way.
+  whose `UNet` (U-Net B: 32 filters, U-Net XL: 64) halves the resolution by max-pooling.
+- `nnssl`: github.com/MIC-DKFZ/nnssl (the OpenMind models): `checkpoint_final.pth` with its adaptation
+  plan; ResEnc-L in dynamic-network-architectures' own names, Primus (checkpoints_io.nnssl, .primus).
 
 The architecture is recognised from the tensors themselves (widths, depths, kernel and stride,
-input channels, bias, whether the decoder takes skip connections); hyper-parameters fill in what
-tensors cannot say (patch size, masking), framework defaults the rest, and the report says which
-came from where. Every encoder tensor must find its place in the target network with the same
-shape, or nothing is written. A decoder is mapped as a whole or not at all.
+input channels, bias, whether the decoder takes skip connections); the framework from the file, and a
+`--format` that contradicts it is refused. Recorded settings (nnssl's adaptation plan, an asparagus run
+config, hyper-parameters) fill in what tensors cannot say (patch size, spacing, normalisation, masking),
+framework defaults the rest, and the report says which came from where. Every encoder tensor must find
+its place in the target network with the same shape, or nothing is written. A decoder is mapped as a
+whole or not at all.
 """
 from __future__ import annotations
 
@@ -29,11 +33,17 @@ from typing import Any
 
 import torch
 
-from fomo_nnunet.plans.presets import conv_block_kwargs
+from fomo_nnunet.checkpoints_io.common import (InexactArchitectureError, Recognised, Setting,
+                                               UnknownArchitectureError, conv_kwargs as _conv_kwargs,
+                                               residual_encoder,
+                                               count as _count, cubic_kernel as _cubic_kernel, cubic_patch,
+                                               require_affine_norm as _require_affine_norm)
+from fomo_nnunet.checkpoints_io import asparagus_config, nnssl, primus
+from fomo_nnunet.checkpoints_io.nnssl import ADAPTATION_KEY
 from fomo_nnunet.transfer import (METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata,
                                   load_torch_file_safely, strip_prefixes)
 
-FORMATS = ("asparagus", "fomo25-baseline")
+FORMATS = ("asparagus", "fomo25-baseline", "nnssl")
 IMPORT_KEY = "fomo_import"
 CHECKPOINT_FILE = "checkpoint_final.pth"
 REPORT_JSON = "import_report.json"
@@ -44,14 +54,6 @@ MAXPOOL_UNET = "fomo_nnunet.networks.PlainConvUNetMaxPool"
 _REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 # Added around the network by a LightningModule (`self.model`), torch.compile and DDP.
 _WRAPPERS = ("model.", "_orig_mod.", "module.")
-
-
-class UnknownArchitectureError(CheckpointError):
-    """The checkpoint's tensors are not a network layout this importer knows."""
-
-
-class InexactArchitectureError(CheckpointError):
-    """The organisers' network has parts no target network reproduces exactly."""
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -67,6 +69,11 @@ class SourceCheckpoint:
     hyper_parameters: dict[str, Any]
     epoch: int | None = None
     global_step: int | None = None
+    adaptation_plan: dict[str, Any] | None = None   # nnssl's `nnssl_adaptation_plan`
+    trainer_name: str = ""
+    run_config: dict[str, Any] | None = None        # the asparagus run's Hydra config beside the checkpoint
+    run_config_path: str = ""
+    fomo_metadata: dict[str, Any] | None = None     # ours, in a file `export-checkpoint` wrote
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -82,12 +89,18 @@ def read_source(path: str | os.PathLike) -> SourceCheckpoint:
     obj = load_torch_file_safely(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
-    if WEIGHTS_KEY in obj:
+    if WEIGHTS_KEY in obj and ADAPTATION_KEY not in obj:
         what = "already one of our checkpoints" if METADATA_KEY in obj else "an nnU-Net checkpoint"
         raise CheckpointError(f"{path} is {what} ({WEIGHTS_KEY!r}), not an organisers' checkpoint; "
                               f"give it to `plan transfer --pretrained` directly")
     hyper: dict[str, Any] = {}
-    if isinstance(obj.get("state_dict"), Mapping):
+    plan = None
+    if ADAPTATION_KEY in obj:
+        plan = nnssl.check_adaptation_plan(obj[ADAPTATION_KEY], path)
+        if not isinstance(obj.get(WEIGHTS_KEY), Mapping):
+            raise CheckpointError(f"{path}: an nnssl checkpoint without {WEIGHTS_KEY!r}")
+        state, container = obj[WEIGHTS_KEY], "nnssl checkpoint"
+    elif isinstance(obj.get("state_dict"), Mapping):
         state = obj["state_dict"]
         container = "Lightning checkpoint" if "pytorch-lightning_version" in obj else "dict with a 'state_dict'"
         hp = obj.get("hyper_parameters")
@@ -120,8 +133,13 @@ def read_source(path: str | os.PathLike) -> SourceCheckpoint:
         aliases.update({n: kept for n in names if n != kept})
     if not tensors:
         raise CheckpointError(f"{path}: its state dict holds no tensors")
-    return SourceCheckpoint(path, container, tensors, aliases, outside, hyper,
-                            _int_or_none(obj.get("epoch")), _int_or_none(obj.get("global_step")))
+    config_path = asparagus_config.find_config(path) if plan is None else None
+    epoch = _int_or_none(obj.get("current_epoch") if plan is not None else obj.get("epoch"))
+    return SourceCheckpoint(path, container, tensors, aliases, outside, hyper, epoch,
+                            _int_or_none(obj.get("global_step")), plan, str(obj.get("trainer_name") or ""),
+                            asparagus_config.read_config(config_path) if config_path else None,
+                            str(config_path or ""),
+                            dict(obj[METADATA_KEY]) if isinstance(obj.get(METADATA_KEY), Mapping) else None)
 
 
 def _int_or_none(v) -> int | None:
@@ -129,50 +147,6 @@ def _int_or_none(v) -> int | None:
 
 
 # ---- recognising --------------------------------------------------------------------------------
-@dataclass
-class Recognised:
-    """An organisers' network understood from its tensors, and where each tensor goes."""
-
-    format: str
-    architecture: str
-    network_class: str
-    network_kwargs: dict[str, Any]
-    num_input_channels: int
-    target_of: Callable[[str], str | None]   # source name -> target name (None: not mapped)
-    decoder_prefixes: tuple[str, ...]
-    decoder_mapped: bool
-    decoder_reason: str                       # why the decoder is left out (when it is)
-    exactness: list[str]
-    assumptions: list[str] = field(default_factory=list)
-    left_out_reasons: dict[str, str] = field(default_factory=dict)  # name prefix -> reason
-
-
-def _cubic_kernel(name: str, w: torch.Tensor) -> int:
-    k = tuple(w.shape[2:])
-    if w.ndim != 5 or len(set(k)) != 1 or k[0] % 2 == 0:
-        raise InexactArchitectureError(f"{name} has kernel {k}: only 3-D cubic odd kernels are understood")
-    return int(k[0])
-
-
-def _count(tensors: Mapping[str, torch.Tensor], pattern: str) -> int:
-    n = 0
-    while pattern.format(n) in tensors:
-        n += 1
-    return n
-
-
-def _conv_kwargs(n_stages: int, kernel: int, stride: int, bias: bool) -> dict[str, Any]:
-    return {"n_stages": n_stages, "kernel_sizes": [[kernel] * 3 for _ in range(n_stages)],
-            "strides": [[1, 1, 1]] + [[stride] * 3 for _ in range(n_stages - 1)], **conv_block_kwargs(bias)}
-
-
-def _require_affine_norm(tensors: Mapping[str, torch.Tensor], norm_weight: str) -> None:
-    if norm_weight not in tensors:
-        raise InexactArchitectureError(
-            f"no {norm_weight!r}: the organisers' instance norms are affine; a network without them (or with "
-            f"another norm) is not a layout this importer can reproduce exactly")
-
-
 _NO_SKIP_REASON = ("the organisers' pretraining decoder has no skip connections (its convolutions take C input "
                    "channels, not 2C); the dynamic-network-architectures decoder concatenates the encoder's skips, "
                    "so none of its tensors has an equivalent: the finetuning decoder starts fresh")
@@ -216,15 +190,7 @@ def _resenc_encoder(t: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int, l
             "this is a finetuned classification/regression network (ResidualEncoderUNetCLSREG, 'decoder.fc'): its "
             "residual shortcuts downsample with max-pooling, which dynamic-network-architectures' BasicBlockD "
             "(average pooling) does not reproduce; import the organisers' pretraining checkpoint instead")
-    w = t[stem]
-    kernel = _cubic_kernel(stem, w)
-    _require_affine_norm(t, "encoder.stem.conv1.norm_op.weight")
-    n_stages = _count(t, "encoder.stages.{}.blocks.0.conv1.conv.weight")
-    blocks = [_count(t, f"encoder.stages.{s}.blocks.{{}}.conv1.conv.weight") for s in range(n_stages)]
-    features = [int(t[f"encoder.stages.{s}.blocks.0.conv1.conv.weight"].shape[0]) for s in range(n_stages)]
-    if features[0] != w.shape[0]:
-        raise InexactArchitectureError(f"stem width {w.shape[0]} differs from stage 0's {features[0]}: "
-                                       f"dynamic-network-architectures' stem has the first stage's width")
+    w, kernel, features, blocks = residual_encoder(t, stem, "encoder.stem.conv1.norm_op.weight")
     return w, kernel, features, blocks, "encoder.stem.conv1.conv.bias" in t
 
 
@@ -407,59 +373,109 @@ _LAYOUTS: dict[str, tuple[str, Callable[[Mapping[str, torch.Tensor]], Recognised
     "ResEnc U-Net": ("encoder.stem.conv1.conv.weight", recognise_resenc),
     "max-pool U-Net": ("encoder.in_conv.conv1.conv.weight", recognise_maxpool_unet),
 }
+_KNOWN = ("the asparagus / gardening-tools ResidualEncoderUNet ('encoder.stem.conv1.conv.weight', "
+          "'encoder.stages.N.blocks.M...'), the AMAES / FOMO25-baseline UNet ('encoder.in_conv...', "
+          "'encoder.encoder_convN...'), Primus ('eva.pos_embed' with 'encoder.proj' or 'down_projection.proj') and "
+          "nnssl's ResEnc U-Net ('encoder.stem.convs.0.conv.weight', with its 'nnssl_adaptation_plan')")
 
 
-def recognise(source: SourceCheckpoint, fmt: str = "auto") -> Recognised:
-    """Which organisers' network the tensors are, and which framework wrote them (`fmt`, or guessed).
+def _layout(source: SourceCheckpoint) -> str:
+    t = source.tensors
+    if primus.is_primus(t):
+        return "Primus"
+    if nnssl.is_dna_layout(t):
+        return "nnssl ResEnc U-Net"
+    layout = next((name for name, (key, _) in _LAYOUTS.items() if key in t), None)
+    if layout is None:
+        raise UnknownArchitectureError(f"{source.path}: not a network layout this importer knows. It reads {_KNOWN}; "
+                                       f"this checkpoint's first tensors are {list(t)[:5]}")
+    return layout
 
-    The layout comes from the tensors. The framework decides the settings the tensors cannot tell
-    (normalisation, spacing): the ResEnc U-Net is asparagus's; the max-pool U-Net is the FOMO25 baseline's
-    (AMAES blocks name their norm `norm`; its LightningModule records `model_name`) unless its blocks are
-    gardening-tools' (`norm_op`), as in an asparagus U-Net.
+
+def _framework(source: SourceCheckpoint, layout: str) -> tuple[str, str]:
+    """(the framework that wrote the checkpoint, the evidence)."""
+    if source.adaptation_plan is not None:
+        return "nnssl", f"its {ADAPTATION_KEY!r}"
+    if layout == "nnssl ResEnc U-Net":
+        return "nnssl", "dynamic-network-architectures' names without an adaptation plan"
+    if layout == "max-pool U-Net":
+        if "encoder.in_conv.conv1.norm.weight" in source.tensors:
+            return "fomo25-baseline", "its blocks name their norm 'norm' (AMAES / yucca), not 'norm_op'"
+        if "model_name" in source.hyper_parameters:
+            return "fomo25-baseline", "its hyper-parameters record 'model_name' (the baseline's LightningModule)"
+        return "asparagus", "its blocks are gardening-tools' ('norm_op'), as in an asparagus U-Net"
+    return "asparagus", f"a {layout} in gardening-tools' names"
+
+
+def _pretraining_patch(source: SourceCheckpoint, patch: int | None) -> tuple[list[int] | None, str]:
+    """The pretraining patch as given, recorded (nnssl plan, Hydra config, hyper-parameters), or None."""
+    if patch:
+        return [int(patch)] * 3, "--patch"
+    if source.adaptation_plan is not None:
+        name, config = nnssl.pretrain_configuration(source.adaptation_plan)
+        if cubic_patch(config.get("patch_size")):
+            return (cubic_patch(config.get("patch_size")),
+                    f"adaptation plan: pretrain_plan configuration {name!r} patch_size")
+    if source.run_config is not None and cubic_patch(asparagus_config.lookup(source.run_config, "training.patch_size")):
+        return (cubic_patch(asparagus_config.lookup(source.run_config, "training.patch_size")),
+                f"{source.run_config_path}: training.patch_size")
+    if cubic_patch(source.hyper_parameters.get("patch_size")):
+        return cubic_patch(source.hyper_parameters.get("patch_size")), "hyper_parameters['patch_size']"
+    return None, ""
+
+
+def recognise(source: SourceCheckpoint, fmt: str = "auto", patch: int | None = None) -> Recognised:
+    """Which network the tensors are, and which framework wrote them (`fmt`, or found from the file).
+
+    The layout comes from the tensors, the framework from the file: an nnssl checkpoint carries its
+    adaptation plan; the max-pool U-Net is the FOMO25 baseline's (AMAES blocks name their norm `norm`; its
+    LightningModule records `model_name`) unless its blocks are gardening-tools' (`norm_op`), as in an
+    asparagus U-Net; the ResEnc U-Net and Primus in gardening-tools' names are asparagus's. A `fmt` that
+    contradicts the evidence is refused, whichever the network.
     """
     if fmt not in (*FORMATS, "auto"):
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)} or auto")
     t = source.tensors
-    layout = next((name for name, (key, _) in _LAYOUTS.items() if key in t), None)
-    if layout is None:
+    layout = _layout(source)
+    found, evidence = _framework(source, layout)
+    if found == "nnssl" and source.adaptation_plan is None:
         raise UnknownArchitectureError(
-            f"{source.path}: not a network layout this importer knows. It reads the asparagus / gardening-tools "
-            f"ResidualEncoderUNet ('encoder.stem.conv1.conv.weight', 'encoder.stages.N.blocks.M...') and the "
-            f"AMAES / FOMO25-baseline UNet ('encoder.in_conv...', 'encoder.encoder_convN...'); this checkpoint's "
-            f"first tensors are {list(t)[:5]}")
-    if fmt == "fomo25-baseline" and layout == "ResEnc U-Net":
-        raise UnknownArchitectureError(f"{source.path}: --format fomo25-baseline, but this is a residual-encoder "
-                                       f"U-Net (asparagus / gardening-tools), which the FOMO25 baseline never used")
+            f"{source.path}: " + (f"--format {fmt}, but this is" if fmt != "auto" else "this looks like")
+            + f" an nnssl network ({evidence}); an nnssl checkpoint_final.pth carries 'nnssl_adaptation_plan' with "
+              f"the pretraining's patch, spacing and normalisation, and this file has none")
+    if fmt not in ("auto", found):
+        written = "an nnssl checkpoint" if found == "nnssl" else f"a {layout} written by {found}"
+        raise UnknownArchitectureError(f"{source.path}: --format {fmt}, but this is {written} ({evidence}); "
+                                       f"use --format {found} or auto")
     try:
-        rec = _LAYOUTS[layout][1](t)
+        if layout == "Primus":
+            pretrain_patch, _ = _pretraining_patch(source, patch)
+            named = source.adaptation_plan["architecture_plans"]["arch_class_name"] if source.adaptation_plan else None
+            rec = primus.recognise(t, found, pretrain_patch or [primus.patch_from_tokens(t) or 0] * 3, named)
+        elif layout == "nnssl ResEnc U-Net":
+            rec = nnssl.recognise_resenc(t, source.adaptation_plan)
+        else:
+            rec = _LAYOUTS[layout][1](t)
     except KeyError as e:
         raise UnknownArchitectureError(f"{source.path}: looks like a {layout} but lacks {e}") from e
-    except InexactArchitectureError as e:
-        raise InexactArchitectureError(f"{source.path}: {e}") from e
-    if fmt == "auto":
-        baseline = "encoder.in_conv.conv1.norm.weight" in t or "model_name" in source.hyper_parameters
-        fmt = "fomo25-baseline" if layout == "max-pool U-Net" and baseline else "asparagus"
-    rec.format = fmt
+    except CheckpointError as e:
+        raise type(e)(f"{source.path}: {e}") from e
+    rec.format = found
     return rec
 
 
 # ---- settings the tensors cannot tell -------------------------------------------------------------
-@dataclass
-class Setting:
-    value: Any
-    source: str
-
-
-def _settings(rec: Recognised, hyper: Mapping[str, Any], patch: int | None, spacing: float | None) -> dict[str, Setting]:
+def _settings(rec: Recognised, source: SourceCheckpoint, patch: int | None,
+              spacing: float | None) -> dict[str, Setting]:
+    if rec.format == "nnssl":
+        embed = rec.network_kwargs.get("patch_embed_size")
+        return nnssl.settings(source.adaptation_plan, source.trainer_name, rec.num_input_channels, patch, spacing,
+                              embed[0] if embed else None)
     s: dict[str, Setting] = {}
-    hp_patch = hyper.get("patch_size")
-    if patch:
-        s["patch_size"] = Setting([int(patch)] * 3, "--patch")
-    elif isinstance(hp_patch, list | tuple) and len(hp_patch) == 3:
-        s["patch_size"] = Setting([int(p) for p in hp_patch], "hyper_parameters['patch_size']")
-    else:
-        s["patch_size"] = Setting([160] * 3, "not recorded; 160^3, the organisers' pretraining patch "
-                                             "(asparagus configs/default_pretrain.yaml)")
+    recorded, where = _pretraining_patch(source, patch)
+    s["patch_size"] = Setting(recorded, where) if recorded else Setting(
+        [160] * 3, "not recorded; 160^3, the organisers' pretraining patch (asparagus configs/default_pretrain.yaml; "
+                   "a run's hydra/config.yaml beside checkpoints/ says training.patch_size)")
     if spacing:
         s["spacing"] = Setting([float(spacing)] * 3, "--spacing")
     elif rec.format == "asparagus":
@@ -477,22 +493,37 @@ def _settings(rec: Recognised, hyper: Mapping[str, Any], patch: int | None, spac
                                      "the nearest nnU-Net scheme, RescaleTo01Normalization, rescales to [0, 1] "
                                      "without the clipping (an approximation)")
     s["use_mask_for_norm"] = Setting([False], "both frameworks normalise over the whole cropped volume")
-    ratio, unit = hyper.get("mask_ratio"), hyper.get("mask_patch_size")
-    s["mask_ratio"] = Setting(float(ratio), "hyper_parameters") if isinstance(ratio, int | float) else \
-        Setting(0.6, "not recorded; 0.6, the organisers' default")
-    s["mask_unit"] = Setting(int(unit), "hyper_parameters") if isinstance(unit, int) else \
-        Setting(4, "not recorded; 4 voxels, the organisers' default")
+    s["mask_ratio"], s["mask_unit"] = _mask_settings(source, rec)
     return s
 
 
-def _check_patch(patch: list[int], kwargs: Mapping[str, Any]) -> None:
+def _mask_settings(source: SourceCheckpoint, rec: Recognised) -> tuple[Setting, Setting]:
+    """The pretraining's masking: hyper-parameters, else the run's Hydra config, else the defaults."""
+    hyper, config = source.hyper_parameters, source.run_config or {}
+    found = []
+    for key, default, why in (("mask_ratio", 0.6, "0.6, the organisers' default"),
+                              ("mask_patch_size", (rec.patch_multiple or [4])[0],
+                               f"{(rec.patch_multiple or [4])[0]} voxels, the organisers' default "
+                               f"({'the ViT patch' if rec.patch_multiple else 'patch_embed_size 4'})")):
+        if isinstance(hyper.get(key), int | float):
+            found.append(Setting(hyper[key], "hyper_parameters"))
+        elif isinstance(asparagus_config.lookup(config, f"training.{key}"), int | float):
+            found.append(Setting(asparagus_config.lookup(config, f"training.{key}"),
+                                 f"{source.run_config_path}: training.{key}"))
+        else:
+            found.append(Setting(default, "not recorded; " + why))
+    return Setting(float(found[0].value), found[0].source), Setting(int(found[1].value), found[1].source)
+
+
+def _check_patch(patch: list[int], rec: Recognised) -> None:
+    kwargs = rec.network_kwargs
     divisor = 1
-    for stride in kwargs["strides"]:
+    for stride in kwargs.get("strides") or [rec.patch_multiple or [1]]:
         divisor *= stride[0]
     bad = [p for p in patch if p % divisor or p < divisor]
     if bad:
         raise ValueError(f"patch {patch} must be a positive multiple of {divisor} on every axis for this "
-                         f"{kwargs['n_stages']}-stage network; pass --patch")
+                         f"network ({rec.architecture.split(' (')[0]}); pass --patch")
 
 
 # ---- mapping --------------------------------------------------------------------------------------
@@ -508,7 +539,7 @@ class ImportReport:
     assumptions: list[str]
     settings: dict[str, dict[str, Any]]
     mapped: list[dict[str, Any]] = field(default_factory=list)      # {source, target, shape}
-    adapted: list[dict[str, Any]] = field(default_factory=list)     # values changed on the way (none today)
+    adapted: list[dict[str, Any]] = field(default_factory=list)     # {source, how}: values changed (Primus)
     left_out: list[dict[str, Any]] = field(default_factory=list)    # {source, shape, reason}
     aliases: int = 0
     mapped_params: int = 0
@@ -557,6 +588,8 @@ def _target_layout(meta: PretrainMetadata, num_outputs: int) -> tuple[dict[str, 
 
 def _num_outputs(source: SourceCheckpoint, rec: Recognised) -> int:
     """Output channels of the source's output layer (the last tensor mapped to a seg_layer), else 1."""
+    if rec.num_outputs is not None:
+        return rec.num_outputs
     num_outputs = 1
     for name, tensor in source.tensors.items():
         if rec.target_of(name) and rec.target_of(name).startswith("decoder.seg_layers."):
@@ -593,16 +626,16 @@ def _decoder_tensor_problem(name: str, tensor: torch.Tensor, target: str | None,
 
 
 def _refuse_incomplete_encoder(source: SourceCheckpoint, target_shapes: Mapping[str, tuple[int, ...]],
-                               out: Mapping[str, torch.Tensor]) -> None:
+                               out: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> None:
     """Refuse the import when a target encoder tensor has no tensor in the checkpoint."""
-    missing = sorted(n for n in target_shapes if n.startswith("encoder.") and n not in out)
+    missing = sorted(n for n in target_shapes if n.startswith(prefixes) and n not in out)
     if missing:
         raise InexactArchitectureError(f"{source.path}: the target encoder's {missing[0]!r} (and {len(missing) - 1} "
                                        f"more) has no tensor in the checkpoint; nothing was written")
 
 
 def _take_decoder_whole_or_not(candidates: list[tuple[str, str | None, torch.Tensor]], problem: str,
-                               out: dict[str, torch.Tensor], report: ImportReport) -> None:
+                               out: dict[str, torch.Tensor], report: ImportReport, written: dict[str, str]) -> None:
     """Map every decoder tensor, or (where any one does not fit) leave them all out with the reason."""
     if not candidates:
         return
@@ -611,17 +644,18 @@ def _take_decoder_whole_or_not(candidates: list[tuple[str, str | None, torch.Ten
         for name, _, tensor in candidates:
             _leave_out(report, name, tensor, "decoder: " + problem)
     else:
-        for _, target, tensor in candidates:
+        for name, target, tensor in candidates:
             out[target] = tensor
+            written[target] = name
         report.decoder_mapped = True
 
 
-def _record_mapped(source: SourceCheckpoint, rec: Recognised, out: Mapping[str, torch.Tensor],
+def _record_mapped(source: SourceCheckpoint, rec: Recognised, written: Mapping[str, str],
                    report: ImportReport) -> None:
     """List every source tensor that was written, where it went, and the alias count."""
     for name, tensor in source.tensors.items():
         target = rec.target_of(name)
-        if target in out and out[target] is tensor:
+        if written.get(target) == name:
             report.mapped.append({"source": name, "target": target, "shape": list(tensor.shape)})
             report.mapped_params += tensor.numel()
     report.aliases = len(source.aliases)
@@ -643,13 +677,17 @@ def map_tensors(source: SourceCheckpoint, rec: Recognised, meta: PretrainMetadat
     maps completely (every source and every target encoder tensor, same shapes)."""
     target_shapes, target_names = _target_layout(meta, _num_outputs(source, rec))
     out: dict[str, torch.Tensor] = {}
+    written: dict[str, str] = {}   # target name -> source name
     decoder_candidates: list[tuple[str, str | None, torch.Tensor]] = []
     decoder_problem = rec.decoder_reason if not rec.decoder_mapped else ""
     for name, tensor in source.tensors.items():
         target = rec.target_of(name)
-        if name.startswith("encoder."):
+        if name.startswith(rec.encoder_prefixes):
             _check_encoder_tensor(source, rec, name, tensor, target, target_shapes)
-            out[target] = tensor
+            out[target], how = rec.adapt(name, tensor) if rec.adapt else (tensor, "")
+            if how:
+                report.adapted.append({"source": name, "how": how})
+            written[target] = name
             report.encoder_params += tensor.numel()
             continue
         reason = next((r for p, r in rec.left_out_reasons.items() if name.startswith(p)), None)
@@ -661,11 +699,11 @@ def map_tensors(source: SourceCheckpoint, rec: Recognised, meta: PretrainMetadat
                 decoder_problem = _decoder_tensor_problem(name, tensor, target, target_shapes)
         else:
             _leave_out(report, name, tensor, "neither encoder nor decoder of the organisers' network")
-    _refuse_incomplete_encoder(source, target_shapes, out)
-    _take_decoder_whole_or_not(decoder_candidates, decoder_problem, out, report)
+    _refuse_incomplete_encoder(source, target_shapes, out, rec.target_encoder_prefixes)
+    _take_decoder_whole_or_not(decoder_candidates, decoder_problem, out, report, written)
     for name, tensor in source.outside_network.items():
         _leave_out(report, name, tensor, "a LightningModule entry outside its `model` (not part of the network)")
-    _record_mapped(source, rec, out, report)
+    _record_mapped(source, rec, written, report)
     return _under_every_name(out, target_names)
 
 
@@ -680,22 +718,29 @@ def import_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
     start = time.perf_counter()
     src = Path(src)
     source = read_source(src)
-    rec = recognise(source, fmt)
-    settings = _settings(rec, source.hyper_parameters, patch, spacing)
-    _check_patch(settings["patch_size"].value, rec.network_kwargs)
+    rec = recognise(source, fmt, patch)
+    settings = _settings(rec, source, patch, spacing)
+    if rec.network_class == primus.PRIMUS and settings["patch_size"].value != rec.network_kwargs["input_shape"]:
+        # a Primus is built for one patch: its position embedding has one token per ViT patch of it
+        settings["patch_size"] = Setting(rec.network_kwargs["input_shape"], "the position embedding's token count")
+    _check_patch(settings["patch_size"].value, rec)
+    if source.fomo_metadata:
+        _settings_of_our_export(settings, source.fomo_metadata, patch, spacing)
     meta = PretrainMetadata(
         network_class=rec.network_class, network_kwargs=rec.network_kwargs,
-        arch_kwargs_requires_import=list(_REQUIRES_IMPORT), patch_size=settings["patch_size"].value,
+        arch_kwargs_requires_import=[k for k in _REQUIRES_IMPORT if k in rec.network_kwargs],
+        patch_size=settings["patch_size"].value,
         spacing=settings["spacing"].value, normalization=settings["normalization"].value,
         num_input_channels=rec.num_input_channels,
         channel_meaning=["any single MRI sequence, normalised as the organisers' framework does "
                          "(see import_report.md)"] * rec.num_input_channels,
-        objective=f"mae (imported from {rec.format})",
+        objective=f"mae (imported from {rec.format}{' ' + source.trainer_name if source.trainer_name else ''})",
         objective_settings={"mask_ratio": settings["mask_ratio"].value, "mask_unit": settings["mask_unit"].value,
-                            "use_mask_for_norm": settings["use_mask_for_norm"].value * rec.num_input_channels,
+                            "use_mask_for_norm": settings["use_mask_for_norm"].value[:1] * rec.num_input_channels,
                             "imported_from": str(src.resolve()), "import_format": rec.format},
         iterations_trained=source.global_step or 0, epochs_trained=source.epoch or 0,
-        plans_name="", dataset_name=f"imported:{rec.format}", trainer_name=f"imported:{rec.architecture.split(' (')[0]}",
+        plans_name="", dataset_name=f"imported:{rec.format}",
+        trainer_name=f"imported:{rec.architecture.split(' (')[0]}",
         fomo_nnunet_version=__version__)
     report = ImportReport(str(src.resolve()), _sha256(src), source.container, rec.format, rec.architecture,
                           rec.network_class, rec.exactness, rec.assumptions,
@@ -713,6 +758,21 @@ def import_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
     (out / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=1))
     (out / REPORT_TEXT).write_text(render_report(report))
     return report
+
+
+def _settings_of_our_export(settings: dict[str, Setting], ours: Mapping[str, Any], patch: int | None,
+                            spacing: float | None) -> None:
+    """A checkpoint written by `export-checkpoint` carries our metadata: take from it what the foreign
+    format has no place for, so that importing an export gives back the checkpoint that was exported."""
+    where = "fomo_metadata (written by fomo-nnunet export-checkpoint)"
+    objective = ours.get("objective_settings") or {}
+    found = {"spacing": None if spacing else ours.get("spacing"), "normalization": ours.get("normalization"),
+             "patch_size": None if patch else ours.get("patch_size"),
+             "use_mask_for_norm": objective.get("use_mask_for_norm"), "mask_ratio": objective.get("mask_ratio"),
+             "mask_unit": objective.get("mask_unit")}
+    for key, value in found.items():
+        if value is not None:
+            settings[key] = Setting(value, where)
 
 
 def render_report(r: ImportReport) -> str:
@@ -738,6 +798,6 @@ def render_report(r: ImportReport) -> str:
         lines.append("nothing")
     lines += ["", "## Adapted", "", "nothing: every mapped tensor is copied unchanged" if not r.adapted else
               "\n".join(f"- `{e['source']}`: {e['how']}" for e in r.adapted)]
-    lines += ["", "## Mapped", "", "| organisers' tensor | our tensor | shape |", "|---|---|---|",
+    lines += ["", "## Mapped", "", "| their tensor | our tensor | shape |", "|---|---|---|",
               *[f"| `{e['source']}` | `{e['target']}` | {tuple(e['shape'])} |" for e in r.mapped]]
     return "\n".join(lines) + "\n"

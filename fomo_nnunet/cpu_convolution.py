@@ -4,9 +4,8 @@ PyTorch picks the CPU kernel of a float convolution by a size rule (`ConvParams:
 aten/src/ATen/native/Convolution.cpp, PyTorch 2.x): a 3x3x3 convolution on a batch of ONE whose
 batch x channels x depth x height is at most 20480 runs the naive im2col kernel (`slow_conv3d`),
 not oneDNN (formerly MKL-DNN). That is every sliding-window step of nnU-Net's predictor with a small
-network: measured on a 2-core AMD EPYC (PyTorch 2.14), an 8-channel 3x3x3 convolution on one 32^3
-patch took 21.5 ms that way and 2.4 ms through oneDNN, and the tiny preset's U-Net spent 92 % of
-its forward time in `slow_conv3d`. Batches of two or more already take oneDNN, so training is unchanged.
+network, and the naive kernel is several times slower (docs/results/cpu-speed.md). Batches of two or more
+already take oneDNN, so training is unchanged.
 
 `use_onednn_convolutions(network)` turns every `nn.Conv3d` of a network into `OneDnnConv3d`, a
 subclass that calls `torch.mkldnn_convolution` for float32 CPU tensors and is plain `nn.Conv3d`
@@ -15,9 +14,8 @@ parameters and `isinstance(m, nn.Conv3d)` stay the same, so checkpoints load eit
 agree with the naive kernel to float32 rounding (about 1e-6).
 
 `for_this_machine(network)` does that and, on a machine without a GPU (no CUDA, no MPS), also stores
-the network's 5-D weights channels-last (`torch.channels_last_3d`), the layout oneDNN computes in:
-the tiny preset's segmentation training step went from 0.25 s to 0.17 s on that CPU (brain-age
-regression 0.25 s to 0.23 s), and the forward pass by about a third. Inputs may stay contiguous.
+the network's 5-D weights channels-last (`torch.channels_last_3d`), the layout oneDNN computes in,
+which shortens training steps and forward passes (docs/results/cpu-speed.md). Inputs may stay contiguous.
 GPU machines keep nnU-Net's layout: nothing here was measured on one.
 """
 from __future__ import annotations

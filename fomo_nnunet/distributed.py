@@ -80,6 +80,17 @@ def ddp_device(requested):
     return requested
 
 
+def from_all_ranks(value, distributed: bool) -> list:
+    """`value` of every rank, in rank order (under DDP every rank must call this); [value] in one process."""
+    if not distributed:
+        return [value]
+    import torch.distributed as dist
+
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def init_process_group(place: Place, device_type: str) -> None:
     """Join the job's process group (env:// rendezvous: MASTER_ADDR/MASTER_PORT from torchrun)."""
     import torch

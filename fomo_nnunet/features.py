@@ -324,7 +324,7 @@ def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
 
 def rank_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
     """AUROC as the Mann-Whitney statistic with mid-ranks for ties: the value sklearn's roc_auc_score gives
-    (NaN without both classes), a hundred times faster, for the thousand resamples of a bootstrap."""
+    (NaN without both classes), much faster (docs/results/cpu-speed.md), for the thousand resamples of a bootstrap."""
     from scipy.stats import rankdata
 
     n_pos = int(positive.sum())

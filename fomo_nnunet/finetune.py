@@ -178,10 +178,9 @@ class FinetuneRecipe(Budget):
 class TinyBudget:
     """The CPU demo's finetuning recipe for tiny-preset plans (0.3M parameters, 32^3 patches at 4 mm).
 
-    Measured on FOMO-Synth (2 CPU cores): with nnU-Net's SGD (lr 1e-2, momentum 0.99), two epochs of
-    fresh-only training and two of warmup, none of the ten demo models left its starting point in 90
-    steps. AdamW at 3e-3 with one epoch each of fresh-only training and warmup learns within the
-    budget; both arms use it (the scratch twin just has no fresh-only epoch). Place before the trainer.
+    With nnU-Net's SGD (lr 1e-2, momentum 0.99), two epochs of fresh-only training and two of warmup,
+    no demo model left its starting point (docs/results/demo-recipe.md). AdamW at 3e-3 with one epoch each
+    of fresh-only training and warmup learns within the budget; both arms use it (the scratch twin just has no fresh-only epoch). Place before the trainer.
     """
 
     epochs = 6
@@ -190,7 +189,7 @@ class TinyBudget:
     fresh_only_epochs = 1
     warmup_epochs = 1
     checkpoint_every = 5
-    progress_plot_every = 5  # progress.png every 5th epoch and after the last (about 0.7 s a drawing)
+    progress_plot_every = 5  # progress.png every 5th epoch and after the last
     optimizer_name = "adamw"
     lr = 3e-3
     weight_decay_value = 1e-4

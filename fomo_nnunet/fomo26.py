@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,10 +66,11 @@ def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, devi
     dataset_json = json.loads((model_dir / "dataset.json").read_text())
     checkpoints = [load_checkpoint_safely(model_dir / f"fold_{f}" / "checkpoint_final.pth") for f in entry["folds"]]
     configuration = plans.get_configuration(checkpoints[0]["init_args"]["configuration"])
+    dev = torch.device(device)
+    warm_gaussian(configuration.patch_size, dev if dev.type == "cuda" else torch.device("cpu"))
     # from the bundle's record of the network, not through nnU-Net's trainer search (seconds per process)
     network = network_for_prediction(checkpoints[0], plans, configuration, len(dataset_json["channel_names"]),
                                      plans.get_label_manager(dataset_json).num_segmentation_heads)
-    dev = torch.device(device)
     with contextlib.redirect_stdout(io.StringIO()):  # a CPU notice nobody needs in a container log
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,
                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
@@ -77,6 +79,21 @@ def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, devi
                                     dataset_json, checkpoints[0]["trainer_name"],
                                     checkpoints[0].get("inference_allowed_mirroring_axes"))
     return predictor
+
+
+def warm_gaussian(patch_size, results_device) -> threading.Thread:
+    """Compute nnU-Net's Gaussian tile weights into its own cache (`compute_gaussian` is lru_cached) in a thread,
+    beside the model's loading and nnU-Net's preprocessing: scipy's Gaussian filter of a whole tile, about 2 s of
+    CPU for 160^3, which releases the GIL. The key is the call nnU-Net 2.8's sliding window makes (the patch as a
+    tuple, these keywords, the device it sums the tiles on: the GPU where nnU-Net predicts on it, else the CPU);
+    should it differ, nnU-Net computes its own and nothing else changes."""
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    t = threading.Thread(target=compute_gaussian, args=(tuple(int(p) for p in patch_size),),
+                         kwargs={"sigma_scale": 1. / 8, "value_scaling_factor": 10, "device": results_device},
+                         daemon=True, name="fomo26-gaussian")
+    t.start()
+    return t
 
 
 def segment(predictor, channels: list[np.ndarray], affine: np.ndarray) -> np.ndarray:
@@ -146,6 +163,34 @@ def _embed_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: 
         write_embedding_npy(slot, vector)
 
 
+def _import_for(kind: str, device: str | None = None) -> None:
+    """Import what predicting `kind` needs (torch, nnU-Net's predictor for segmentation); start CUDA."""
+    import torch
+
+    if kind == SEGMENTATION:
+        import nnunetv2.inference.predict_from_raw_data  # noqa: F401
+    else:
+        import fomo_nnunet.inference  # noqa: F401
+    if device is not None and device.startswith("cuda"):
+        torch.cuda.init()
+
+
+class Preload(threading.Thread):
+    """`_import_for(kind)` in a daemon thread. A failure there is left to the main thread's own `_import_for`
+    after `join`, which raises it with its traceback."""
+
+    def __init__(self, kind: str):
+        super().__init__(daemon=True, name="fomo26-preload")
+        self.kind, self.error = kind, None
+        self.start()
+
+    def run(self):
+        try:
+            _import_for(self.kind)
+        except BaseException as e:  # reported by the main thread's own import
+            self.error = e
+
+
 # task kind -> how one case of it is predicted and written
 _PREDICT_AND_WRITE = {SEGMENTATION: _segment_case, CLASSIFICATION: _predict_value_case,
                       REGRESSION: _predict_value_case, EMBEDDING: _embed_case}
@@ -173,6 +218,9 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
         manifest = load_manifest(bundle)
         model_dir, entry = model_entry(bundle, manifest, task)
         check_model_files(model_dir, entry, task)
+    # the model's modules import beside the reading: seconds of Python byte-code (nnU-Net's predictor brings
+    # torch._dynamo) against zlib and numpy work that releases the GIL
+    preload = Preload(task.kind)
     with timer("read inputs"):
         images = [read_input(arg, path, h) for (arg, path), (_, h) in zip(chosen, headers)]
     with timer("resample to reference"):
@@ -183,6 +231,9 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
     # the model reads its inputs through SimpleITK, which refuses sheared grids; outputs keep the input's affine
     model_affine = orthogonal_affine(reference.affine)
     device = _resolve_device(device)
+    with timer("import"):  # what is left of it after the inputs were read; CUDA's start
+        preload.join()
+        _import_for(task.kind, device)
     slot = None
     try:
         slot = OutputFile(output)

@@ -7,9 +7,10 @@ surprising it is followed for the official number and said so here:
 
 - Binary AUROC: an invalid score is replaced by 0.0 for a positive case and 1.0 for a negative case
   (classification.py, compute_auroc). These substitutes can TIE with valid scores of exactly 0 or 1,
-  so an invalid case is not always ranked strictly wrong. A probability outside [0, 1] counts as invalid
-  because the official validator rejects it (fomo26/container_templates,
-  container_validator/output_text.py, check_output_probability_in_range).
+  so an invalid case is not always ranked strictly wrong. A finite score outside [0, 1] is used as it
+  is, as compute_auroc does; refusing it is the validator's rule for a container's output
+  (fomo26/container_templates, container_validator/output_text.py, check_output_probability_in_range),
+  which the entry `fomo-nnunet fomo26` keeps.
 - MAE and Pearson r: an invalid prediction is replaced by the fixed VALUE 100.0 (MAE) and -100.0
   (Pearson r) for that case, not by a worst-case metric (regression.py, compute_absolute_error and
   compute_correlation). Pearson r is then scipy's: NaN (undefined) for constant predictions; with fewer
@@ -23,6 +24,8 @@ surprising it is followed for the official number and said so here:
 - Multiclass segmentation: a case is scored on the labels present in its ground truth (label 0
   excluded), so a class absent from a case's ground truth does not count for that case
   (segmentation.py, compute_multiclass_dsc / compute_multiclass_nsd, labels inferred from gt).
+- Segmentation masks are the voxel values as they are, never rounded: binary, every non-zero voxel is
+  foreground (`astype(bool)`, so 0.4 counts); multiclass, a voxel is label v where it equals v.
 """
 from __future__ import annotations
 
@@ -53,12 +56,6 @@ def as_finite(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
-
-
-def as_probability(v: Any) -> float | None:
-    """A finite float within [0, 1], else None (the validator's range check)."""
-    f = as_finite(v)
-    return f if f is not None and 0.0 <= f <= 1.0 else None
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -153,12 +150,13 @@ def _binary_labels(y_true: Iterable[Any]) -> np.ndarray:
 def auroc_scores_used(y_true: Iterable[Any], scores: Iterable[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, scores with invalid ones substituted, mask of invalid) for the binary AUROC.
     fomo26/fomo-metrics, fomo_challenge_metrics/classification.py, compute_auroc: an invalid score is
-    0.0 for a positive, 1.0 for a negative; invalid = missing, not finite, or outside [0, 1]."""
+    0.0 for a positive, 1.0 for a negative; invalid = missing, unparsable or not finite (a finite score
+    outside [0, 1] is used as it is)."""
     y = _binary_labels(y_true)
     s_in = list(scores)
     if len(s_in) != len(y):
         raise ValueError(f"{len(y)} labels but {len(s_in)} scores")
-    valid = [as_probability(v) for v in s_in]
+    valid = [as_finite(v) for v in s_in]
     invalid = np.array([v is None for v in valid], dtype=bool)
     s = np.array([v if v is not None else (INVALID_POSITIVE_SCORE if lab == 1 else INVALID_NEGATIVE_SCORE)
                   for lab, v in zip(y, valid)], dtype=float)

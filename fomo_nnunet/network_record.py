@@ -31,7 +31,7 @@ def build_plans_network(configuration_manager, num_input_channels: int, num_outp
                         deep_supervision: bool = False, initialize: bool = True):
     """nnU-Net's network of the plans (what nnUNetTrainer.build_network_architecture builds, with its 3-D
     convolutions on oneDNN on a CPU: fomo_nnunet.cpu_convolution). `initialize`
-    False skips nnU-Net's He initialisation (about 1.5 s for a 100M-parameter U-Net on a CPU), for a network
+    False skips nnU-Net's He initialisation (seconds for a 100M-parameter U-Net on a CPU), for a network
     whose weights are loaded next."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 

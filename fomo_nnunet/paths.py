@@ -40,7 +40,7 @@ def require_env(name: str) -> Path:
     value = os.environ.get(name)
     if not value:
         raise SystemExit(f"error: environment variable {name} is not set; run `eval \"$(fomo-nnunet env)\"` "
-                         f"or export it (see README, 'Environment variables')")
+                         f"or export it (see docs/commands.md, 'Environment variables')")
     return Path(value)
 
 

@@ -73,7 +73,7 @@ class Pipeline:
     # Our own light commands (no worker processes) can run inside this process through the CLI entry
     # the caller hands in (`in_process`, the command layer's `fomo_nnunet.cli.main`: the pipeline sits
     # below the commands and does not import them): the same arguments and code path, without a Python
-    # start and torch import per call (3-6 s each on a small CPU, about 2 min over the tiny benchmark).
+    # start and torch import per call (docs/results/cpu-speed.md).
     # nnU-Net's commands, training, planning and the container entry always run as subprocesses.
     IN_PROCESS = frozenset({"evaluate", "probe", "embed", "predict", "bundle"})
 

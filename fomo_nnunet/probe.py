@@ -1,11 +1,12 @@
 """Linear probe on frozen embeddings (FOMO26 tasks 6 and 7): the organisers' fomo-lp protocol.
 
-Protocol (repository fomo26/fomo-lp, pipeline/lp_fomo.py at commit 284a6ef, which trains asparagus'
+Protocol (repository fomo26/fomo-lp, pipeline/lp_fomo.py at commit f915d5a, which trains asparagus'
 LinearProbeModule, repository Sllambias/asparagus,
 asparagus/modules/lightning_modules/linear_probe_module.py):
 
 - Split: per class (classes = the sorted label values), cases in table order are grouped into strata
-  by the decade of a continuous column (their FEATURE1, e.g. age; unparsable: one stratum of its own);
+  by the decade of a continuous column (their FEATURE1, e.g. age; 90 and above one stratum; unparsable:
+  one stratum of its own);
   `random.Random(seed)` shuffles each stratum and sends round(len * n_test / total) of it to test, then
   the test and train+val pools are shuffled, trimmed or topped up to exactly n_test, the first n_val of
   the rest are validation and the remainder (shuffled once more) is train. Defaults: n = 80 / 20 / 100
@@ -45,7 +46,7 @@ import numpy as np
 from fomo_nnunet.metrics import fairness_score, max_disparity, ovr_auroc, ovr_f1
 
 PROTOCOLS = ("fomo-lp", "logistic")
-SOURCE = "fomo26/fomo-lp pipeline/lp_fomo.py (commit 284a6ef) + Sllambias/asparagus LinearProbeModule"
+SOURCE = "fomo26/fomo-lp pipeline/lp_fomo.py (commit f915d5a) + Sllambias/asparagus LinearProbeModule"
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 EPOCHS = 20
 BATCH_SIZE = 64
@@ -109,9 +110,10 @@ class FairnessVariable:
 # --------------------------------------------------------------------------- split
 
 def stratum(raw: Any) -> int:
-    """The decade of a continuous value; -1 when it is not a finite number (lp_fomo._stratified_split)."""
+    """The decade of a continuous value, 90 and above in one stratum (`min(decade, 90)`); -1 when it is not
+    a finite number (lp_fomo._stratified_split)."""
     try:
-        return int(float(raw) // 10) * 10
+        return min(int(float(raw) // 10) * 10, 90)
     except (TypeError, ValueError, OverflowError):
         return -1
 
@@ -158,6 +160,16 @@ def split_sizes(class_counts: Mapping[str, int], spec: str | Sequence[int] = "au
         sizes = tuple(int(v) for v in spec)
         if len(sizes) != 3 or min(sizes) < 1:
             raise ValueError(f"split {spec!r}: three positive counts per class (train, val, test)")
+        # fomo-lp fills test first, then validation: a class with fewer cases leaves train (or more) empty
+        # and their pipeline stops with "need at least one array to stack"
+        n_train, n_val, n_test = sizes
+        short = {k: n for k, n in class_counts.items() if n < n_val + n_test + 1}
+        if short:
+            k = min(short, key=short.get)
+            raise ValueError(f"split {','.join(map(str, sizes))}: class {k!r} has {short[k]} cases, but the split "
+                             f"sends {n_test} per class to test and {n_val} to validation and needs at least one "
+                             f"for training ({n_val + n_test + 1} cases); use --split auto (40/10/50 % of the "
+                             f"smallest class) or smaller counts")
         return sizes  # type: ignore[return-value]
     m = min(class_counts.values())
     if m >= sum(SPLIT_PER_CLASS):
@@ -198,7 +210,7 @@ def torchmetrics_macro_auroc(logits: np.ndarray, y: np.ndarray, n_classes: int) 
 
 class _SGDCosine:
     """torch.optim.SGD(momentum=0.9, weight_decay=0) with CosineAnnealingLR(T_max) stepped per batch,
-    written out with the same tensor operations (torch.optim would import torch._dynamo: +2 s)."""
+    written out with the same tensor operations (torch.optim would import torch._dynamo, a slow import)."""
 
     def __init__(self, groups: list[list[Any]], learning_rates: Sequence[float], t_max: int):
         self.groups, self.base = groups, [float(v) for v in learning_rates]

@@ -6,9 +6,11 @@ workers finish. Our trainers instead read one run seed (`FOMO_SEED`, default 0, 
 fold folder and the checkpoints) and derive from it, per named stream, the seeds of:
 
 - the weight initialisation (torch, numpy and Python's `random` in the main process),
-- every augmentation worker (numpy, torch and `random` inside the worker; worker i of rank r),
-- the MAE mask stream (per DDP rank),
-- the main process's data stream when no workers are used (`nnUNet_n_proc_DA=0`).
+- every training and validation batch: batch j of a stream is drawn with numpy, torch and `random`
+  seeded for (seed, stream, rank, j), in whichever augmentation worker or in the main process
+  (`nnUNet_n_proc_DA=0`, without touching the main process's own random state), so a stream can
+  restart at any batch and a resumed run continues exactly (fomo_nnunet.training.preemption),
+- the MAE mask and skip-drop streams (per DDP rank; their generator states travel in checkpoints).
 
 Batches from workers come back in a fixed round-robin order (batchgenerators'
 MultiThreadedAugmenter), so on a CPU the same seed and the same `nnUNet_n_proc_DA` give the same
@@ -132,19 +134,29 @@ class LoaderProxy:
             setattr(self._loader, name, value)
 
 
-class SeededWorkerLoader(LoaderProxy):
-    """A batchgenerators data loader whose copy in worker i seeds numpy, torch and `random` with seeds[i].
+class BatchSeededLoader(LoaderProxy):
+    """A batchgenerators data loader whose batch number j is drawn with numpy, torch and `random` seeded
+    from (run seed, stream, rank, j): a batch is a function of its number alone, so a stream can be
+    restarted at any batch (a resumed run continues where it stopped, mid-epoch included).
 
-    batchgenerators' MultiThreadedAugmenter seeds only numpy in its workers and then calls
-    `set_thread_id(i)` on the worker's copy of the loader; that call is where torch and `random`
-    get their seeds too (augmentations draw from torch as well as numpy).
+    In worker i of n (batchgenerators' MultiThreadedAugmenter calls `set_thread_id(i)` on the worker's
+    copy, and reads the workers round-robin) the worker draws batches start + i, start + i + n, ...; in
+    the main process (`isolated`) the process's own random state is set aside while a batch is drawn.
     """
 
-    def __init__(self, loader, seeds: list[int]):
+    def __init__(self, loader, seed: int, stream: str, rank: int = 0, start: int = 0, num_workers: int = 1,
+                 isolated: bool = False, ignore_signals: tuple[int, ...] = ()):
         super().__init__(loader)
-        self._seeds = list(seeds)
+        self._key = (int(seed), stream, int(rank))
+        self._next_batch = int(start)
+        self._start = int(start)
+        self._stride = max(1, int(num_workers))
+        self._isolated = isolated
+        self._ignore_signals = tuple(ignore_signals)
 
     def set_thread_id(self, thread_id: int) -> None:
+        import signal
+
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -152,35 +164,68 @@ class SeededWorkerLoader(LoaderProxy):
         # several single-threaded workers beat one multi-threaded one, as nnU-Net's own workers do
         torch.set_num_threads(1)
         threadpool_limits(1)
-        seed = self._seeds[thread_id]
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        # a scheduler signals every process of a job: the main process turns it into a checkpoint and
+        # still needs batches until then (the augmenter stops its workers through its own event)
+        for signum in self._ignore_signals:
+            signal.signal(signum, signal.SIG_IGN)
+        self._next_batch = self._start + thread_id
         self._loader.set_thread_id(thread_id)
+
+    def __next__(self):
+        seed, stream, rank = self._key
+        batch_seed = derive_seed(seed, stream, rank, self._next_batch)
+        self._next_batch += self._stride
+        if not self._isolated:
+            seed_everything(batch_seed)
+            return next(self._loader)
+        with kept_random_state():
+            seed_everything(batch_seed)
+            return next(self._loader)
+
+
+@contextlib.contextmanager
+def kept_random_state():
+    """Python's `random`, numpy's global and torch's CPU random state as they were before the block."""
+    import torch
+
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
 
 
 def seeded_augmenters(loader_tr, loader_val, num_processes: int, seed: int, rank: int = 0,
-                      pin_memory: bool = False):
-    """Training and validation batch streams that are a function of `seed` (and the worker count).
+                      pin_memory: bool = False, start_tr: int = 0, start_val: int = 0,
+                      ignore_signals: tuple[int, ...] = ()):
+    """Training and validation batch streams that are a function of `seed`, the rank and the batch number.
 
-    num_processes == 0: both loaders run in this process, which is reseeded for the data stream here
-    (so a pretrained run and its scratch twin see the same batches whatever their initialisation
-    drew). Otherwise a MultiThreadedAugmenter per loader with one derived seed per worker, read in a
-    fixed round-robin order. Both are started (the first batch is drawn), as nnU-Net does.
+    Batch j of the training stream (j counts from the run's first step: epoch * iterations + step) and
+    batch j of the validation stream are drawn from seeds derived for them (BatchSeededLoader), so the
+    streams start at `start_tr` / `start_val` and a resumed run sees the batches an uninterrupted one
+    would. num_processes == 0: both loaders run in this process (its own random state untouched);
+    otherwise a MultiThreadedAugmenter per loader, read in a fixed round-robin order; its workers ignore
+    `ignore_signals`. The workers start with the first batch asked for.
     """
     from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
     from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
     if num_processes == 0:
-        seed_everything(derive_seed(seed, "data", rank))
-        tr, val = SingleThreadedAugmenter(loader_tr, None), SingleThreadedAugmenter(loader_val, None)
-    else:
-        n_val = max(1, num_processes // 2)
-        seeds_tr = [derive_seed(seed, "worker_tr", rank, i) for i in range(num_processes)]
-        seeds_val = [derive_seed(seed, "worker_val", rank, i) for i in range(n_val)]
-        tr = MultiThreadedAugmenter(SeededWorkerLoader(loader_tr, seeds_tr), None, num_processes,
-                                    max(2, 6 // num_processes), seeds_tr, pin_memory, wait_time=0.002)
-        val = MultiThreadedAugmenter(SeededWorkerLoader(loader_val, seeds_val), None, n_val, 2, seeds_val,
-                                     pin_memory, wait_time=0.002)
-    _ = next(tr), next(val)
+        tr = SingleThreadedAugmenter(BatchSeededLoader(loader_tr, seed, "batch_tr", rank, start_tr, isolated=True),
+                                     None)
+        val = SingleThreadedAugmenter(BatchSeededLoader(loader_val, seed, "batch_val", rank, start_val,
+                                                        isolated=True), None)
+        return tr, val
+    n_val = max(1, num_processes // 2)
+    # batchgenerators seeds numpy per worker once; every batch is reseeded anyway
+    seeds_tr = [derive_seed(seed, "worker_tr", rank, i) for i in range(num_processes)]
+    seeds_val = [derive_seed(seed, "worker_val", rank, i) for i in range(n_val)]
+    tr = MultiThreadedAugmenter(BatchSeededLoader(loader_tr, seed, "batch_tr", rank, start_tr, num_processes,
+                                                  ignore_signals=ignore_signals),
+                                None, num_processes, max(2, 6 // num_processes), seeds_tr, pin_memory, wait_time=0.002)
+    val = MultiThreadedAugmenter(BatchSeededLoader(loader_val, seed, "batch_val", rank, start_val, n_val,
+                                                   ignore_signals=ignore_signals),
+                                 None, n_val, 2, seeds_val, pin_memory, wait_time=0.002)
     return tr, val

@@ -111,9 +111,14 @@ class PretrainMetadata:
 
         from fomo_nnunet.cpu_convolution import for_this_machine
 
+        import inspect
+        import pydoc
+
+        # a network without deep supervision (Primus) takes no such argument
+        takes_ds = "deep_supervision" in inspect.signature(pydoc.locate(self.network_class) or nn.Module).parameters
         network = get_network_from_plans(self.network_class, self.network_kwargs, self.arch_kwargs_requires_import,
-                                         input_channels or self.num_input_channels, num_outputs,
-                                         allow_init=True, deep_supervision=deep_supervision)
+                                         input_channels or self.num_input_channels, num_outputs, allow_init=True,
+                                         deep_supervision=deep_supervision if takes_ds else None)
         return for_this_machine(network)  # oneDNN's kernels and layout on a CPU (fomo_nnunet.cpu_convolution)
 
 

@@ -37,6 +37,9 @@ ARCH_PRESETS: dict[str, ArchPreset] = {p.name: p for p in (
                160, 1.0, 4, "nnU-Net ResEnc-L as used by nnssl: same topology, 24 GB target, so batch 4 at 160^3 (102M parameters)"),
     ArchPreset("unet_b", PLAIN_UNET, (32, 64, 128, 256, 320, 320), (2, 2, 2, 2, 2, 2), (2, 2, 2, 2, 2),
                160, 1.0, 2, "plain-convolution U-Net B (AMAES-style, 31M parameters)"),
+    # weights under 16 MB (float32): a checkpoint small enough to come back from a lent GPU (docs/gpu.md)
+    ArchPreset("resenc_s", RESENC_UNET, (16, 32, 48, 64, 96, 96), (1, 2, 2, 2, 2, 2), (1, 1, 1, 1, 1),
+               160, 1.0, 2, "mid-size ResEnc U-Net for short GPU pretraining runs (3.8M parameters)"),
     ArchPreset("tiny", RESENC_UNET, (8, 16, 32, 64), (1, 1, 1, 1), (1, 1, 1),
                32, 4.0, 2, "CPU-sized network for tests and the demo (0.3M parameters)"),
 )}

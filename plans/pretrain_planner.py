@@ -9,6 +9,7 @@ work unchanged.
 """
 from __future__ import annotations
 
+from fomo_nnunet.data.preprocess import check_references
 from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, copy_beside_plans, extract_fingerprint_if_missing
 from fomo_nnunet.plans.presets import ARCH_PRESETS, CONFIGURATION, PRETRAIN_PLANS_NAME, ArchPreset, architecture_dict
 
@@ -56,6 +57,7 @@ def plan_pretrain(dataset_id: int, arch: str = "resenc_b", patch: int | None = N
     if arch not in ARCH_PRESETS:
         raise ValueError(f"--arch {arch!r} is not a preset; choose from {', '.join(ARCH_PRESETS)}")
     preset = ARCH_PRESETS[arch]
+    check_references(dataset_id)   # a corpus converted by reference whose scans moved: say so, before reading
     extract_fingerprint_if_missing(dataset_id, num_processes, verify_dataset_integrity)
     patch = patch or preset.default_patch
     spacing = spacing or preset.default_spacing

@@ -126,6 +126,11 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
         checkpoint, metadata = None, metadata_from_preset(arch)
     else:
         raise ValueError("give --pretrained CHECKPOINT_OR_RESULTS_FOLDER (or --from-scratch with --arch PRESET)")
+    if metadata["network_class"].endswith(".primus.Primus"):
+        raise ValueError(f"{checkpoint}: a Primus (vision transformer) checkpoint; our finetuning trainers, heads and "
+                         f"embeddings read a U-Net encoder's stages, which Primus does not have. Primus checkpoints "
+                         f"import exactly (for inspection); finetune the original in its own framework (asparagus; "
+                         f"nnU-Net master's PretrainedTrainer_Primusx for nnssl)")
     if from_scratch:
         checkpoint = None
     extract_fingerprint_if_missing(dataset_id, num_processes, verify_dataset_integrity)

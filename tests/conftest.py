@@ -41,11 +41,12 @@ PRETRAIN_DATASET = 990
 HEAVY_FIXTURES = {"pretrain_corpus", "tasks_ws", "synth", "tiny_bundle", "busy_corpus", "converted_corpus"}
 
 
-# The longest test files (measured, November 2026), collected first: `make test` runs xdist with
-# --no-loadscope-reorder, so its two workers take whole files in this order (xdist's default orders files by
-# their number of tests, which started the 4-minute test_benchmark.py last and left one worker idle at the end).
-LONGEST_FIRST = ("test_benchmark.py", "test_distributed.py", "test_container.py", "test_pretrain.py",
-                 "test_features.py", "test_seeding.py", "test_image_level.py", "test_convert.py",
+# The longest test files, collected first: `make test` runs xdist with --no-loadscope-reorder, so its two workers
+# take whole files in this order (xdist's default orders files by their number of tests, which started the longest,
+# test_benchmark.py, last and left one worker idle at the end).
+LONGEST_FIRST = ("test_benchmark.py", "test_quick_path.py", "test_campaign.py", "test_distributed.py",
+                 "test_container.py", "test_pretrain.py", "test_features.py", "test_preemption.py", "test_seeding.py",
+                 "test_image_level.py", "test_convert.py", "test_checkpoint_formats.py", "test_preprocess.py",
                  "test_checkpoint_import.py", "test_finetune_seg.py")
 
 

@@ -382,7 +382,7 @@ def _stem(kind: str) -> str:
 @pytest.fixture(scope="module")
 def converted_corpus(tmp_path_factory):
     """One FOMO60K tree holding every bad kind (sub_1/ses_1/<kind>.nii.gz) plus odd folders, converted
-    with two workers; the tests below read its report."""
+    with two workers and --copy; the tests below read its report."""
     root = tmp_path_factory.mktemp("corpus")
     src = root / "fomo60k"
     ses = src / "sub_1" / "ses_1"
@@ -410,7 +410,7 @@ def converted_corpus(tmp_path_factory):
     mp.setattr(os, "scandir", scandir)
     old = os.umask(0o022)
     try:
-        res = C.convert_pretrain(src, num_processes=2, progress=False)
+        res = C.convert_pretrain(src, num_processes=2, progress=False, copy=True)
     finally:
         os.umask(old)
         mp.undo()
@@ -636,9 +636,9 @@ def _start_and_wait_for_output(src: Path, raw: Path):
     p = subprocess.Popen([sys.executable, "-c", CONVERT, str(src)], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    images = raw / "Dataset900_FOMOPretrain" / "imagesTr"
+    masks = raw / "Dataset900_FOMOPretrain" / "labelsTr"       # written with or without --copy
     end = time.time() + 60
-    while time.time() < end and not (images.is_dir() and any(images.glob("*.nii.gz"))):
+    while time.time() < end and not (masks.is_dir() and any(masks.glob("*.nii.gz"))):
         assert p.poll() is None, p.communicate()
         time.sleep(0.01)
     workers = _children(p.pid)
@@ -798,3 +798,117 @@ def test_converter_pool_finishes_every_time(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("a converter pool hung after its last case")
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+# ------------------------------------------------- convert: stop time, stale cases, unreadable subjects
+STUCK_POOL = ("import os, signal, sys, time\n"
+              "from fomo_nnunet.data import workers as W\n"
+              "def stuck(job):   # a worker that cannot be stopped by SIGTERM (as in a long C call)\n"
+              "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+              "    print('busy', flush=True)\n"
+              "    time.sleep(60)\n"
+              "try:\n"
+              "    W.run_jobs(stuck, [1, 2, 3], 2, False, 'x', on_killed=lambda pids: print('killed', len(pids)))\n"
+              "except W.Interrupted:\n"
+              "    sys.exit(130)\n")
+
+
+def test_convert_stop_is_bounded_even_when_a_worker_ignores_sigterm(tmp_path):
+    """SIGINT to the parent: workers get SIGTERM, and those still alive after STOP_GRACE_SECONDS are
+    killed, so the stop takes the grace period plus a moment, whatever the workers are doing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fomo_nnunet.data import workers as W
+
+    p = subprocess.Popen([sys.executable, "-c", STUCK_POOL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.stdout.readline().strip() == "busy"
+    workers = _children(p.pid)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert p.returncode == 130 and "killed 2" in out, out + err
+    assert took < W.STOP_GRACE_SECONDS + 3, f"stopped after {took:.1f} s"
+    assert _wait_gone(workers, 2) == []
+
+
+def test_convert_sigint_under_load_stops_within_the_bound(busy_corpus, tmp_path):                   # issue 38
+    """Three SIGINTs to `convert -np 2` at random moments while four busy loops load the two cores:
+    each run ends within STOP_GRACE_SECONDS plus 4 s, with exit 130, no worker left, no temporary file."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fomo_nnunet.data import workers as W
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    times = []
+    try:
+        for trial in range(3):
+            raw = tmp_path / f"raw{trial}"
+            raw.mkdir()
+            p, workers = _start_and_wait_for_output(busy_corpus, raw)
+            time.sleep(random.uniform(0, 0.5))
+            t0 = time.monotonic()
+            os.kill(p.pid, signal.SIGINT)
+            try:
+                _, err = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                pytest.fail(f"trial {trial}: still running 60 s after SIGINT")
+            took = time.monotonic() - t0
+            times.append(round(took, 2))
+            print("stop times (s):", times)
+            assert p.returncode == X.INTERRUPTED and "Traceback" not in err, err[-2000:]
+            assert took < W.STOP_GRACE_SECONDS + 4, f"trial {trial}: stopped after {took:.1f} s"
+            assert _wait_gone(workers, 2) == [] and leftovers(raw) == []
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+def test_task_rerun_drops_a_case_whose_image_was_deleted(tmp_path, raw, capsys):                   # issue 38
+    src = _task_tree(tmp_path / "src", "task3", label_text={"sub_1": b"40", "sub_2": b"50"})
+    assert main(["convert", "task", "task3", str(src), "--no-progress"]) == 0
+    folder = raw / "Dataset903_FOMO3Brainage"
+    (src / "preprocessed" / "sub_2" / "ses_1" / "t1.nii.gz").unlink()
+    capsys.readouterr()
+    assert main(["convert", "task", "task3", str(src), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cases had changed or vanished source files" in out and "sub_2_ses_1" in out, out
+    assert json.loads((folder / "targets.json").read_text()) == {"sub_1_ses_1": 40.0}
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 1
+    assert not list(folder.rglob("sub_2_ses_1*.nii.gz"))
+    (skip,) = json.loads((folder / "conversion_report.json").read_text())["skipped"]
+    assert skip["case"] == "sub_2_ses_1" and "missing channel t1" in skip["reason"], skip
+
+
+@pytest.mark.parametrize("rerun", [False, True], ids=["first run", "after a conversion"])
+def test_task_unreadable_subject_folder_is_reported(rerun, tmp_path, raw, monkeypatch):            # issue 38
+    """A subject folder that cannot be listed (root reads everything: the error is simulated) and a
+    subject entry that is a file are lines of the report; a case converted before from an unreadable
+    folder is removed with that reason, not 'the source is gone'."""
+    src = _task_tree(tmp_path / "src", "task3", label_text={"sub_1": b"40", "sub_2": b"50"})
+    (src / "preprocessed" / "sub_3").write_text("not a folder")
+    if rerun:
+        C.convert_task("task3", src, progress=False)
+    locked = str(src / "preprocessed" / "sub_2")
+    real = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p=".": (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if os.fspath(p) == locked else real(p))
+    res = C.convert_task("task3", src, progress=False)
+    report = json.loads((res.folder / "conversion_report.json").read_text())
+    by_path = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert "cannot list folder: Permission denied" in by_path[locked], report
+    assert "not a folder (a subject folder was expected here)" in by_path[str(src / "preprocessed" / "sub_3")]
+    assert report["converted"] == 1 and json.loads((res.folder / "targets.json").read_text()) == {"sub_1_ses_1": 40}
+    if rerun:
+        (gone,) = report["removed"]
+        assert gone["case"] == "sub_2_ses_1" and f"its folder {locked} cannot be read now" in gone["reason"], gone

@@ -177,9 +177,10 @@ def test_nnunet_raw_unset_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_fomo60k_with_corrupt_files(tmp_path, raw):
+    """--copy: every scan copied into imagesTr (float32, RAS), bad files skipped with their reason."""
     src = make_fomo60k(tmp_path / "fomo60k")
     expected = make_corrupt(src)
-    res = C.convert_pretrain(src, progress=False)
+    res = C.convert_pretrain(src, progress=False, copy=True)
     folder = raw / "Dataset900_FOMOPretrain"
     assert res.folder == folder
     ds = json.loads((folder / "dataset.json").read_text())
@@ -215,9 +216,49 @@ def test_fomo60k_with_corrupt_files(tmp_path, raw):
     assert not list(folder.rglob("*.tmp"))
     # resume: nothing new, identical JSON
     before = dataset_jsons(folder)
-    again = C.convert_pretrain(src, progress=False)
+    again = C.convert_pretrain(src, progress=False, copy=True)
     assert again.converted == 0 and again.already_done == len(good)
     assert dataset_jsons(folder) == before
+
+
+def test_pretrain_references_scans_and_copies_only_those_it_must(tmp_path, raw):
+    """The default: dataset.json's `dataset` entry points at the scans where they are; only the masks
+    are written, plus a fixed copy (named in the report with its reason) of each scan nnU-Net could not
+    read as the checks accepted it; the bad files are skipped exactly as with --copy."""
+    src = make_fomo60k(tmp_path / "fomo60k")
+    expected = make_corrupt(src)
+    res = C.convert_pretrain(src, progress=False)
+    folder = res.folder
+    ds = json.loads((folder / "dataset.json").read_text())
+    fixed = {"sub_2_ses_2_t2": "not RAS", "sub_9_ses_1_t1_2": "4D", "sub_9_ses_1_t1_3": "singleton",
+             "sub_9_ses_1_t1_4": "NaN"}
+    referenced = ["sub_1_ses_1_flair", "sub_1_ses_1_t1", "sub_1_ses_1_t1_2", "sub_2_ses_1_dwi_b1000", "sub_9_ses_1_t1"]
+    assert ds["fomo_storage"] == "reference" and ds["numTraining"] == len(ds["dataset"]) == 9
+    assert listing(folder) == sorted(["conversion_report.json", "dataset.json", "subjects.json"]
+                                     + [f"imagesTr/{c}_0000.nii.gz" for c in fixed]
+                                     + [f"labelsTr/{c}.nii.gz" for c in [*fixed, *referenced]])
+    for c in referenced:
+        (image,) = ds["dataset"][c]["images"]
+        assert Path(image).is_absolute() and Path(image).parent.parent.parent == src, image
+        assert ds["dataset"][c]["label"] == f"labelsTr/{c}.nii.gz"
+    assert ds["dataset"]["sub_2_ses_2_t2"]["images"] == ["imagesTr/sub_2_ses_2_t2_0000.nii.gz"]
+    # the mask of a referenced scan is in the scan's own grid, as nnU-Net's reader sees both
+    import SimpleITK as sitk
+    scan = sitk.ReadImage(ds["dataset"]["sub_1_ses_1_t1"]["images"][0])
+    mask = sitk.ReadImage(str(folder / "labelsTr/sub_1_ses_1_t1.nii.gz"))
+    assert (scan.GetSize(), scan.GetSpacing(), scan.GetOrigin(), scan.GetDirection()) == \
+        (mask.GetSize(), mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection())
+    assert np.array_equal(sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(scan) != 0)
+    report = res.report
+    assert {c: next(r for r in fixed.values() if r in " ".join(v)) for c, v in report["fixed_copies"].items()} == fixed
+    assert {Path(s["path"]).name.split(".")[0] for s in report["skipped"]} == set(expected)
+    # rerun: nothing to do; a scan changed in place is converted again
+    assert C.convert_pretrain(src, progress=False).already_done == 9
+    t1 = src / "sub_1/ses_1/t1.nii.gz"
+    save(t1, vol(seed=42, shape=(24, 20, 20)))
+    again = C.convert_pretrain(src, progress=False)
+    assert again.redone == ["sub_1_ses_1_t1"] and again.converted == 1
+    assert nib.load(folder / "labelsTr/sub_1_ses_1_t1.nii.gz").shape == (24, 20, 20)
 
 
 def test_fomo300k_with_participants(tmp_path, raw):
@@ -235,8 +276,9 @@ def test_fomo300k_with_participants(tmp_path, raw):
     assert b["sex"] == "M" and b["age"] is None
     assert "sex" not in subjects["PT001_SynthA/sub-02/ses-01"]
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 5
+    ds = json.loads((folder / "dataset.json").read_text())
     for c in ("PT001_SynthA_sub-01_ses-01_t1w", "PT002_SynthB_sub-01_ses-01_t2w"):
-        assert (folder / "imagesTr" / f"{c}_0000.nii.gz").is_file() and (folder / "labelsTr" / f"{c}.nii.gz").is_file()
+        assert Path(ds["dataset"][c]["images"][0]).is_file() and (folder / "labelsTr" / f"{c}.nii.gz").is_file()
     with pytest.raises(ValueError, match="already used"):
         C.convert_pretrain(src, 950, "Other", progress=False)
 

@@ -1,40 +1,61 @@
 """Imports flow one way: commands -> orchestration -> planners/trainers -> domain -> foundations.
 
-Read from the source (every `import`, at module level or inside a function), so a lazy import that
-would dodge a cycle or reach upward is caught as well as a top-level one.
+The layers are the README's layer map (the table after the `layer-map` marker): each row names a layer, top
+row highest, and the files and folders (relative to the checkout) that belong to it. The tests read that table,
+so it stays complete (every module in exactly one row, every row's path exists) and true: every import, absolute
+or relative, at module level or inside a function, is read from the source, so a lazy import that would dodge a
+cycle or reach upward is caught as well as a top-level one.
 """
 from __future__ import annotations
 
 import ast
+import functools
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # installed package -> source folder (pyproject.toml's package-dir)
 PACKAGES = {"fomo_nnunet": ROOT / "fomo_nnunet", "fomo_nnunet.plans": ROOT / "plans",
             "fomo_nnunet.trainers": ROOT / "trainers"}
+LAYER_MAP_MARKER = "<!-- layer-map"
 
-FOUNDATIONS = {"fomo_nnunet", "fomo_nnunet.tasks", "fomo_nnunet.paths", "fomo_nnunet.exit_codes",
-               "fomo_nnunet.plans", "fomo_nnunet.plans.presets"}
-ORCHESTRATION = {"fomo_nnunet.benchmark", "fomo_nnunet.pipeline", "fomo_nnunet.report", "fomo_nnunet.bench",
-                 "fomo_nnunet.features"}
-PLANNERS = {"fomo_nnunet.plans.pretrain_planner", "fomo_nnunet.plans.transfer_planner", "fomo_nnunet.plans.fixed_network"}
+
+def layer_map(readme: str | None = None) -> list[tuple[str, list[str]]]:
+    """The README's layer map as [(layer name, [paths])], highest layer first."""
+    text = (ROOT / "README.md").read_text() if readme is None else readme
+    assert LAYER_MAP_MARKER in text, f"README.md has no layer map (a table after '{LAYER_MAP_MARKER}')"
+    rows = []
+    for line in text.split(LAYER_MAP_MARKER, 1)[1].splitlines()[1:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] in ("layer", "") or set(cells[0]) <= {"-"}:
+            continue
+        rows.append((cells[0], re.findall(r"`([^`]+)`", cells[1])))
+    return rows
+
+
+LAYERS = layer_map()
+LAYER_NAMES = tuple(name for name, _ in reversed(LAYERS))  # index = rank, 0 = foundations
+
+
+def row_of(path: Path) -> int | None:
+    """The rank of the row that holds `path` (a file, or the longest folder above it)."""
+    rel = path.relative_to(ROOT).as_posix()
+    best = None
+    for rank, (_, paths) in enumerate(reversed(LAYERS)):
+        for entry in paths:
+            if rel == entry or (entry.endswith("/") and rel.startswith(entry)):
+                if best is None or len(entry) > best[0]:
+                    best = (len(entry), rank)
+    return None if best is None else best[1]
 
 
 def layer(module: str) -> int:
-    if module in FOUNDATIONS:
-        return 0
-    if module == "fomo_nnunet.cli" or module.startswith("fomo_nnunet.commands"):
-        return 4
-    if module in ORCHESTRATION:
-        return 3
-    if module in PLANNERS or module.startswith("fomo_nnunet.trainers"):
-        return 2
-    return 1  # the domain: data, transfer, inference, metrics, training toolkit, ...
+    return row_of(modules()[module])
 
 
-LAYER_NAMES = ("foundations", "domain", "planners/trainers", "orchestration", "commands")
-
-
+@functools.lru_cache(maxsize=None)
 def modules() -> dict[str, Path]:
     found = {}
     for package, folder in PACKAGES.items():
@@ -56,8 +77,15 @@ def import_edges() -> dict[str, set[str]]:
 
     edges: dict[str, set[str]] = {}
     for module, path in mods.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fomo_nnunet"):
+            if isinstance(node, ast.ImportFrom) and node.level:  # from . import x, from ..a import b
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                base = f"{base}.{node.module}" if node.module else base
+                targets = [resolve(f"{base}.{a.name}") for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fomo_nnunet"):
                 targets = [resolve(f"{node.module}.{a.name}") for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [resolve(a.name) for a in node.names if a.name.startswith("fomo_nnunet")]
@@ -72,6 +100,29 @@ def test_the_source_tree_is_what_the_layer_map_describes():
     assert {"fomo_nnunet.tasks", "fomo_nnunet.benchmark", "fomo_nnunet.cli",
             "fomo_nnunet.plans.transfer_planner", "fomo_nnunet.trainers.nnUNetTrainerFomoSeg"} <= set(mods)
     assert sum(len(v) for v in import_edges().values()) > 50  # the parser sees the imports
+    assert [name for name, _ in LAYERS] == ["commands", "orchestration", "planners and trainers", "domain",
+                                            "foundations"]
+
+
+def test_every_module_is_in_one_row_of_the_readme_layer_map():
+    missing = sorted(str(p.relative_to(ROOT)) for p in modules().values() if row_of(p) is None)
+    assert not missing, "add these to the README's layer map:\n" + "\n".join(missing)
+    entries = [e for _, paths in LAYERS for e in paths]
+    assert not [e for e in entries if entries.count(e) > 1], "a path in two rows of the layer map"
+    gone = [e for e in entries if not (ROOT / e).exists() or (e.endswith("/") != (ROOT / e).is_dir())]
+    assert not gone, f"the README's layer map names paths that do not exist: {gone}"
+
+
+def test_the_layer_map_parser_sees_a_missing_module():
+    readme = (ROOT / "README.md").read_text().replace("`fomo_nnunet/report.py` ", "")
+    rows = layer_map(readme)
+    assert "fomo_nnunet/report.py" not in [e for _, paths in rows for e in paths]
+    assert "fomo_nnunet/report.py" in [e for _, paths in LAYERS for e in paths]
+
+
+def test_relative_imports_are_edges():
+    edges = import_edges()
+    assert "fomo_nnunet.data.synth.acquisition" in edges["fomo_nnunet.data.synth.layouts"]  # from .acquisition import
 
 
 def test_no_module_imports_a_higher_layer():

@@ -111,12 +111,23 @@ def test_auroc_invalid_scores_become_0_or_1_and_can_tie():
     assert M.auroc(y, [0.0, 0.4, None, 0.8]) == pytest.approx(2.5 / 4)
     # invalid negative -> 1.0, tied with the positive at 1.0: pairs 1 + 0.5 + 1 + 0 of 4
     assert M.auroc(y, [0.1, float("nan"), 1.0, 0.8]) == pytest.approx(2.5 / 4)
-    # invalid kinds: missing, NaN, inf, unparsable, and outside [0, 1] (the validator rejects those:
-    # fomo26/container_templates, container_validator/output_text.py, check_output_probability_in_range)
-    for bad in (None, float("nan"), float("inf"), "abc", 1.5, -0.1):
+    # invalid kinds: missing, NaN, inf, unparsable
+    for bad in (None, float("nan"), float("inf"), "abc"):
         assert M.auroc(y, [0.1, 0.4, bad, 0.8]) == pytest.approx(0.5)  # positive at 0.0 below both
     assert M.auroc(y, [None] * 4) == 0.0  # every pair wrong
     assert math.isnan(M.auroc([1, 1], [0.2, 0.3]))  # one class: undefined (theirs raises)
+
+
+def test_auroc_uses_finite_scores_outside_0_1_as_they_are():
+    """classification.py (505d699), compute_auroc: only `_is_invalid` scores are substituted; a finite score
+    outside [0, 1] is ranked as it is (the validator's range rule is for a container's output)."""
+    y = [0, 0, 1, 1]
+    # a positive at -0.1 ranks below the negative at 0.0 (its substitute 0.0 would tie): 0 + 0 + 1 + 1 of 4
+    assert M.auroc(y, [0.0, 0.4, -0.1, 0.8]) == pytest.approx(2 / 4)
+    # a negative at 1.5 ranks above the positive at 1.0 (its substitute 1.0 would tie): 1 + 0 + 1 + 0 of 4
+    assert M.auroc(y, [0.1, 1.5, 1.0, 0.8]) == pytest.approx(2 / 4)
+    _, used, invalid = M.auroc_scores_used(y, [0.1, 1.5, None, 0.8])
+    assert used.tolist() == [0.1, 1.5, 0.0, 0.8] and invalid.tolist() == [False, False, True, False]
 
 
 def test_ovr_auroc_binary_uses_column_1_only():
@@ -247,6 +258,24 @@ def test_evaluate_task_binary_segmentation_empty_cases(tmp_path):
     assert s["metrics"] == {"dice": 0.5, "nsd": 0.0} and s["invalid"] == ["y"]
 
 
+def test_segmentation_voxel_values_are_used_unrounded(tmp_path):
+    """segmentation.py: binary masks are `astype(bool)` (every non-zero voxel, 0.4 included, is
+    foreground), multiclass ones `== label`; a file of non-integer values is never rounded first."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir(), pred.mkdir()
+    a = np.zeros((10, 10, 10), np.uint8)
+    a[2:6, 2:6, 2:6] = 1
+    _save(gt / "x.nii.gz", a)
+    nib.save(nib.Nifti1Image(a * np.float32(0.4), np.eye(4)), str(pred / "x.nii.gz"))  # rounds to 0
+    assert evaluate_task("meningioma", pred, gt, tmp_path / "o")["metrics"] == {"dice": 1.0, "nsd": 1.0}
+    # multiclass: 1.4 is neither label 1 nor background; the label-1 voxels that hold 1.0 count
+    m = a.astype(np.float32)
+    m[2:4] *= 1.4
+    nib.save(nib.Nifti1Image(m, np.eye(4)), str(pred / "x.nii.gz"))
+    s = evaluate_task("task4", pred, gt, tmp_path / "o4")
+    assert s["metrics"]["dice"] == pytest.approx(2 * 32 / (32 + 64))
+
+
 def _write_csv(path, rows, header=("case_id", "prediction", "extra")):
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -270,6 +299,14 @@ def test_evaluate_task_classification(tmp_path):
         (txt / f"{k}.txt").write_text(v + "\n")
     s = evaluate_task("infarct", txt, tmp_path / "t.json", tmp_path / "out2")
     assert s["metrics"]["auroc"] == pytest.approx(0.75) and s["invalid"] == []
+
+
+def test_evaluate_task_classification_scores_outside_0_1_count_with_a_note(tmp_path):
+    _write_csv(tmp_path / "p.csv", [("a", 0.1, "x"), ("b", 1.5, "x"), ("c", 1.0, "x"), ("d", 0.8, "x")])
+    (tmp_path / "t.json").write_text(json.dumps({"a": 0, "b": 0, "c": 1, "d": 1}))
+    s = evaluate_task("infarct", tmp_path / "p.csv", tmp_path / "t.json", tmp_path / "out")
+    assert s["metrics"] == {"auroc": pytest.approx(2 / 4)} and s["invalid"] == []
+    assert any("1 scores outside [0, 1] used as they are" in n and "'b'" in n for n in s["notes"])
 
 
 def test_evaluate_task_regression(tmp_path):

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from fomo_nnunet.cli import main
+from fomo_nnunet.exit_codes import BAD_INPUT
 from fomo_nnunet.commands.evaluate import probe_folder
-from fomo_nnunet.probe import (LEARNING_RATES, FairnessVariable, _SGDCosine, linear_probe, split_class, split_sizes,
+from fomo_nnunet.probe import (LEARNING_RATES, FairnessVariable, _SGDCosine, linear_probe, split_class, split_sizes, stratum,
                                torchmetrics_macro_auroc)
 
 
@@ -34,6 +35,11 @@ def test_split_rounds_each_stratum_then_tops_up_to_n_test():
     # 4 in the 20s and 6 in the 30s: exactly round(2.0) = 2 and round(3.0) = 3, no top-up
     items = [(f"y{i}", 25) for i in range(4)] + [(f"o{i}", 33) for i in range(6)]
     assert Counter(c[0] for c in split_class(items, 4, 1, 5, seed=0)[2]) == {"y": 2, "o": 3}
+    # fomo-lp f915d5a: min(decade, 90), so ages 90 and above are one stratum: one 95 and one 104 are
+    # round(1.0) = 1 to test whatever the seed (as strata of one each, round(0.5) = 0 + 0 and a random top-up)
+    assert [stratum(v) for v in (89.9, 90, 104, 250, "x")] == [80, 90, 90, 90, -1]
+    items = [("o0", 95), ("o1", 104)] + [(f"y{i}", 25) for i in range(8)]
+    assert all(Counter(c[0] for c in split_class(items, 4, 1, 5, seed=s)[2]) == {"o": 1, "y": 4} for s in range(10))
     # an unparsable value is a stratum of its own
     assert len(split_class([(f"c{i}", "") for i in range(10)], 4, 1, 5, seed=0)[2]) == 5
 
@@ -185,5 +191,22 @@ def test_cli_probe(tmp_path, capsys):
     assert r["stratify"] == "age"  # the first binned fairness variable stratifies the split
     assert set(r["metrics"]) == {"macro_auroc", "macro_f1"} and set(r["fairness_score"]) == {"macro_auroc", "macro_f1"}
     assert "fairness score" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="bounds"):
-        main(["probe", str(emb), "--labels", str(tsv), "--groups", "age:9,3", "-o", str(out)])
+    assert main(["probe", str(emb), "--labels", str(tsv), "--groups", "age:9,3", "-o", str(out)]) == BAD_INPUT
+    assert "bounds" in capsys.readouterr().err
+
+
+def test_cli_probe_split_larger_than_a_class_exits_2_naming_the_class(tmp_path, capsys):
+    """The organisers' 80/20/100 on 67 cases per class leaves train empty: their pipeline (and ours before)
+    stopped with "need at least one array to stack"."""
+    emb, tsv = _folder(tmp_path, n=134)
+    out = tmp_path / "o"
+    assert main(["probe", str(emb), "--labels", str(tsv), "--split", "80,20,100", "-o", str(out)]) == BAD_INPUT
+    err = capsys.readouterr().err
+    assert "split 80,20,100: class 'c0' has 67 cases" in err and "121 cases" in err and "--split auto" in err
+    assert "stack" not in err and not (out / "probe.json").exists()
+    # the same counts work as soon as one case per class is left for training (as in fomo-lp)
+    (tmp_path / "b").mkdir()
+    emb, tsv = _folder(tmp_path / "b", n=242)
+    assert main(["probe", str(emb), "--labels", str(tsv), "--split", "80,20,100", "--epochs", "1",
+                 "-o", str(out)]) == 0
+    assert json.loads((out / "probe.json").read_text())["n_train"] == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from helpers import run
 
-from fomo_nnunet.seeding import SeededWorkerLoader, derive_seed, run_seed
+from fomo_nnunet.seeding import BatchSeededLoader, derive_seed, run_seed
 from fomo_nnunet.transfer import load_checkpoint_safely
 
 MENINGIOMA = 902
@@ -33,29 +34,48 @@ def test_derived_seeds_are_stable_and_distinct_per_stream_and_index():
     assert derive_seed(0, "init") == int(np.random.SeedSequence([0, 3329549428]).generate_state(1)[0])
 
 
-def test_worker_loader_seeds_numpy_and_torch_per_worker():
-    class Loader:
-        thread = None
+class _Loader:
+    """A stand-in for nnU-Net's loader: a batch is a draw from numpy, torch and `random`."""
+    thread = None
 
-        def set_thread_id(self, i):
-            self.thread = i
+    def set_thread_id(self, i):
+        self.thread = i
 
-        def __next__(self):
-            return np.random.rand(), float(torch.rand(1))
+    def __next__(self):
+        return np.random.rand(), float(torch.rand(1)), random.random()
 
-    draws = []
-    for worker in (0, 1, 0):
-        loader = SeededWorkerLoader(Loader(), [11, 12])
-        loader.set_thread_id(worker)
-        assert loader.thread == worker
-        draws.append(next(loader))
-    assert draws[0] == draws[2] and draws[0] != draws[1]
+
+def test_a_batch_is_a_function_of_its_number_in_any_worker():
+    one = BatchSeededLoader(_Loader(), 3, "batch_tr")
+    alone = [next(one) for _ in range(6)]
+    assert len(set(alone)) == 6
+    # two workers read round-robin: worker 0 draws batches 0, 2, 4 and worker 1 draws 1, 3, 5
+    workers = [BatchSeededLoader(_Loader(), 3, "batch_tr", num_workers=2) for _ in range(2)]
+    for i, w in enumerate(workers):
+        w.set_thread_id(i)
+        assert w._loader.thread == i
+    assert [next(workers[j % 2]) for j in range(6)] == alone
+    # a stream restarted at batch 4 (a resumed run) continues it
+    restarted = BatchSeededLoader(_Loader(), 3, "batch_tr", start=4)
+    assert [next(restarted), next(restarted)] == alone[4:]
+    assert next(BatchSeededLoader(_Loader(), 3, "batch_tr", rank=1)) != alone[0]
+    assert next(BatchSeededLoader(_Loader(), 3, "batch_val")) != alone[0]
+    loader = workers[0]
     loader.was_initialized = False  # the augmenter resets flags on the loader it was given: reach the real one
     assert loader._loader.was_initialized is False
 
 
+def test_in_process_batches_leave_the_processs_own_random_state_alone():
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = random.random(), np.random.rand(), float(torch.rand(1))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    loader = BatchSeededLoader(_Loader(), 3, "batch_tr", isolated=True)
+    next(loader), next(loader)
+    assert (random.random(), np.random.rand(), float(torch.rand(1))) == expected
+
+
 # nnUNetv2_train's path for one CPU process (run_training_entry -> run_training), without the final validation,
-# which spawns two worker pools (about 20 s here) and shows nothing about seeding; then nnU-Net's predictor on the
+# which spawns two worker pools (slow) and shows nothing about seeding; then nnU-Net's predictor on the
 # test images, one process, no pools. One process per run, as a user's runs are.
 TRAIN_AND_PREDICT = """
 import multiprocessing, sys, torch

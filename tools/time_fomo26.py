@@ -19,7 +19,6 @@ the ratios: before/after figures from one run on one machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -81,68 +80,10 @@ def main() -> int:
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(os.environ[k]).mkdir(parents=True, exist_ok=True)
 
-    import nibabel as nib
-    import numpy as np
-    import torch
+    from fomo_nnunet.bench import prepare_entry_timing
 
-    from fomo_nnunet.bench import write_untrained_model
-    from fomo_nnunet.bundle import build_bundle
-    from fomo_nnunet.checkpoints import metadata_from_preset
-    from fomo_nnunet.plans.transfer_planner import plan_transfer
+    bundle, case_args = prepare_entry_timing(work, args.arch, args.tasks, args.template)
     from fomo_nnunet.tasks import TASKS_BY_NUMBER
-    from fomo_nnunet.transfer import PretrainMetadata
-
-    if args.template:
-        template = nib.load(args.template)
-    else:
-        from nilearn.datasets import load_mni152_template
-
-        template = load_mni152_template(resolution=1)
-    brain = np.asanyarray(template.dataobj).astype(np.float32)
-    affine = template.affine
-    case_dir = work / "case"
-    case_dir.mkdir(parents=True, exist_ok=True)
-
-    ckpt = work / f"untrained_{args.arch}.pth"
-    if not ckpt.is_file():
-        meta = metadata_from_preset(args.arch)
-        meta["objective"] = "none (untrained, for timing)"
-        torch.manual_seed(0)
-        net = PretrainMetadata.from_dict(meta).build_network(num_outputs=1)
-        torch.save({"network_weights": net.state_dict(), "fomo_metadata": meta}, ckpt)
-
-    models, case_args = {}, {}
-    for n in args.tasks:
-        task = TASKS_BY_NUMBER[n]
-        raw = Path(os.environ["nnUNet_raw"]) / task.dataset_name
-        files = {}
-        for c, channel in enumerate(task.channels):
-            f = case_dir / f"{channel.cli_args[-1]}.nii.gz"
-            if not f.is_file():
-                nib.save(nib.Nifti1Image(brain * (1 + 0.1 * c), affine), f)
-            files[channel.cli_args[-1]] = f
-        case_args[n] = [x for a, f in files.items() for x in (f"--{a}", str(f))]
-        if not (raw / "dataset.json").is_file():
-            for split in ("imagesTr", "labelsTr"):
-                (raw / split).mkdir(parents=True, exist_ok=True)
-            mask = (brain > 0).astype(np.uint8)
-            if task.kind == "segmentation":  # any foreground will do
-                mask = np.zeros_like(mask)
-                mask[90:100, 110:120, 80:90] = task.max_label
-            for i in range(2):  # nnU-Net's fingerprint wants cases; two copies of the one volume do
-                for c, f in enumerate(files.values()):
-                    os.link(f, raw / "imagesTr" / f"case{i}_{c:04d}.nii.gz")
-                nib.save(nib.Nifti1Image(mask, affine), raw / "labelsTr" / f"case{i}.nii.gz")
-            labels = task.labels if task.kind == "segmentation" else {"background": 0, "brain": 1}
-            (raw / "dataset.json").write_text(json.dumps({
-                "channel_names": {str(i): c for i, c in enumerate(task.channel_names)}, "labels": labels,
-                "numTraining": 2, "file_ending": ".nii.gz", "fomo_task": n}))
-            (raw / "targets.json").write_text(json.dumps({"case0": 0, "case1": 1}))
-            plan_transfer(task.default_dataset_id, str(ckpt), num_processes=1)
-        models[n] = write_untrained_model(Path(os.environ["nnUNet_preprocessed"]) / task.dataset_name,
-                                          os.environ["nnUNet_results"])
-    bundle = work / "bundle"
-    build_bundle(bundle, models, str(ckpt) if any(n in (6, 7) for n in args.tasks) else None)
 
     baseline = Path(args.baseline).resolve() if args.baseline else None
     if args.baseline_rev:
@@ -176,7 +117,7 @@ def main() -> int:
                 rows.append((task.key, "on" if mirror else "off", name,
                              statistics.median(r[0] for r in runs[name]), statistics.median(r[1] for r in runs[name]),
                              runs[name][-1][2]))
-    print(f"\n{args.arch}, input {brain.shape} at 1 mm, device {args.device}, {os.cpu_count()} CPU(s), "
+    print(f"\n{args.arch}, input {args.template or 'MNI152 T1 template'} at 1 mm, device {args.device}, {os.cpu_count()} CPU(s), "
           f"median of {args.repeat} run(s)")
     print("| task | mirroring | code | process wall s | process CPU s | seconds per step (last run) |\n|---|---|---|---|---|---|")
     for r in rows:

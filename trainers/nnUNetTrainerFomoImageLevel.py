@@ -29,7 +29,7 @@ from fomo_nnunet.network_record import IMAGE_LEVEL, build_image_level_network
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION
 from fomo_nnunet.trainer_checks import (check_trainer_fits_task, fold_advice, refuse_nnunet_predictor,
                                         validation_problem)
-from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, SeededRun, unwrap
+from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, PreemptibleRun, SeededRun, unwrap
 
 
 class CentredCropValidation:
@@ -74,7 +74,7 @@ class CentredCropValidation:
 
 
 class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, CentredCropValidation,
-                                  FinetuneRecipe, nnUNetTrainer):
+                                  FinetuneRecipe, PreemptibleRun, nnUNetTrainer):
     """Shared by the classification and regression trainers; the task's kind (from the plans) decides."""
 
     # the head (fomo_nnunet.heads.PoolingHead)
@@ -278,17 +278,11 @@ class TinyImageLevel(TinyBudget):
     """The demo's image-level recipe (fomo_nnunet.finetune.TinyBudget) with a head that pools the three
     deepest stages by average and maximum, on the centred crop without augmentation.
 
-    Measured on FOMO-Synth (2 CPU cores, seed 0): with the deepest stage's average alone, neither arm's
-    infarct classifier nor brain-age regressor moved from its starting point in 90 steps (probability sd
-    0.002, prediction sd / target sd 0.01); a focal lesion is averaged away over the brain. With the
-    pooled head, nnU-Net's augmentation and a random shift of the crop kept the regressor from fitting
-    even its 10 training cases in 180 steps (training loss 0.3-0.6 on standardised targets, the spread of
-    its predictions 9 % of the targets'); on the same crops without augmentation and shift it fits them
-    (loss below 0.1) and the out-of-domain spread rises to 27-31 %. The polymicrogyria classifier's
-    probabilities went from sd 0.03 to 0.16; the infarct classifier still learns (AUROC 0.98). At 90
-    steps the regressor's brain-age predictions ranked the test cases (r 0.61) but spread over 7 % of the
-    targets' sd only; its own budget and augmentation are nnUNetTrainerFomoReg_tiny's (chosen later, on
-    held-out training cases).
+    Why (docs/results/demo-recipe.md): with the deepest stage's average alone, neither arm's classifier
+    nor regressor left its starting point; a focal lesion is averaged away over the brain. nnU-Net's
+    augmentation and a random shift of the crop kept the regressor from fitting even its training cases.
+    Its own budget and augmentation are nnUNetTrainerFomoReg_tiny's (chosen later, on held-out training
+    cases).
     """
 
     head_hidden = 64
@@ -344,20 +338,10 @@ class nnUNetTrainerFomoReg_tiny(TinyImageLevel, nnUNetTrainerFomoReg):
     """CPU-sized budget for the demo (tiny-preset plans): 360 steps with nnU-Net's intensity augmentation,
     the head's pooled features standardised over training cases before the first step.
 
-    Chosen on training data only (FOMO-Synth brain age, 200 training cases, nnU-Net's fold 0: 160 to train,
-    40 held out; pretraining seed 0; 2 CPU cores), by the mean held-out MAE of both arms (predicting the
-    training mean: 17.36): 180 steps without augmentation 16.25 (r 0.76 / 0.72, prediction sd / target sd
-    0.10 / 0.07); 360 steps 15.76; 360 steps with squared error 15.29; 360 steps with intensity
-    augmentation 14.96 (pretrained 12.94, sd ratio 0.36; scratch 16.98, sd ratio 0.03); the same with
-    squared error 16.76. One fold and one seed: differences under about a year are within the noise. With
-    10 training cases, cross-validation found no recipe that generalises (r about 0).
-
-    The pooled features of the encoder vary little between brains (median sd 0.026 per feature over the
-    training crops), so the head's outputs stayed compressed toward the mean: predictions that ranked the
-    cases (r 0.74-0.77) spread over 5-33 % of the targets' sd. Standardising them per feature with the
-    training crops' mean and sd (`standardise_head_inputs`), same fold and seed, with this version's CPU
-    kernels: held-out MAE 8.82 pretrained (sd ratio 0.75, r 0.87) and 10.25 scratch (0.63, 0.82), mean
-    9.54, against 13.28 (0.33, 0.74) and 16.76 (0.05, 0.77), mean 15.02, without.
+    Chosen on training data only (FOMO-Synth brain age, nnU-Net's fold 0 of the training cases), by the mean
+    held-out MAE of both arms; the pooled features of the encoder vary little between brains, so without
+    `standardise_head_inputs` the head's outputs stayed compressed toward the mean. The study, its figures
+    and commits: docs/results/brain-age.md.
     """
     epochs = 24
     standardise_head_inputs = True

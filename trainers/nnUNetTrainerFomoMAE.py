@@ -36,7 +36,8 @@ from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settin
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
 from fomo_nnunet.ssl.sessions import SessionPairLoader, read_subjects, session_partners
 from fomo_nnunet.training import (COSINE, AmpStep, Budget, DescribedCheckpoints, DistributedRun, EpochEnd, EpochLR,
-                                  EpochSchedule, SeededRun, unwrap)
+                                  EpochSchedule, PreemptibleRun, SeededRun, unwrap)
+from fomo_nnunet.training.fast import StepSettings
 
 
 VICREG_PAIRS = ("views", "sessions")
@@ -47,8 +48,12 @@ VIEW_DESCRIPTIONS = {  # checkpoint metadata: what the VICReg term compared
 VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vicreg_covariance")
 
 
-class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, DescribedCheckpoints, Budget,
-                           nnUNetTrainer):
+class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, EpochEnd, DescribedCheckpoints, Budget,
+                           PreemptibleRun, nnUNetTrainer):
+    # speed (fomo_nnunet.training.fast): nnU-Net's defaults until a GPU campaign shows another setting faster and sane
+    autocast_dtype: str = "float16"
+    compile_network: bool | None = None  # None: nnU-Net's choice (compiled on CUDA unless nnUNet_compile=f)
+    channels_last: bool = False
     # masking (nnssl's recipe for a 1 mm, 160^3 patch: 75 % of 16^3 blocks)
     mask_ratio: float = 0.75
     block_size: int = 16
@@ -256,6 +261,9 @@ class nnUNetTrainerFomoMAE(DistributedRun, SeededRun, AmpStep, EpochEnd, Describ
     def on_train_start(self):
         super().on_train_start()
         self.start_random_streams()
+
+    def random_generators(self) -> dict[str, torch.Generator]:
+        return {"mask": self._mask_generator, "skip_drop": self._skip_generator}
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -484,3 +492,19 @@ class nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke(SmokePretraining,
 class nnUNetTrainerFomoMAE_tiny_block2_ratio60(TinyPretraining, nnUNetTrainerFomoMAE_ratio60):
     """AMAES' masking scaled to the tiny patch: 4^3-voxel blocks at ratio 0.6 on a 160^3 patch are 2^3 on 32^3."""
     block_size = 2
+
+
+# ---- speed settings (docs/gpu.md: `fomo-nnunet bench campaign` times them against nnU-Net's trainer) -------
+class nnUNetTrainerFomoMAE_eager(nnUNetTrainerFomoMAE):
+    """Never compiled (nnU-Net's eager fp16 step)."""
+    compile_network = False
+
+
+class nnUNetTrainerFomoMAE_bf16(nnUNetTrainerFomoMAE):
+    """bf16 autocast, no GradScaler."""
+    autocast_dtype = "bfloat16"
+
+
+class nnUNetTrainerFomoMAE_bf16_channelslast(nnUNetTrainerFomoMAE_bf16):
+    """bf16 autocast with weights and batches in the channels-last 3-D layout."""
+    channels_last = True

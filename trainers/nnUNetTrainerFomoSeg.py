@@ -16,15 +16,15 @@ from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
 from fomo_nnunet.network_record import PLANS, build_plans_network
 from fomo_nnunet.tasks import SEGMENTATION
 from fomo_nnunet.trainer_checks import check_trainer_fits_task
-from fomo_nnunet.training import DistributedRun, SeededRun
+from fomo_nnunet.training import DistributedRun, PreemptibleRun, SeededRun
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
-class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, nnUNetTrainer):
+class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, PreemptibleRun, nnUNetTrainer):
     # nnU-Net validates fold 'all' on its own training cases: a sliding window over every training
-    # case that says nothing about generalisation (about 30 s per tiny run on a CPU). False skips it.
+    # case that says nothing about generalisation, and costs a tiny run's time on a CPU. False skips it.
     validate_fold_all: bool = True
     # share of each batch forced to contain foreground (nnU-Net: 0.33)
     oversample_foreground: float = 0.33
@@ -109,12 +109,12 @@ class TinySegmentation(TinyBudget):
 
     From the shared tiny recipe (fomo_nnunet.finetune.TinyBudget): AdamW, one fresh-only and one warmup
     epoch. Every batch holds foreground (a few-shot task's structures are small: with nnU-Net's 33 % the
-    meningioma stayed background for 900 SGD steps in one of two runs). No mirroring at inference: on a
-    CPU it multiplies prediction time by eight.
+    meningioma could stay background). No mirroring at inference: on a CPU it multiplies the forwards by
+    eight.
 
-    For structures of a few dozen voxels (the trigeminal nerve and vessels at 4 mm), measured by 5-fold
-    cross-validation fold 0 on the training split (README, "Making every demo model learn"): at lr 3e-3 with
-    nnU-Net's unweighted loss both arms predicted background only after 180 steps; lr 1e-2 with
+    For structures of a few dozen voxels (the trigeminal nerve and vessels at 4 mm), chosen by 5-fold
+    cross-validation fold 0 on the training split (docs/results/segmentation-recipe.md): at lr 3e-3 with
+    nnU-Net's unweighted loss both arms predicted background only; lr 1e-2 with
     cross-entropy weighted by the square root of the inverse label frequency found both classes in the
     scratch arm, and the pretrained arm only with the MAE decoder left out (the decoder was pretrained to
     reconstruct intensities; the encoder is what transfers). The meningioma improved in both arms too.

@@ -13,11 +13,14 @@ claiming more voxels than {max_voxels:,} or than the file can hold, a degenerate
 all NaN/Inf, all zero, broken links or link loops), folders that cannot be listed and a .nii beside
 the .nii.gz of the same scan are skipped and listed with their reason in conversion_report.json. A
 real 4D series keeps its first volume (noted); NaN/Inf and values beyond +-{max_abs:g} become 0
-(noted). Images are written as float32 in RAS orientation with their own spacing, files with the
-mode the umask gives. Reruns skip finished cases, remove the temporary files of interrupted runs and
-remove the cases whose source is gone (listed under "removed" in the report); nothing is ever
-half-written: SIGINT/SIGTERM stop the workers, which remove their temporary files, and a worker
-whose parent died (kill -9) stops by itself. --shard i/n converts the cases with index % n == i (for
+(noted). Copied images (every task image; pretraining scans with --copy or a fixed copy) are
+float32 in RAS orientation with their own spacing, every file written with the
+mode the umask gives. Reruns skip finished cases, remove the temporary files of interrupted runs,
+convert again the cases whose source files changed (size or time) or lost a file (then skipped with
+the reason), and remove the cases whose source is gone (listed under "removed" in the report);
+nothing is ever half-written: SIGINT/SIGTERM stop the workers within {grace:g} s (a worker that has
+not removed its temporary files by then is killed and its files removed for it), and a worker whose
+parent died (kill -9) stops by itself. --shard i/n converts the cases with index % n == i (for
 job arrays); every run rebuilds the dataset-level JSON files from the per-case records in
 .fomo_records/, so shards and reruns give the same result.
 Needs $nnUNet_raw (see `fomo-nnunet env`).
@@ -27,9 +30,10 @@ Needs $nnUNet_raw (see `fomo-nnunet env`).
 
 def _common_help() -> str:
     from fomo_nnunet import exit_codes, nifti_checks
+    from fomo_nnunet.data.workers import STOP_GRACE_SECONDS
 
     return _COMMON.format(max_voxels=nifti_checks.MAX_VOXELS, max_abs=nifti_checks.MAX_ABS_INTENSITY,
-                          exit_table=exit_codes.TABLE)
+                          exit_table=exit_codes.TABLE, grace=STOP_GRACE_SECONDS)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -47,10 +51,17 @@ def _add_pretrain_parser(csub: argparse._SubParsersAction, common: str) -> None:
     pre = csub.add_parser(
         "pretrain", help="a FOMO60K/FOMO300K corpus -> one single-channel case per scan",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=f"""Convert a pretraining corpus: every scan becomes one case imagesTr/<case>_0000.nii.gz
-(channel "MRI") with its brain (non-zero) mask as labelsTr/<case>.nii.gz. subjects.json links the
-scans of one session (source/subject/session -> {{case: sequence}}) and carries participants.tsv
-(and mri_info.tsv) metadata where present.
+        description=f"""Convert a pretraining corpus: every scan becomes one case (channel "MRI") with its brain
+(non-zero) mask as labelsTr/<case>.nii.gz. By default the scans stay where they are: dataset.json's
+"dataset" entry lists each case's scan by its absolute path (nnU-Net reads it there), and only the
+masks are written. A scan that cannot be read as it is (4D, NaN/Inf or extreme values, not RAS,
+qform and sform that disagree, '$' in its path) gets a fixed copy in imagesTr, named with the reason
+under "fixed_copies" in conversion_report.json. --copy writes every scan to imagesTr/<case>_0000.nii.gz
+(float32, RAS), as earlier versions did. A referenced scan that is changed, moved or deleted later
+makes `fomo-nnunet preprocess` stop with the list of missing files; a rerun of this command converts
+changed scans again and removes vanished ones. subjects.json links the scans of one session
+(source/subject/session -> {{case: sequence}}) and carries participants.tsv (and mri_info.tsv)
+metadata where present.
 
 Layouts (detected, or --layout):
   fomo60k   SRC/sub_1/ses_1/t1.nii.gz, repeats t1_2.nii.gz
@@ -61,12 +72,14 @@ examples:
   fomo-nnunet convert pretrain /data/FOMO300K                 # -> {PRETRAIN_DATASET_NAME}
   fomo-nnunet convert pretrain /data/FOMO60K -d 901 --name FOMO60K -np 8
   fomo-nnunet convert pretrain /data/FOMO300K -np 16 --shard $SLURM_ARRAY_TASK_ID/32
-next: fomo-nnunet plan pretrain -d {PRETRAIN_DATASET_ID}""")
+next: fomo-nnunet plan pretrain -d {PRETRAIN_DATASET_ID}, then fomo-nnunet preprocess""")
     pre.add_argument("src", help="the corpus folder")
     pre.add_argument("-d", "--dataset", type=int, default=PRETRAIN_DATASET_ID,
                      help=f"dataset ID (default: {PRETRAIN_DATASET_ID})")
     pre.add_argument("--layout", choices=("auto", "fomo60k", "fomo300k"), default="auto",
                      help="folder layout (default: auto)")
+    pre.add_argument("--copy", action="store_true",
+                     help="copy every scan into imagesTr (float32, RAS) instead of referencing it where it is")
     _add_common(pre)
     pre.set_defaults(func=run_pretrain)
 
@@ -124,6 +137,14 @@ def _print_summary(result, what: str) -> None:
           f"(see {result.folder / 'conversion_report.json'})")
     if result.leftovers:
         print(f"  removed {len(result.leftovers)} temporary files of interrupted runs")
+    if result.redone:
+        print(f"  {len(result.redone)} cases had changed or vanished source files since they were converted (or "
+              f"were stored the other way, --copy or not): converted again or skipped (see the report): "
+              f"{', '.join(result.redone[:10])}"
+              + (" ..." if len(result.redone) > 10 else ""))
+    fixed = r.get("fixed_copies") or {}
+    if fixed:
+        print(f"  {len(fixed)} scans could not be referenced as they are and were copied (fixed_copies in the report)")
     if result.removed:
         print(f"  removed {len(result.removed)} cases whose source is gone: {', '.join(result.removed[:10])}"
               + (" ..." if len(result.removed) > 10 else ""))
@@ -176,7 +197,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         return exit_codes.BAD_INPUT
     res = _convert(convert_pretrain, args.src, args.dataset, args.name,
                    None if args.layout == "auto" else args.layout, args.num_processes, args.shard,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, copy=args.copy)
     if res is None:
         return exit_codes.BAD_INPUT
     _print_summary(res, f"pretraining corpus {args.src}")

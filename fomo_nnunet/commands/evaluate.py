@@ -9,10 +9,13 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from fomo_nnunet.exit_codes import BAD_INPUT
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -149,7 +152,7 @@ def _read_prediction(path: Path, shape: tuple[int, ...]) -> np.ndarray:
             raise ValueError(f"shape {parr.shape} differs from ground truth {shape}")
     if not np.all(np.isfinite(parr)):
         raise ValueError("non-finite values")
-    return np.rint(parr).astype(np.int64)
+    return np.asarray(parr)  # as it is: fomo_challenge_metrics compares voxel values, never rounded
 
 
 def evaluate_segmentation(pred_folder: str | Path, gt_folder: str | Path, labels: Mapping[str, Any]
@@ -172,7 +175,7 @@ def evaluate_segmentation(pred_folder: str | Path, gt_folder: str | Path, labels
     rows, cases = [], {}
     for cid, gpath in gts.items():
         gimg = nib.load(str(gpath))
-        g = np.rint(np.asanyarray(gimg.dataobj)).astype(np.int64)
+        g = np.asarray(gimg.dataobj)
         spacing = tuple(float(z) for z in gimg.header.get_zooms()[: g.ndim])
         status, p = "ok", None
         if cid not in preds:
@@ -257,6 +260,10 @@ def evaluate_values(raw: Mapping[str, str], tgt: Mapping[str, float], kind: str
             raise ValueError(f"classification targets must be 0 or 1; not so for {bad[:5]}")
         y, used, invalid = M.auroc_scores_used(truth, values)
         official = {"auroc": M.auroc(y, values)}
+        outside = [k for k, u, b in zip(cases, used, invalid) if not b and not 0.0 <= u <= 1.0]
+        if outside:
+            notes.append(f"{len(outside)} scores outside [0, 1] used as they are, as the organisers' compute_auroc "
+                         f"does (e.g. {outside[:3]}); a container's validator refuses them")
         ok = ~invalid
         informative = {"auroc_valid_predictions_only": M.auroc(y[ok], used[ok]) if ok.any() else math.nan}
         if len(np.unique(y)) < 2:
@@ -450,7 +457,8 @@ def run_probe(args: argparse.Namespace) -> int:
                            protocol=args.protocol, seed=args.seed, split=args.split, epochs=args.epochs,
                            batch_size=args.batch_size)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""`fomo-nnunet inspect CHECKPOINT` and `fomo-nnunet bench pretrain -d ID`."""
+"""`fomo-nnunet inspect CHECKPOINT`, `fomo-nnunet bench pretrain -d ID` and `fomo-nnunet bench campaign`."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the metadata as JSON only")
     p.set_defaults(func=run_inspect)
 
-    b = sub.add_parser("bench", help="measure throughput (bench pretrain)",
+    b = sub.add_parser("bench", help="measure throughput (bench pretrain, bench campaign)",
                        description="Throughput measurements.")
     bsub = b.add_subparsers(dest="bench_command", metavar="WHAT")
     bp = bsub.add_parser(
@@ -36,6 +36,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     bp.add_argument("-device", "--device", default="cpu", choices=["cpu", "cuda"], help="device (default: cpu)")
     bp.add_argument("-o", "--output", default=None, help="also write the figures to this JSON file")
     bp.set_defaults(func=run_bench_pretrain)
+    bc = bsub.add_parser(
+        "campaign", help="every GPU figure in one command that fits a short loan (campaign.json, campaign.md)",
+        description="In the order of value, each part with a deadline (a part cut short keeps what it measured): "
+                    "MAE and nnU-Net training steps on the same plans (eager fp16, bf16, channels-last, "
+                    "torch.compile; s/step, TFLOP/s, share of the GPU's bf16 peak, peak memory, loss curve against "
+                    "eager fp16's); the challenge entry per task as a whole process (import, model load, "
+                    "inference, export); the MAE loader's patches/s per worker count; a short MAE pretraining on a "
+                    "synthetic 1 mm corpus whose weights (<= 16 MB) come back. The full settings fit 9 minutes on "
+                    "one H100/H200; --smoke --device cpu runs every part at tiny size in a few minutes. "
+                    "docs/gpu.md says how a lent GPU session runs it.",
+        epilog="example: fomo-nnunet bench campaign --out $OUT --device cuda\n"
+               "         fomo-nnunet bench campaign --out /tmp/c --device cpu --smoke",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bc.add_argument("--out", required=True, metavar="DIR",
+                    help="writes campaign.json, campaign.md and pretrain_weights.pth here (created)")
+    bc.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="device (default: cuda)")
+    bc.add_argument("--smoke", action="store_true", help="every part at tiny size (a CPU check of the campaign)")
+    bc.add_argument("--minutes", type=float, default=4.0,
+                    help="the pretraining run's wall-clock limit (default 4; less when the campaign's budget is short)")
+    bc.add_argument("--work", default=None, metavar="DIR",
+                    help="keep the work folder (synthetic data, bundle, logs) here (default: a temporary one, removed)")
+    bc.set_defaults(func=run_bench_campaign)
     b.set_defaults(func=lambda a: b.print_help() or 2)
 
 
@@ -81,4 +103,31 @@ def run_bench_pretrain(args: argparse.Namespace) -> int:
     if args.output:
         with open(args.output, "w") as f:
             json.dump(r, f, indent=2)
+    return 0
+
+
+def run_bench_campaign(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from fomo_nnunet import exit_codes
+    from fomo_nnunet.campaign import FULL, SMOKE, Campaign
+
+    if not args.minutes > 0:
+        print(f"error: --minutes must be > 0 (got {args.minutes})", file=sys.stderr)
+        return exit_codes.BAD_INPUT
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda, but torch sees no CUDA device (use --device cpu --smoke for a CPU check)",
+                  file=sys.stderr)
+            return exit_codes.BAD_INPUT
+    command = shlex.join(["fomo-nnunet", "bench", "campaign", *sys.argv[3:]]) if sys.argv[1:3] == ["bench", "campaign"] \
+        else f"fomo-nnunet bench campaign --out {args.out} --device {args.device} --minutes {args.minutes}" \
+        + (" --smoke" if args.smoke else "")
+    r = Campaign(args.out, args.device, SMOKE if args.smoke else FULL, args.minutes, args.work, command).run()
+    print(f"campaign: {r['elapsed_seconds']} s; " + ", ".join(f"{k} {v['status'].split(':')[0]}"
+                                                              for k, v in r["parts"].items()))
+    print(f"wrote {args.out}/campaign.json and campaign.md")
     return 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from fomo_nnunet.exit_codes import TRAIN_TABLE
+
 DESCRIPTION = """Train a model the way nnUNetv2_train does, with the same arguments. Started by torchrun (its
 RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT are set), every process joins one process group:
 NCCL with -device cuda (one GPU per process, chosen by LOCAL_RANK), Gloo with -device cpu. The plans'
@@ -22,7 +24,13 @@ EPILOG = """examples:
   # 2 CPU processes (Gloo), e.g. to test
   torchrun --standalone --nproc-per-node 2 -m fomo_nnunet.cli train 990 3d_fullres all \\
       -p fomoPretrainPlans -tr nnUNetTrainerFomoMAE_tiny_smoke -device cpu
-  # resume (same command plus --c)"""
+  # resume (same command plus --c)
+
+preemption (fomo trainers): a stop signal (FOMO_STOP_SIGNALS, default SIGTERM,SIGUSR1) ends the run after
+its current step with checkpoint_latest.pth and preempted.json written; --c continues exactly there.
+Checkpoints are written atomically and carry every random stream (docs/preemption.md, with a SLURM script).
+
+""" + TRAIN_TABLE
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -23,9 +23,7 @@ import json
 import math
 import os
 import secrets
-import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +33,11 @@ import numpy as np
 from fomo_nnunet import nifti_checks as NC
 from fomo_nnunet import tasks as T
 from fomo_nnunet.data import fomo_layout as L
+from fomo_nnunet.data import workers as W
 
 MIN_SLICES = getattr(T, "MIN_SLICES", 15)
 RECORDS = ".fomo_records"
+COPY, REFERENCE = "copy", "reference"     # how a pretraining corpus keeps its scans (dataset.json 'fomo_storage')
 REPORT = "conversion_report.json"
 FILE_ENDING = ".nii.gz"
 BRAIN_LABELS = {"background": 0, "brain": 1}
@@ -57,14 +57,13 @@ def check_file(path: Path) -> None:
         raise ScanError(str(e)) from None
 
 
-def load_volume(path: Path, label: bool = False):
-    """Check the header, then load and reorient one file; returns (nibabel image, notes).
+def read_checked(path: Path, label: bool = False):
+    """Check the header, then read the voxels in the file's own orientation: (header, data, notes).
 
-    Images come back as float32; with `label=True` as uint8 (integer values 0..255 required, an
-    empty label map allowed). Nothing is read before the header passed (nifti_checks.read_header).
+    Images come back as float32 with NaN/Inf and extreme values set to 0 (noted); with `label=True`
+    as uint8 (integer values 0..255 required, an empty label map allowed). Nothing is read before
+    the header passed (nifti_checks.read_header).
     """
-    import nibabel as nib
-
     try:
         header = NC.read_header(path, MIN_SLICES, allow_4d=True, label=label)
         if header.shear > NC.SHEAR_TOL:
@@ -78,7 +77,6 @@ def load_volume(path: Path, label: bool = False):
             notes += more
     except NC.NiftiProblem as e:
         raise ScanError(str(e)) from None
-    affine = header.affine
     if label:
         if not np.issubdtype(data.dtype, np.integer):
             data = np.asarray(data, dtype=np.float64)
@@ -91,17 +89,53 @@ def load_volume(path: Path, label: bool = False):
         data = np.asarray(data, dtype=np.uint8)
     elif not np.any(data):
         raise ScanError("empty image (all voxels zero)")
+    return header, data, notes
+
+
+def _same_kind_image(header, data, affine):
+    """A NIfTI-1 image of `data` with the source's header (codes, units, description), scaling reset."""
+    import nibabel as nib
+
     img = header.img
     hdr = img.header.copy() if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)) else None
     if hdr is not None:
         hdr.set_data_shape(data.shape)
     out = nib.Nifti1Image(data, affine, hdr)
-    out.header.set_data_dtype(np.uint8 if label else np.float32)
+    out.header.set_data_dtype(data.dtype)
     out.header.set_slope_inter(1, 0)
+    return out
+
+
+def load_volume(path: Path, label: bool = False):
+    """Check, load and reorient one file to the closest RAS orientation; returns (nibabel image, notes)."""
+    import nibabel as nib
+
+    header, data, notes = read_checked(path, label)
+    out = _same_kind_image(header, data, header.affine)
     canon = nib.as_closest_canonical(out)
     if canon is not out:
         notes.append("reoriented to RAS")
     return canon, notes
+
+
+def reasons_to_copy(path: Path, header, notes: list[str]) -> list[str]:
+    """Why a scan cannot be referenced as it is and needs a fixed copy (empty: reference it): nnU-Net
+    would read other voxels than the checks accepted (4D, NaN/Inf or extreme values cleaned), another
+    orientation than RAS, an ambiguous geometry, or a path that nnU-Net expands as a variable."""
+    import nibabel as nib
+
+    why = list(notes)
+    if not np.array_equal(nib.io_orientation(header.affine), nib.io_orientation(np.eye(4))):
+        why.append(f"orientation {''.join(nib.aff2axcodes(header.affine))}, not RAS")
+    hdr = header.img.header
+    if hasattr(hdr, "get_qform"):
+        q, qc = hdr.get_qform(coded=True)
+        s_, sc = hdr.get_sform(coded=True)
+        if qc and sc and not np.allclose(q, s_, rtol=0, atol=AFFINE_ATOL):
+            why.append("its qform and sform disagree (readers differ on which to use)")
+    if "$" in str(path):
+        why.append("'$' in its path (nnU-Net expands it as an environment variable)")
+    return why
 
 
 def same_grid(a, b) -> bool:
@@ -143,12 +177,16 @@ def _tmp_path(final: Path) -> Path:
 
 
 def save_nifti(img, final: Path) -> None:
-    """Write a NIfTI (gzip level 1, reproducible bytes) atomically, with the mode the umask gives."""
+    """Write a NIfTI (reproducible bytes) atomically, with the mode the umask gives. Images take gzip
+    level 1 (fast on noisy floats); label maps (uint8) level 6, which makes a real brain mask about
+    2.5 times smaller than level 1 for a few hundredths of a CPU second."""
     import nibabel as nib
 
+    level = 6 if img.get_data_dtype() == np.uint8 else 1
     tmp = _tmp_path(final)
     try:
-        with open(tmp, "xb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+        with open(tmp, "xb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=level,
+                                                   mtime=0) as gz:
             img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
         os.replace(tmp, final)
     except BaseException:
@@ -303,20 +341,66 @@ def _tally(job_results, result) -> None:
             result.skipped.append({"case": r["case"], "path": r.get("path", ""), "reason": r.get("reason", "")})
 
 
-def _pending(items, folder: Path, records: dict, shard_i: int, shard_n: int, result):
-    """The items (with .case_id) of this shard that a previous run has not finished; counts both."""
+def _pending(items, folder: Path, records: dict, shard_i: int, shard_n: int, result, storage: str = COPY):
+    """The items (with .case_id) of this shard that a previous run has not finished; counts both. A case
+    converted earlier whose source files changed or vanished since (or that was stored the other way)
+    loses its files and record first: it is converted again, or skipped with the reason."""
     for i, item in enumerate(items):
         if i % shard_n != shard_i:
             continue
         result.in_shard += 1
-        if _finished(folder, records.get(item.case_id)):
+        rec = records.get(item.case_id)
+        if _finished(folder, rec, storage):
             result.already_done += 1
             continue
+        if rec and rec.get("status") == "ok":
+            _discard(folder, rec)
+            result.redone.append(item.case_id)
         yield item
 
 
-def _finished(folder: Path, rec: dict | None) -> bool:
-    return bool(rec) and rec.get("status") == "ok" and all((folder / r).is_file() for r in rec.get("outputs", []))
+def _finished(folder: Path, rec: dict | None, storage: str = COPY) -> bool:
+    return (bool(rec) and rec.get("status") == "ok" and rec.get("storage", COPY) == storage
+            and all((folder / r).is_file() for r in rec.get("outputs", []))
+            and _sources_unchanged(rec))
+
+
+def _discard(folder: Path, rec: dict) -> None:
+    """Remove a case's record, then its files: never a record saying 'ok' without its files."""
+    (folder / RECORDS / f"{rec['case']}.json").unlink(missing_ok=True)
+    for rel in rec.get("outputs", []):
+        (folder / rel).unlink(missing_ok=True)
+
+
+def source_stamps(paths) -> dict[str, list[int]]:
+    """{path: [size, mtime_ns]} of the files a case was made from, as they were when it was converted."""
+    out = {}
+    for p in paths:
+        st = os.stat(p)
+        out[str(p)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _stamps_before_reading(paths) -> dict[str, list[int]]:
+    """source_stamps taken before the files are read (a file replaced meanwhile is converted again by
+    the next run); a file that cannot be stat'ed gets no stamp, and its reading fails with the reason."""
+    try:
+        return source_stamps(paths)
+    except OSError:
+        return {}
+
+
+def _sources_unchanged(rec: dict) -> bool:
+    """The case's source files are still there with the size and time they had (records written before
+    the sources were recorded count as unchanged)."""
+    for path, (size, mtime_ns) in (rec.get("sources") or {}).items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            return False
+    return True
 
 
 @dataclass
@@ -329,116 +413,27 @@ class ConvertResult:
     skipped: list[dict] = field(default_factory=list)   # skipped by this run: case, path, reason
     listing: list[dict] = field(default_factory=list)   # folders and files unusable before any case: path, reason
     removed: list[str] = field(default_factory=list)    # cases whose source is gone, removed by this run
+    redone: list[str] = field(default_factory=list)     # cases whose source changed since, converted again
     leftovers: list[str] = field(default_factory=list)  # temporary files of interrupted runs, removed
     report: dict = field(default_factory=dict)
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM reached the converting process; `signum` says which."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+PARENT_POLL_SECONDS = W.PARENT_POLL_SECONDS
+Interrupted = W.Interrupted
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
+def _run_jobs(fn, jobs: list, num_processes: int, progress: bool, desc: str, folder: Path | None = None) -> list:
+    """The case jobs in worker processes (fomo_nnunet.data.workers). A job lost with its worker (out of
+    memory, a signal) is reported as skipped without a record, so a rerun tries it again; the temporary
+    files of workers that had to be killed are removed from `folder`."""
+    def lost(job, reason):
+        item = next(x for x in job if hasattr(x, "case_id"))    # the PretrainScan or TaskCase in the job
+        return {"case": item.case_id, "status": "skipped", "reason": reason,
+                "path": str(getattr(item, "path", getattr(item, "image_dir", "")))}
 
-
-class _InterruptibleRun:
-    """SIGTERM (and SIGINT) raise Interrupted in the main thread while jobs run, so that every
-    `except BaseException` cleanup (temporary files, half-written cases, the worker pool) runs."""
-
-    def __enter__(self):
-        self.saved = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.saved[sig] = signal.signal(sig, _raise_interrupted)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-
-
-PARENT_POLL_SECONDS = 0.5
-
-
-def _worker_init(parent_pid: int) -> None:
-    """In each worker: the parent alone handles SIGINT (and then ends the pool with SIGTERM); SIGTERM
-    ends the worker through its cleanup; a watcher ends it the same way once the parent is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="fomo-parent-watch").start()
-
-
-_IN_CASE = False   # in a worker: True while a job (one case) runs
-
-
-def _exit_on_signal(signum, frame):
-    """SIGTERM in a worker. Inside a case it raises, so the case's cleanup removes its temporary files.
-    Anywhere else the worker ends at once: an exception raised in `multiprocessing`'s own code (a
-    queue's lock, the worker's exit path) can leave a lock held or run the parent's stack in the
-    forked child, and the pool then never finishes joining (seen as a hang of `convert pretrain`)."""
-    if _IN_CASE:
-        raise SystemExit(128 + signum)
-    os._exit(128 + signum)
-
-
-class _CaseJob:
-    """A job run by a pool worker, marked as 'inside a case' for `_exit_on_signal`."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, job):
-        global _IN_CASE
-        _IN_CASE = True
-        try:
-            return self.fn(job)
-        finally:
-            _IN_CASE = False
-
-
-def _watch_parent(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(PARENT_POLL_SECONDS)
-    os.kill(os.getpid(), signal.SIGTERM)   # the main thread cleans up and exits
-    time.sleep(10)
-    os._exit(1)                            # it was stuck where no signal reaches Python
-
-
-def _run_jobs(fn, jobs: list, num_processes: int, progress: bool, desc: str) -> list[dict]:
-    from tqdm import tqdm
-
-    results: list[dict] = []
-    with _InterruptibleRun():
-        if num_processes <= 1 or len(jobs) <= 1:
-            with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
-                for j in jobs:
-                    results.append(fn(j))
-                    bar.update()
-            return results
-        import multiprocessing as mp
-
-        # fork where there is one: workers need nothing but this module, and unlike spawn it does not
-        # re-run an unguarded calling script. The pool starts before tqdm's monitor thread exists.
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(min(num_processes, len(jobs)), initializer=_worker_init, initargs=(os.getpid(),))
-        try:
-            with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
-                for r in pool.imap_unordered(_CaseJob(fn), jobs, chunksize=1 if len(jobs) < 200 else 4):
-                    results.append(r)
-                    bar.update()
-        except BaseException:
-            pool.terminate()   # SIGTERM: a worker in the middle of a case removes its temporary files
-            pool.join()
-            raise
-        # Every case is done: the workers leave on the pool's own sentinels. No terminate() here: it
-        # signals workers that are already on their way out, which could hang the join.
-        pool.close()
-        pool.join()
-    return results
+    return W.run_jobs(fn, jobs, num_processes, progress, desc,
+                      on_killed=(lambda pids: remove_leftovers(folder)) if folder is not None else None,
+                      on_lost=lost if folder is not None else None)
 
 
 def _summarise(folder: Path, result: ConvertResult, records: dict[str, dict], extra: dict) -> dict:
@@ -448,8 +443,9 @@ def _summarise(folder: Path, result: ConvertResult, records: dict[str, dict], ex
     removed = [{"case": c, "path": r.get("path", ""), "reason": r.get("reason", "")}
                for c, r in sorted(records.items()) if r.get("status") == REMOVED]
     notes = {c: r["notes"] for c, r in sorted(ok.items()) if r.get("notes")}
+    fixed = {c: r["fixed_copy"] for c, r in sorted(ok.items()) if r.get("fixed_copy")}
     report = {"dataset": folder.name, **extra, "converted": len(ok), "skipped": result.listing + skipped,
-              "removed": removed, "notes": notes}
+              "removed": removed, "notes": notes, **({"fixed_copies": fixed} if fixed else {})}
     write_json(report, folder / REPORT)
     result.report = report
     return report
@@ -458,20 +454,24 @@ def _summarise(folder: Path, result: ConvertResult, records: dict[str, dict], ex
 REMOVED = "removed"
 
 
-def reconcile(folder: Path, records: dict[str, dict], case_ids: set[str]) -> list[str]:
-    """Cases converted earlier whose source is gone: their files are deleted and their record says
-    'removed' (listed in the report until the source comes back). Returns their ids."""
+def reconcile(folder: Path, records: dict[str, dict], case_ids: set[str], listing: list[dict] = ()) -> list[str]:
+    """Cases converted earlier whose source is gone: their record says 'removed' (listed in the report
+    until the source comes back), then their files are deleted. The reason names a folder that could
+    not be listed this time when the case lies in it. Returns their ids."""
+    unlisted = [(p["path"].rstrip(os.sep) + os.sep, p["reason"]) for p in listing if p.get("path")]
     gone = []
     for case, rec in sorted(records.items()):
         if case in case_ids or rec.get("status") == REMOVED:
             continue
+        path = rec.get("path") or next(iter((rec.get("files") or {}).values()), "")
+        why = next((f"its folder {d.rstrip(os.sep)} cannot be read now ({r.split(';')[0]})"
+                    for d, r in unlisted if str(path).startswith(d)),
+                   "the source is gone (deleted or renamed since an earlier conversion)")
+        new = {"case": case, "status": REMOVED, "path": path,
+               "reason": f"{why}; {'its files were removed' if rec.get('status') == 'ok' else 'it had been skipped'}"}
+        write_json(new, folder / RECORDS / f"{case}.json")
         for rel in rec.get("outputs", []):
             (folder / rel).unlink(missing_ok=True)
-        path = rec.get("path") or next(iter((rec.get("files") or {}).values()), "")
-        new = {"case": case, "status": REMOVED, "path": path,
-               "reason": "the source is gone (deleted or renamed since an earlier conversion); "
-                         f"{'its files were removed' if rec.get('status') == 'ok' else 'it had been skipped'}"}
-        write_json(new, folder / RECORDS / f"{case}.json")
         records[case] = new
         gone.append(case)
     return gone
@@ -481,30 +481,53 @@ def _prepare(folder: Path, result: ConvertResult, case_ids: set[str]) -> dict[st
     """Before converting: leftovers of interrupted runs removed, the records reconciled with the source."""
     result.leftovers = remove_leftovers(folder)
     records = _load_records(folder)
-    result.removed = reconcile(folder, records, case_ids)
+    result.removed = reconcile(folder, records, case_ids, result.listing)
     return records
 
 
 # ---------------------------------------------------------------------------------- pretraining
 def _pretrain_job(job: tuple) -> dict:
-    folder, scan, meta = job
+    """One scan: checked, then either referenced where it is (only its brain mask is written, in the
+    scan's own grid and header) or, with --copy or when it cannot be read as it is, copied as float32
+    RAS with its mask."""
+    folder, scan, meta, storage = job
     folder = Path(folder)
     rec = {"case": scan.case_id, "source": scan.source, "subject": scan.subject, "session": scan.session,
            "sequence": scan.sequence, "stem": scan.stem, "path": str(scan.path), **meta}
     try:
-        img, notes = load_volume(scan.path)
+        stamps = _stamps_before_reading([scan.path])
+        header, data, notes = read_checked(scan.path)
     except ScanError as e:
         return _skip_record(folder, rec, str(e), scan.path)
-    rec.update(status="ok", notes=notes)
-    _write_case(folder, [(img, f"imagesTr/{scan.case_id}_0000{FILE_ENDING}"),
-                         (brain_mask(img), f"labelsTr/{scan.case_id}{FILE_ENDING}")], rec)
+    label = f"labelsTr/{scan.case_id}{FILE_ENDING}"
+    rec.update(status="ok", storage=storage, sources=stamps)
+    fix = reasons_to_copy(scan.path, header, notes) if storage == REFERENCE else []
+    if storage == REFERENCE and not fix:
+        rec.update(notes=notes, image=str(Path(scan.path).absolute()))
+        native = _same_kind_image(header, data, header.affine)
+        _write_case(folder, [(brain_mask(native), label)], rec)
+        return rec
+    import nibabel as nib
+
+    native = _same_kind_image(header, data, header.affine)
+    img = nib.as_closest_canonical(native)
+    if img is not native and not fix:
+        notes = notes + ["reoriented to RAS"]
+    image = f"imagesTr/{scan.case_id}_0000{FILE_ENDING}"
+    rec.update(notes=notes + ([f"copied: {'; '.join(fix)}"] if fix else []), image=image)
+    if fix:
+        rec["fixed_copy"] = fix
+    _write_case(folder, [(img, image), (brain_mask(img), label)], rec)
     return rec
 
 
 def convert_pretrain(src, dataset_id: int = T.PRETRAIN_DATASET_ID, name: str | None = None,
                      layout: str | None = None, num_processes: int = 1, shard=None,
-                     progress: bool = True) -> ConvertResult:
-    """Convert a FOMO60K/FOMO300K tree into nnUNet_raw/DatasetNNN_name (one case per scan)."""
+                     progress: bool = True, copy: bool = False) -> ConvertResult:
+    """Convert a FOMO60K/FOMO300K tree into nnUNet_raw/DatasetNNN_name (one case per scan): each scan
+    referenced where it is in dataset.json's `dataset` entry (only its brain mask written), or copied
+    into imagesTr with `copy=True` or when it cannot be read as it is (`reasons_to_copy`)."""
+    storage = COPY if copy else REFERENCE
     src = Path(src)
     name = name or T.PRETRAIN_DATASET_NAME.split("_", 1)[1]
     folder = dataset_folder(dataset_id, name)
@@ -519,7 +542,7 @@ def convert_pretrain(src, dataset_id: int = T.PRETRAIN_DATASET_ID, name: str | N
     result = ConvertResult(folder, total=len(scans), listing=problems)
     records = _prepare(folder, result, {s.case_id for s in scans})
     jobs = []
-    for scan in _pending(scans, folder, records, shard_i, shard_n, result):
+    for scan in _pending(scans, folder, records, shard_i, shard_n, result, storage):
         meta = {"participant": participants.metadata(scan.subject, scan.session, scan.source)}
         info = mri_info.get((scan.source, scan.subject, scan.session)) or \
             mri_info.get(("", scan.subject, scan.session)) or []
@@ -527,8 +550,8 @@ def convert_pretrain(src, dataset_id: int = T.PRETRAIN_DATASET_ID, name: str | N
                 in (scan.stem, scan.sequence)] or ([] if len(info) != 1 else info)
         if info:
             meta["mri_info"] = info[0] if len(info) == 1 else info
-        jobs.append((str(folder), scan, meta))
-    _tally(_run_jobs(_pretrain_job, jobs, num_processes, progress, f"convert {folder.name}"), result)
+        jobs.append((str(folder), scan, meta, storage))
+    _tally(_run_jobs(_pretrain_job, jobs, num_processes, progress, f"convert {folder.name}", folder), result)
     finalize_pretrain(folder, result, layout)
     return result
 
@@ -552,6 +575,13 @@ def finalize_pretrain(folder: Path, result: ConvertResult | None = None, layout:
     dataset = {"channel_names": {"0": "MRI"}, "labels": dict(BRAIN_LABELS), "numTraining": len(ok),
                "file_ending": FILE_ENDING, "fomo_role": "pretrain", "name": folder.name,
                "description": "FOMO pretraining corpus; label = brain (non-zero) mask; sessions in subjects.json"}
+    if any(r.get("storage") == REFERENCE for r in ok.values()):
+        # nnU-Net reads the cases from here (absolute paths as they are, relative ones from this folder)
+        dataset["fomo_storage"] = REFERENCE
+        dataset["dataset"] = {c: {"images": [r.get("image") or f"imagesTr/{c}_0000{FILE_ENDING}"],
+                                  "label": f"labelsTr/{c}{FILE_ENDING}"} for c, r in ok.items()}
+    else:
+        dataset["fomo_storage"] = COPY
     write_json(subjects, folder / "subjects.json")
     write_json(dataset, folder / "dataset.json")
     return _summarise(folder, result, records, {"role": "pretrain", **({"layout": layout} if layout else {})})
@@ -592,6 +622,7 @@ def _task_job(job: tuple) -> dict:
            "label": str(case.label) if case.label else None, "attributes": case.attributes}
     if case.problem:
         return _skip_record(folder, rec, case.problem, case.image_dir)
+    stamps = _stamps_before_reading([*case.files.values(), case.label])
     notes = list(case.notes)
     images = []
     ref = None
@@ -639,7 +670,7 @@ def _task_job(job: tuple) -> dict:
             return _skip_record(folder, rec, str(e), case.label)
         label_img = brain_mask(ref)
     images.append((label_img, f"labels{sfx}/{case.case_id}{FILE_ENDING}"))
-    rec.update(status="ok", notes=notes)
+    rec.update(status="ok", notes=notes, sources=stamps)
     _write_case(folder, images, rec)
     return rec
 
@@ -664,7 +695,7 @@ def convert_task(task: T.Task | str | int, src, dataset_id: int | None = None, n
     result = ConvertResult(folder, total=len(cases), listing=problems)
     records = _prepare(folder, result, {c.case_id for c in cases})
     jobs = [(str(folder), task.number, case) for case in _pending(cases, folder, records, shard_i, shard_n, result)]
-    _tally(_run_jobs(_task_job, jobs, num_processes, progress, f"convert {folder.name}"), result)
+    _tally(_run_jobs(_task_job, jobs, num_processes, progress, f"convert {folder.name}", folder), result)
     finalize_task(folder, task, result)
     return result
 

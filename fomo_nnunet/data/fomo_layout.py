@@ -99,9 +99,10 @@ def _scan(path: Path) -> list[os.DirEntry]:
         return sorted(it, key=lambda e: e.name)
 
 
-def _subdirs(path: Path, problems: list | None = None) -> list[Path]:
+def _subdirs(path: Path, problems: list | None = None, expected: str = "") -> list[Path]:
     """The visible sub-folders of `path` (links to folders followed). With `problems`, folders that
-    cannot be listed and folder links that lead nowhere are recorded there with the reason."""
+    cannot be listed and folder links that lead nowhere are recorded there with the reason; with
+    `expected` (what the entries should be, e.g. "a subject folder") so are entries that are files."""
     out = []
     try:
         entries = _scan(path)
@@ -114,8 +115,11 @@ def _subdirs(path: Path, problems: list | None = None) -> list[Path]:
         try:
             if e.is_dir():
                 out.append(Path(e.path))
-            elif e.is_symlink() and nifti_stem(e.name) is None:
-                os.stat(e.path)  # a link whose target is not a folder: not ours to report
+            else:
+                if e.is_symlink() and nifti_stem(e.name) is None:
+                    os.stat(e.path)  # raises for a link that leads nowhere
+                if expected:
+                    _problem(problems, e.path, f"not a folder ({expected} was expected here): ignored")
         except OSError as err:
             _problem(problems, e.path, f"cannot open folder link: {err.strerror}")
     return out
@@ -355,8 +359,8 @@ def list_task_cases(task: Task, src: Path, problems: list | None = None) -> list
     cases: list[TaskCase] = []
     for split, root in task_splits(src):
         table = ParticipantTable(read_tsv(root / "participants.tsv") or read_tsv(Path(src) / "participants.tsv"))
-        for sub in _subdirs(root / "preprocessed", problems):
-            for ses in _subdirs(sub, problems):
+        for sub in _subdirs(root / "preprocessed", problems, "a subject folder"):
+            for ses in _subdirs(sub, problems, "a session folder"):
                 label_dir = root / "labels" / sub.name / ses.name
                 case = TaskCase(split, sub.name, ses.name, ses, label_dir)
                 case.files, case.notes, case.problem = _channel_files(task, ses, problems)

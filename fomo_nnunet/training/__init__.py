@@ -12,15 +12,18 @@ A trainer file then reads as its recipe: class attributes and the few methods th
 - `epochs`: `EpochEnd`, nnU-Net's epoch end (log lines, checkpoint_latest, checkpoint_best, pictures)
   judged by the trainer's own number; `plot_losses` draws progress.png.
 - `checkpoints`: `DescribedCheckpoints`, checkpoints that carry `fomo_metadata` (pretraining).
+- `preemption`: `PreemptibleRun`, nnU-Net's training loop with stop signals turned into checkpoints,
+  atomic checkpoints with every random stream, mid-epoch resume, a fallback for an unreadable checkpoint.
 
 The toolkit builds on nnU-Net and the domain modules (seeding, distributed, transfer, plots); it never
 imports trainers or commands.
 """
 from fomo_nnunet.training.checkpoints import DescribedCheckpoints
 from fomo_nnunet.training.epochs import EpochEnd
+from fomo_nnunet.training.preemption import PreemptibleRun
 from fomo_nnunet.training.runs import DistributedRun, SeededRun
 from fomo_nnunet.training.schedules import COSINE, POLY, Budget, EpochLR, EpochSchedule, every_nth_epoch
 from fomo_nnunet.training.steps import AmpStep, unwrap
 
 __all__ = ["AmpStep", "Budget", "COSINE", "DescribedCheckpoints", "DistributedRun", "EpochEnd", "EpochLR",
-           "EpochSchedule", "POLY", "SeededRun", "every_nth_epoch", "unwrap"]
+           "EpochSchedule", "POLY", "PreemptibleRun", "SeededRun", "every_nth_epoch", "unwrap"]

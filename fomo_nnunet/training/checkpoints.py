@@ -3,8 +3,8 @@
 nnUNetTrainer.save_checkpoint writes the keys its `load_checkpoint` and predictor read. A pretraining
 checkpoint must also tell a later finetuning how to rebuild the network and feed it, without the
 plans at hand: `DescribedCheckpoints` adds `PretrainMetadata` (network class and arguments, patch,
-spacing, normalisation, channels, the objective and its settings, how long it trained) and writes the
-file atomically, so that a run killed mid-write leaves the previous checkpoint intact.
+spacing, normalisation, channels, the objective and its settings, how long it trained) to the
+contents that PreemptibleRun writes (atomically, with the random streams).
 
 Probe-ready embeddings: `corpus_embedding_stats` computes the per-dimension statistics of the
 embedding (fomo_nnunet.embedding_stats) over the run's own preprocessed cases with the network as it
@@ -14,10 +14,6 @@ pooling (`embedding_pooling`: "deepest" or "stages") is recorded in every checkp
 and the statistics are computed with it, so that `fomo-nnunet embed` pools as the statistics did.
 """
 from __future__ import annotations
-
-import os
-
-import torch
 
 from fomo_nnunet import __version__
 from fomo_nnunet.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, STATS_KEY, EmbeddingStats, check_pooling,
@@ -86,24 +82,7 @@ class DescribedCheckpoints:
                                f"of the checkpoints written from now on")
         return stats
 
-    def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = {  # the keys of nnU-Net's checkpoint, then ours
-            "network_weights": unwrap(self.network).state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            METADATA_KEY: self.fomo_metadata(self.current_epoch + 1),
-        }
-        tmp = filename + ".tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+    def checkpoint_contents(self) -> dict:
+        """nnU-Net's keys (fomo_nnunet.training.preemption.PreemptibleRun, which writes them atomically)
+        and the fomo_metadata."""
+        return super().checkpoint_contents() | {METADATA_KEY: self.fomo_metadata(self.current_epoch + 1)}

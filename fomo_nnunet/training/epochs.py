@@ -63,7 +63,7 @@ class EpochEnd:
     def plot_losses(self, title: str, secondary: dict[str, str], secondary_label: str) -> None:
         """progress.png: training and validation loss per epoch, and the logged series `secondary`
         (legend -> logger key) on a second axis, all cut to the epochs every series has. Drawn every
-        `progress_plot_every` epochs and after the last one (a drawing costs about 0.7 s on a small CPU)."""
+        `progress_plot_every` epochs and after the last one (a drawing's cost: docs/results/cpu-speed.md)."""
         # on_epoch_end draws before it counts the epoch; progress_plot_every is the Budget's
         if not every_nth_epoch(self.current_epoch, self.progress_plot_every, self.num_epochs):
             return

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fomo_nnunet.distributed import ddp_device
+from fomo_nnunet.distributed import ddp_device, from_all_ranks
+from fomo_nnunet.training.preemption import stop_signals
 from fomo_nnunet.seeding import (DETERMINISTIC_ENV, SEED_ENV, derive_seed, deterministic_requested, environment,
                                  run_seed, seed_everything, seeded_augmenters, use_deterministic_algorithms,
                                  write_seed_record)
@@ -49,8 +49,19 @@ class SeededRun:
         return self.seeded_augmenters(single_tr.data_loader, single_val.data_loader, processes)
 
     def seeded_augmenters(self, loader_tr, loader_val, processes: int):
+        start_tr, start_val = self.batch_stream_starts()
         return seeded_augmenters(loader_tr, loader_val, processes, self.fomo_seed, self.local_rank,
-                                 pin_memory=self.device.type == "cuda")
+                                 pin_memory=self.device.type == "cuda", start_tr=start_tr, start_val=start_val,
+                                 ignore_signals=stop_signals())
+
+    def batch_stream_starts(self) -> tuple[int, int]:
+        """The numbers of the first training and validation batches this run draws: batch j of the training
+        stream is step j of the run (epoch * iterations + step), so a run continued from a checkpoint
+        (`resume_point`, set by PreemptibleRun.load_checkpoint) draws what an uninterrupted one would."""
+        resume = getattr(self, "resume_point", None)
+        step = resume.step if resume is not None else 0
+        return (self.current_epoch * self.num_iterations_per_epoch + step,
+                self.current_epoch * self.num_val_iterations_per_epoch)
 
     def on_train_start(self):
         if self.fomo_deterministic:
@@ -63,8 +74,8 @@ class SeededRun:
             write_seed_record(self.output_folder, {
                 "seed": self.fomo_seed, "env": SEED_ENV, "deterministic_algorithms": self.fomo_deterministic,
                 "trainer": self.__class__.__name__, "augmentation_workers": int(get_allowed_n_proc_DA()),
-                "seeded": ["weight initialisation", "data sampling", "augmentation workers (one seed each)",
-                           "mask stream (MAE)"]})
+                "seeded": ["weight initialisation", "training and validation batches (one seed per batch number)",
+                           "mask and skip-drop streams (MAE)"]})
 
 
 class DistributedRun:
@@ -105,8 +116,4 @@ class DistributedRun:
 
     def from_all_ranks(self, value) -> list:
         """`value` of every rank, in rank order (under DDP every rank must call this); [value] in one process."""
-        if not self.is_ddp:
-            return [value]
-        values = [None] * dist.get_world_size()
-        dist.all_gather_object(values, value)
-        return values
+        return from_all_ranks(value, self.is_ddp)

@@ -32,7 +32,7 @@ class Budget:
     lr: float = 1e-2
     weight_decay_value: float = 3e-5
     checkpoint_every: int = 50
-    progress_plot_every: int = 1  # progress.png every this many epochs and after the last (about 1 s a drawing)
+    progress_plot_every: int = 1  # progress.png every this many epochs and after the last
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

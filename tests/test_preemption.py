@@ -1,0 +1,140 @@
+"""Training that survives preemption: a stop signal becomes a checkpoint within one step and exit code 75,
+`--c` resumes mid-epoch to the weights and losses of an uninterrupted run bit for bit, ten SIGKILLs in a
+row change nothing, and an unreadable checkpoint_latest falls back to its predecessor with a message.
+
+The runs (tests/preempt_runner.py) are a tiny MAE pretraining with skip drops, 3 epochs of 3 steps, on a
+CPU, with 0 and 2 augmentation workers; one process imports nnU-Net once and forks every run."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PRETRAIN_DATASET
+from fomo_nnunet.exit_codes import PREEMPTED
+from fomo_nnunet.training.preemption import (STOP_SIGNALS_ENV, read_checkpoint, read_checkpoint_or_fallback,
+                                             stop_signals, write_checkpoint)
+from fomo_nnunet.transfer import CheckpointError, load_checkpoint_safely
+
+RUNNER = str(Path(__file__).with_name("preempt_runner.py"))
+TRAINER = "nnUNetTrainerFomoMAE_tiny_smoke"
+KILLS = 10
+
+
+# ---- the pieces ------------------------------------------------------------------------------------
+def test_stop_signals_default_to_sigterm_and_sigusr1_and_reject_nonsense():
+    assert stop_signals({}) == (signal.SIGTERM, signal.SIGUSR1)
+    assert stop_signals({STOP_SIGNALS_ENV: "usr2, SIGTERM,15"}) == (signal.SIGUSR2, signal.SIGTERM)
+    assert stop_signals({STOP_SIGNALS_ENV: "none"}) == ()
+    for bad in ("SIGNOPE", "SIGKILL", "term;usr1"):
+        with pytest.raises(ValueError, match=STOP_SIGNALS_ENV):
+            stop_signals({STOP_SIGNALS_ENV: bad})
+
+
+def _checkpoint(epoch: int) -> dict:
+    return {"network_weights": {"w": torch.full((2,), float(epoch))}, "optimizer_state": {}, "logging": {},
+            "current_epoch": epoch, "init_args": {}}
+
+
+def test_checkpoint_latest_is_replaced_whole_and_keeps_its_predecessor(tmp_path):
+    latest = tmp_path / "checkpoint_latest.pth"
+    write_checkpoint(_checkpoint(1), str(latest), keep_previous=True)
+    assert not (tmp_path / "checkpoint_latest.prev.pth").exists()
+    write_checkpoint(_checkpoint(2), str(latest), keep_previous=True)
+    assert read_checkpoint(str(latest))["current_epoch"] == 2
+    assert read_checkpoint(str(tmp_path / "checkpoint_latest.prev.pth"))["current_epoch"] == 1
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint_latest.pth", "checkpoint_latest.prev.pth"}  # no .tmp
+    best = tmp_path / "checkpoint_best.pth"
+    write_checkpoint(_checkpoint(1), str(best))
+    write_checkpoint(_checkpoint(2), str(best))
+    assert not (tmp_path / "checkpoint_best.prev.pth").exists()
+
+
+def test_unreadable_checkpoint_is_refused_by_name_and_the_next_readable_one_is_used(tmp_path):
+    latest = tmp_path / "checkpoint_latest.pth"
+    write_checkpoint(_checkpoint(1), str(latest), keep_previous=True)
+    write_checkpoint(_checkpoint(2), str(latest), keep_previous=True)
+    write_checkpoint(_checkpoint(0), str(tmp_path / "checkpoint_best.pth"))
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoint_latest\.pth is not a readable torch checkpoint \(truncated"):
+        read_checkpoint(str(latest))
+    said = []
+    checkpoint, source = read_checkpoint_or_fallback(str(latest), said.append)
+    assert checkpoint["current_epoch"] == 1 and source.endswith("checkpoint_latest.prev.pth")
+    assert "not a readable torch checkpoint" in said[0] and "continuing from" in said[1] and "prev.pth" in said[1]
+    (tmp_path / "checkpoint_latest.prev.pth").write_bytes(b"")
+    checkpoint, source = read_checkpoint_or_fallback(str(latest), said.append)
+    assert checkpoint["current_epoch"] == 0 and source.endswith("checkpoint_best.pth")
+    torch.save({"network_weights": {}}, tmp_path / "checkpoint_best.pth")  # readable, but not a training state
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint.*no optimizer_state"):
+        read_checkpoint_or_fallback(str(latest), said.append)
+
+
+# ---- whole runs ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=[0, 2], ids=["0workers", "2workers"])
+def runs(request, pretrain_corpus, tmp_path_factory):
+    """The runner's report and checkpoints for one worker count: an uninterrupted run, a SIGTERM stop and
+    its resume, the same stop with a truncated checkpoint_latest resumed, and ten SIGKILLs then the end."""
+    _, env = pretrain_corpus
+    work = tmp_path_factory.mktemp(f"preempt{request.param}")
+    env = {**env, "nnUNet_n_proc_DA": str(request.param), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, RUNNER, str(PRETRAIN_DATASET), TRAINER, str(work), str(KILLS), "1"],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-6000:]
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    assert report["reference_rc"] == 0
+    # data only, as every reader of our checkpoints loads them (the random streams included)
+    final = {k: load_checkpoint_safely(Path(report[k]) / "checkpoint_final.pth")
+             for k in ("reference_fold", "sigterm_fold", "corrupt_fold", "sigkill_fold")}
+    return report, final
+
+
+def _assert_identical(run: dict, reference: dict) -> None:
+    for key in ("train_losses", "val_losses"):
+        assert run["logging"][key] == reference["logging"][key], key
+    different = [k for k in reference["network_weights"]
+                 if not torch.equal(run["network_weights"][k], reference["network_weights"][k])]
+    assert not different, f"weights differ in {different[:5]}"
+    assert run["current_epoch"] == reference["current_epoch"] == 3
+
+
+def test_sigterm_during_an_epoch_checkpoints_within_one_step_and_exits_75(runs):
+    report, _ = runs
+    assert report["sigterm_rc"] == PREEMPTED == 75
+    # the signal came during step 4 of the run (the 2nd of epoch 1): that step finished, no other began
+    assert report["sigterm_steps_done"] == report["sigterm_signal_step"] + 1
+    assert report["sigterm_checkpoint"] == {"current_epoch": 1, "step": 2, "outputs": 2}
+    assert "SIGTERM received: stopping at epoch 1, after 2 of 3 training steps" in report["sigterm_log"]
+    assert "exit code 75" in report["sigterm_log"] and "--c" in report["sigterm_log"]
+    marker = report["sigterm_marker"]  # what a job script checks to requeue
+    assert (marker["signal"], marker["epoch"], marker["step"], marker["exit_code"]) == ("SIGTERM", 1, 2, 75)
+
+
+def test_resume_after_sigterm_gives_the_weights_and_losses_of_an_uninterrupted_run(runs):
+    report, final = runs
+    assert report["sigterm_resume_rc"] == 0 and not report["sigterm_marker_after_resume"]
+    _assert_identical(final["sigterm_fold"], final["reference_fold"])
+
+
+def test_ten_sigkills_in_a_row_end_with_the_weights_of_an_uninterrupted_run(runs):
+    report, final = runs
+    kills = report["kills"]
+    assert len(kills) == KILLS and all(k["rc"] == -signal.SIGKILL for k in kills), kills
+    assert report["sigkill_final_rc"] == 0
+    _assert_identical(final["sigkill_fold"], final["reference_fold"])
+
+
+def test_corrupt_checkpoint_latest_resumes_from_the_previous_one_with_a_message(runs):
+    report, final = runs
+    err = report["corrupt_stderr"]
+    assert "checkpoint_latest.pth is not a readable torch checkpoint (truncated" in err
+    assert "continuing from" in err and "checkpoint_latest.prev.pth" in err
+    assert report["corrupt_resume_rc"] == 0
+    # the predecessor (written after epoch 0) carries the whole state too: the run still ends bit for bit the same
+    _assert_identical(final["corrupt_fold"], final["reference_fold"])
