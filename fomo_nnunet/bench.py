@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
+from fomo_nnunet.trainer_checks import TRAINER_FOR_KIND
 
 
 @dataclass
@@ -126,8 +126,6 @@ def format_report(r: dict) -> str:
 
 
 # ---- untrained models of the real size, for timing the challenge entry ---------------------------
-TRAINER_FOR_KIND = {SEGMENTATION: "nnUNetTrainerFomoSeg", CLASSIFICATION: "nnUNetTrainerFomoCls",
-                    REGRESSION: "nnUNetTrainerFomoReg"}
 
 
 def write_untrained_model(preprocessed_dataset: str | os.PathLike, results_folder: str | os.PathLike,

@@ -9,8 +9,9 @@ from pathlib import Path
 CHECKPOINT_PREFERENCE = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 
-def find_checkpoint(path: str | os.PathLike) -> str:
-    """A .pth file as given, or the final (else latest, else best) checkpoint in a results folder.
+def find_checkpoint(path: str | os.PathLike, preference: tuple[str, ...] = CHECKPOINT_PREFERENCE) -> str:
+    """A .pth file as given, or the first checkpoint of `preference` (by default the final, else latest, else
+    best) in a results folder.
 
     A results folder is a trainer folder (`<trainer>__<plans>__<config>`, with fold_* inside) or
     one of its fold folders; with several folds, fold_all is preferred, then the lowest fold.
@@ -23,10 +24,20 @@ def find_checkpoint(path: str | os.PathLike) -> str:
     folds = [p] if any((p / c).is_file() for c in CHECKPOINT_PREFERENCE) else \
         sorted(p.glob("fold_*"), key=lambda f: (f.name != "fold_all", f.name))
     for fold in folds:
-        for c in CHECKPOINT_PREFERENCE:
+        for c in preference:
             if (fold / c).is_file():
                 return str(fold / c)
-    raise FileNotFoundError(f"{p}: no {' / '.join(CHECKPOINT_PREFERENCE)} in it or in its fold_* folders")
+    others = [str(f / c) for f in folds for c in CHECKPOINT_PREFERENCE if (f / c).is_file()]
+    if others and preference == FINAL_ONLY:
+        raise FileNotFoundError(
+            f"{p}: no checkpoint_final.pth yet, only {', '.join(others)}: the training has not finished (or stopped "
+            f"early); wait for it to finish, or name a checkpoint file to use it as it is now (--pretrained "
+            f"{others[0]}; finetuning refuses it if it changes later)")
+    raise FileNotFoundError(f"{p}: no {' / '.join(preference)} in it or in its fold_* folders")
+
+
+# A finished training only: what plans that record a checkpoint's sha256 should point to.
+FINAL_ONLY = ("checkpoint_final.pth",)
 
 
 def read_checkpoint_metadata(checkpoint: str | os.PathLike) -> dict:

@@ -30,6 +30,19 @@ COMMAND_MODULES = (
 )
 
 
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that refuses arguments it does not know itself, with its own usage line.
+
+    argparse hands a subparser's leftovers back to the top-level parser, which then prints the top-level
+    usage for a typo in `fomo-nnunet plan transfer --pretraind X`."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)} (see `{self.prog} --help`)")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo-nnunet",
@@ -39,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fomo_nnunet import __version__
 
     parser.add_argument("--version", action="version", version=f"fomo-nnunet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SubcommandParser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser

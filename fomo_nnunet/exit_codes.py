@@ -1,5 +1,7 @@
 """The exit codes of `fomo-nnunet fomo26` (the container entry), `fomo-nnunet convert` and training: one
-table, printed by the commands' --help and docs/challenge.md, and held to by tests."""
+table, printed by the commands' --help and docs/challenge.md, and held to by tests. `fomo-nnunet plan`,
+`predict` and the fomo trainers under nnU-Net's commands answer a user's mistake the same way: one line,
+BAD_INPUT."""
 from __future__ import annotations
 
 import signal
@@ -19,7 +21,8 @@ TABLE = f"""exit codes (fomo26 and convert):
   {FAILED:<4d}unexpected error (a bug or the machine): fomo26 one line on stderr (--verbose: the
       traceback), convert the traceback
   {BAD_INPUT:<4d}bad arguments or input: a missing/unreadable/invalid input file or --output (fomo26),
-      a missing or unrecognised source folder, dataset ID or $nnUNet_raw (convert)
+      a missing or unrecognised source folder, dataset ID or $nnUNet_raw, or nothing
+      converted (convert: the line says which task the folder looks like)
   {BAD_BUNDLE:<4d}fomo26: the model bundle is missing or broken (the message names the file)
   {INTERRUPTED:<4d}interrupted by SIGINT (Ctrl-C); nothing half-written is left
   {TERMINATED:<4d}terminated by SIGTERM; nothing half-written is left"""

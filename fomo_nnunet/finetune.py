@@ -26,6 +26,7 @@ def pretrained_checkpoint_from_plans(plans: dict) -> str | None:
 
 def load_pretrained(network: nn.Module, plans: dict, load_decoder: bool, log=print):
     """Load the plans' pretrained checkpoint into `network`; returns the TransferReport (or None)."""
+    from fomo_nnunet.trainer_checks import check_pretrained_unchanged
     from fomo_nnunet.transfer import transfer_from_checkpoint
 
     path = pretrained_checkpoint_from_plans(plans)
@@ -35,6 +36,7 @@ def load_pretrained(network: nn.Module, plans: dict, load_decoder: bool, log=pri
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained checkpoint {path} named in plans '{plans.get('plans_name')}' "
                                 f"does not exist (moved? rerun `fomo-nnunet plan transfer`)")
+    check_pretrained_unchanged(path, plans)
     report = transfer_from_checkpoint(network, path, load_decoder=load_decoder)
     log(f"pretrained weights from {path}: {report.summary()}")
     return report

@@ -132,6 +132,7 @@ def _segment_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images
         labels = segment(predictor, [im.data for im in images], model_affine)
     with timer("export"):
         write_label_nifti(slot, labels, images[0], task.max_label)
+    return predictor.allowed_mirroring_axes
 
 
 def _predict_value_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: list,
@@ -146,6 +147,7 @@ def _predict_value_case(timer: Timer, model_dir: Path, entry: dict, task: Task, 
                                     mirror=mirror, device=device)
     with timer("export"):
         write_value_txt(slot, value, probability=task.kind == CLASSIFICATION)
+    return model.mirror_axes
 
 
 def _embed_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: list, model_affine: np.ndarray,
@@ -194,7 +196,7 @@ _PREDICT_AND_WRITE = {SEGMENTATION: _segment_case, CLASSIFICATION: _predict_valu
                       REGRESSION: _predict_value_case, EMBEDDING: _embed_case}
 
 
-def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str, mirror: bool = True,
+def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str, mirror: bool | None = None,
              device: str = "auto", verbose: bool = False, log=lambda m: print(m, file=sys.stderr)) -> Timer:
     """Run one case; raises FomoInputError for bad inputs and BundleError for a bad bundle.
 
@@ -202,6 +204,9 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
     arguments and --output, every input's header, the channels' fields of view, the bundle's files;
     then the voxels are read and the output's temporary file is made. Nothing is written on failure.
     """
+    from fomo_nnunet.mirroring import MIRRORING_DEFAULT, mirroring_note
+
+    mirror = MIRRORING_DEFAULT if mirror is None else mirror
     timer = Timer()
     chosen = select_inputs(task, given)
     check_output_target(output, OUTPUT_SUFFIX[task.output], list(given.items()), task.key)
@@ -234,7 +239,9 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
         slot = OutputFile(output)
         predict_and_write = _PREDICT_AND_WRITE.get(task.kind)
         if predict_and_write is not None:
-            predict_and_write(timer, model_dir, entry, task, images, model_affine, slot, mirror, device)
+            axes = predict_and_write(timer, model_dir, entry, task, images, model_affine, slot, mirror, device)
+            if task.kind != EMBEDDING:  # the mirroring axes the model allowed
+                log(f"note: {mirroring_note(mirror, axes)}")
     finally:
         if slot is not None:
             slot.discard()  # nothing left once committed; the temporary file when anything failed

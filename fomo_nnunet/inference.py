@@ -37,6 +37,7 @@ from fomo_nnunet.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, POOLING_M
                                          check_pooling, compute_embedding_stats, embedding_length,
                                          pooled_embedding, pooling_of)
 from fomo_nnunet.image_level import crop_or_pad, decode_outputs, task_from_plans
+from fomo_nnunet.mirroring import MIRRORING_DEFAULT, mirroring_note
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -74,6 +75,21 @@ def mirror_combinations(axes) -> list[tuple[int, ...]]:
     return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
 
 
+def no_trained_fold(model_dir: Path, fold, checkpoint: str) -> str:
+    """What to say when a model folder holds no trained fold: the nnUNetv2_train command that makes one
+    (read off nnU-Net's folder names, results/DatasetNNN_*/<trainer>__<plans>__<configuration>)."""
+    parts = model_dir.name.split("__")
+    dataset = re.match(r"Dataset(\d+)_", model_dir.parent.name)
+    trained = sorted(p.parent.name for p in model_dir.glob(f"fold_*/{checkpoint}"))
+    if len(parts) == 3 and dataset:
+        train = (f"nnUNetv2_train {int(dataset.group(1))} {parts[2]} {fold} -p {parts[1]} -tr {parts[0]}")
+    else:
+        train = "nnUNetv2_train DATASET 3d_fullres FOLD -p PLANS -tr TRAINER (-m takes <trainer>__<plans>__3d_fullres)"
+    where = model_dir / f"fold_{fold}" / checkpoint if model_dir.is_dir() else model_dir
+    return (f"no trained fold at {where}: run `{train}` first"
+            + (f" (trained here: {', '.join(trained)}; choose them with -f)" if trained else ""))
+
+
 @dataclass
 class ImageLevelModel:
     """The folds of one trained classification or regression model, ready to predict."""
@@ -95,6 +111,8 @@ class ImageLevelModel:
         from fomo_nnunet.transfer import load_checkpoint_safely
 
         model_dir = Path(model_dir)
+        if not (model_dir / "plans.json").is_file():
+            raise FileNotFoundError(no_trained_fold(model_dir, folds[0] if folds else "all", checkpoint))
         plans = json.loads((model_dir / "plans.json").read_text())
         task = task_from_plans(plans)
         if task.kind == SEGMENTATION:
@@ -109,8 +127,7 @@ class ImageLevelModel:
         for fold in folds:
             path = model_dir / f"fold_{fold}" / checkpoint
             if not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist (trained? other folds: "
-                                        f"{sorted(p.name for p in model_dir.glob('fold_*'))})")
+                raise FileNotFoundError(no_trained_fold(model_dir, fold, checkpoint))
             ckpt = load_checkpoint_safely(path)
             cm = pm.get_configuration(ckpt["init_args"]["configuration"])
             net = network_for_prediction(ckpt, pm, cm, len(dataset_json["channel_names"]), 2)
@@ -158,13 +175,15 @@ class ImageLevelModel:
 
 
 def predict_folder(images: str | os.PathLike, output: str | os.PathLike, model_dir: str | os.PathLike,
-                   folds=("all",), checkpoint: str = "checkpoint_final.pth", mirror: bool = False,
-                   device: str = "cpu", progress: bool = True) -> Path:
+                   folds=("all",), checkpoint: str = "checkpoint_final.pth", mirror: bool = MIRRORING_DEFAULT,
+                   device: str = "cpu", progress: bool = True, log=None) -> Path:
     """Predict every case of an nnU-Net images folder; writes OUTPUT/predictions.csv (case_id, prediction
-    [, probability per class]) atomically and returns its path."""
+    [, probability per class]) atomically and returns its path. `log` gets the mirroring line."""
     from tqdm import tqdm
 
     model = ImageLevelModel.load(model_dir, folds, checkpoint, device)
+    if log is not None:
+        log(mirroring_note(mirror, model.mirror_axes))
     cases = group_cases(images, model.num_channels)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +212,7 @@ def _write_temp_nifti(arrays: list[np.ndarray], affine: np.ndarray, folder: str)
 
 
 def predict_case_arrays(model_dir: str | os.PathLike | ImageLevelModel, folds, arrays: list[np.ndarray],
-                        affine: np.ndarray, mirror: bool = True, device: str = "cpu") -> float:
+                        affine: np.ndarray, mirror: bool = MIRRORING_DEFAULT, device: str = "cpu") -> float:
     """One case given as arrays on one grid (nibabel order) -> P(positive) or the value (fomo26).
     `model_dir` may be a model already loaded (folds and device are then its own)."""
     model = model_dir if isinstance(model_dir, ImageLevelModel) else ImageLevelModel.load(model_dir, folds,

@@ -42,3 +42,21 @@ def require_env(name: str) -> Path:
         raise SystemExit(f"error: environment variable {name} is not set; run `eval \"$(fomo-nnunet env)\"` "
                          f"or export it (see docs/commands.md, 'Environment variables')")
     return Path(value)
+
+
+def dataset_name(dataset_id: int) -> str:
+    """The DatasetNNN_* name of an ID under $nnUNet_raw or $nnUNet_preprocessed; a ValueError that lists the
+    datasets there and says how to make one when there is none (nnU-Net's own lookup prints a traceback)."""
+    folders = [Path(p) for p in (os.environ.get("nnUNet_raw"), os.environ.get("nnUNet_preprocessed")) if p]
+    prefix = f"Dataset{int(dataset_id):03d}_"
+    found = sorted({d.name for f in folders if f.is_dir() for d in f.iterdir() if d.name.startswith(prefix)})
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise ValueError(f"dataset ID {dataset_id} names several datasets ({', '.join(found)}): rename or remove all "
+                         "but one")
+    there = sorted({d.name for f in folders if f.is_dir() for d in f.iterdir() if d.name.startswith("Dataset")})
+    raise ValueError(f"no dataset {dataset_id} in $nnUNet_raw ({folders[0] if folders else 'not set'})"
+                     f"{' or $nnUNet_preprocessed' if len(folders) > 1 else ''}: convert one first "
+                     f"(`fomo-nnunet convert task TASK SRC -d {dataset_id}`)"
+                     + (f"; datasets there: {', '.join(there)}" if there else ""))

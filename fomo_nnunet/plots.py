@@ -45,8 +45,10 @@ def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
     return [volume[x, :, :], volume[:, y, :], volume[:, :, z]]
 
 
-def plot_reconstruction(path: str | os.PathLike, rows: dict[str, np.ndarray], title: str) -> None:
-    """One row per named 3-D volume (input, masked input, reconstruction, target), mid slices as columns."""
+def plot_reconstruction(path: str | os.PathLike, rows: dict[str, np.ndarray], title: str,
+                        caption: str = "") -> None:
+    """One row per named 3-D volume (input, masked input, reconstruction, target), mid slices as columns, all
+    on the grey scale of the last row; `caption` below."""
     plt = _pyplot()
     names = list(rows)
     ref = rows[names[-1]]
@@ -61,8 +63,31 @@ def plot_reconstruction(path: str | os.PathLike, rows: dict[str, np.ndarray], ti
             if c == 0:
                 ax.set_ylabel(name)
     fig.suptitle(title)
-    fig.tight_layout()
+    if caption:
+        fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, wrap=True)
+        fig.tight_layout(rect=(0, 0.06 * 5 / len(names), 1, 1))
+    else:
+        fig.tight_layout()
     _save(fig, path)
+
+
+MAE_CAPTION = ("The loss counts masked brain voxels only, so the network's output on visible voxels is untrained "
+               "(dark there). Composite: the visible input with the reconstruction pasted into the masked blocks.")
+
+
+def mae_rows(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The rows of the MAE reconstruction picture from one validation case's volumes (input, masked input,
+    reconstruction, target, mask: True where masked): the composite (visible input, reconstructed masked
+    blocks) beside the raw network output."""
+    mask = example["mask"].astype(bool)
+    return {"input": example["input"], "masked input": example["masked input"],
+            "composite": np.where(mask, example["reconstruction"], example["input"]),
+            "network output": example["reconstruction"], "target": example["target"]}
+
+
+def plot_mae_reconstruction(path: str | os.PathLike, example: dict[str, np.ndarray], title: str) -> None:
+    """The MAE trainer's reconstruction.png: `mae_rows` with the caption that says what is trained."""
+    plot_reconstruction(path, mae_rows(example), title, caption=MAE_CAPTION)
 
 
 def _save(fig, path) -> None:

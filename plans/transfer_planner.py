@@ -14,7 +14,8 @@ import re
 
 import numpy as np
 
-from fomo_nnunet.checkpoints import file_sha256, find_checkpoint, metadata_from_preset, read_checkpoint_metadata
+from fomo_nnunet.checkpoints import (CHECKPOINT_PREFERENCE, FINAL_ONLY, file_sha256, find_checkpoint,
+                                     metadata_from_preset, read_checkpoint_metadata)
 from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, copy_beside_plans, extract_fingerprint_if_missing
 from fomo_nnunet.plans.presets import CONFIGURATION
 from fomo_nnunet.tasks import Task, get_task
@@ -117,7 +118,9 @@ def plan_transfer(dataset_id: int, pretrained: str | None, from_scratch: bool = 
                   verify_dataset_integrity: bool = False, data_identifier: str | None = None) -> dict:
     """Extract the task's fingerprint when missing, then write the transferred plans."""
     if pretrained:
-        checkpoint = find_checkpoint(pretrained)
+        # a results folder must hold a finished pretraining: a checkpoint_best/latest of a running one changes
+        # under the finetuning (a file named explicitly is taken as it is)
+        checkpoint = find_checkpoint(pretrained, CHECKPOINT_PREFERENCE if from_scratch else FINAL_ONLY)
         metadata = read_checkpoint_metadata(checkpoint)
     elif from_scratch and arch:
         checkpoint, metadata = None, metadata_from_preset(arch)

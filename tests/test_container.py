@@ -78,6 +78,7 @@ def test_every_task_writes_a_valid_output(bundle, tmp_path, task):
     assert p.returncode == 0, p.stderr[-3000:]
     check_output_file(t, str(output), list(inputs.values()))
     assert "timing" in p.stderr  # --verbose: seconds per step
+    assert ("note: mirroring test-time augmentation" in p.stderr) == (t.kind != "embedding"), p.stderr
     assert "Warning" not in p.stderr, p.stderr  # e.g. no FutureWarning of a module nobody uses here
     assert sorted(os.listdir(output.parent)) == [output.name]  # nothing else written there
     if task in ("task6", "task7"):

@@ -26,7 +26,9 @@ from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
 from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs, load_targets,
                                      task_from_plans, validation_score, without_spatial_augmentation)
 from fomo_nnunet.network_record import IMAGE_LEVEL, build_image_level_network
-from fomo_nnunet.tasks import CLASSIFICATION
+from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION
+from fomo_nnunet.trainer_checks import (check_trainer_fits_task, fold_advice, refuse_nnunet_predictor,
+                                        validation_problem)
 from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, PreemptibleRun, SeededRun, unwrap
 
 
@@ -99,8 +101,11 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
     checkpoint_every = 20
     grad_clip = 12.0                       # max gradient norm (nnU-Net's)
 
+    task_kinds: tuple[str, ...] = (CLASSIFICATION, REGRESSION)  # the kinds of task this trainer trains
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        check_trainer_fits_task(type(self).__name__, self.task_kinds, plans)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.task = task_from_plans(self.plans_manager.plans)
         self.kind = self.task.kind
@@ -110,6 +115,7 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         self.targets: dict[str, float] = {}
         # the task's metric (validation_score): its name, and the last value as a score (higher is better)
         self._metric_name, self._val_score = "metric", float("nan")
+        self._select_by_loss = False  # the validation fold cannot score the metric: the loss picks checkpoint_best
 
     # ---- network: the pretrained U-Net's encoder and a pooling head ----------------------------
     fomo_network_builder = IMAGE_LEVEL  # what build_network_architecture builds (fomo_nnunet.network_record)
@@ -117,6 +123,7 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        refuse_nnunet_predictor(cls.__name__, task_from_plans(plans_manager.plans).kind)
         return build_image_level_network(plans_manager.plans, configuration_manager, num_input_channels,
                                          cls.head_stages, cls.head_hidden, cls.head_dropout, cls.head_pooling)
 
@@ -155,6 +162,7 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         self.targets = load_targets(self.preprocessed_dataset_folder_base,
                                     sorted({*dataset_tr.identifiers, *dataset_val.identifiers}), self.kind)
+        self._check_validation_can_score([self.targets[k] for k in dataset_val.identifiers])
         if self.kind != CLASSIFICATION:
             self._set_target_stats(TargetScaler.fit([self.targets[k] for k in dataset_tr.identifiers]))
         jitter = [int(round(self.crop_jitter_fraction * p)) for p in patch]
@@ -164,6 +172,14 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         dl_val = ImageLevelDataLoader(dataset_val, self.batch_size, patch, patch, self.label_manager,
                                       self.targets, transforms=val_transforms)
         return self.seeded_augmenters(dl_tr, dl_val, get_allowed_n_proc_DA())
+
+    def _check_validation_can_score(self, targets: list[float]) -> None:
+        metric = "AUROC" if self.kind == CLASSIFICATION else "MAE"
+        problem = validation_problem(self.kind, targets, metric)
+        if problem:
+            self._select_by_loss = True
+            self.print_to_log_file(f"WARNING: fold {self.fold}: {problem}; checkpoint_best.pth is picked by the "
+                                   f"validation loss instead ({fold_advice(self.fold)})")
 
     def on_train_start(self):
         super().on_train_start()
@@ -237,20 +253,25 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
                 (f"val {self._metric_name} (sampled crops)", np.round(log("val_metric", -1), 4))]
 
     def selection(self) -> tuple[float, str]:
+        if self._select_by_loss:  # higher is better: the negative loss
+            loss = self.logger.get_value("val_losses", -1)
+            return -loss, f"New best val loss: {np.round(loss, 4)} (the {self._metric_name} cannot score this fold)"
         value = self.logger.get_value("val_metric", -1)
         return self._val_score, f"New best val {self._metric_name}: {np.round(value, 4)}"
 
     def write_pictures(self, epoch: int) -> None:
-        self.plot_losses(f"{self.__class__.__name__}: {self.task.key} ({self.task.name})",
-                         {f"val {self._metric_name}": "val_metric"}, self._metric_name)
+        metric = {} if self._select_by_loss else {f"val {self._metric_name}": "val_metric"}  # no empty axis
+        self.plot_losses(f"{self.__class__.__name__}: {self.task.key} ({self.task.name})", metric, self._metric_name)
 
 
 class nnUNetTrainerFomoCls(nnUNetTrainerFomoImageLevel):
     """Classification (infarct, polymicrogyria; binary or multiclass): cross-entropy, balanced classes."""
+    task_kinds = (CLASSIFICATION,)
 
 
 class nnUNetTrainerFomoReg(nnUNetTrainerFomoImageLevel):
     """Regression (brain age): standardised targets, Huber loss, predictions in years."""
+    task_kinds = (REGRESSION,)
 
 
 class TinyImageLevel(TinyBudget):

@@ -30,7 +30,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 
 from fomo_nnunet.embedding_stats import check_pooling
 from fomo_nnunet.network_record import build_plans_network
-from fomo_nnunet.plots import plot_reconstruction
+from fomo_nnunet.plots import plot_mae_reconstruction
 from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settings, masked_reconstruction_loss,
                              vicreg_loss)
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
@@ -211,7 +211,7 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
         with self.autocast():
             pred = self.network(masked)
             loss = self.loss(pred.float(), clean, mask, brain)
-        return loss, (data, masked, pred, clean)
+        return loss, (data, masked, pred, clean, mask)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         if self.vicreg_weight > 0:
@@ -281,9 +281,9 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
         self._val_example = None
 
     def validation_step(self, batch: dict) -> dict:
-        loss, (data, masked, pred, clean) = self._forward_masked(batch, self._val_generator)
+        loss, (data, masked, pred, clean, mask) = self._forward_masked(batch, self._val_generator)
         if self._val_example is None:  # the first case of the epoch, for the pictures
-            rows = {"input": data, "masked input": masked, "reconstruction": pred, "target": clean}
+            rows = {"input": data, "masked input": masked, "reconstruction": pred, "target": clean, "mask": mask}
             self._val_example = {name: t[0, 0].float().cpu().numpy() for name, t in rows.items()}
         return {"loss": loss.detach().cpu().numpy()}
 
@@ -316,8 +316,8 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
             title = f"epoch {epoch + 1}: mask ratio {self.mask_ratio}, block {self.block_size}"
             if self.decoder_skips != "all":
                 title += f", decoder skips {self.decoder_skips}"
-            plot_reconstruction(os.path.join(folder, f"epoch_{epoch + 1:04d}.png"), self._val_example, title)
-            plot_reconstruction(os.path.join(self.output_folder, "reconstruction.png"), self._val_example, title)
+            plot_mae_reconstruction(os.path.join(folder, f"epoch_{epoch + 1:04d}.png"), self._val_example, title)
+            plot_mae_reconstruction(os.path.join(self.output_folder, "reconstruction.png"), self._val_example, title)
 
     # ---- self-describing checkpoints (fomo_nnunet.training.DescribedCheckpoints) ---------------
     def objective_settings(self) -> dict:

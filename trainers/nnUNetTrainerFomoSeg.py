@@ -14,6 +14,8 @@ import torch
 from fomo_nnunet.class_weights import SQRT_INVERSE_FREQUENCY, WEIGHTINGS, label_voxel_counts, sqrt_inverse_frequency
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
 from fomo_nnunet.network_record import PLANS, build_plans_network
+from fomo_nnunet.tasks import SEGMENTATION
+from fomo_nnunet.trainer_checks import check_trainer_fits_task
 from fomo_nnunet.training import DistributedRun, PreemptibleRun, SeededRun
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -35,6 +37,7 @@ class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, Preemptibl
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        check_trainer_fits_task(type(self).__name__, (SEGMENTATION,), plans)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.oversample_foreground_percent = self.oversample_foreground
 

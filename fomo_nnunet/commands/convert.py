@@ -169,6 +169,25 @@ def _convert(fn, *args, **kwargs):
     return None
 
 
+def _nothing_converted(result) -> bool:
+    """True when the dataset holds no case after this run (none converted now or before)."""
+    return result.report.get("converted", 0) == 0
+
+
+def _nothing_converted_task(task, src: str) -> str:
+    """The line for a task folder of which no case could be converted: which task it looks like, if any."""
+    from fomo_nnunet.data.task_guess import guess_task
+
+    looks = guess_task(src)
+    said = f"nothing converted: no case of {src} has the inputs and label of {task.key} ({task.name})"
+    if looks is None:
+        return f"{said}, nor of any other task (reasons above)"
+    if looks is task:
+        return f"{said} (reasons above)"
+    return (f"{said}; the folder looks like {looks.key} ({looks.name}): "
+            f"fomo-nnunet convert task {looks.key} {src}")
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     from fomo_nnunet import exit_codes
     from fomo_nnunet.data.convert import convert_pretrain
@@ -182,6 +201,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if res is None:
         return exit_codes.BAD_INPUT
     _print_summary(res, f"pretraining corpus {args.src}")
+    if _nothing_converted(res):
+        print(f"error: nothing converted: no scan of {args.src} could be used (reasons above and in "
+              f"{res.folder / 'conversion_report.json'})", file=sys.stderr)
+        return exit_codes.BAD_INPUT
     print(f"next: fomo-nnunet plan pretrain -d {args.dataset}")
     return 0
 
@@ -200,6 +223,9 @@ def run_task(args: argparse.Namespace) -> int:
     if res is None:
         return exit_codes.BAD_INPUT
     _print_summary(res, f"{task.key} ({task.name}) {args.src}")
+    if _nothing_converted(res):
+        print(f"error: {_nothing_converted_task(task, args.src)}", file=sys.stderr)
+        return exit_codes.BAD_INPUT
     did = args.dataset if args.dataset is not None else task.default_dataset_id
     print(f"next: fomo-nnunet plan transfer -d {did} --pretrained RESULTS")
     return 0

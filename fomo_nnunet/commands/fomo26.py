@@ -10,6 +10,7 @@ from fomo_nnunet.tasks import EMBEDDING, TASKS, get_task, task_choices
 def register(sub: argparse._SubParsersAction) -> None:
     from fomo_nnunet import exit_codes
     from fomo_nnunet.bundle import BUNDLE_ENV, DEFAULT_BUNDLE
+    from fomo_nnunet.mirroring import MIRRORING_DEFAULT, on_off
 
     lines = [f"  {t.key} ({t.name}, {t.kind}): " + " ".join(
         "[" + " | ".join(f"--{a}" for a in c.cli_args) + "]" if c.is_alternative else f"--{c.cli_args[0]}"
@@ -35,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="output file (.txt, .nii.gz or .npy, by task)")
     p.add_argument("--bundle", default=None,
                    help=f"model bundle folder (default: ${BUNDLE_ENV}, else {DEFAULT_BUNDLE})")
-    p.add_argument("--no-mirroring", action="store_true", help="disable mirroring test-time augmentation")
+    mirroring = p.add_mutually_exclusive_group()
+    mirroring.add_argument("--mirroring", dest="mirroring", action="store_true", default=None,
+                           help="mirroring test-time augmentation over the axes the checkpoint allows (8x the "
+                                f"forwards); default: {on_off(MIRRORING_DEFAULT)}, as `fomo-nnunet predict` "
+                                "(docs/results/mirroring.md); a note on stderr says which")
+    mirroring.add_argument("--no-mirroring", dest="mirroring", action="store_false", help="no mirroring")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--verbose", action="store_true", help="print the seconds each step took (and tracebacks)")
     p.set_defaults(func=run_fomo26)
@@ -65,10 +71,13 @@ def run_fomo26(args: argparse.Namespace) -> int:
     from fomo_nnunet.fomo26 import run_case
     from fomo_nnunet.fomo26_io import FomoInputError
 
+    from fomo_nnunet.mirroring import MIRRORING_DEFAULT
+
     task = get_task(args.task)
     given = {a: getattr(args, a) for a in {a for t in TASKS for a in t.cli_args}}
     try:
-        run_case(task, given, args.output, args.bundle or default_bundle_dir(), mirror=not args.no_mirroring,
+        mirror = MIRRORING_DEFAULT if args.mirroring is None else args.mirroring
+        run_case(task, given, args.output, args.bundle or default_bundle_dir(), mirror=mirror,
                  device=args.device, verbose=args.verbose)
     except FomoInputError as e:
         print(f"error: {e}", file=sys.stderr)

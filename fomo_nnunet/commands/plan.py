@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fomo_nnunet.plans.presets import ARCH_PRESETS, PRETRAIN_PLANS_NAME
 from fomo_nnunet.tasks import task_choices
@@ -43,7 +44,9 @@ def _add_transfer_parser(psub: argparse._SubParsersAction) -> None:
                     "Next: nnUNetv2_preprocess -d ID -plans_name fomoPlans -c 3d_fullres")
     tr.add_argument("-d", "--dataset", type=int, required=True, help="dataset ID of the converted task")
     tr.add_argument("--pretrained", default=None,
-                    help="pretraining checkpoint (.pth) or its results folder (fold_*/checkpoint_final.pth)")
+                    help="pretraining checkpoint (.pth, taken as it is) or its results folder, which must hold a "
+                         "finished pretraining (fold_*/checkpoint_final.pth); the plans record the file's sha256 "
+                         "and the finetuning trainers refuse a file that changed since")
     tr.add_argument("--from-scratch", action="store_true",
                     help="the same plans without a link to the checkpoint (network from --pretrained's metadata, "
                          "or from --arch when there is no checkpoint), for honest from-scratch comparisons")
@@ -74,17 +77,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 
+def _refused(e: Exception) -> int:
+    """A mistake of the user's: one line on stderr, exit code BAD_INPUT."""
+    from fomo_nnunet.exit_codes import BAD_INPUT
+
+    print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+    return BAD_INPUT
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
-    from fomo_nnunet.paths import require_env
+    from fomo_nnunet.paths import dataset_name, require_env
 
     require_env("nnUNet_raw"), require_env("nnUNet_preprocessed")
     from fomo_nnunet.plans.pretrain_planner import plan_pretrain
 
     try:
+        dataset_name(args.dataset)
         plans = plan_pretrain(args.dataset, args.arch, args.patch, args.spacing, args.batch_size,
                               args.plans_name, args.num_processes, args.verify_dataset_integrity)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        return _refused(e)
     c = plans["configurations"]["3d_fullres"]
     print(f"{args.plans_name}: {args.arch}, patch {c['patch_size']}, spacing {c['spacing']}, "
           f"batch {c['batch_size']}")
@@ -93,17 +105,18 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_transfer(args: argparse.Namespace) -> int:
-    from fomo_nnunet.paths import require_env
+    from fomo_nnunet.paths import dataset_name, require_env
 
     require_env("nnUNet_raw"), require_env("nnUNet_preprocessed")
     from fomo_nnunet.plans.transfer_planner import plan_transfer
 
     try:
+        dataset_name(args.dataset)
         plans = plan_transfer(args.dataset, args.pretrained, args.from_scratch, args.arch, args.task, args.patch,
                               args.batch_size, args.plans_name, args.num_processes, args.verify_dataset_integrity,
                               args.data_identifier)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        return _refused(e)
     c = plans["configurations"]["3d_fullres"]
     link = plans["fomo"]["pretrained_checkpoint"] or "none (from scratch)"
     print(f"{args.plans_name}: {plans['fomo']['task']} ({plans['fomo']['task_kind']}), patch {c['patch_size']}, "

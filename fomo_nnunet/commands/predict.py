@@ -13,7 +13,7 @@ example:
 
 IMAGES_FOLDER uses nnU-Net's naming (CASE_0000.nii.gz, CASE_0001.nii.gz, ... one file per channel).
 Each case goes through nnU-Net's preprocessing of the model's plans, one centred crop of the brain
-(as in training), optional mirroring (--tta), and the mean over the folds. Writes
+(as in training), mirroring (--tta / --no-tta; it prints which), and the mean over the folds. Writes
 OUT/predictions.csv: case_id, prediction (probability of the positive class, or the value in the
 task's unit, e.g. years), and one probability column per class for classification models.
 Segmentation models are predicted with nnUNetv2_predict.
@@ -39,6 +39,8 @@ dropped); existing files are kept (rerun-safe) unless --overwrite.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fomo_nnunet.mirroring import MIRRORING_DEFAULT, on_off
+
     p = sub.add_parser("predict", help="predict with a classification or regression model (CSV)",
                        description="Predict image-level targets with a trained nnUNetTrainerFomoCls/Reg model.",
                        epilog=PREDICT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,7 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--folds", nargs="+", default=["all"], help="folds to ensemble (default: all)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth",
                    help="checkpoint file name in each fold (default: checkpoint_final.pth)")
-    p.add_argument("--tta", action="store_true", help="average over mirrorings too (slower)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over every mirroring the checkpoint allows (8x the forwards), or not (--no-tta); "
+                        f"default: {on_off(MIRRORING_DEFAULT)}, as `fomo-nnunet fomo26` (docs/results/mirroring.md); "
+                        "the command prints which")
     p.add_argument("-device", "--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.set_defaults(func=run_predict)
 
@@ -67,9 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from fomo_nnunet.inference import predict_folder
+    from fomo_nnunet.mirroring import MIRRORING_DEFAULT
 
+    mirror = MIRRORING_DEFAULT if args.tta is None else args.tta
     try:
-        path = predict_folder(args.input, args.output, args.model, args.folds, args.checkpoint, args.tta, args.device)
+        path = predict_folder(args.input, args.output, args.model, args.folds, args.checkpoint, mirror, args.device,
+                              log=print)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
