@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "  OUT/previews/*.png, OUT/synth.json\n"
                     "Each task has a few-shot train split and a larger out-of-domain test split from other "
                     "sources (scanners). Output depends on --seed only, not on -np.",
-        epilog="presets: tiny = 3 mm, ~36 pretraining scans, 10/20 cases per task, brain age 100/20 (about a minute); "
-               "small = 2 mm, ~300 scans, 20/60; full = 1 mm, ~2000 scans, 30/200.\n"
+        epilog="presets: tiny = 3 mm, 12 pretraining subjects (3 sources x 4; 31 scans at seed 0), 10/20 cases per task, brain age 100/20 (about a minute); "
+               "small = 2 mm, 80 pretraining subjects (5 x 16), 20/60; full = 1 mm, 540 pretraining subjects (12 x 45), 30/200.\n"
                "example: fomo-nnunet synth -o /tmp/fomo_synth --preset tiny -np 2\n"
                "a few dozen 1 mm scans only: fomo-nnunet synth -o /tmp/s --preset full --tasks 3 --n-train 0 "
                "--n-test 0 --pretrain-sources 4 --pretrain-subjects 4")
