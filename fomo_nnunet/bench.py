@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from fomo_nnunet.tasks import SEGMENTATION
 from fomo_nnunet.trainer_checks import TRAINER_FOR_KIND
 
 

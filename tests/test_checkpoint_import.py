@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +23,6 @@ import torch
 from fomo_nnunet.checkpoint_import import (CHECKPOINT_FILE, REPORT_JSON, REPORT_TEXT, InexactArchitectureError,
                                            UnknownArchitectureError, import_checkpoint)
 from fomo_nnunet.transfer import CheckpointError, PretrainMetadata, load_checkpoint_safely
-from helpers import run
 
 L = pytest.importorskip("lightning", reason="test extra: lightning (how the organisers' frameworks save)")
 pytest.importorskip("gardening_tools", reason="test extra: gardening-tools (the organisers' networks)")

@@ -1,5 +1,4 @@
 """`fomo-nnunet convert`: FOMO60K / FOMO300K / task folders -> nnU-Net raw datasets."""
-import gzip
 import json
 import os
 from pathlib import Path
