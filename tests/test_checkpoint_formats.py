@@ -327,6 +327,21 @@ def test_asparagus_export_loads_into_gardening_tools_and_round_trips_exactly(tmp
     _round_trip_is_exact(torch.load(path, weights_only=True), tmp_path / "back", tuple(report.left_out))
 
 
+def test_asparagus_export_names_the_mask_unit_our_trainer_records_as_block_size(tmp_path):
+    from fomo_nnunet.checkpoints import metadata_from_preset
+
+    meta = metadata_from_preset("tiny")
+    meta["objective"], meta["objective_settings"] = "mae", {"mask_ratio": 0.75, "block_size": 16}
+    net = PretrainMetadata.from_dict(meta).build_network(num_outputs=1)
+    path = tmp_path / "ours" / "checkpoint_final.pth"
+    path.parent.mkdir()
+    torch.save({"network_weights": net.state_dict(), "fomo_metadata": meta}, path)
+    export_checkpoint(path, tmp_path / "asparagus", "asparagus")
+    exported = torch.load(tmp_path / "asparagus" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert exported["hyper_parameters"]["mask_patch_size"] == 16
+    assert "patch_embed_size: 16" in (tmp_path / "asparagus" / "hydra" / "config.yaml").read_text()
+
+
 def test_nnssl_export_loads_as_nnssl_builds_its_network_and_round_trips_exactly(tmp_path):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 

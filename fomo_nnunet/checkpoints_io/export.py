@@ -93,11 +93,17 @@ def _asparagus_name(name: str, last_seg: int) -> str | None:
     return None
 
 
+def mask_unit(settings: dict) -> int | None:
+    """The mask unit in voxels: our MAE trainers record it as `block_size`, imported checkpoints as `mask_unit`."""
+    unit = settings.get("mask_unit", settings.get("block_size"))
+    return None if unit is None else int(unit)
+
+
 def _hydra_config(meta: PretrainMetadata, preset: str) -> str:
     """The parts of an asparagus pretraining config the importer (and a person) reads."""
     settings = meta.objective_settings
     lines = ["# written by fomo-nnunet export-checkpoint: the pretraining's settings in asparagus's config keys",
-             "model:", f"  pretrain_net: {preset}", f"  patch_embed_size: {int(settings.get('mask_unit', 4))}",
+             "model:", f"  pretrain_net: {preset}", f"  patch_embed_size: {mask_unit(settings) or 4}",
              "training:", f"  patch_size: {json.dumps(list(meta.patch_size))}",
              f"  mask_ratio: {float(settings.get('mask_ratio', 0.6))}",
              "  mask_patch_size: ${model.patch_embed_size}"]
@@ -152,7 +158,7 @@ def export_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
                 "global_step": meta.iterations_trained,
                 "hyper_parameters": {"patch_size": list(meta.patch_size),
                                      "mask_ratio": meta.objective_settings.get("mask_ratio"),
-                                     "mask_patch_size": meta.objective_settings.get("mask_unit")},
+                                     "mask_patch_size": mask_unit(meta.objective_settings)},
                 METADATA_KEY: meta.to_dict()}
         _write(out / ASPARAGUS_CHECKPOINT, ckpt)
         (out / ASPARAGUS_CONFIG).parent.mkdir(parents=True, exist_ok=True)
