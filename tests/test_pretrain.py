@@ -126,18 +126,26 @@ def test_bench_reports_both_pipelines(pretrain_ws, monkeypatch):
 HYBRID = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_smoke"
 
 
-def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pretrain_corpus, tmp_path):
-    """The hybrid objective end to end: skips off, two views, VICReg logged per epoch beside the
-    reconstruction loss, the settings in the checkpoint, and the weights load as any pretraining's."""
-    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely, transfer_from_checkpoint
+def _pretrain_smoke(trainer: str, pretrain_corpus, tmp_path):
+    """Train `trainer` through nnU-Net's command in a fresh results folder: (fold folder, checkpoint_final,
+    its PretrainMetadata)."""
+    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
 
     root, env = pretrain_corpus
     env = {**env, "nnUNet_results": str(tmp_path / "results")}
-    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", HYBRID,
+    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", trainer,
          "-device", "cpu"], env)
-    fold = tmp_path / "results" / f"Dataset{DATASET}_Corpus" / f"{HYBRID}__fomoPretrainPlans__3d_fullres" / "fold_all"
+    fold = tmp_path / "results" / f"Dataset{DATASET}_Corpus" / f"{trainer}__fomoPretrainPlans__3d_fullres" / "fold_all"
     ckpt = load_checkpoint_safely(fold / "checkpoint_final.pth")
-    m = PretrainMetadata.from_dict(ckpt["fomo_metadata"])
+    return fold, ckpt, PretrainMetadata.from_dict(ckpt["fomo_metadata"])
+
+
+def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pretrain_corpus, tmp_path):
+    """The hybrid objective end to end: skips off, two views, VICReg logged per epoch beside the
+    reconstruction loss, the settings in the checkpoint, and the weights load as any pretraining's."""
+    from fomo_nnunet.transfer import transfer_from_checkpoint
+
+    fold, ckpt, m = _pretrain_smoke(HYBRID, pretrain_corpus, tmp_path)
     settings = m.objective_settings
     assert m.objective == "mae+vicreg" and m.trainer_name == HYBRID
     assert settings["decoder_skips"] == "none" and settings["vicreg_weight"] > 0 and settings["skip_drop_p"] == 0.5
@@ -166,15 +174,7 @@ AMAES = "nnUNetTrainerFomoMAE_tiny_amaes_smoke"
 def test_amaes_smoke_trains_through_nnunet_and_records_the_recipe(pretrain_corpus, tmp_path):
     """The organisers' recipe through nnU-Net's command: its settings in the checkpoint metadata and in the
     optimiser nnU-Net saved, the loss logged over every voxel."""
-    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
-
-    root, env = pretrain_corpus
-    env = {**env, "nnUNet_results": str(tmp_path / "results")}
-    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", AMAES,
-         "-device", "cpu"], env)
-    fold = tmp_path / "results" / f"Dataset{DATASET}_Corpus" / f"{AMAES}__fomoPretrainPlans__3d_fullres" / "fold_all"
-    ckpt = load_checkpoint_safely(fold / "checkpoint_final.pth")
-    m = PretrainMetadata.from_dict(ckpt["fomo_metadata"])
+    fold, ckpt, m = _pretrain_smoke(AMAES, pretrain_corpus, tmp_path)
     assert m.objective == "mae" and m.trainer_name == AMAES and m.epochs_trained == 3
     settings = m.objective_settings
     assert {k: settings[k] for k in ("block_size", "mask_ratio", "loss", "loss_region", "lr", "weight_decay",
