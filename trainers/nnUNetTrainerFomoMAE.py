@@ -2,7 +2,7 @@
 
 The network is the plans' U-Net with one output per input channel; a block mask hides part of
 each patch, the network reconstructs the scan, and the loss counts masked voxels inside the
-brain only. Masking, loss and augmentation are library functions (fomo_nnunet.ssl); the training
+brain only (`loss_region`: "masked_brain"; "masked" or "all" voxels for other recipes, such as AMAES below). Masking, loss and augmentation are library functions (fomo_nnunet.ssl); the training
 step, schedule, epoch end and self-describing checkpoints come from the trainer toolkit
 (fomo_nnunet.training). This class is the recipe: class attributes, so a variant is a subclass that
 sets a few of them, and the methods that make it masked reconstruction.
