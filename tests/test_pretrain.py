@@ -126,18 +126,26 @@ def test_bench_reports_both_pipelines(pretrain_ws, monkeypatch):
 HYBRID = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_smoke"
 
 
-def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pretrain_corpus, tmp_path):
-    """The hybrid objective end to end: skips off, two views, VICReg logged per epoch beside the
-    reconstruction loss, the settings in the checkpoint, and the weights load as any pretraining's."""
-    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely, transfer_from_checkpoint
+def _pretrain_smoke(trainer: str, pretrain_corpus, tmp_path):
+    """Train `trainer` through nnU-Net's command in a fresh results folder: (fold folder, checkpoint_final,
+    its PretrainMetadata)."""
+    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
 
     root, env = pretrain_corpus
     env = {**env, "nnUNet_results": str(tmp_path / "results")}
-    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", HYBRID,
+    run(["nnUNetv2_train", str(DATASET), "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", trainer,
          "-device", "cpu"], env)
-    fold = tmp_path / "results" / f"Dataset{DATASET}_Corpus" / f"{HYBRID}__fomoPretrainPlans__3d_fullres" / "fold_all"
+    fold = tmp_path / "results" / f"Dataset{DATASET}_Corpus" / f"{trainer}__fomoPretrainPlans__3d_fullres" / "fold_all"
     ckpt = load_checkpoint_safely(fold / "checkpoint_final.pth")
-    m = PretrainMetadata.from_dict(ckpt["fomo_metadata"])
+    return fold, ckpt, PretrainMetadata.from_dict(ckpt["fomo_metadata"])
+
+
+def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pretrain_corpus, tmp_path):
+    """The hybrid objective end to end: skips off, two views, VICReg logged per epoch beside the
+    reconstruction loss, the settings in the checkpoint, and the weights load as any pretraining's."""
+    from fomo_nnunet.transfer import transfer_from_checkpoint
+
+    fold, ckpt, m = _pretrain_smoke(HYBRID, pretrain_corpus, tmp_path)
     settings = m.objective_settings
     assert m.objective == "mae+vicreg" and m.trainer_name == HYBRID
     assert settings["decoder_skips"] == "none" and settings["vicreg_weight"] > 0 and settings["skip_drop_p"] == 0.5
@@ -146,13 +154,41 @@ def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pr
     for key in ("train_losses", "val_losses", "vicreg_losses", "vicreg_variance"):
         assert len(logging[key]) == 3 and all(math.isfinite(v) for v in logging[key]), key
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
-    assert log.count("vicreg (x ") == 3 and log.count("train_loss") == 3
+    assert log.count("vicreg (x ") == 3 and log.count("train_loss") == 3 and log.count(" variance ") == 3
+    # the VICReg terms per epoch in the metadata too: the variance hinge shows whether the features collapse
+    history = settings["vicreg"]["history"]
+    assert history["epochs"] == 3 and history["variance_max"] == 2.0
+    for name, key in (("loss", "vicreg_losses"), ("invariance", "vicreg_invariance"),
+                      ("variance", "vicreg_variance"), ("covariance", "vicreg_covariance")):
+        assert history["per_epoch"][name] == pytest.approx(logging[key]), name
+    assert all(0 <= v <= 2.0 for v in history["per_epoch"]["variance"])
     net = m.build_network(num_outputs=1)
     net.load_state_dict(ckpt["network_weights"])  # the same network and state dict as plain MAE
     downstream = m.build_network(num_outputs=3, input_channels=2)  # a 2-channel, 3-class segmentation
     report = transfer_from_checkpoint(downstream, fold / "checkpoint_final.pth")
     assert report.n_loaded > 0 and report.n_adapted == 1  # the 1-channel stem spread over 2 channels
     assert all(name.startswith("decoder.seg_layers.") for name in report.fresh)  # only the output layers
+AMAES = "nnUNetTrainerFomoMAE_tiny_amaes_smoke"
+
+
+def test_amaes_smoke_trains_through_nnunet_and_records_the_recipe(pretrain_corpus, tmp_path):
+    """The organisers' recipe through nnU-Net's command: its settings in the checkpoint metadata and in the
+    optimiser nnU-Net saved, the loss logged over every voxel."""
+    fold, ckpt, m = _pretrain_smoke(AMAES, pretrain_corpus, tmp_path)
+    assert m.objective == "mae" and m.trainer_name == AMAES and m.epochs_trained == 3
+    settings = m.objective_settings
+    assert {k: settings[k] for k in ("block_size", "mask_ratio", "loss", "loss_region", "lr", "weight_decay",
+                                     "adamw_betas", "warmup_fraction", "grad_clip", "decoder_skips")} == {
+        "block_size": 4, "mask_ratio": 0.6, "loss": "mse", "loss_region": "every voxel of the patch, masked or visible",
+        "lr": 1e-4, "weight_decay": 3e-5, "adamw_betas": [0.9, 0.98], "warmup_fraction": 0.02, "grad_clip": None,
+        "decoder_skips": "none"}
+    group = ckpt["optimizer_state"]["param_groups"][0]
+    assert group["initial_lr"] == 1e-4 and group["weight_decay"] == 3e-5 and tuple(group["betas"]) == (0.9, 0.98)
+    assert all(math.isfinite(v) for v in ckpt["logging"]["train_losses"] + ckpt["logging"]["val_losses"])
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert log.count("val_loss (every voxel of the patch") == 3
+
+
 SESSIONS = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke"
 
 

@@ -160,6 +160,22 @@ def test_loss_matches_a_plain_mean_over_masked_voxels():
     assert torch.allclose(masked_reconstruction_loss(pred, target, mask, kind="l1"), expected_l1)
 
 
+def test_loss_region_all_counts_every_voxel_and_masked_ignores_the_brain_mask():
+    pred, target, mask, brain = _loss_inputs()
+    everything = masked_reconstruction_loss(pred, target, mask, brain, region="all")
+    assert torch.allclose(everything, ((pred - target) ** 2).mean())  # nn.MSELoss's mean over the whole tensor
+    assert torch.allclose(masked_reconstruction_loss(pred, target, mask, brain, kind="l1", region="all"),
+                          (pred - target).abs().mean())
+    masked = masked_reconstruction_loss(pred, target, mask, brain, region="masked")
+    assert torch.allclose(masked, ((pred - target)[mask.expand_as(pred)] ** 2).mean())
+    inside = mask & (brain > 0)
+    assert not torch.allclose(masked, masked_reconstruction_loss(pred, target, mask, brain))  # brain mask matters
+    assert torch.allclose(masked_reconstruction_loss(pred, target, mask, brain),
+                          ((pred - target)[inside.expand_as(pred)] ** 2).mean())
+    with pytest.raises(ValueError, match="region must be one of masked_brain, masked, all"):
+        masked_reconstruction_loss(pred, target, mask, brain, region="brain")
+
+
 def test_loss_rejects_an_unknown_kind():
     pred, target, mask, _ = _loss_inputs()
     with pytest.raises(ValueError, match="kind"):
@@ -182,6 +198,19 @@ def test_vicreg_variance_is_zero_when_every_dimension_has_std_at_least_one_and_p
     half = spread * 0.25  # std 0.577 and 0.866: a hinge at 1, per dimension, averaged
     std = torch.sqrt(half.var(dim=0) + 1e-4)
     assert vicreg_loss(half, half).variance.item() == pytest.approx(2 * float((1 - std).mean()), rel=1e-6)
+
+
+def test_vicreg_history_keeps_each_term_per_epoch_with_the_collapse_ceiling():
+    from fomo_nnunet.ssl import vicreg_history
+
+    logged = {"loss": [49.0, 30.0, 20.5], "invariance": [0.1, 0.2, 0.3], "variance": [1.9, 1.2], "covariance": [3, 2, 1]}
+    record = vicreg_history(logged)
+    assert record["epochs"] == 2 and record["variance_max"] == 2.0  # cut to the epochs every term has
+    assert record["per_epoch"] == {"loss": [49.0, 30.0], "invariance": [0.1, 0.2], "variance": [1.9, 1.2],
+                                   "covariance": [3.0, 2.0]}
+    json.dumps(record, allow_nan=False)  # plain JSON for the checkpoint metadata
+    with pytest.raises(ValueError, match="lacks the VICReg terms variance"):
+        vicreg_history({k: v for k, v in logged.items() if k != "variance"})
 
 
 def test_vicreg_covariance_is_zero_for_decorrelated_dimensions_and_counts_off_diagonal_entries():
@@ -300,6 +329,7 @@ def test_skip_gate_rejects_bad_settings_naming_the_allowed_values(mode, p, messa
     ("vicreg_pairs", "subjects", "vicreg_pairs must be one of views, sessions"),
     ("vicreg_pairs", "sessions", "set vicreg_weight > 0"),  # the default weight is 0: nothing to pair for
     ("session_p_other", 1.5, "session_p_other must be a probability"),
+    ("loss_region", "brain", "loss_region must be one of masked_brain, masked, all"),
 ])
 def test_mae_trainer_refuses_bad_objective_attributes(attribute, value, message):
     from types import SimpleNamespace
@@ -308,7 +338,7 @@ def test_mae_trainer_refuses_bad_objective_attributes(attribute, value, message)
 
     settings = {name: getattr(nnUNetTrainerFomoMAE, name)
                 for name in ("decoder_skips", "skip_drop_p", "vicreg_weight", "vicreg_coefficients", "embedding_pooling",
-                             "vicreg_pairs", "session_p_other")}
+                             "vicreg_pairs", "session_p_other", "loss_region")}
     nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**settings))  # the defaults pass
     with pytest.raises(ValueError, match=message):
         nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**{**settings, attribute: value}))
@@ -405,3 +435,33 @@ def test_session_pair_loader_appends_one_partner_per_case_from_its_own_random_st
     assert inner.threads == [1] and inner.batch_size == 4 and loader.indices == keys
     with pytest.raises(ValueError, match=r"p_other must be in \[0, 1\]"):
         SessionPairLoader(inner, partners, 1.5)
+
+
+# ---- the AMAES recipe (nnUNetTrainerFomoMAE_amaes and its tiny budgets) ----------------------------------
+@pytest.mark.parametrize("name", ["nnUNetTrainerFomoMAE_amaes", "nnUNetTrainerFomoMAE_tiny_amaes",
+                                  "nnUNetTrainerFomoMAE_tiny_amaes_smoke"])
+def test_amaes_variant_masks_60_percent_of_4_voxel_units_per_sample_and_counts_every_voxel(name):
+    """Hand-checked on a 12^3 patch: 27 units of 4^3, floor(0.6 x 27) = round(0.6 x 27) = 16 masked in every
+    sample (asparagus' count), each unit whole, drawn per sample; the loss a plain mean over every voxel."""
+    from fomo_nnunet.trainers import nnUNetTrainerFomoMAE as module
+
+    trainer = getattr(module, name)
+    assert (trainer.block_size, trainer.mask_ratio, trainer.loss_region) == (4, 0.6, "all")
+    assert (trainer.lr, trainer.weight_decay_value, trainer.adamw_betas) == (1e-4, 3e-5, (0.9, 0.98))
+    assert (trainer.warmup_fraction, trainer.decoder_skips, trainer.vicreg_weight) == (0.02, "none", 0.0)
+    mask = block_mask((12, 12, 12), 3, trainer.block_size, trainer.mask_ratio,
+                      generator=torch.Generator().manual_seed(0))
+    units = _block_values(mask, (4, 4, 4))  # asserts every unit is masked whole
+    assert units.shape == (3, 27) and units.sum(1).tolist() == [16, 16, 16]
+    assert not torch.equal(units[0], units[1])  # drawn per sample
+    # prediction 0; target 1 on visible voxels, 3 on masked ones; half the patch outside the brain (-1)
+    target = torch.where(mask, 3.0, 1.0).expand(3, 2, 12, 12, 12).clone()  # two channels, one mask
+    brain = torch.ones(3, 1, 12, 12, 12)
+    brain[..., :6] = -1
+    loss = trainer._build_loss(trainer)(torch.zeros_like(target), target, mask, brain)
+    assert loss.item() == pytest.approx((11 * 1 + 16 * 9) / 27)  # every voxel, masked or not, brain or not
+    default = module.nnUNetTrainerFomoMAE._build_loss(module.nnUNetTrainerFomoMAE)
+    assert default(torch.zeros_like(target), target, mask, brain).item() == pytest.approx(9.0)  # ours: masked brain
+    if name != "nnUNetTrainerFomoMAE_amaes":  # the tiny budgets keep AMAES' rate, not the tiny 3e-3
+        assert trainer.epochs == getattr(module, "nnUNetTrainerFomoMAE_tiny" + name.removeprefix(
+            "nnUNetTrainerFomoMAE_tiny_amaes")).epochs

@@ -2,7 +2,7 @@
 
 The network is the plans' U-Net with one output per input channel; a block mask hides part of
 each patch, the network reconstructs the scan, and the loss counts masked voxels inside the
-brain only. Masking, loss and augmentation are library functions (fomo_nnunet.ssl); the training
+brain only (`loss_region`: "masked_brain"; "masked" or "all" voxels for other recipes, such as AMAES below). Masking, loss and augmentation are library functions (fomo_nnunet.ssl); the training
 step, schedule, epoch end and self-describing checkpoints come from the trainer toolkit
 (fomo_nnunet.training). This class is the recipe: class attributes, so a variant is a subclass that
 sets a few of them, and the methods that make it masked reconstruction.
@@ -31,8 +31,8 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from fomo_nnunet.embedding_stats import check_pooling
 from fomo_nnunet.network_record import build_plans_network
 from fomo_nnunet.plots import plot_mae_reconstruction
-from fomo_nnunet.ssl import (SkipGate, apply_mask, block_mask, check_skip_settings, masked_reconstruction_loss,
-                             vicreg_loss)
+from fomo_nnunet.ssl import (LOSS_REGIONS, SkipGate, apply_mask, block_mask, check_skip_settings,
+                             masked_reconstruction_loss, VICREG_TERM_NAMES, vicreg_history, vicreg_loss)
 from fomo_nnunet.ssl.augment import PretrainAugmentation, training_transforms, unpack_target, validation_transforms
 from fomo_nnunet.ssl.sessions import SessionPairLoader, read_subjects, session_partners
 from fomo_nnunet.training import (COSINE, AmpStep, Budget, DescribedCheckpoints, DistributedRun, EpochEnd, EpochLR,
@@ -59,6 +59,7 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
     block_size: int = 16
     learned_mask_token: bool = False
     loss_kind: str = "mse"
+    loss_region: str = "masked_brain"   # which voxels the loss counts: fomo_nnunet.ssl.losses.LOSS_REGIONS
     # optimisation: AdamW, linear warmup then cosine to zero, gradient clipping
     epochs: int = 1000
     iterations_per_epoch: int = 250
@@ -67,6 +68,7 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
     weight_decay_value: float = 0.05
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
+    adamw_betas: tuple[float, float] = (0.9, 0.95)
     augmentation: PretrainAugmentation = PretrainAugmentation()
     # objectives that shape the deep stages (defaults: plain MAE, every skip on)
     decoder_skips: str = "all"          # "all"; "none": the decoder sees the bottleneck only; "drop": at random
@@ -109,6 +111,8 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
     def _check_objective_settings(self) -> None:
         check_skip_settings(self.decoder_skips, self.skip_drop_p)
         check_pooling(self.embedding_pooling, "embedding_pooling")
+        if self.loss_region not in LOSS_REGIONS:
+            raise ValueError(f"loss_region must be one of {', '.join(LOSS_REGIONS)}, got {self.loss_region!r}")
         w = self.vicreg_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
             raise ValueError(f"vicreg_weight must be a finite number >= 0 (0: no VICReg term), got {w!r}")
@@ -152,12 +156,13 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
             token = torch.nn.Parameter(torch.zeros(self.num_input_channels, device=self.device))
             net.register_parameter("fomo_mask_token", token)  # saved, resumed and synchronised with the network
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay,
-                                      betas=(0.9, 0.95))
+                                      betas=tuple(self.adamw_betas))
         warmup = max(1, round(self.warmup_fraction * self.num_epochs)) if self.warmup_fraction > 0 else 0
         return optimizer, EpochLR(optimizer, EpochSchedule(self.num_epochs, warmup, decay=COSINE))
 
     def _build_loss(self):
-        return partial(masked_reconstruction_loss, kind=self.loss_kind)  # (pred, target, mask, brain)
+        # (pred, target, mask, brain)
+        return partial(masked_reconstruction_loss, kind=self.loss_kind, region=self.loss_region)
 
     # ---- data --------------------------------------------------------------------------------
     def _mask_channels(self) -> list[int]:
@@ -295,7 +300,7 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
     def epoch_lines(self) -> list[tuple]:
         log = self.logger.get_value
         lines = [("train_loss", np.round(log("train_losses", -1), 5)),
-                 ("val_loss (masked brain voxels)", np.round(log("val_losses", -1), 5))]
+                 (f"val_loss ({LOSS_REGIONS[self.loss_region]})", np.round(log("val_losses", -1), 5))]
         if self.vicreg_weight > 0:
             lines.insert(1, (f"vicreg (x {self.vicreg_weight})", np.round(log("vicreg_losses", -1), 5),
                              *(f"{name} {np.round(log('vicreg_' + name, -1), 5)}"
@@ -307,7 +312,8 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
         return val_loss, f"New best validation reconstruction loss: {np.round(val_loss, 5)}"
 
     def write_pictures(self, epoch: int) -> None:
-        self.plot_losses(f"{self.__class__.__name__}: masked reconstruction ({self.loss_kind}) on brain voxels",
+        self.plot_losses(f"{self.__class__.__name__}: reconstruction ({self.loss_kind}) on "
+                         f"{LOSS_REGIONS[self.loss_region]}",
                          {"learning rate": "lrs"}, "learning rate")
         due = (epoch + 1) % self.picture_every == 0 or epoch in (0, self.num_epochs - 1)
         if self._val_example is not None and due:
@@ -323,9 +329,12 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
     def objective_settings(self) -> dict:
         return {"mask_ratio": self.mask_ratio, "block_size": self.block_size,
                 "learned_mask_token": self.learned_mask_token, "loss": self.loss_kind,
-                "loss_region": "masked voxels inside the brain mask", "optimizer": "AdamW", "lr": self.initial_lr,
-                "weight_decay": self.weight_decay, "warmup_fraction": self.warmup_fraction,
-                "schedule": "warmup+cosine", **self._deep_stage_settings()}
+                "loss_region": LOSS_REGIONS[self.loss_region], "optimizer": "AdamW", "lr": self.initial_lr,
+                "adamw_betas": [float(b) for b in self.adamw_betas], "weight_decay": self.weight_decay,
+                "warmup_fraction": self.warmup_fraction, "schedule": "warmup+cosine",
+                "grad_clip": float(self.grad_clip) if np.isfinite(self.grad_clip) else None,  # None: none
+                "autocast_dtype": self.autocast_dtype,
+                **self._deep_stage_settings()}
 
     def _deep_stage_settings(self) -> dict:
         settings = {"decoder_skips": self.decoder_skips, "skip_drop_p": float(self.skip_drop_p),
@@ -338,6 +347,10 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
                                   "views": VIEW_DESCRIPTIONS[self.vicreg_pairs].format(p=float(self.session_p_other))}
             if self.vicreg_pairs == "sessions":
                 settings["vicreg"]["session_p_other"] = float(self.session_p_other)
+            # the terms per epoch (the variance hinge near its maximum: collapsed features)
+            logged = self.logger.local_logger.my_fantastic_logging
+            settings["vicreg"]["history"] = vicreg_history({name: logged[key] for name, key in
+                                                            zip(VICREG_TERM_NAMES, VICREG_LOG_KEYS)})
         return settings
 
     def on_train_end(self):
@@ -492,6 +505,67 @@ class nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke(SmokePretraining,
 class nnUNetTrainerFomoMAE_tiny_block2_ratio60(TinyPretraining, nnUNetTrainerFomoMAE_ratio60):
     """AMAES' masking scaled to the tiny patch: 4^3-voxel blocks at ratio 0.6 on a 160^3 patch are 2^3 on 32^3."""
     block_size = 2
+
+
+# ---- the FOMO26 organisers' recipe: AMAES (Munk et al. 2024, arXiv:2408.00640) as asparagus configures it --
+class AmaesRecipe:
+    """AMAES pretraining settings as the public asparagus configs state them (github.com/Sllambias/asparagus,
+    read at commit 338450ba; docs/pretraining-recipes.md lists each with what differs from our default):
+
+    - mask unit 4 voxels: `training.mask_patch_size: ${model.patch_embed_size}` (configs/default_pretrain.yaml)
+      with `patch_embed_size: 4` (configs/model/core/resenc_unet.yaml); mask ratio 0.6 (`training.mask_ratio`,
+      configs/default_pretrain.yaml); masked units set to 0, one mask for all channels, drawn per sample
+      (gardening_tools' Torch_Mask, github.com/Sllambias/gardening_tools,
+      gardening_tools/modules/transforms/masking.py);
+    - MSE over all voxels: `rec_loss_masked_only: False` (configs/default_pretrain.yaml) with nn.MSELoss
+      (asparagus/modules/lightning_modules/self_supervised.py);
+    - AdamW, lr 1e-4, weight decay 3e-5 (`pretrain_optim`, `pretrain_lr`, `weight_decay`,
+      configs/model/core/resenc_unet.yaml), betas (0.9, 0.98) (asparagus/modules/lightning_modules/base_module.py);
+    - linear warm-up over 2 % of training (`warmup_ratio: 0.02`, configs/default_pretrain.yaml), then cosine to 0
+      (asparagus/functional/lr_scheduling.py); no gradient clipping (the self-supervised module sets none);
+    - decoder without skips: `use_skip_connections: False` in the FOMO300K ResEnc-B pretraining run
+      (configs/projects/development/runs_pretrain/resenc_amaes_debug.yaml);
+    - bf16 mixed precision (`precision: "bf16-mixed"`, configs/hardware/2gpus.yaml); torch.compile in its default
+      mode (`compile_mode: "default"`, same file) is what nnU-Net already does on CUDA (compile_network None).
+
+    Not expressed here: the network (ResEnc-B) and patch/batch (160^3, 16 per GPU) come from the plans; the
+    sample budget (6 M samples) from the epochs; the target clamp to [-2, 4] and asparagus' intensity
+    augmentations are not ours; masks are drawn with round() instead of floor() (at most one unit apart).
+    Budgets (epochs, iterations) are not set here: place the budget after this mixin.
+    """
+    block_size = 4
+    mask_ratio = 0.6
+    learned_mask_token = False
+    loss_kind = "mse"
+    loss_region = "all"
+    lr = 1e-4
+    weight_decay_value = 3e-5
+    adamw_betas = (0.9, 0.98)
+    warmup_fraction = 0.02
+    grad_clip = float("inf")
+    decoder_skips = "none"
+    vicreg_weight = 0.0
+    autocast_dtype = "bfloat16"
+
+
+class nnUNetTrainerFomoMAE_amaes(AmaesRecipe, nnUNetTrainerFomoMAE):
+    """The FOMO26 organisers' AMAES recipe (AmaesRecipe) with our full budget (1000 x 250 steps)."""
+
+
+class nnUNetTrainerFomoMAE_tiny_amaes(AmaesRecipe, TinyPretraining, nnUNetTrainerFomoMAE):
+    """AMAES on the tiny budget (as nnUNetTrainerFomoMAE_tiny: 20 x 25 steps), with AMAES' settings.
+
+    The mask unit stays 4 voxels, not scaled: asparagus states it in voxels (the ResEnc patch-embedding size);
+    at the tiny plans' 4 mm spacing it covers 16 mm instead of 4 mm, but 4 mm would be single voxels, whose
+    masking interpolation undoes. The learning rate stays AMAES' 1e-4 (not the tiny budget's 3e-3).
+    One difference: float32 instead of bf16, as the tiny budget runs on CPUs, where bf16 autocast is slow.
+    """
+    autocast_dtype = "float16"  # nnU-Net's choice: fp16 autocast on CUDA, float32 on a CPU
+
+
+class nnUNetTrainerFomoMAE_tiny_amaes_smoke(AmaesRecipe, SmokePretraining, nnUNetTrainerFomoMAE):
+    """A few iterations of nnUNetTrainerFomoMAE_tiny_amaes, for tests."""
+    autocast_dtype = "float16"
 
 
 # ---- speed settings (docs/gpu.md: `fomo-nnunet bench campaign` times them against nnU-Net's trainer) -------

@@ -6,30 +6,40 @@ from typing import NamedTuple
 import torch
 
 RECONSTRUCTION_KINDS = ("mse", "l1")
+# which voxels the reconstruction loss counts
+LOSS_REGIONS = {"masked_brain": "masked voxels inside the brain mask",
+                "masked": "masked voxels",
+                "all": "every voxel of the patch, masked or visible"}
 
 
 def masked_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                               brain_mask: torch.Tensor | None = None, kind: str = "mse") -> torch.Tensor:
-    """Mean squared (kind="mse") or absolute (kind="l1") error over masked voxels inside the brain.
+                               brain_mask: torch.Tensor | None = None, kind: str = "mse",
+                               region: str = "masked_brain") -> torch.Tensor:
+    """Mean squared (kind="mse") or absolute (kind="l1") error over the voxels that `region` names.
 
     `pred` and `target` are (B, C, ...); `mask` (True = masked) and `brain_mask` are (B, 1, ...).
-    A voxel is inside the brain where `brain_mask > 0`, so nnU-Net's -1 (outside the cropped
-    nonzero region) counts as outside. Every qualifying voxel of the batch weighs the same, whatever
-    sample it is in. With no qualifying voxel the loss is 0, still attached to `pred`'s graph.
+    `region` (LOSS_REGIONS): "masked_brain" counts masked voxels inside the brain (`brain_mask > 0`, so
+    nnU-Net's -1 outside the cropped nonzero region counts as outside; without a brain mask, every masked
+    voxel); "masked" every masked voxel; "all" every voxel of the patch, as a plain mean over the whole
+    tensor (the AMAES recipe's reconstruction loss). Every counted voxel of the batch weighs the same,
+    whatever sample it is in. With no counted voxel the loss is 0, still attached to `pred`'s graph.
     """
     if kind not in RECONSTRUCTION_KINDS:
         raise ValueError(f"kind must be one of {RECONSTRUCTION_KINDS}, got {kind!r}")
+    if region not in LOSS_REGIONS:
+        raise ValueError(f"region must be one of {', '.join(LOSS_REGIONS)}, got {region!r}")
     if pred.shape != target.shape:
         raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and "
                          f"{tuple(target.shape)}")
     expected = (pred.shape[0], 1, *pred.shape[2:])
     if tuple(mask.shape) != expected:
         raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
-    weight = mask.bool()
+    weight = mask.bool() if region != "all" else torch.ones_like(mask, dtype=torch.bool)
     if brain_mask is not None:
         if tuple(brain_mask.shape) != expected:
             raise ValueError(f"brain_mask must have shape {expected}, got {tuple(brain_mask.shape)}")
-        weight = weight & (brain_mask > 0)
+        if region == "masked_brain":
+            weight = weight & (brain_mask > 0)
 
     # Reduce in float32: under autocast pred may be half precision and its sums overflow.
     diff = pred.float() - target.float()
@@ -88,3 +98,22 @@ def _vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float, 
     covariance = _covariance_term(z1) + _covariance_term(z2)
     loss = invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
     return VICRegTerms(loss, invariance, variance, covariance)
+
+
+VICREG_TERM_NAMES = ("loss", "invariance", "variance", "covariance")
+
+
+def vicreg_history(per_epoch: dict[str, list[float]], target_std: float = 1.0) -> dict:
+    """The per-epoch means of the VICReg terms as JSON (checkpoint metadata), so a study can see collapse.
+
+    `per_epoch` maps each of VICREG_TERM_NAMES to its per-epoch means (one value per epoch trained); the
+    lists are cut to the epochs all four have. `variance` is the hinge summed over both branches: 0 when
+    every pooled dimension has a batch standard deviation >= `target_std`, `variance_max` (2 x target_std)
+    when the features are constant over the batch (collapsed).
+    """
+    missing = [name for name in VICREG_TERM_NAMES if name not in per_epoch]
+    if missing:
+        raise ValueError(f"per_epoch lacks the VICReg terms {', '.join(missing)}")
+    epochs = min(len(per_epoch[name]) for name in VICREG_TERM_NAMES)
+    history = {name: [float(v) for v in per_epoch[name][:epochs]] for name in VICREG_TERM_NAMES}
+    return {"per_epoch": history, "epochs": epochs, "variance_max": 2.0 * float(target_std)}
