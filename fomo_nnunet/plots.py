@@ -71,8 +71,12 @@ def plot_reconstruction(path: str | os.PathLike, rows: dict[str, np.ndarray], ti
     _save(fig, path)
 
 
-MAE_CAPTION = ("The loss counts masked brain voxels only, so the network's output on visible voxels is untrained "
-               "(dark there). Composite: the visible input with the reconstruction pasted into the masked blocks.")
+def mae_caption(loss_on: str = "masked brain voxels only") -> str:
+    """What reconstruction.png shows, given what the loss counts (fomo_nnunet.ssl.LOSS_REGIONS' words)."""
+    untrained = (" so the network's output on visible voxels is untrained (dark there)"
+                 if "visible" not in loss_on else "")
+    return (f"The loss counts {loss_on}{',' if untrained else ''}{untrained}. Composite: the visible input with "
+            f"the reconstruction pasted into the masked blocks.")
 
 
 def mae_rows(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,9 +89,10 @@ def mae_rows(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "network output": example["reconstruction"], "target": example["target"]}
 
 
-def plot_mae_reconstruction(path: str | os.PathLike, example: dict[str, np.ndarray], title: str) -> None:
+def plot_mae_reconstruction(path: str | os.PathLike, example: dict[str, np.ndarray], title: str,
+                            loss_on: str = "masked brain voxels only") -> None:
     """The MAE trainer's reconstruction.png: `mae_rows` with the caption that says what is trained."""
-    plot_reconstruction(path, mae_rows(example), title, caption=MAE_CAPTION)
+    plot_reconstruction(path, mae_rows(example), title, caption=mae_caption(loss_on))
 
 
 def _save(fig, path) -> None:

@@ -218,3 +218,11 @@ def test_mae_picture_composite_shows_visible_input_and_reconstructed_masked_bloc
     assert list(rows) == ["input", "masked input", "composite", "network output", "target"]
     plot_mae_reconstruction(tmp_path / "reconstruction.png", example, "epoch 1")
     assert (tmp_path / "reconstruction.png").stat().st_size > 1000
+
+
+def test_mae_picture_caption_says_what_the_loss_counts():
+    from fomo_nnunet.plots import mae_caption
+    from fomo_nnunet.ssl import LOSS_REGIONS
+
+    assert "untrained" in mae_caption(LOSS_REGIONS["masked_brain"]) and "untrained" in mae_caption(LOSS_REGIONS["masked"])
+    assert "untrained" not in mae_caption(LOSS_REGIONS["all"]) and "every voxel" in mae_caption(LOSS_REGIONS["all"])

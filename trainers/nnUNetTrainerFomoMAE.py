@@ -322,8 +322,10 @@ class nnUNetTrainerFomoMAE(StepSettings, DistributedRun, SeededRun, AmpStep, Epo
             title = f"epoch {epoch + 1}: mask ratio {self.mask_ratio}, block {self.block_size}"
             if self.decoder_skips != "all":
                 title += f", decoder skips {self.decoder_skips}"
-            plot_mae_reconstruction(os.path.join(folder, f"epoch_{epoch + 1:04d}.png"), self._val_example, title)
-            plot_mae_reconstruction(os.path.join(self.output_folder, "reconstruction.png"), self._val_example, title)
+            loss_on = LOSS_REGIONS[self.loss_region]
+            for path in (os.path.join(folder, f"epoch_{epoch + 1:04d}.png"),
+                         os.path.join(self.output_folder, "reconstruction.png")):
+                plot_mae_reconstruction(path, self._val_example, title, loss_on)
 
     # ---- self-describing checkpoints (fomo_nnunet.training.DescribedCheckpoints) ---------------
     def objective_settings(self) -> dict:
