@@ -112,9 +112,11 @@ def test_shard_killed_with_sigkill_and_rerun_gives_the_same_folder(fresh):
         time.sleep(0.005)
     p.kill()
     p.wait()
+    # its orphaned workers notice within PARENT_POLL_SECONDS and leave; a case in flight may still land whole
+    # (renamed into place) meanwhile, so the finished cases are counted after that
+    time.sleep(1.5)
     done = len(list(out.glob("*.b2nd"))) - len(list(out.glob("*_seg.b2nd")))
     assert done < N_SCANS, "the run finished before the kill: nothing was tested"
-    time.sleep(1.5)   # its orphaned workers notice within PARENT_POLL_SECONDS and leave
     r = P.preprocess(900, "fomoPretrainPlans", "3d_fullres", progress=False)
     assert (r.done, r.already_done) == (N_SCANS - done, done)
     _assert_same_as_nnunet(root, pre)
