@@ -10,11 +10,6 @@ NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 TRAINERS_PACKAGE = "fomo_nnunet.trainers"
 
-# OpenMP and MKL may choose a thread count per parallel region on a busy machine (dynamic adjustment), and a
-# different count sums in a different order: the same seed then gave losses that differed in the 7th digit
-# under load. Off, read when the libraries load, so they belong in the environment a run starts with.
-REPRODUCIBLE_THREADING = {"OMP_DYNAMIC": "FALSE", "MKL_DYNAMIC": "FALSE"}
-
 
 def trainers_dir() -> Path:
     """The folder nnUNet_extTrainer must point to (our installed trainers package), found without
@@ -36,7 +31,7 @@ def nnunet_defaults(work: str | os.PathLike) -> dict[str, str]:
 def environment(work: str | os.PathLike = "fomo_work") -> dict[str, str]:
     """The variables nnU-Net needs to see our trainers, keeping any the user already set."""
     env = {"nnUNet_extTrainer": str(trainers_dir())}
-    for k, v in {**nnunet_defaults(work), **REPRODUCIBLE_THREADING}.items():
+    for k, v in nnunet_defaults(work).items():
         env[k] = os.environ.get(k) or v
     return env
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fomo_nnunet.paths import REPRODUCIBLE_THREADING, nnunet_defaults, trainers_dir
+from fomo_nnunet.paths import nnunet_defaults, trainers_dir
 
 
 class StepFailed(RuntimeError):
@@ -32,8 +32,6 @@ class Pipeline:
         self.env = dict(os.environ)
         self.env.update(nnunet_defaults(self.work))
         self.env["nnUNet_extTrainer"] = str(trainers_dir())
-        for k, v in REPRODUCIBLE_THREADING.items():
-            self.env.setdefault(k, v)
         # small machines: nnU-Net's default pools (8 export workers, 12 augmentation workers) only thrash
         ncpu = threads or os.cpu_count() or 2
         self.env.setdefault("nnUNet_def_n_proc", str(max(1, min(ncpu, 4))))

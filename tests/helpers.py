@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from fomo_nnunet.paths import REPRODUCIBLE_THREADING, trainers_dir
+from fomo_nnunet.paths import trainers_dir
 
 BIN = Path(sys.executable).parent
 
@@ -25,8 +25,6 @@ def nnunet_env(root: Path) -> dict[str, str]:
         # two cores: keep nnU-Net's worker pools small
         "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "2",
     })
-    for k, v in REPRODUCIBLE_THREADING.items():  # as `fomo-nnunet env` sets them
-        env.setdefault(k, v)
     for k in ("raw", "preprocessed", "results"):
         (root / k).mkdir(parents=True, exist_ok=True)
     return env

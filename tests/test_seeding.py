@@ -78,10 +78,10 @@ def test_in_process_batches_leave_the_processs_own_random_state_alone():
 # which spawns two worker pools (slow) and shows nothing about seeding; then nnU-Net's predictor on the
 # test images, one process, no pools. One process per run, as a user's runs are.
 TRAIN_AND_PREDICT = """
-import multiprocessing, sys, torch
+import sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args
 dataset, trainer, images, out = sys.argv[1:5]
-torch.set_num_threads(multiprocessing.cpu_count())
+torch.set_num_threads(1)  # bit for bit holds single-threaded (docs/reproducibility.md); 2 threads under load differed
 t = get_trainer_from_args(dataset, "3d_fullres", 0, trainer, "fomoPlans", device=torch.device("cpu"))
 t.run_training()
 if images:
