@@ -36,24 +36,61 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
 class InterruptibleRun:
-    """SIGTERM (and SIGINT) raise Interrupted in the main thread while jobs run, so that every
-    `except BaseException` cleanup (temporary files, half-written cases, the workers) runs."""
+    """SIGINT and SIGTERM stop the jobs: the signal is recorded, and `Interrupted` is raised in the main
+    thread so that every `except BaseException` cleanup (temporary files, half-written cases, the
+    workers) runs.
+
+    `raise_at_once=True` raises from the handler itself (needed when the jobs run in this process, to
+    leave a long job). A signal handler's exception can land anywhere, also in a `__del__` run by the
+    garbage collector, where Python prints it and drops it (seen: nibabel's OrderedSet.__del__ under
+    load); so the recorded signal is raised again by `check()` between jobs and on leaving the block.
+    `raise_at_once=False` only records it and wakes `wakeup_fd`, which the parent's wait includes: the
+    interruption is then raised by the parent's own loop, at a place where nothing can swallow it.
+    """
+
+    def __init__(self, raise_at_once: bool = True):
+        self.raise_at_once = raise_at_once
+        self.signum: int | None = None
+        self.wakeup_fd: int | None = None
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            if self._write_fd is not None:
+                try:
+                    os.write(self._write_fd, b"!")
+                except OSError:
+                    pass
+        if self.raise_at_once:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        """Raise Interrupted if a stop signal arrived (and was not raised or was swallowed)."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
 
     def __enter__(self):
         self.saved = {}
+        self._write_fd = None
+        if not self.raise_at_once:
+            self.wakeup_fd, self._write_fd = os.pipe()
+            os.set_blocking(self._write_fd, False)
         if threading.current_thread() is threading.main_thread():
             for sig in _STOP_SIGNALS:
-                self.saved[sig] = signal.signal(sig, _raise_interrupted)
+                self.saved[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
+        for fd in (self.wakeup_fd, self._write_fd):
+            if fd is not None:
+                os.close(fd)
+        self.wakeup_fd = self._write_fd = None
+        if exc_type is None:
+            self.check()      # a signal that arrived during the last step, or was swallowed
+        return False
 
 
 # --------------------------------------------------------------------------------- the worker
@@ -162,31 +199,36 @@ def run_jobs(fn, jobs: list, num_processes: int, progress: bool, desc: str, on_k
     from tqdm import tqdm
 
     results: list = []
-    with InterruptibleRun():
-        if num_processes <= 1 or len(jobs) <= 1:
+    if num_processes <= 1 or len(jobs) <= 1:
+        with InterruptibleRun(raise_at_once=True) as stop:
             with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
                 for j in jobs:
+                    stop.check()
                     results.append(fn(j))
                     bar.update()
-            return results
-        import multiprocessing as mp
-        from multiprocessing.connection import wait
+        return results
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
 
-        # fork where there is one: workers need nothing but what the parent has loaded, and unlike spawn
-        # it does not re-run an unguarded calling script
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # fork where there is one: workers need nothing but what the parent has loaded, and unlike spawn
+    # it does not re-run an unguarded calling script
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with InterruptibleRun(raise_at_once=False) as stop:
         workers = _start(ctx, fn, min(num_processes, len(jobs)))
         todo = list(reversed(jobs))
         busy: dict[int, object] = {}          # index in workers -> its job
         try:
             with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True) as bar:
                 while todo or busy:
+                    stop.check()
                     for i, (p, conn) in enumerate(workers):
                         if i not in busy and todo:
                             busy[i] = todo.pop()
                             conn.send(busy[i])
                     ready = wait([conn for i, (_, conn) in enumerate(workers) if i in busy]
-                                 + [p.sentinel for i, (p, _) in enumerate(workers) if i in busy])
+                                 + [p.sentinel for i, (p, _) in enumerate(workers) if i in busy]
+                                 + [stop.wakeup_fd])
+                    stop.check()
                     for i in list(busy):
                         p, conn = workers[i]
                         if conn in ready or (p.sentinel in ready and conn.poll()):
