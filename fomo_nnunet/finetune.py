@@ -1,7 +1,7 @@
 """Few-shot finetuning pieces shared by the segmentation, classification and regression trainers.
 
 - which checkpoint the plans name, and loading it into a freshly built network (safe loading,
-  stem adaptation and the report come from fomo_nnunet.transfer);
+  stem adaptation and the report come from fomo_nnunet.models.transfer);
 - parameter groups that know which tensors are pretrained;
 - the schedule (fomo_nnunet.training.EpochSchedule): first only the fresh parts learn (pretrained
   groups at lr 0), then the whole network warms up linearly, then nnU-Net's polynomial decay. A
@@ -27,7 +27,7 @@ def pretrained_checkpoint_from_plans(plans: dict) -> str | None:
 def load_pretrained(network: nn.Module, plans: dict, load_decoder: bool, log=print):
     """Load the plans' pretrained checkpoint into `network`; returns the TransferReport (or None)."""
     from fomo_nnunet.trainer_checks import check_pretrained_unchanged
-    from fomo_nnunet.transfer import transfer_from_checkpoint
+    from fomo_nnunet.models.transfer import transfer_from_checkpoint
 
     path = pretrained_checkpoint_from_plans(plans)
     if path is None:

@@ -79,7 +79,7 @@ def check_trainer_fits_task(trainer_name: str, trainer_kinds: tuple[str, ...], p
 def check_pretrained_unchanged(path: str, plans: Mapping) -> None:
     """Refuse a pretrained checkpoint whose sha256 differs from the one the plans recorded (plans written
     before the hash was recorded pass)."""
-    from fomo_nnunet.checkpoints import file_sha256
+    from fomo_nnunet.models.checkpoints import file_sha256
 
     recorded = (plans.get("fomo") or {}).get("pretrained_sha256")
     if not recorded:

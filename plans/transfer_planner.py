@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from fomo_nnunet.checkpoints import (CHECKPOINT_PREFERENCE, FINAL_ONLY, file_sha256, find_checkpoint,
+from fomo_nnunet.models.checkpoints import (CHECKPOINT_PREFERENCE, FINAL_ONLY, file_sha256, find_checkpoint,
                                      metadata_from_preset, read_checkpoint_metadata)
 from fomo_nnunet.plans.fixed_network import FixedNetworkPlanner, copy_beside_plans, extract_fingerprint_if_missing
 from fomo_nnunet.plans.presets import CONFIGURATION

@@ -94,8 +94,8 @@ def make_raw_dataset(raw: Path, dataset_id: int, name: str, n_cases: int, n_chan
 
 def save_fake_pretraining(path, features=None, seed=0):
     """A pretraining checkpoint as nnUNetTrainerFomoMAE writes it (random weights: only shapes matter here)."""
-    from fomo_nnunet.checkpoints import metadata_from_preset
-    from fomo_nnunet.transfer import PretrainMetadata
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
+    from fomo_nnunet.models.transfer import PretrainMetadata
 
     meta = metadata_from_preset("tiny")
     meta["objective"] = "mae"

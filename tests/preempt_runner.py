@@ -89,7 +89,7 @@ def main() -> None:
     # nothing here runs a torch operation (a forked child must not inherit a started OpenMP pool)
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     recursive_find_trainer_class_by_name(trainer_name)
-    import fomo_nnunet.transfer  # noqa: F401
+    import fomo_nnunet.models.transfer  # noqa: F401
     report = {}
     # 1. uninterrupted
     t0 = time.time()
@@ -108,7 +108,7 @@ def main() -> None:
     report["sigterm_steps_done"] = len((fold / STEP_LOG).read_text().splitlines())
     report["sigterm_signal_step"] = signal_step
     report["sigterm_fold"] = str(fold)
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
     latest = load_checkpoint_safely(fold / "checkpoint_latest.pth")  # mid-epoch, loaded as data only
     report["sigterm_checkpoint"] = {"current_epoch": latest["current_epoch"], "step": latest["fomo_streams"]["step"],
                                     "outputs": len(latest["fomo_streams"]["ranks"][0]["train_outputs"])}

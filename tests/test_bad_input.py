@@ -153,7 +153,7 @@ def test_entry_bad_output_is_refused_before_inference(kind, tiny_bundle, tmp_pat
     inp = str(B.good(tmp_path / "t.npy.nii.gz"))
     output = make(tmp_path, inp)
     before = sorted(os.listdir(tmp_path))
-    import fomo_nnunet.inference as inference
+    import fomo_nnunet.challenge.inference as inference
 
     monkeypatch.setattr(inference.Embedder, "load", lambda *a, **k: pytest.fail("inference started"))
     got, _, err = run_cli(["fomo26", "task6", "--input", inp, "--output", output, "--bundle", tiny_bundle], capsys)
@@ -290,7 +290,7 @@ def test_entry_signal_during_inference_leaves_nothing(sig, code, tiny_bundle, tm
     import signal
     import time
 
-    import fomo_nnunet.inference as inference
+    import fomo_nnunet.challenge.inference as inference
 
     def killed(*a, **k):
         os.kill(os.getpid(), getattr(signal, sig))
@@ -314,7 +314,7 @@ def test_entry_signal_during_inference_leaves_nothing(sig, code, tiny_bundle, tm
 
 def test_grid_note_says_what_differs(tmp_path):
     """Only the affine differs: the note says so instead of 'grid (20, 20, 20) differs from (20, 20, 20)'."""
-    from fomo_nnunet.fomo26_io import read_input, resample_onto
+    from fomo_nnunet.challenge.entry_io import read_input, resample_onto
 
     ref = read_input("flair", str(B.good(tmp_path / "f.nii.gz")))
     other = resample_onto(read_input("dwi", str(B.shifted(tmp_path / "d.nii.gz"))), ref)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fomo_nnunet.report import markdown_table, table_rows
+from fomo_nnunet.benchmarks.report import markdown_table, table_rows
 from helpers import nnunet_env, run
 
 
@@ -47,7 +47,7 @@ def test_task7_rows_show_the_organisers_fairness_score_higher_is_better():
 
 
 def test_verdict_rule_needs_consistent_sign_and_mean_beyond_sd():
-    from fomo_nnunet.report import verdict
+    from fomo_nnunet.benchmarks.report import verdict
 
     assert verdict([0.1, 0.12, 0.11], False) == "better"
     assert verdict([0.01, 0.5], False) == "undecided"  # same sign, but mean 0.255 < sd 0.35
@@ -97,7 +97,7 @@ def test_learning_check_applies_the_strict_criteria(tmp_path):
     import nibabel as nib
     import numpy as np
 
-    from fomo_nnunet.report import learning_check
+    from fomo_nnunet.benchmarks.report import learning_check
     from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
 
     seg = tmp_path / "seg"
@@ -144,7 +144,7 @@ def test_pipeline_runs_light_commands_in_process_with_the_work_folders_environme
     import os
 
     from fomo_nnunet.cli import main
-    from fomo_nnunet.pipeline import Pipeline, StepFailed
+    from fomo_nnunet.benchmarks.pipeline import Pipeline, StepFailed
 
     monkeypatch.delenv("nnUNet_raw", raising=False)
     pipe = Pipeline(tmp_path / "work", log=lambda *a: None, in_process=main)
@@ -164,8 +164,8 @@ def test_pipeline_runs_light_commands_in_process_with_the_work_folders_environme
 
 
 def test_every_trainer_a_preset_names_exists_with_its_scratch_twin():
-    from fomo_nnunet.benchmark import PRESETS
-    from fomo_nnunet.network_record import trainer_class
+    from fomo_nnunet.benchmarks.fomo_synth import PRESETS
+    from fomo_nnunet.models.network_record import trainer_class
 
     for preset in PRESETS.values():
         finetuners = [preset.seg_trainer, preset.cls_trainer, preset.reg_trainer]
@@ -189,7 +189,7 @@ def test_benchmark_refuses_a_pretraining_trainer_that_is_not_one(tmp_path, capsy
 
 
 def test_a_work_folder_keeps_the_pretraining_trainer_it_started_with(tmp_path, capsys):
-    from fomo_nnunet.benchmark import Benchmark
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
     from fomo_nnunet.cli import main
 
     hybrid = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke"

@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from fomo_nnunet.campaign import CHECKPOINT_LIMIT_BYTES, PARTS, format_report
-from fomo_nnunet.step_bench import peak_bf16_tflops
-from fomo_nnunet.step_bench import LOSS_TOLERANCE, loss_check
+from fomo_nnunet.benchmarks.campaign import CHECKPOINT_LIMIT_BYTES, PARTS, format_report
+from fomo_nnunet.benchmarks.step_bench import peak_bf16_tflops
+from fomo_nnunet.benchmarks.step_bench import LOSS_TOLERANCE, loss_check
 from fomo_nnunet.training.fast import Settings, StepSettings
 from fomo_nnunet.training.loop import train_until
 from helpers import run, run_cli
@@ -124,8 +124,8 @@ def test_train_until_stops_after_the_epoch_that_would_pass_the_limit_and_ends_th
 
 
 def test_resenc_s_weights_fit_what_comes_back_from_a_lent_gpu():
-    from fomo_nnunet.checkpoints import metadata_from_preset
-    from fomo_nnunet.transfer import PretrainMetadata
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
+    from fomo_nnunet.models.transfer import PretrainMetadata
 
     net = PretrainMetadata.from_dict(metadata_from_preset("resenc_s")).build_network(num_outputs=1)
     assert 4 * sum(p.numel() for p in net.parameters()) < CHECKPOINT_LIMIT_BYTES - 256 * 1024
@@ -170,7 +170,7 @@ def test_campaign_smoke_on_cpu_runs_every_part_and_reports_it(tmp_path):
     assert pre["epochs_done"] >= 1 and pre["checkpoint"] == "pretrain_weights.pth"
     ckpt = out / "pretrain_weights.pth"
     assert ckpt.stat().st_size <= CHECKPOINT_LIMIT_BYTES
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
 
     c = load_checkpoint_safely(ckpt)
     assert c["fomo_metadata"]["objective"] == "mae" and "optimizer_state" not in c
@@ -183,7 +183,7 @@ def test_campaign_smoke_on_cpu_runs_every_part_and_reports_it(tmp_path):
 def test_gaussian_warmed_beside_loading_is_the_one_nnunets_sliding_window_asks_for():
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-    from fomo_nnunet.fomo26 import warm_gaussian
+    from fomo_nnunet.challenge.entry import warm_gaussian
 
     compute_gaussian.cache_clear()
     warm_gaussian([16, 24, 16], torch.device("cpu")).join()

@@ -23,10 +23,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from fomo_nnunet.checkpoint_import import (CHECKPOINT_FILE, REPORT_JSON, UnknownArchitectureError,
+from fomo_nnunet.models.checkpoint_import import (CHECKPOINT_FILE, REPORT_JSON, UnknownArchitectureError,
                                            import_checkpoint)
-from fomo_nnunet.checkpoints_io.export import export_checkpoint
-from fomo_nnunet.transfer import CheckpointError, PretrainMetadata, load_checkpoint_safely
+from fomo_nnunet.models.formats.export import export_checkpoint
+from fomo_nnunet.models.transfer import CheckpointError, PretrainMetadata, load_checkpoint_safely
 
 from helpers import run
 from test_checkpoint_import import TOLERANCE, randomised, save_like_lightning, tiny_resenc  # noqa: E402
@@ -285,7 +285,7 @@ def test_format_that_contradicts_the_file_is_refused_with_the_reason(tmp_path, n
 # ---- ours out ------------------------------------------------------------------------------------------
 def our_checkpoint(tmp_path) -> tuple[nn.Module, object]:
     """A tiny pretraining checkpoint of ours (the `tiny` preset, random weights, recorded masking)."""
-    from fomo_nnunet.checkpoints import metadata_from_preset
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
 
     meta = metadata_from_preset("tiny")
     meta["objective"], meta["objective_settings"] = "mae", {"mask_ratio": 0.7, "mask_unit": 8,
@@ -328,7 +328,7 @@ def test_asparagus_export_loads_into_gardening_tools_and_round_trips_exactly(tmp
 
 
 def test_asparagus_export_names_the_mask_unit_our_trainer_records_as_block_size(tmp_path):
-    from fomo_nnunet.checkpoints import metadata_from_preset
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
 
     meta = metadata_from_preset("tiny")
     meta["objective"], meta["objective_settings"] = "mae", {"mask_ratio": 0.75, "block_size": 16}
@@ -384,7 +384,7 @@ def test_export_cli_writes_and_refuses_with_one_line(tmp_path, capsys):
 
 
 def test_export_of_a_network_the_format_has_no_class_for_is_refused(tmp_path):
-    from fomo_nnunet.checkpoints import metadata_from_preset
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
 
     path = tmp_path / "plain.pth"
     torch.save({"network_weights": {}, "fomo_metadata": metadata_from_preset("unet_b")}, path)
@@ -434,7 +434,7 @@ def test_imported_checkpoints_plan_finetune_bundle_and_run_the_challenge_entry(t
     cls_transfer = json.loads((cls_model / "fold_all" / "transfer_report.json").read_text())
     assert any(n.startswith("encoder.stages.") for n in seg_transfer["loaded"])   # the nnssl encoder is used
     assert any("1->4 channels" in why for why in cls_transfer["adapted"].values())  # stem over 4 sequences
-    from fomo_nnunet.bundle import build_bundle
+    from fomo_nnunet.challenge.bundle import build_bundle
 
     bundle = tmp_path / "bundle"
     # one pretrained checkpoint per bundle (the challenge's rule): the nnssl one; the asparagus-based classifier

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from fomo_nnunet.checkpoint_import import (CHECKPOINT_FILE, REPORT_JSON, REPORT_TEXT, InexactArchitectureError,
+from fomo_nnunet.models.checkpoint_import import (CHECKPOINT_FILE, REPORT_JSON, REPORT_TEXT, InexactArchitectureError,
                                            UnknownArchitectureError, import_checkpoint)
-from fomo_nnunet.transfer import CheckpointError, PretrainMetadata, load_checkpoint_safely
+from fomo_nnunet.models.transfer import CheckpointError, PretrainMetadata, load_checkpoint_safely
 
 L = pytest.importorskip("lightning", reason="test extra: lightning (how the organisers' frameworks save)")
 pytest.importorskip("gardening_tools", reason="test extra: gardening-tools (the organisers' networks)")
@@ -149,8 +149,8 @@ def _decoder_block(n: int):
 
 
 def test_full_size_resenc_b_maps_every_encoder_tensor_by_name_and_shape(tmp_path):
-    from fomo_nnunet.checkpoints import metadata_from_preset
-    from fomo_nnunet.transfer import _model_tensors
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
+    from fomo_nnunet.models.transfer import _model_tensors
 
     # asparagus resenc_unet_b as the FOMO26 organisers pretrain it (use_skip_connections: False)
     torch.manual_seed(0)

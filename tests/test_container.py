@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fomo_nnunet.fomo26_io import check_output_file
+from fomo_nnunet.challenge.entry_io import check_output_file
 from fomo_nnunet.tasks import TASKS_BY_NUMBER, get_task
 from helpers import run, save_fake_pretraining
 
@@ -25,7 +25,7 @@ PREDICT = ROOT / "container" / "predict.py"
 @pytest.fixture(scope="module")
 def bundle(tasks_ws):
     root, env, ckpt = tasks_ws
-    from fomo_nnunet.bench import write_untrained_model
+    from fomo_nnunet.benchmarks.throughput import write_untrained_model
 
     models = {n: Path(write_untrained_model(root / "preprocessed" / TASKS_BY_NUMBER[n].dataset_name, root / "results"))
               for n in (1, 2, 3, 4, 5)}
@@ -163,8 +163,8 @@ def test_bundle_mixing_two_pretrained_checkpoints_is_refused(bundle, tmp_path):
 
 def test_bundle_records_how_each_network_is_built(bundle):
     """The entry rebuilds each network from this record, not through nnU-Net's trainer search."""
-    from fomo_nnunet.network_record import IMAGE_LEVEL, NETWORK_KEY, PLANS
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.network_record import IMAGE_LEVEL, NETWORK_KEY, PLANS
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
 
     _, _, out, _, _ = bundle
     for n in (1, 2, 3, 4, 5):

@@ -1,10 +1,10 @@
-"""oneDNN convolutions at batch 1 on a CPU (fomo_nnunet.cpu_convolution): same numbers, same state dict."""
+"""oneDNN convolutions at batch 1 on a CPU (fomo_nnunet.models.cpu_convolution): same numbers, same state dict."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from fomo_nnunet.cpu_convolution import OneDnnConv3d, use_onednn_convolutions
+from fomo_nnunet.models.cpu_convolution import OneDnnConv3d, use_onednn_convolutions
 
 
 def _pair(in_ch: int = 3, out_ch: int = 8, **kwargs):
@@ -58,8 +58,8 @@ def test_a_network_keeps_its_state_dict_and_other_convolutions():
 
 
 def test_pretrained_architectures_are_built_with_it():
-    from fomo_nnunet.checkpoints import metadata_from_preset
-    from fomo_nnunet.transfer import PretrainMetadata
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
+    from fomo_nnunet.models.transfer import PretrainMetadata
 
     net = PretrainMetadata.from_dict(metadata_from_preset("tiny")).build_network(num_outputs=1)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv3d)]
@@ -67,7 +67,7 @@ def test_pretrained_architectures_are_built_with_it():
 
 
 def test_for_this_machine_keeps_the_numbers_and_on_a_cpu_stores_weights_channels_last():
-    from fomo_nnunet.cpu_convolution import cpu_only_machine, for_this_machine
+    from fomo_nnunet.models.cpu_convolution import cpu_only_machine, for_this_machine
 
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.InstanceNorm3d(4, affine=True), nn.LeakyReLU(),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fomo_nnunet.embedding_stats import (STATS_KEY, EmbeddingStats, compute_embedding_stats, pooled_embedding,
+from fomo_nnunet.models.embedding_stats import (STATS_KEY, EmbeddingStats, compute_embedding_stats, pooled_embedding,
                                          save_with_stats, select_cases)
 from helpers import make_raw_dataset, run_cli, save_fake_pretraining
 
@@ -55,8 +55,8 @@ def test_case_selection_is_evenly_spaced_and_fixed():
 
 
 def _tiny_encoder():
-    from fomo_nnunet.checkpoints import metadata_from_preset
-    from fomo_nnunet.transfer import PretrainMetadata
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
+    from fomo_nnunet.models.transfer import PretrainMetadata
 
     meta = PretrainMetadata.from_dict(metadata_from_preset("tiny"))
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def test_statistics_standardise_the_vectors_they_were_computed_over():
 
 
 def test_a_checkpoint_without_stats_embeds_raw_one_with_them_standardised(tmp_path):
-    from fomo_nnunet.inference import Embedder
+    from fomo_nnunet.challenge.inference import Embedder
 
     plain = save_fake_pretraining(tmp_path / "plain.pth")
     before = _sha(plain)
@@ -146,7 +146,7 @@ def test_cli_adds_statistics_to_a_copy_and_skips_unreadable_images(tmp_path, cap
 
 # ---- the embedding's pooling: "deepest" (the organisers' rule) or every encoder "stages" ----------
 def test_deepest_pooling_is_the_previous_vector_and_stages_end_with_it():
-    from fomo_nnunet.embedding_stats import POOLINGS, embedding_length
+    from fomo_nnunet.models.embedding_stats import POOLINGS, embedding_length
     from fomo_nnunet.image_level import crop_or_pad
 
     encoder, patch = _tiny_encoder()
@@ -178,7 +178,7 @@ class _Described:
     def __init__(self, pooling=None):
         from types import SimpleNamespace
 
-        from fomo_nnunet.checkpoints import metadata_from_preset
+        from fomo_nnunet.models.checkpoints import metadata_from_preset
 
         m = metadata_from_preset("tiny")
         self.configuration_manager = SimpleNamespace(
@@ -194,10 +194,10 @@ class _Described:
 
 
 def test_the_pooling_is_recorded_in_the_metadata_and_embedder_follows_it(tmp_path):
-    from fomo_nnunet.embedding_stats import POOLING_KEY
-    from fomo_nnunet.inference import Embedder
+    from fomo_nnunet.models.embedding_stats import POOLING_KEY
+    from fomo_nnunet.challenge.inference import Embedder
     from fomo_nnunet.training import DescribedCheckpoints
-    from fomo_nnunet.transfer import PretrainMetadata
+    from fomo_nnunet.models.transfer import PretrainMetadata
 
     described = type("T", (_Described, DescribedCheckpoints), {"objective_settings": lambda self: {}})
     assert described().fomo_metadata(1)[POOLING_KEY] == "deepest"  # recorded even when it is the default
@@ -221,8 +221,8 @@ def test_the_pooling_is_recorded_in_the_metadata_and_embedder_follows_it(tmp_pat
 
 
 def test_embedder_refuses_statistics_of_another_pooling(tmp_path):
-    from fomo_nnunet.embedding_stats import POOLING_KEY
-    from fomo_nnunet.inference import Embedder
+    from fomo_nnunet.models.embedding_stats import POOLING_KEY
+    from fomo_nnunet.challenge.inference import Embedder
 
     plain = save_fake_pretraining(tmp_path / "plain.pth")
     save_with_stats(plain, EmbeddingStats(np.zeros(64), np.ones(64), 3), tmp_path / "wrong.pth", pooling="stages")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from fomo_nnunet import features as F
+from fomo_nnunet.benchmarks import features as F
 from fomo_nnunet.tasks import TASKS_BY_NUMBER
 
 
@@ -158,7 +158,7 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     assert out["settings"]["pooling"] == "own" and d[0]["pooling"] == "deepest"
     # --pooling stages on a checkpoint whose statistics are for "deepest": both arms pooled over every stage,
     # both freshly scaled over the same corpus (raw, the tiny encoder's sd is ~0.02), kept apart from deepest
-    from fomo_nnunet.embedding_stats import EmbeddingStats, save_with_stats
+    from fomo_nnunet.models.embedding_stats import EmbeddingStats, save_with_stats
 
     scaled = save_with_stats(ckpts[0], EmbeddingStats(np.zeros(64), np.full(64, 0.02), 5), tmp_path / "scaled.pth")
     assert main(["benchmark", "features", "--work", str(tmp_path / "w"), "--checkpoint", str(scaled), "--n-train", "8",

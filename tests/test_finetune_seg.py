@@ -34,7 +34,7 @@ def test_transferred_plans_take_network_from_checkpoint_and_channels_from_task(s
     root, _, ckpt = seg_ws
     plans = json.loads((root / "preprocessed" / f"Dataset{MENINGIOMA}_FOMO2Meningioma" / "fomoPlans.json").read_text())
     c = plans["configurations"]["3d_fullres"]
-    from fomo_nnunet.checkpoints import read_checkpoint_metadata
+    from fomo_nnunet.models.checkpoints import read_checkpoint_metadata
 
     meta = read_checkpoint_metadata(ckpt)
     assert c["architecture"]["arch_kwargs"] == meta["network_kwargs"]

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fomo_nnunet.fomo26_io import (FomoInputError, read_input, resample_onto, select_inputs, write_embedding_npy,
+from fomo_nnunet.challenge.entry_io import (FomoInputError, read_input, resample_onto, select_inputs, write_embedding_npy,
                                    write_label_nifti, write_value_txt)
 from fomo_nnunet.tasks import get_task
 

@@ -3,7 +3,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
-from fomo_nnunet.heads import EncoderClassifier, PoolingHead, encoder_stage_widths
+from fomo_nnunet.models.heads import EncoderClassifier, PoolingHead, encoder_stage_widths
 
 WIDTHS = [4, 8, 16]
 

@@ -184,7 +184,7 @@ def test_train_and_predict_classification_and_regression(ws):
             weights = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")["network_weights"]
             assert not torch.equal(weights["head.input_scale"], torch.ones_like(weights["head.input_scale"]))
         # the challenge's entry point reads the same model from arrays
-        from fomo_nnunet.inference import predict_case_arrays
+        from fomo_nnunet.challenge.inference import predict_case_arrays
         import nibabel as nib
 
         files = sorted((raw / name / "imagesTs").glob("casets000_*.nii.gz"))
@@ -194,7 +194,7 @@ def test_train_and_predict_classification_and_regression(ws):
 
 
 def test_predict_refuses_segmentation_models(tmp_path):
-    from fomo_nnunet.inference import ImageLevelModel
+    from fomo_nnunet.challenge.inference import ImageLevelModel
 
     (tmp_path / "plans.json").write_text(json.dumps({"plans_name": "fomoPlans", "fomo": {"task": "task2"}}))
     with pytest.raises(ValueError, match="nnUNetv2_predict"):
@@ -212,7 +212,7 @@ def test_embeddings_are_deterministic_and_differ_between_images(ws, tmp_path):
     assert all(v.ndim == 1 and v.dtype == np.float32 and np.all(np.isfinite(v)) for v in vecs)
     assert len({v.shape for v in vecs}) == 1 and vecs[0].shape[0] == 64  # tiny preset's deepest width
     assert not np.allclose(vecs[0], vecs[1])
-    from fomo_nnunet.inference import embed_array
+    from fomo_nnunet.challenge.inference import embed_array
     import nibabel as nib
 
     img = nib.load(images / "casetr000_0000.nii.gz")

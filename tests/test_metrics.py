@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import surface_distance
 
-from fomo_nnunet import metrics as M
+from fomo_nnunet.evaluation import metrics as M
 from fomo_nnunet.cli import main
 from fomo_nnunet.commands.evaluate import evaluate_task
 from fomo_nnunet.tasks import get_task

@@ -71,7 +71,7 @@ def test_nnunet_train_with_cls_on_brain_age_exits_2_before_training(tasks_ws, tm
 
 # ---- the link from plans to the pretrained checkpoint ----------------------------------------
 def test_finetuning_refuses_a_pretrained_checkpoint_changed_since_planning(tmp_path, capsys):
-    from fomo_nnunet.checkpoints import file_sha256
+    from fomo_nnunet.models.checkpoints import file_sha256
     from fomo_nnunet.finetune import load_pretrained
     from fomo_nnunet.trainer_checks import check_pretrained_unchanged
 
@@ -94,7 +94,7 @@ def _nnunet_folders_with_dataset_902(root: Path, monkeypatch) -> None:
 
 
 def test_plan_transfer_refuses_a_pretraining_without_final_checkpoint_unless_named(tmp_path, monkeypatch, capsys):
-    from fomo_nnunet.checkpoints import FINAL_ONLY, find_checkpoint
+    from fomo_nnunet.models.checkpoints import FINAL_ONLY, find_checkpoint
 
     results = tmp_path / "nnUNetTrainerFomoMAE_tiny__fomoPretrainPlans__3d_fullres"
     (results / "fold_all").mkdir(parents=True)
@@ -128,7 +128,7 @@ def test_predict_before_training_says_which_training_to_run(tmp_path, capsys):
 def test_nnunet_predict_on_an_image_level_model_points_to_fomo_predict_and_writes_nothing(tasks_ws, tmp_path, capsys):
     import subprocess
 
-    from fomo_nnunet.bench import write_untrained_model
+    from fomo_nnunet.benchmarks.throughput import write_untrained_model
 
     root, env, _ = tasks_ws
     env = dict(env, nnUNet_results=str(tmp_path / "results"))

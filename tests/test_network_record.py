@@ -8,7 +8,7 @@ import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from fomo_nnunet.network_record import (IMAGE_LEVEL, PLANS, build_from_record, network_for_prediction,
+from fomo_nnunet.models.network_record import (IMAGE_LEVEL, PLANS, build_from_record, network_for_prediction,
                                         network_record, trainer_class)
 
 
@@ -32,7 +32,7 @@ def test_record_rebuilds_the_trainers_network(tasks_ws, dataset, trainer, builde
     record = network_record(cls)
     assert record["builder"] == builder and json.loads(json.dumps(record)) == record  # plain data
     expected = cls.build_network_architecture(pm, cm, n_in, n_out, enable_deep_supervision=False)
-    # the trainers' 3-D convolutions take oneDNN on a CPU at batch 1 (fomo_nnunet.cpu_convolution)
+    # the trainers' 3-D convolutions take oneDNN on a CPU at batch 1 (fomo_nnunet.models.cpu_convolution)
     assert {type(m).__name__ for m in expected.modules() if isinstance(m, torch.nn.Conv3d)} == {"OneDnnConv3d"}
     assert _shapes(build_from_record(record, pm, cm, n_in, n_out)) == _shapes(expected)
     # a checkpoint without the record falls back to the trainer class

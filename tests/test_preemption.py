@@ -19,7 +19,7 @@ from conftest import PRETRAIN_DATASET
 from fomo_nnunet.exit_codes import PREEMPTED
 from fomo_nnunet.training.preemption import (STOP_SIGNALS_ENV, read_checkpoint, read_checkpoint_or_fallback,
                                              stop_signals, write_checkpoint)
-from fomo_nnunet.transfer import CheckpointError, load_checkpoint_safely
+from fomo_nnunet.models.transfer import CheckpointError, load_checkpoint_safely
 
 RUNNER = str(Path(__file__).with_name("preempt_runner.py"))
 TRAINER = "nnUNetTrainerFomoMAE_tiny_smoke"

@@ -55,7 +55,7 @@ def test_checkpoint_metadata_round_trips_through_inspect(pretrain_ws):
     _, env, fold = pretrain_ws
     out = run(["fomo-nnunet", "inspect", str(fold.parent), "--json"], env).stdout
     meta = json.loads(out)
-    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
+    from fomo_nnunet.models.transfer import PretrainMetadata, load_checkpoint_safely
 
     stored = load_checkpoint_safely(fold / "checkpoint_final.pth")["fomo_metadata"]
     assert meta == stored
@@ -114,7 +114,7 @@ def test_bench_reports_both_pipelines(pretrain_ws, monkeypatch):
     root, env, _ = pretrain_ws
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_n_proc_DA"):
         monkeypatch.setenv(k, env[k])
-    from fomo_nnunet.bench import bench_pretrain, format_report
+    from fomo_nnunet.benchmarks.throughput import bench_pretrain, format_report
 
     r = bench_pretrain(DATASET, "fomoPretrainPlans", mae_trainer=TRAINER, steps=2, warmup=1, loader_batches=2)
     assert r["mae"]["trainer"] == TRAINER and r["baseline"]["trainer"] == "nnUNetTrainer"
@@ -129,7 +129,7 @@ HYBRID = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_smoke"
 def _pretrain_smoke(trainer: str, pretrain_corpus, tmp_path):
     """Train `trainer` through nnU-Net's command in a fresh results folder: (fold folder, checkpoint_final,
     its PretrainMetadata)."""
-    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
+    from fomo_nnunet.models.transfer import PretrainMetadata, load_checkpoint_safely
 
     root, env = pretrain_corpus
     env = {**env, "nnUNet_results": str(tmp_path / "results")}
@@ -143,7 +143,7 @@ def _pretrain_smoke(trainer: str, pretrain_corpus, tmp_path):
 def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pretrain_corpus, tmp_path):
     """The hybrid objective end to end: skips off, two views, VICReg logged per epoch beside the
     reconstruction loss, the settings in the checkpoint, and the weights load as any pretraining's."""
-    from fomo_nnunet.transfer import transfer_from_checkpoint
+    from fomo_nnunet.models.transfer import transfer_from_checkpoint
 
     fold, ckpt, m = _pretrain_smoke(HYBRID, pretrain_corpus, tmp_path)
     settings = m.objective_settings
@@ -195,7 +195,7 @@ SESSIONS = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke"
 def test_session_pair_pretraining_reads_the_session_list_that_planning_copies(pretrain_corpus, tmp_path):
     """`plan pretrain` copies subjects.json beside the plans; the session-pair hybrid trains from it (in an
     augmentation worker) and records its pairs in the checkpoint."""
-    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
+    from fomo_nnunet.models.transfer import PretrainMetadata, load_checkpoint_safely
 
     root, env = pretrain_corpus
     name = f"Dataset{DATASET}_Corpus"
@@ -224,7 +224,7 @@ def test_session_pair_pretraining_reads_the_session_list_that_planning_copies(pr
 @pytest.fixture(scope="module")
 def corpus_embeddings(pretrain_ws):
     """The pretraining corpus' scans embedded by checkpoint_final, as `fomo-nnunet embed` does (NIfTI in)."""
-    from fomo_nnunet.inference import Embedder
+    from fomo_nnunet.challenge.inference import Embedder
 
     root, _, fold = pretrain_ws
     embedder = Embedder.load(fold / "checkpoint_final.pth")
@@ -233,8 +233,8 @@ def corpus_embeddings(pretrain_ws):
 
 
 def test_final_checkpoint_standardises_the_corpus_embeddings(pretrain_ws, corpus_embeddings):
-    from fomo_nnunet.embedding_stats import STATS_KEY
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.embedding_stats import STATS_KEY
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
 
     _, _, fold = pretrain_ws
     stored = load_checkpoint_safely(fold / "checkpoint_final.pth")["fomo_metadata"]
@@ -253,7 +253,7 @@ def test_final_checkpoint_standardises_the_corpus_embeddings(pretrain_ws, corpus
 
 
 def test_fomo_lp_sgd_probe_trains_on_the_standardised_embeddings(corpus_embeddings):
-    from fomo_nnunet.probe import train_sgd_heads
+    from fomo_nnunet.evaluation.probe import train_sgd_heads
 
     _, X = corpus_embeddings
     y = np.array([0, 1, 0, 1, 0, 1])
@@ -262,8 +262,8 @@ def test_fomo_lp_sgd_probe_trains_on_the_standardised_embeddings(corpus_embeddin
 
 
 def test_random_init_twin_gets_its_own_statistics_over_the_same_corpus(pretrain_ws, corpus_embeddings, tmp_path):
-    from fomo_nnunet.benchmark import save_random_init
-    from fomo_nnunet.inference import Embedder
+    from fomo_nnunet.benchmarks.fomo_synth import save_random_init
+    from fomo_nnunet.challenge.inference import Embedder
 
     root, _, fold = pretrain_ws
     corpus = root / "preprocessed" / f"Dataset{DATASET}_Corpus" / "fomoPretrainPlans_3d_fullres"
@@ -275,8 +275,8 @@ def test_random_init_twin_gets_its_own_statistics_over_the_same_corpus(pretrain_
     save_random_init(str(fold / "checkpoint_final.pth"), tmp_path / "bare.pth", 0)
     assert Embedder.load(tmp_path / "bare.pth").stats is None  # never the pretrained statistics
     # a pretrained checkpoint without statistics (an older run): both arms stay raw
-    from fomo_nnunet.embedding_stats import STATS_KEY
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.embedding_stats import STATS_KEY
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
 
     old = load_checkpoint_safely(fold / "checkpoint_final.pth")
     old["fomo_metadata"].pop(STATS_KEY)

@@ -12,7 +12,7 @@ import torch
 from helpers import run
 
 from fomo_nnunet.seeding import BatchSeededLoader, derive_seed, run_seed
-from fomo_nnunet.transfer import load_checkpoint_safely
+from fomo_nnunet.models.transfer import load_checkpoint_safely
 
 MENINGIOMA = 902
 SMOKE = "nnUNetTrainerFomoSeg_tiny_smoke"

@@ -6,8 +6,8 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
-from fomo_nnunet.heads import EncoderClassifier, PoolingHead
-from fomo_nnunet.transfer import (
+from fomo_nnunet.models.heads import EncoderClassifier, PoolingHead
+from fomo_nnunet.models.transfer import (
     METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata, WeightTransferError, load_checkpoint_safely,
     read_metadata, split_state_dict, transfer_from_checkpoint, transfer_weights,
 )

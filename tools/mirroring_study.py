@@ -45,7 +45,7 @@ def predict_segmentation(model: Path, folds: list[str], images: Path, out: Path,
 
 def first_cases(images: Path, gt: Path, n: int, folder: Path) -> tuple[Path, Path]:
     """Links to the first `n` test cases (images and ground truth) in `folder`."""
-    from fomo_nnunet.inference import group_cases, strip_nifti
+    from fomo_nnunet.challenge.inference import group_cases, strip_nifti
 
     cases = dict(sorted(group_cases(images, len({strip_nifti(f.name)[-4:] for f in images.iterdir()})).items())[:n])
     (folder / "images").mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ def main() -> int:
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(os.environ[k]).mkdir(parents=True, exist_ok=True)
 
-    from fomo_nnunet.bench import prepare_entry_timing
+    from fomo_nnunet.benchmarks.throughput import prepare_entry_timing
 
     bundle, case_args = prepare_entry_timing(work, args.arch, args.tasks, args.template)
     from fomo_nnunet.tasks import TASKS_BY_NUMBER

@@ -1,7 +1,7 @@
 """Image-level finetuning: `nnUNetv2_train ... -p fomoPlans -tr nnUNetTrainerFomoCls | nnUNetTrainerFomoReg`.
 
 The pretrained encoder (loaded exactly as for segmentation: safe loading, stem adaptation, the
-report) feeds a pooling head (fomo_nnunet.heads). nnU-Net's planning, preprocessing, augmentation
+report) feeds a pooling head (fomo_nnunet.models.heads). nnU-Net's planning, preprocessing, augmentation
 and training loop stay; what changes is what a batch carries (the case's target from targets.json),
 where a patch is cut (the brain centre, with a small random shift, no foreground oversampling), the
 loss, and validation by the task's own metric (AUROC, MAE), which also picks checkpoint_best.pth.
@@ -25,7 +25,7 @@ from torch import nn
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
 from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs, load_targets,
                                      task_from_plans, validation_score, without_spatial_augmentation)
-from fomo_nnunet.network_record import IMAGE_LEVEL, build_image_level_network
+from fomo_nnunet.models.network_record import IMAGE_LEVEL, build_image_level_network
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION
 from fomo_nnunet.trainer_checks import (check_trainer_fits_task, fold_advice, refuse_nnunet_predictor,
                                         validation_problem)
@@ -77,7 +77,7 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
                                   FinetuneRecipe, PreemptibleRun, nnUNetTrainer):
     """Shared by the classification and regression trainers; the task's kind (from the plans) decides."""
 
-    # the head (fomo_nnunet.heads.PoolingHead)
+    # the head (fomo_nnunet.models.heads.PoolingHead)
     head_stages: tuple[int, ...] = (-1,)   # encoder stages pooled and concatenated; -1 is the deepest
     head_hidden: int = 256
     head_dropout: float = 0.2
@@ -118,7 +118,7 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         self._select_by_loss = False  # the validation fold cannot score the metric: the loss picks checkpoint_best
 
     # ---- network: the pretrained U-Net's encoder and a pooling head ----------------------------
-    fomo_network_builder = IMAGE_LEVEL  # what build_network_architecture builds (fomo_nnunet.network_record)
+    fomo_network_builder = IMAGE_LEVEL  # what build_network_architecture builds (fomo_nnunet.models.network_record)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,

@@ -28,8 +28,8 @@ from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_p
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 
-from fomo_nnunet.embedding_stats import check_pooling
-from fomo_nnunet.network_record import build_plans_network
+from fomo_nnunet.models.embedding_stats import check_pooling
+from fomo_nnunet.models.network_record import build_plans_network
 from fomo_nnunet.plots import plot_mae_reconstruction
 from fomo_nnunet.ssl import (LOSS_REGIONS, SkipGate, apply_mask, block_mask, check_skip_settings,
                              masked_reconstruction_loss, VICREG_TERM_NAMES, vicreg_history, vicreg_loss)

@@ -13,7 +13,7 @@ import torch
 
 from fomo_nnunet.class_weights import SQRT_INVERSE_FREQUENCY, WEIGHTINGS, label_voxel_counts, sqrt_inverse_frequency
 from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
-from fomo_nnunet.network_record import PLANS, build_plans_network
+from fomo_nnunet.models.network_record import PLANS, build_plans_network
 from fomo_nnunet.tasks import SEGMENTATION
 from fomo_nnunet.trainer_checks import check_trainer_fits_task
 from fomo_nnunet.training import DistributedRun, PreemptibleRun, SeededRun
@@ -41,13 +41,13 @@ class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, Preemptibl
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.oversample_foreground_percent = self.oversample_foreground
 
-    fomo_network_builder = PLANS  # what build_network_architecture builds (fomo_nnunet.network_record)
+    fomo_network_builder = PLANS  # what build_network_architecture builds (fomo_nnunet.models.network_record)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         # nnU-Net's network of the plans; on a CPU its convolutions use oneDNN at batch 1 too, which makes
-        # nnUNetv2_predict's sliding window several times faster for small networks (fomo_nnunet.cpu_convolution)
+        # nnUNetv2_predict's sliding window several times faster for small networks (fomo_nnunet.models.cpu_convolution)
         return build_plans_network(configuration_manager, num_input_channels, num_output_channels,
                                    deep_supervision=enable_deep_supervision)
 

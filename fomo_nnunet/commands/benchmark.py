@@ -35,7 +35,7 @@ table bit for bit (same -np and nnUNet_n_proc_DA).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fomo_nnunet.benchmark import PRESETS
+    from fomo_nnunet.benchmarks.fomo_synth import PRESETS
 
     p = sub.add_parser("benchmark", help="synthesize, pretrain, finetune and score all seven tasks (report.md)",
                        description="The FOMO-Synth benchmark: does pretraining pay?", epilog=EXAMPLES,
@@ -100,8 +100,8 @@ pooling never reuses them); features.json/md are the latest run's and name its p
 
 
 def register_features(sub: argparse._SubParsersAction) -> None:
-    from fomo_nnunet.embedding_pooling import POOLINGS
-    from fomo_nnunet.features import INIT_SEEDS, N_TEST, N_TRAIN
+    from fomo_nnunet.models.embedding_pooling import POOLINGS
+    from fomo_nnunet.benchmarks.features import INIT_SEEDS, N_TEST, N_TRAIN
 
     p = sub.add_parser("features", help="probe frozen embeddings of pretraining checkpoints against random init",
                        description="The feature benchmark: linear probes on frozen embeddings, pretrained vs "
@@ -135,8 +135,8 @@ def register_features(sub: argparse._SubParsersAction) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from fomo_nnunet.benchmark import PRESETS
-    from fomo_nnunet.features import FOLDS, FeatureBenchmark, work_checkpoints
+    from fomo_nnunet.benchmarks.fomo_synth import PRESETS
+    from fomo_nnunet.benchmarks.features import FOLDS, FeatureBenchmark, work_checkpoints
 
     # refused before minutes of pretraining or synthesis: each probe is chosen by FOLDS-fold cross-validation
     for flag, size, least in (("--n-train", args.n_train, FOLDS), ("--n-test", args.n_test, FOLDS),
@@ -145,9 +145,9 @@ def run_features(args: argparse.Namespace) -> int:
             print(f"error: {flag} must be at least {least} (got {size})", file=sys.stderr)
             return 2
     if args.pretrain:
-        from fomo_nnunet.benchmark import Benchmark
+        from fomo_nnunet.benchmarks.fomo_synth import Benchmark
         from fomo_nnunet.cli import main as cli_main
-        from fomo_nnunet.pipeline import StepFailed
+        from fomo_nnunet.benchmarks.pipeline import StepFailed
 
         bench = Benchmark(args.work, args.preset, seeds=tuple(range(args.seeds)), num_processes=args.num_processes,
                           in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects))
@@ -173,7 +173,7 @@ def run_features(args: argparse.Namespace) -> int:
         return 2
     from pathlib import Path
 
-    from fomo_nnunet.features import feature_tasks
+    from fomo_nnunet.benchmarks.features import feature_tasks
 
     tasks = feature_tasks()
     if args.tasks:
@@ -197,9 +197,9 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fomo_nnunet.benchmark import Benchmark
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
     from fomo_nnunet.cli import main as cli_main
-    from fomo_nnunet.pipeline import StepFailed
+    from fomo_nnunet.benchmarks.pipeline import StepFailed
 
     if args.seed_list is None and args.seeds < 1:
         print(f"error: --seeds must be at least 1 (got {args.seeds})", file=sys.stderr)
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     except StepFailed as e:
         print(f"error: {e}\n(fix the cause and rerun: finished steps are skipped)", file=sys.stderr)
         return 1
-    from fomo_nnunet.report import markdown_table
+    from fomo_nnunet.benchmarks.report import markdown_table
 
     rows = json.loads((report.parent / "results.json").read_text())["rows"]
     print("\n" + markdown_table(rows) + f"\n\nreport: {report}")
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
 
 def pretraining_trainer_problem(name: str) -> str | None:
     """Why `name` cannot pretrain in the benchmark (None: it can)."""
-    from fomo_nnunet.network_record import trainer_class
+    from fomo_nnunet.models.network_record import trainer_class
 
     try:
         cls = trainer_class(name)

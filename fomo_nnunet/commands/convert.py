@@ -29,7 +29,8 @@ Needs $nnUNet_raw (see `fomo-nnunet env`).
 
 
 def _common_help() -> str:
-    from fomo_nnunet import exit_codes, nifti_checks
+    from fomo_nnunet import exit_codes
+    from fomo_nnunet.io import nifti_checks
     from fomo_nnunet.data.workers import STOP_GRACE_SECONDS
 
     return _COMMON.format(max_voxels=nifti_checks.MAX_VOXELS, max_abs=nifti_checks.MAX_ABS_INTENSITY,

@@ -37,7 +37,7 @@ example:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fomo_nnunet.embedding_pooling import POOLINGS
+    from fomo_nnunet.models.embedding_pooling import POOLINGS
 
     p = sub.add_parser("embedding-stats", help="add embedding statistics (probe-ready embeddings) to a checkpoint",
                        description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,9 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fomo_nnunet.checkpoints import find_checkpoint
-    from fomo_nnunet.embedding_stats import save_with_stats
-    from fomo_nnunet.inference import images_embedding_stats
+    from fomo_nnunet.models.checkpoints import find_checkpoint
+    from fomo_nnunet.models.embedding_stats import save_with_stats
+    from fomo_nnunet.challenge.inference import images_embedding_stats
 
     try:
         source = find_checkpoint(args.checkpoint)
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for f, why in failed.items():
         print(f"  skipped: {f}: {why}", file=sys.stderr)
-    from fomo_nnunet.embedding_stats import POOLING_KEY, pooling_of
-    from fomo_nnunet.transfer import METADATA_KEY, load_checkpoint_safely
+    from fomo_nnunet.models.embedding_stats import POOLING_KEY, pooling_of
+    from fomo_nnunet.models.transfer import METADATA_KEY, load_checkpoint_safely
 
     print(f"{stats.summary()}; pooling {pooling_of(load_checkpoint_safely(out)[METADATA_KEY], str(out))!r} "
           f"({POOLING_KEY})")

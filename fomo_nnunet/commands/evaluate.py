@@ -1,7 +1,7 @@
 """`fomo-nnunet evaluate` and `fomo-nnunet probe`: score predictions exactly as the FOMO26 organisers do.
 
 This module reads and writes files; the metrics themselves are the pure functions of
-`fomo_nnunet.metrics` and `fomo_nnunet.probe`.
+`fomo_nnunet.evaluation.metrics` and `fomo_nnunet.evaluation.probe`.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ validation case without one is an error. Writes OUT_DIR/probe.json.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fomo_nnunet.probe import BATCH_SIZE, EPOCHS, EXAMPLE_BINS, PROTOCOLS, SEED
+    from fomo_nnunet.evaluation.probe import BATCH_SIZE, EPOCHS, EXAMPLE_BINS, PROTOCOLS, SEED
     from fomo_nnunet.tasks import task_choices
 
     ev = sub.add_parser(
@@ -161,7 +161,7 @@ def evaluate_segmentation(pred_folder: str | Path, gt_folder: str | Path, labels
     status: ok, missing, or error: ... (a missing or unusable prediction scores 0 on its scored labels)."""
     import nibabel as nib
 
-    from fomo_nnunet.metrics import score_segmentation_case
+    from fomo_nnunet.evaluation.metrics import score_segmentation_case
 
     pred_folder, gt_folder = Path(pred_folder), Path(gt_folder)
     for what, f in (("ground-truth", gt_folder), ("prediction", pred_folder)):
@@ -221,7 +221,7 @@ def read_predictions(pred: str | Path) -> tuple[dict[str, str], list[str]]:
 
 
 def read_targets(targets: str | Path) -> dict[str, float]:
-    from fomo_nnunet.metrics import as_finite
+    from fomo_nnunet.evaluation.metrics import as_finite
 
     try:
         data = json.loads(Path(targets).read_text())
@@ -244,7 +244,7 @@ def evaluate_values(raw: Mapping[str, str], tgt: Mapping[str, float], kind: str
                     ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, float], list[str], list[str]]:
     """Score image-level predictions (case -> raw text) against targets; every target case is scored.
     Returns (rows, official metrics, informative metrics, invalid case ids, notes)."""
-    from fomo_nnunet import metrics as M
+    from fomo_nnunet.evaluation import metrics as M
     from fomo_nnunet.tasks import CLASSIFICATION
 
     cases = sorted(tgt)
@@ -319,7 +319,7 @@ def evaluate_task(task: Any, pred: str | Path, gt: str | Path, out_dir: str | Pa
     summary.json: {"task", "n_cases", "metrics" (official), "informative", "per_label" (segmentation:
     {label: {"dice", "nsd", "n_cases"}}), "invalid": [case ids], "notes"}; undefined metrics are null.
     """
-    from fomo_nnunet.metrics import aggregate_segmentation
+    from fomo_nnunet.evaluation.metrics import aggregate_segmentation
     from fomo_nnunet.tasks import CLASSIFICATION, EMBEDDING, REGRESSION, SEGMENTATION, Task, get_task
 
     task = task if isinstance(task, Task) else get_task(task)
@@ -423,7 +423,7 @@ def probe_folder(emb_dir: str | Path, labels_table: str | Path, fairness: list[s
                  stratify: str | None = None, label_column: str = "label", **kwargs) -> dict[str, Any]:
     """The probe on `<case_id>.npy` in emb_dir with labels and attributes from a TSV; kwargs go to
     probe.linear_probe (protocol, seed, split, epochs, batch_size)."""
-    from fomo_nnunet.probe import FairnessVariable, linear_probe
+    from fomo_nnunet.evaluation.probe import FairnessVariable, linear_probe
 
     rows = read_table(labels_table)
     if not rows or "case_id" not in rows[0] or label_column not in rows[0]:

@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fomo_nnunet.checkpoints_io.export import export_checkpoint
-    from fomo_nnunet.transfer import CheckpointError
+    from fomo_nnunet.models.formats.export import export_checkpoint
+    from fomo_nnunet.models.transfer import CheckpointError
 
     try:
         report = export_checkpoint(args.checkpoint, args.output, args.format)

@@ -9,8 +9,8 @@ from fomo_nnunet.tasks import EMBEDDING, TASKS, get_task, task_choices
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fomo_nnunet import exit_codes
-    from fomo_nnunet.bundle import BUNDLE_ENV, DEFAULT_BUNDLE
-    from fomo_nnunet.mirroring import MIRRORING_DEFAULT, on_off
+    from fomo_nnunet.challenge.bundle import BUNDLE_ENV, DEFAULT_BUNDLE
+    from fomo_nnunet.challenge.mirroring import MIRRORING_DEFAULT, on_off
 
     lines = [f"  {t.key} ({t.name}, {t.kind}): " + " ".join(
         "[" + " | ".join(f"--{a}" for a in c.cli_args) + "]" if c.is_alternative else f"--{c.cli_args[0]}"
@@ -67,11 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_fomo26(args: argparse.Namespace) -> int:
     from fomo_nnunet import exit_codes
-    from fomo_nnunet.bundle import BundleError, default_bundle_dir
-    from fomo_nnunet.fomo26 import run_case
-    from fomo_nnunet.fomo26_io import FomoInputError
+    from fomo_nnunet.challenge.bundle import BundleError, default_bundle_dir
+    from fomo_nnunet.challenge.entry import run_case
+    from fomo_nnunet.challenge.entry_io import FomoInputError
 
-    from fomo_nnunet.mirroring import MIRRORING_DEFAULT
+    from fomo_nnunet.challenge.mirroring import MIRRORING_DEFAULT
 
     task = get_task(args.task)
     given = {a: getattr(args, a) for a in {a for t in TASKS for a in t.cli_args}}
@@ -88,7 +88,7 @@ def run_fomo26(args: argparse.Namespace) -> int:
     except Exception as e:  # one line for the container log; the traceback with --verbose
         if args.verbose:
             raise
-        from fomo_nnunet.nifti_checks import first_line
+        from fomo_nnunet.io.nifti_checks import first_line
 
         print(f"error: {task.key} failed: {first_line(e, 300)}", file=sys.stderr)
         return exit_codes.FAILED
@@ -96,8 +96,8 @@ def run_fomo26(args: argparse.Namespace) -> int:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from fomo_nnunet.bundle import BundleError, build_bundle
-    from fomo_nnunet.checkpoints import find_checkpoint
+    from fomo_nnunet.challenge.bundle import BundleError, build_bundle
+    from fomo_nnunet.models.checkpoints import find_checkpoint
 
     models = {t.number: getattr(args, t.key) for t in TASKS if t.kind != EMBEDDING and getattr(args, t.key)}
     try:

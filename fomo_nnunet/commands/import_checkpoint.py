@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fomo_nnunet.checkpoint_import import CHECKPOINT_FILE, REPORT_TEXT, import_checkpoint
-    from fomo_nnunet.transfer import CheckpointError
+    from fomo_nnunet.models.checkpoint_import import CHECKPOINT_FILE, REPORT_TEXT, import_checkpoint
+    from fomo_nnunet.models.transfer import CheckpointError
 
     start = time.perf_counter()
     try:

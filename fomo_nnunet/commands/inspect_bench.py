@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from fomo_nnunet.checkpoints import describe_checkpoint, find_checkpoint
+    from fomo_nnunet.models.checkpoints import describe_checkpoint, find_checkpoint
 
     try:
         path = find_checkpoint(args.checkpoint)
@@ -78,7 +78,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if meta is None:
         print("no fomo metadata: not written by a fomo_nnunet trainer (plain nnU-Net checkpoint)")
         return 0
-    from fomo_nnunet.embedding_stats import DEFAULT_POOLING, POOLING_KEY, STATS_KEY, EmbeddingStats
+    from fomo_nnunet.models.embedding_stats import DEFAULT_POOLING, POOLING_KEY, STATS_KEY, EmbeddingStats
 
     width = max(len(k) for k in [*meta, POOLING_KEY])
     if POOLING_KEY not in meta:  # older checkpoints: the default, said as such
@@ -95,7 +95,7 @@ def run_bench_pretrain(args: argparse.Namespace) -> int:
     from fomo_nnunet.paths import require_env
 
     require_env("nnUNet_preprocessed"), require_env("nnUNet_extTrainer")
-    from fomo_nnunet.bench import bench_pretrain, format_report
+    from fomo_nnunet.benchmarks.throughput import bench_pretrain, format_report
 
     r = bench_pretrain(args.dataset, args.plans, args.configuration, args.trainer, args.baseline, args.steps,
                        loader_batches=args.loader_batches, device=args.device)
@@ -111,7 +111,7 @@ def run_bench_campaign(args: argparse.Namespace) -> int:
     import sys
 
     from fomo_nnunet import exit_codes
-    from fomo_nnunet.campaign import FULL, SMOKE, Campaign
+    from fomo_nnunet.benchmarks.campaign import FULL, SMOKE, Campaign
 
     if not args.minutes > 0:
         print(f"error: --minutes must be > 0 (got {args.minutes})", file=sys.stderr)

@@ -39,7 +39,7 @@ dropped); existing files are kept (rerun-safe) unless --overwrite.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fomo_nnunet.mirroring import MIRRORING_DEFAULT, on_off
+    from fomo_nnunet.challenge.mirroring import MIRRORING_DEFAULT, on_off
 
     p = sub.add_parser("predict", help="predict with a classification or regression model (CSV)",
                        description="Predict image-level targets with a trained nnUNetTrainerFomoCls/Reg model.",
@@ -71,8 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from fomo_nnunet.inference import predict_folder
-    from fomo_nnunet.mirroring import MIRRORING_DEFAULT
+    from fomo_nnunet.challenge.inference import predict_folder
+    from fomo_nnunet.challenge.mirroring import MIRRORING_DEFAULT
 
     mirror = MIRRORING_DEFAULT if args.tta is None else args.tta
     try:
@@ -86,7 +86,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from fomo_nnunet.inference import embed_folder
+    from fomo_nnunet.challenge.inference import embed_folder
 
     try:
         report = embed_folder(args.input, args.output, args.checkpoint, args.device, overwrite=args.overwrite)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fomo_nnunet import nifti_checks as NC
+from fomo_nnunet.io import nifti_checks as NC
 from fomo_nnunet import tasks as T
 from fomo_nnunet.data import fomo_layout as L
 from fomo_nnunet.data import workers as W

@@ -1,4 +1,4 @@
-"""Checkpoints that say what they are: nnU-Net's checkpoint plus `fomo_metadata` (fomo_nnunet.transfer).
+"""Checkpoints that say what they are: nnU-Net's checkpoint plus `fomo_metadata` (fomo_nnunet.models.transfer).
 
 nnUNetTrainer.save_checkpoint writes the keys its `load_checkpoint` and predictor read. A pretraining
 checkpoint must also tell a later finetuning how to rebuild the network and feed it, without the
@@ -7,7 +7,7 @@ spacing, normalisation, channels, the objective and its settings, how long it tr
 contents that PreemptibleRun writes (atomically, with the random streams).
 
 Probe-ready embeddings: `corpus_embedding_stats` computes the per-dimension statistics of the
-embedding (fomo_nnunet.embedding_stats) over the run's own preprocessed cases with the network as it
+embedding (fomo_nnunet.models.embedding_stats) over the run's own preprocessed cases with the network as it
 is; set as `embedding_stats`, every checkpoint written after that carries them in its fomo_metadata.
 A pretraining trainer does that once, at the end, before checkpoint_final is written. The embedding's
 pooling (`embedding_pooling`: "deepest" or "stages") is recorded in every checkpoint's fomo_metadata,
@@ -16,9 +16,9 @@ and the statistics are computed with it, so that `fomo-nnunet embed` pools as th
 from __future__ import annotations
 
 from fomo_nnunet import __version__
-from fomo_nnunet.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, STATS_KEY, EmbeddingStats, check_pooling,
+from fomo_nnunet.models.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, STATS_KEY, EmbeddingStats, check_pooling,
                                          corpus_embedding_stats)
-from fomo_nnunet.transfer import METADATA_KEY, PretrainMetadata, unwrap
+from fomo_nnunet.models.transfer import METADATA_KEY, PretrainMetadata, unwrap
 
 
 class DescribedCheckpoints:
@@ -27,7 +27,7 @@ class DescribedCheckpoints:
     objective: str = ""
     channel_meaning: str = "any single MRI sequence, z-scored per scan over its non-zero region"
     embedding_stats: EmbeddingStats | None = None  # carried by every checkpoint written once it is set
-    embedding_pooling: str = DEFAULT_POOLING  # fomo_nnunet.embedding_stats.POOLINGS; recorded in every checkpoint
+    embedding_pooling: str = DEFAULT_POOLING  # fomo_nnunet.models.embedding_stats.POOLINGS; recorded in every checkpoint
 
     def objective_settings(self) -> dict:
         """How the objective was trained (masking, loss, optimiser, schedule ...), as JSON values."""
@@ -62,7 +62,7 @@ class DescribedCheckpoints:
 
     def corpus_embedding_stats(self, max_cases: int) -> EmbeddingStats | None:
         """Embedding statistics of the network as it is over the run's training and validation cases (at
-        most `max_cases`, fomo_nnunet.embedding_stats.select_cases), on rank 0; None on the other ranks,
+        most `max_cases`, fomo_nnunet.models.embedding_stats.select_cases), on rank 0; None on the other ranks,
         without checkpointing, or when it fails (the run's checkpoints are worth more: the log says why).
 
         Only rank 0 writes checkpoints; it runs the bare encoder (not the DDP wrapper, whose forward

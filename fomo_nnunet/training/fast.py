@@ -1,7 +1,7 @@
 """The training step's speed settings as class attributes: precision, torch.compile, memory layout.
 
 `StepSettings` goes first in a trainer's bases and works around nnU-Net's own `nnUNetTrainer` as well as
-around the fomo trainers (`AmpStep`), so the campaign (fomo_nnunet.campaign) times nnU-Net's trainer and
+around the fomo trainers (`AmpStep`), so the campaign (fomo_nnunet.benchmarks.campaign) times nnU-Net's trainer and
 ours with the same settings:
 
 - `autocast_dtype`: "float16" (nnU-Net's mixed precision on CUDA, with its GradScaler) or "bfloat16"
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fomo_nnunet.transfer import unwrap
+from fomo_nnunet.models.transfer import unwrap
 
 PRECISIONS = ("float16", "bfloat16")
 

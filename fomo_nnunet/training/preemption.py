@@ -38,7 +38,7 @@ from torch import distributed as dist
 from fomo_nnunet.distributed import from_all_ranks
 from fomo_nnunet.exit_codes import PREEMPTED
 from fomo_nnunet.training.loop import end_epoch
-from fomo_nnunet.transfer import CheckpointError, load_torch_file_safely, unwrap
+from fomo_nnunet.models.transfer import CheckpointError, load_torch_file_safely, unwrap
 
 STOP_SIGNALS_ENV = "FOMO_STOP_SIGNALS"
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -154,7 +154,7 @@ def previous_of(filename: str) -> str:
 
 
 def read_checkpoint(filename: str) -> dict:
-    """A checkpoint to continue from, loaded as data only (fomo_nnunet.transfer.load_torch_file_safely),
+    """A checkpoint to continue from, loaded as data only (fomo_nnunet.models.transfer.load_torch_file_safely),
     or CheckpointError saying what is wrong with the file."""
     if not os.path.isfile(filename):
         raise CheckpointError(f"{filename} does not exist")

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from fomo_nnunet.transfer import unwrap
+from fomo_nnunet.models.transfer import unwrap
 
 __all__ = ["AmpStep", "unwrap"]
 

@@ -28,7 +28,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """The config as plain data (yaml.safe_load: nothing in it runs); a clear error when unreadable."""
     import yaml
 
-    from fomo_nnunet.transfer import CheckpointError
+    from fomo_nnunet.models.transfer import CheckpointError
 
     try:
         data = yaml.safe_load(path.read_text())

@@ -42,7 +42,7 @@ FINAL_ONLY = ("checkpoint_final.pth",)
 
 def read_checkpoint_metadata(checkpoint: str | os.PathLike) -> dict:
     """The checkpoint file's fomo metadata as a validated dict; a clear error when there is none."""
-    from fomo_nnunet.transfer import load_checkpoint_safely, read_metadata
+    from fomo_nnunet.models.transfer import load_checkpoint_safely, read_metadata
 
     return read_metadata(load_checkpoint_safely(checkpoint), source=str(checkpoint)).to_dict()
 
@@ -51,7 +51,7 @@ def describe_checkpoint(checkpoint: str | os.PathLike) -> dict:
     """Metadata (or None) plus tensor and parameter counts of the stored network."""
     import torch
 
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
 
     ckpt = load_checkpoint_safely(checkpoint)
     weights = ckpt["network_weights"]
@@ -67,7 +67,7 @@ def metadata_from_preset(arch: str, patch: int | None = None, spacing: float | N
     """Metadata of an untrained preset network, for from-scratch plans without any checkpoint."""
     from fomo_nnunet import __version__
     from fomo_nnunet.plans.presets import ARCH_PRESETS, architecture_dict
-    from fomo_nnunet.transfer import PretrainMetadata
+    from fomo_nnunet.models.transfer import PretrainMetadata
 
     preset = ARCH_PRESETS[arch]
     patch_size = [patch or preset.default_patch] * 3

@@ -5,8 +5,8 @@ part that overruns and keeps what it wrote, and rewrites OUT/campaign.json and O
 part, so a run cut short still returns what it measured):
 
 1. steps: a training step of nnUNetTrainerFomoMAE and of nnU-Net's nnUNetTrainer on the same plans and
-   batches (fomo_nnunet.step_bench), per setting (eager fp16, bf16, channels-last, torch.compile);
-2. entry: `fomo-nnunet fomo26` per task, each a whole process (fomo_nnunet.bench.prepare_entry_timing);
+   batches (fomo_nnunet.benchmarks.step_bench), per setting (eager fp16, bf16, channels-last, torch.compile);
+2. entry: `fomo-nnunet fomo26` per task, each a whole process (fomo_nnunet.benchmarks.throughput.prepare_entry_timing);
 3. loader: patches per second of the MAE trainer's data loader at several worker counts;
 4. pretrain: a short MAE pretraining on a synthetic corpus, cut at a wall-clock limit; its weights come back.
 
@@ -92,7 +92,7 @@ def environment(device: str) -> dict:
     except Exception as e:  # reported, not fatal: the parts say what failed
         env["nnunetv2"] = f"not importable: {e}"
     if device == "cuda" and torch.cuda.is_available():
-        from fomo_nnunet.step_bench import peak_bf16_tflops
+        from fomo_nnunet.benchmarks.step_bench import peak_bf16_tflops
 
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
@@ -147,7 +147,7 @@ class Campaign:
                         "environment": environment(self.device), "parts": {}}
         self.write()
         prep_log = open(self.work / "prepare.log", "w")
-        prep = subprocess.Popen([sys.executable, "-m", "fomo_nnunet.campaign", "prepare", "--work", str(self.work),
+        prep = subprocess.Popen([sys.executable, "-m", "fomo_nnunet.benchmarks.campaign", "prepare", "--work", str(self.work),
                                  "--sizes", self.sizes.name], env=env, stdout=prep_log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
@@ -192,7 +192,7 @@ class Campaign:
                 self.write()
                 return
         remaining = budget - (time.monotonic() - start)
-        cmd = [sys.executable, "-m", "fomo_nnunet.campaign", "part", part, "--work", str(self.work),
+        cmd = [sys.executable, "-m", "fomo_nnunet.benchmarks.campaign", "part", part, "--work", str(self.work),
                "--sizes", self.sizes.name, "--device", self.device, "--seconds", f"{remaining:.0f}",
                "--minutes", str(self.minutes), "--out", str(self.out)]
         self.log(f"campaign: {part} (up to {remaining:.0f} s)")
@@ -270,7 +270,7 @@ def prepare(work: Path, sizes: CampaignSizes) -> None:
     run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
          "preprocess_entry; preprocess_entry()", "-d", d, "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
          "-np", np_])
-    from fomo_nnunet.bench import prepare_entry_timing
+    from fomo_nnunet.benchmarks.throughput import prepare_entry_timing
 
     print("+ entry bundle", flush=True)
     bundle, case_args = prepare_entry_timing(work / "entry", sizes.entry_arch, sizes.entry_tasks,
@@ -279,13 +279,13 @@ def prepare(work: Path, sizes: CampaignSizes) -> None:
 
 
 def part_steps(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, seconds: float) -> None:
-    from fomo_nnunet.step_bench import StepBench
+    from fomo_nnunet.benchmarks.step_bench import StepBench
 
     StepBench(work / "steps", sizes, device).run(w, time.monotonic() + seconds)
 
 
 def part_entry(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, seconds: float) -> None:
-    from fomo_nnunet.bench import parse_entry_timing
+    from fomo_nnunet.benchmarks.throughput import parse_entry_timing
     from fomo_nnunet.tasks import TASKS_BY_NUMBER
 
     deadline = time.monotonic() + seconds
@@ -325,7 +325,7 @@ def part_entry(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, sec
 
 
 def part_loader(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, seconds: float) -> None:
-    from fomo_nnunet.bench import _make_trainer, _shutdown, _time_loader
+    from fomo_nnunet.benchmarks.throughput import _make_trainer, _shutdown, _time_loader
 
     deadline = time.monotonic() + seconds
     w.set(plans=f"fomoPretrainPlans ({sizes.pretrain_arch}, the synthetic corpus)", augmentation="CPU workers")
@@ -357,7 +357,7 @@ def part_pretrain(w: PartWriter, work: Path, sizes: CampaignSizes, device: str, 
     import torch
 
     from fomo_nnunet.training.loop import train_until
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
 
     limit = min(minutes * 60, seconds - 30 if seconds > 60 else seconds / 2)
     # eager: a compile would take a large part of a few minutes (the step part times compiled steps)
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     """The campaign's own processes: `prepare` and `part NAME` (the parent starts them)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m fomo_nnunet.campaign")
+    p = argparse.ArgumentParser(prog="python -m fomo_nnunet.benchmarks.campaign")
     p.add_argument("what", choices=["prepare", "part"])
     p.add_argument("part", nargs="?", choices=PARTS)
     p.add_argument("--work", required=True)

@@ -1,6 +1,6 @@
 """The embedding's pooling rule: its names and the fomo_metadata key that records it.
 
-Kept apart from fomo_nnunet.embedding_stats (which needs torch) so that command-line parsers can list
+Kept apart from fomo_nnunet.models.embedding_stats (which needs torch) so that command-line parsers can list
 the choices without importing torch.
 """
 from __future__ import annotations

@@ -109,7 +109,7 @@ class PretrainMetadata:
         """A freshly initialised network of the pretrained architecture."""
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-        from fomo_nnunet.cpu_convolution import for_this_machine
+        from fomo_nnunet.models.cpu_convolution import for_this_machine
 
         import inspect
         import pydoc
@@ -119,7 +119,7 @@ class PretrainMetadata:
         network = get_network_from_plans(self.network_class, self.network_kwargs, self.arch_kwargs_requires_import,
                                          input_channels or self.num_input_channels, num_outputs, allow_init=True,
                                          deep_supervision=deep_supervision if takes_ds else None)
-        return for_this_machine(network)  # oneDNN's kernels and layout on a CPU (fomo_nnunet.cpu_convolution)
+        return for_this_machine(network)  # oneDNN's kernels and layout on a CPU (fomo_nnunet.models.cpu_convolution)
 
 
 def read_metadata(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> PretrainMetadata:

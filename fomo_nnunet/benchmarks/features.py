@@ -3,7 +3,7 @@
 `fomo-nnunet benchmark features --work DIR` is the fast inner loop for pretraining work. It needs no
 finetuning: it embeds the cases of every image-level task (classification, regression and the
 embedding tasks of the task table) with each pretraining checkpoint of a benchmark work folder,
-exactly as the container writes embeddings (fomo_nnunet.inference.Embedder, one vector per scan;
+exactly as the container writes embeddings (fomo_nnunet.challenge.inference.Embedder, one vector per scan;
 a multi-channel case is the concatenation of its channels' vectors), fits a linear probe per task on
 a train split and scores an out-of-domain test split. Beside each checkpoint the same architecture
 with random weights (several init seeds) is probed the same way.
@@ -14,7 +14,7 @@ and 100 test cases per task from other sources, with a data seed of its own) and
 DIR/features/data.
 
 Probes (hyper-parameters chosen on the train split only, never on the test split):
-- classification: the organisers' fomo-lp protocol (fomo_nnunet.probe.train_sgd_heads: SGD heads
+- classification: the organisers' fomo-lp protocol (fomo_nnunet.evaluation.probe.train_sgd_heads: SGD heads
   on the raw embeddings, learning-rate sweep, the head selected on held-out cases) in K-fold
   cross-validation on the train split; the test scores are the mean of the K fold probes' softmax.
   Metric: one-vs-rest macro AUROC (fomo26/fomo-metrics).
@@ -46,7 +46,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from fomo_nnunet.probe import nan_to_none
+from fomo_nnunet.evaluation.probe import nan_to_none
 from fomo_nnunet.tasks import CLASSIFICATION, EMBEDDING, PRETRAIN_DATASET_ID, REGRESSION, TASKS, Task
 
 N_TRAIN = 100
@@ -184,8 +184,8 @@ def random_init_embedder(checkpoint: str, seed: int, corpus: Callable[[], Iterab
     `corpus()` (preprocessed scans: the pretraining corpus where there is one), never the pretrained ones."""
     import torch
 
-    from fomo_nnunet.embedding_stats import compute_embedding_stats
-    from fomo_nnunet.inference import Embedder
+    from fomo_nnunet.models.embedding_stats import compute_embedding_stats
+    from fomo_nnunet.challenge.inference import Embedder
 
     pretrained = Embedder.load(checkpoint, device)
     meta = pretrained.metadata
@@ -206,8 +206,8 @@ def pooled_embedder(checkpoint: str, pooling: str | None, corpus: Callable[[], I
     """The checkpoint's Embedder with `pooling` (None: its own). Statistics it carries were computed for its
     own pooling: with another, it gets fresh ones over `corpus()` (the twins' corpus, so that both arms are
     scaled alike); without statistics it stays raw, as its twins do."""
-    from fomo_nnunet.embedding_stats import compute_embedding_stats
-    from fomo_nnunet.inference import Embedder
+    from fomo_nnunet.models.embedding_stats import compute_embedding_stats
+    from fomo_nnunet.challenge.inference import Embedder
 
     embedder = Embedder.load(checkpoint, device)
     if pooling is None or pooling == embedder.pooling:
@@ -222,8 +222,8 @@ def pooled_embedder(checkpoint: str, pooling: str | None, corpus: Callable[[], I
 
 def checkpoint_pooling(checkpoint: str) -> str:
     """The embedding pooling a checkpoint records (fomo_metadata; absent: "deepest")."""
-    from fomo_nnunet.embedding_stats import pooling_of
-    from fomo_nnunet.transfer import METADATA_KEY, load_checkpoint_safely
+    from fomo_nnunet.models.embedding_stats import pooling_of
+    from fomo_nnunet.models.transfer import METADATA_KEY, load_checkpoint_safely
 
     return pooling_of(load_checkpoint_safely(checkpoint).get(METADATA_KEY), checkpoint)
 
@@ -268,7 +268,7 @@ def sgd_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_cl
               seed: int = 0) -> tuple[np.ndarray, dict]:
     """fomo-lp SGD heads in K-fold cross-validation on the train split (each fold's head selected on
     its held-out cases); test scores = mean of the fold probes' softmax."""
-    from fomo_nnunet.probe import train_sgd_heads
+    from fomo_nnunet.evaluation.probe import train_sgd_heads
 
     scores, lrs = [], []
     for fit, held in _folds(y_train, True, seed):
@@ -315,7 +315,7 @@ def ridge_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, se
 
 
 def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
-    from fomo_nnunet.metrics import ovr_auroc
+    from fomo_nnunet.evaluation.metrics import ovr_auroc
 
     if metric == "mae":
         return float(np.mean(np.abs(np.asarray(pred) - np.asarray(y))))
@@ -386,7 +386,7 @@ def probe_task(task: Task, emb: dict[str, np.ndarray], targets: dict[str, np.nda
 
 def work_checkpoints(work: str | os.PathLike) -> dict[str, dict[int, str]]:
     """Every finished pretraining checkpoint of a benchmark work folder: trainer -> {seed: checkpoint}."""
-    from fomo_nnunet.checkpoints import find_checkpoint
+    from fomo_nnunet.models.checkpoints import find_checkpoint
 
     found: dict[str, dict[int, str]] = {}
     for run in sorted(Path(work, "runs").glob("seed*")):
@@ -517,9 +517,9 @@ class FeatureBenchmark:
         """The scans random-init twins compute their embedding statistics over (when the pretrained
         checkpoint has statistics): the work folder's preprocessed pretraining corpus, as many cases as the
         checkpoint's statistics used; without one (--checkpoint), the probe sets' training scans."""
-        from fomo_nnunet.benchmark import pretrain_data
-        from fomo_nnunet.embedding_stats import preprocessed_cases, select_cases
-        from fomo_nnunet.inference import Embedder
+        from fomo_nnunet.benchmarks.fomo_synth import pretrain_data
+        from fomo_nnunet.models.embedding_stats import preprocessed_cases, select_cases
+        from fomo_nnunet.challenge.inference import Embedder
 
         embedder = Embedder.load(checkpoint)
         try:
@@ -584,7 +584,7 @@ def _f(x: float | None) -> str:
 
 
 def _pooling_line(summary: dict) -> str:
-    from fomo_nnunet.embedding_stats import POOLING_MEANING
+    from fomo_nnunet.models.embedding_stats import POOLING_MEANING
 
     pooling = summary["settings"].get("pooling", "own")
     if pooling != "own":

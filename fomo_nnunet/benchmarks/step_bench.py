@@ -72,7 +72,7 @@ def step_plans(arch: str, patch: int, spacing: float, batch: int) -> dict:
     return {"dataset_name": STEP_DATASET, "plans_name": STEP_PLANS, "original_median_spacing_after_transp": [spacing] * 3,
             "original_median_shape_after_transp": [patch] * 3, "image_reader_writer": "SimpleITKIO",
             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "configurations": {CONFIGURATION: configuration}, "experiment_planner_used": "fomo_nnunet.step_bench",
+            "configurations": {CONFIGURATION: configuration}, "experiment_planner_used": "fomo_nnunet.benchmarks.step_bench",
             "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {"0": intensity},
             "fomo": {"role": "pretraining", "arch_preset": arch}}
 
@@ -118,7 +118,7 @@ def make_batches(trainer_name: str, patch: int, batch: int, n: int, ds_scales, p
 
 def trainer_with(trainer_name: str, settings: Settings):
     """The trainer class with `settings` as its class attributes (StepSettings; nnU-Net's trainer gets the mixin)."""
-    from fomo_nnunet.network_record import trainer_class
+    from fomo_nnunet.models.network_record import trainer_class
 
     base = trainer_class(trainer_name)
     bases = (base,) if issubclass(base, StepSettings) else (StepSettings, base)

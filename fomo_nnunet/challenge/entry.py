@@ -20,8 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from fomo_nnunet.bundle import check_model_files, load_manifest, loading_model, model_entry
-from fomo_nnunet.fomo26_io import (OutputFile, check_fields_of_view, check_output_target, orthogonal_affine,
+from fomo_nnunet.challenge.bundle import check_model_files, load_manifest, loading_model, model_entry
+from fomo_nnunet.challenge.entry_io import (OutputFile, check_fields_of_view, check_output_target, orthogonal_affine,
                                    read_input, read_input_header, resample_onto, select_inputs, unused_arguments,
                                    write_embedding_npy, write_label_nifti, write_value_txt)
 from fomo_nnunet.tasks import (CLASSIFICATION, EMBEDDING, OUT_EMBEDDING_NPY, OUT_LABEL_NIFTI, OUT_PROBABILITY_TXT,
@@ -59,8 +59,8 @@ def load_segmentation_predictor(model_dir: Path, entry: dict, mirror: bool, devi
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from fomo_nnunet.network_record import network_for_prediction
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.network_record import network_for_prediction
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
 
     plans = PlansManager(json.loads((model_dir / "plans.json").read_text()))
     dataset_json = json.loads((model_dir / "dataset.json").read_text())
@@ -138,7 +138,7 @@ def _segment_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images
 def _predict_value_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: list,
                         model_affine: np.ndarray, slot: OutputFile, mirror: bool, device: str) -> None:
     """Classification or regression: the folds' image-level models -> one probability or value."""
-    from fomo_nnunet.inference import ImageLevelModel, predict_case_arrays
+    from fomo_nnunet.challenge.inference import ImageLevelModel, predict_case_arrays
 
     with timer("load model"), loading_model(model_dir, task):
         model = ImageLevelModel.load(model_dir, entry["folds"], device=device)
@@ -153,7 +153,7 @@ def _predict_value_case(timer: Timer, model_dir: Path, entry: dict, task: Task, 
 def _embed_case(timer: Timer, model_dir: Path, entry: dict, task: Task, images: list, model_affine: np.ndarray,
                 slot: OutputFile, mirror: bool, device: str) -> None:
     """Embedding: the bundled encoder's vector of the reference channel."""
-    from fomo_nnunet.inference import Embedder, embed_array
+    from fomo_nnunet.challenge.inference import Embedder, embed_array
 
     with timer("load model"), loading_model(model_dir, task):
         embedder = Embedder.load(model_dir, device)
@@ -170,7 +170,7 @@ def _import_for(kind: str, device: str | None = None) -> None:
     if kind == SEGMENTATION:
         import nnunetv2.inference.predict_from_raw_data  # noqa: F401
     else:
-        import fomo_nnunet.inference  # noqa: F401
+        import fomo_nnunet.challenge.inference  # noqa: F401
     if device is not None and device.startswith("cuda"):
         torch.cuda.init()
 
@@ -204,7 +204,7 @@ def run_case(task: Task, given: dict[str, str | None], output: str, bundle: str,
     arguments and --output, every input's header, the channels' fields of view, the bundle's files;
     then the voxels are read and the output's temporary file is made. Nothing is written on failure.
     """
-    from fomo_nnunet.mirroring import MIRRORING_DEFAULT, mirroring_note
+    from fomo_nnunet.challenge.mirroring import MIRRORING_DEFAULT, mirroring_note
 
     mirror = MIRRORING_DEFAULT if mirror is None else mirror
     timer = Timer()

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from fomo_nnunet.plans.presets import conv_block_kwargs
-from fomo_nnunet.transfer import CheckpointError
+from fomo_nnunet.models.transfer import CheckpointError
 
 
 class UnknownArchitectureError(CheckpointError):

@@ -139,7 +139,7 @@ def write_untrained_model(preprocessed_dataset: str | os.PathLike, results_folde
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from fomo_nnunet.image_level import task_from_plans
-    from fomo_nnunet.network_record import trainer_class
+    from fomo_nnunet.models.network_record import trainer_class
 
     pre = os.fspath(preprocessed_dataset)
     with open(os.path.join(pre, f"{plans_name}.json")) as f:
@@ -177,11 +177,11 @@ def prepare_entry_timing(work: str | os.PathLike, arch: str, tasks, template: st
     import nibabel as nib
     import numpy as np
 
-    from fomo_nnunet.bundle import build_bundle
-    from fomo_nnunet.checkpoints import metadata_from_preset
+    from fomo_nnunet.challenge.bundle import build_bundle
+    from fomo_nnunet.models.checkpoints import metadata_from_preset
     from fomo_nnunet.plans.transfer_planner import plan_transfer
     from fomo_nnunet.tasks import TASKS_BY_NUMBER
-    from fomo_nnunet.transfer import PretrainMetadata
+    from fomo_nnunet.models.transfer import PretrainMetadata
 
     work = Path(work)
     if template:

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from fomo_nnunet.checkpoints_io import nnssl
-from fomo_nnunet.checkpoints_io.nnssl import ADAPTATION_KEY, RESENC_UNET
-from fomo_nnunet.transfer import METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata
+from fomo_nnunet.models.formats import nnssl
+from fomo_nnunet.models.formats.nnssl import ADAPTATION_KEY, RESENC_UNET
+from fomo_nnunet.models.transfer import METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata
 
 FORMATS = ("asparagus", "nnssl")
 ASPARAGUS_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -129,8 +129,8 @@ def _unique_state(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def export_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, fmt: str) -> ExportReport:
     """Write our checkpoint `src` (a .pth or results folder) in `fmt`'s form into `out_dir`."""
-    from fomo_nnunet.checkpoints import find_checkpoint
-    from fomo_nnunet.transfer import load_checkpoint_safely, read_metadata
+    from fomo_nnunet.models.checkpoints import find_checkpoint
+    from fomo_nnunet.models.transfer import load_checkpoint_safely, read_metadata
 
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")

@@ -33,14 +33,14 @@ from typing import Any
 
 import torch
 
-from fomo_nnunet.checkpoints_io.common import (InexactArchitectureError, Recognised, Setting,
+from fomo_nnunet.models.formats.common import (InexactArchitectureError, Recognised, Setting,
                                                UnknownArchitectureError, conv_kwargs as _conv_kwargs,
                                                residual_encoder,
                                                count as _count, cubic_kernel as _cubic_kernel, cubic_patch,
                                                require_affine_norm as _require_affine_norm)
-from fomo_nnunet.checkpoints_io import asparagus_config, nnssl, primus
-from fomo_nnunet.checkpoints_io.nnssl import ADAPTATION_KEY
-from fomo_nnunet.transfer import (METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata,
+from fomo_nnunet.models.formats import asparagus_config, nnssl, primus
+from fomo_nnunet.models.formats.nnssl import ADAPTATION_KEY
+from fomo_nnunet.models.transfer import (METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata,
                                   load_torch_file_safely, strip_prefixes)
 
 FORMATS = ("asparagus", "fomo25-baseline", "nnssl")
@@ -569,7 +569,7 @@ def _target_layout(meta: PretrainMetadata, num_outputs: int) -> tuple[dict[str, 
     """The target network's tensors, built without allocating memory: shape per canonical name, and
     every name the network's state dict gives that tensor (blocks register layers twice, the decoder
     holds the encoder again), so the written weights load like the network's own state dict."""
-    from fomo_nnunet.transfer import _model_tensors
+    from fomo_nnunet.models.transfer import _model_tensors
 
     with torch.device("meta"):
         net = meta.build_network(num_outputs=num_outputs)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import nibabel as nib
 import numpy as np
 
-from fomo_nnunet.nifti_checks import (SHEAR_TOL, Header, NiftiProblem, clean_intensities, describe_grid_difference,
+from fomo_nnunet.io.nifti_checks import (SHEAR_TOL, Header, NiftiProblem, clean_intensities, describe_grid_difference,
                                       fov_overlap, read_header, read_voxels)
 from fomo_nnunet.tasks import Task
 

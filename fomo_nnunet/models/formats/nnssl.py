@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from fomo_nnunet.checkpoints_io.common import (InexactArchitectureError, Recognised, Setting, conv_kwargs, count,
+from fomo_nnunet.models.formats.common import (InexactArchitectureError, Recognised, Setting, conv_kwargs, count,
                                                cubic_patch, residual_encoder)
-from fomo_nnunet.transfer import CheckpointError
+from fomo_nnunet.models.transfer import CheckpointError
 
 ADAPTATION_KEY = "nnssl_adaptation_plan"
 STEM = "encoder.stem.convs.0.conv.weight"

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from fomo_nnunet.metrics import fairness_score, max_disparity, ovr_auroc, ovr_f1
+from fomo_nnunet.evaluation.metrics import fairness_score, max_disparity, ovr_auroc, ovr_f1
 
 PROTOCOLS = ("fomo-lp", "logistic")
 SOURCE = "fomo26/fomo-lp pipeline/lp_fomo.py (commit f915d5a) + Sllambias/asparagus LinearProbeModule"

@@ -3,14 +3,14 @@
 Segmentation models predict through nnU-Net's own predictor (`nnUNetv2_predict`). Image-level
 models use nnU-Net's preprocessing of the model's plans on the raw images, then one centred crop
 of the brain (the crop the trainer trained on), optional mirroring test-time augmentation, and the
-mean over folds. Weights are always loaded safely (fomo_nnunet.transfer.load_checkpoint_safely).
+mean over folds. Weights are always loaded safely (fomo_nnunet.models.transfer.load_checkpoint_safely).
 
 Embedding rule (tasks 6 and 7): the image is preprocessed as the pretraining data was (cropped to
 its non-zero region, normalised with the checkpoint's scheme over that region, resampled to the
 checkpoint's spacing), centre-cropped or zero-padded to the pretraining patch, passed through the
 FROZEN encoder; the embedding is the global average pool of the deepest stage (its width long), or
 of every stage, concatenated shallow to deep, as the checkpoint's `fomo_metadata["embedding_pooling"]`
-says ("deepest" when absent; fomo_nnunet.embedding_stats.pooled_embedding). A checkpoint that carries
+says ("deepest" when absent; fomo_nnunet.models.embedding_stats.pooled_embedding). A checkpoint that carries
 embedding statistics of its pretraining corpus (`fomo_metadata["embedding_stats"]`, computed with that
 pooling) has each dimension standardised with them (probe-ready: scale near 1); one without them
 (older, imported) embeds raw.
@@ -33,11 +33,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from fomo_nnunet.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, POOLING_MEANING, EmbeddingStats,
+from fomo_nnunet.models.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, POOLING_MEANING, EmbeddingStats,
                                          check_pooling, compute_embedding_stats, embedding_length,
                                          pooled_embedding, pooling_of)
 from fomo_nnunet.image_level import crop_or_pad, decode_outputs, task_from_plans
-from fomo_nnunet.mirroring import MIRRORING_DEFAULT, mirroring_note
+from fomo_nnunet.challenge.mirroring import MIRRORING_DEFAULT, mirroring_note
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -107,8 +107,8 @@ class ImageLevelModel:
              device: str = "cpu") -> ImageLevelModel:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from fomo_nnunet.network_record import network_for_prediction
-        from fomo_nnunet.transfer import load_checkpoint_safely
+        from fomo_nnunet.models.network_record import network_for_prediction
+        from fomo_nnunet.models.transfer import load_checkpoint_safely
 
         model_dir = Path(model_dir)
         if not (model_dir / "plans.json").is_file():
@@ -242,8 +242,8 @@ class Embedder:
     def load(cls, checkpoint: str | os.PathLike, device: str = "cpu", with_stats: bool = True) -> Embedder:
         """The checkpoint's encoder, pooling and (unless not `with_stats`) embedding statistics; statistics
         whose length does not fit the pooling are refused, naming the file."""
-        from fomo_nnunet.checkpoints import find_checkpoint
-        from fomo_nnunet.transfer import METADATA_KEY, PretrainMetadata, load_checkpoint_safely, read_metadata
+        from fomo_nnunet.models.checkpoints import find_checkpoint
+        from fomo_nnunet.models.transfer import METADATA_KEY, PretrainMetadata, load_checkpoint_safely, read_metadata
 
         path = find_checkpoint(checkpoint) if os.path.isdir(checkpoint) else str(checkpoint)
         ckpt = load_checkpoint_safely(path)
@@ -381,7 +381,7 @@ def images_embedding_stats(checkpoint: str | os.PathLike, images: str | os.PathL
     """Embedding statistics of a checkpoint's encoder over a folder of NIfTI images, each preprocessed as
     Embedder does (at most `max_cases`, evenly spaced over the sorted names), with `pooling` (None: the
     checkpoint's own). Returns (stats, {file: why} for the images that could not be used)."""
-    from fomo_nnunet.embedding_stats import select_cases
+    from fomo_nnunet.models.embedding_stats import select_cases
 
     embedder = Embedder.load(checkpoint, device, with_stats=False)  # its statistics are being replaced
     embedder = embedder.with_pooling(pooling or embedder.pooling)

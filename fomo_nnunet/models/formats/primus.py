@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fomo_nnunet.checkpoints_io.common import (InexactArchitectureError, Recognised, UnknownArchitectureError,
+from fomo_nnunet.models.formats.common import (InexactArchitectureError, Recognised, UnknownArchitectureError,
                                                count)
 
 PRIMUS = "dynamic_network_architectures.architectures.primus.Primus"
@@ -106,7 +106,7 @@ def recognise(t: Mapping[str, torch.Tensor], fmt: str, patch: list[int], named: 
         raise InexactArchitectureError("register tokens are not understood by this importer")
     if len(set(patch_embed)) != 1 or len(set(patch)) != 1:
         raise InexactArchitectureError(f"ViT patch {patch_embed} and pretraining patch {patch}: only cubic ones are "
-                                       f"exact (token order, see fomo_nnunet.checkpoints_io.primus)")
+                                       f"exact (token order, see fomo_nnunet.models.formats.primus)")
     grid = patch[0] // patch_embed[0]
     n_tokens = int(t["eva.pos_embed"].shape[1])
     if patch[0] % patch_embed[0] or grid ** 3 != n_tokens:

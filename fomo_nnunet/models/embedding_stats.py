@@ -2,14 +2,14 @@
 
 The embedding (tasks 6 and 7, `fomo-nnunet embed`) is a global average pool of the encoder over a
 centred crop (or zero pad) of a preprocessed scan to the checkpoint's patch (`pooled_embedding`;
-fomo_nnunet.inference.Embedder calls it). Which stages are pooled is the checkpoint's `embedding_pooling`
+fomo_nnunet.challenge.inference.Embedder calls it). Which stages are pooled is the checkpoint's `embedding_pooling`
 (fomo_metadata; absent: "deepest"): "deepest" averages the deepest stage (the FOMO26 organisers' rule),
 "stages" averages every stage and concatenates them shallow to deep, so that the shallower stages'
 features, which a deepest stage ending in normalisation and a nonlinearity may not carry, reach the
 probe as well (the stage-wise pooling of a U-Net encoder's skips; cf. the multi-scale features of
 Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017). Its dimensions come in whatever scale
 the network happened to learn, and the organisers' fomo-lp probe trains SGD heads on the RAW vectors
-with one fixed learning-rate sweep (1e-5 .. 0.1; fomo_nnunet.probe), so the scale decides which
+with one fixed learning-rate sweep (1e-5 .. 0.1; fomo_nnunet.evaluation.probe), so the scale decides which
 learning rates work at all. The usual remedy is to standardise each feature with statistics of the
 training data, as scikit-learn's `StandardScaler` does
 (https://scikit-learn.org/stable/modules/preprocessing.html#standardization-or-mean-removal-and-variance-scaling).
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fomo_nnunet.embedding_pooling import (DEFAULT_POOLING, POOLING_KEY, POOLING_MEANING, POOLINGS,  # noqa: F401
+from fomo_nnunet.models.embedding_pooling import (DEFAULT_POOLING, POOLING_KEY, POOLING_MEANING, POOLINGS,  # noqa: F401
                                            check_pooling, pooling_of)
 from fomo_nnunet.image_level import crop_or_pad
-from fomo_nnunet.transfer import METADATA_KEY
+from fomo_nnunet.models.transfer import METADATA_KEY
 
 STATS_KEY = "embedding_stats"  # in a checkpoint's fomo_metadata
 WHAT = ("per-dimension mean/std of the embedding (the pooled deepest stage, or every stage pooled: "
@@ -44,7 +44,7 @@ EPS = 1e-6  # apply() divides by max(std, EPS); a dimension with std below it is
 def embedding_length(encoder: torch.nn.Module, pooling: str = DEFAULT_POOLING) -> int:
     """The length of `pooled_embedding(encoder, ..., pooling)`: the deepest stage's width, or the sum of
     every stage's."""
-    from fomo_nnunet.heads import encoder_stage_widths
+    from fomo_nnunet.models.heads import encoder_stage_widths
 
     widths = encoder_stage_widths(encoder)
     return widths[-1] if check_pooling(pooling) == "deepest" else sum(widths)
@@ -212,7 +212,7 @@ def save_with_stats(checkpoint: str | os.PathLike, stats: EmbeddingStats, out: s
     """Write a copy of `checkpoint` whose fomo_metadata carries `stats` and the pooling they were computed
     with (`pooling`; None: the checkpoint's own), so that the two always agree (atomically; `out` may be
     the input)."""
-    from fomo_nnunet.transfer import load_checkpoint_safely, read_metadata
+    from fomo_nnunet.models.transfer import load_checkpoint_safely, read_metadata
 
     ckpt = load_checkpoint_safely(checkpoint)
     read_metadata(ckpt, str(checkpoint))  # a clear error for a checkpoint without fomo_metadata

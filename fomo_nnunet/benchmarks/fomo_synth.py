@@ -2,7 +2,7 @@
 finetune it and its from-scratch twin on each task, predict the out-of-domain test split and score.
 
 Every step is a command a user could type (nnU-Net's own where nnU-Net has one); the chain is
-resumable (fomo_nnunet.pipeline): a rerun skips finished steps. Repetitions: seed s pretrains and
+resumable (fomo_nnunet.benchmarks.pipeline): a rerun skips finished steps. Repetitions: seed s pretrains and
 finetunes both arms with FOMO_SEED=s (fomo_nnunet.seeding), so on a CPU a fresh run in a new folder
 gives the same table for the same seeds, and the report states mean, sd and paired differences.
 """
@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fomo_nnunet.pipeline import Pipeline
-from fomo_nnunet.report import learning_check
+from fomo_nnunet.benchmarks.pipeline import Pipeline
+from fomo_nnunet.benchmarks.report import learning_check
 from fomo_nnunet.tasks import (CLASSIFICATION, EMBEDDING, PRETRAIN_DATASET_ID, REGRESSION, SEGMENTATION,
                                TASKS_BY_NUMBER, Task)
 
@@ -198,8 +198,8 @@ class Benchmark:
 
     # ---- embedding tasks (6, 7): a linear probe on frozen features ------------------------------
     def probe(self, task: Task, pretrained: Path) -> dict:
-        from fomo_nnunet.checkpoints import find_checkpoint
-        from fomo_nnunet.probe import EXAMPLE_BINS
+        from fomo_nnunet.models.checkpoints import find_checkpoint
+        from fomo_nnunet.evaluation.probe import EXAMPLE_BINS
 
         name = self.dataset_name(task)
         folder = self.raw / name
@@ -253,7 +253,7 @@ class Benchmark:
 
     def run(self) -> Path:
         """Every step (resumable) for every seed, then report.md; returns the report's path."""
-        from fomo_nnunet.report import write_report
+        from fomo_nnunet.benchmarks.report import write_report
 
         self.claim_pretraining()
         self.synthesize()
@@ -302,7 +302,7 @@ class Benchmark:
 
     # ---- the submission: bundle the pretrained models, run the container entry per task ---------
     def bundle(self) -> Path:
-        from fomo_nnunet.checkpoints import find_checkpoint
+        from fomo_nnunet.models.checkpoints import find_checkpoint
 
         out = self.work / "bundle"
         args = ["fomo-nnunet", "bundle", "-o", str(out)]
@@ -317,7 +317,7 @@ class Benchmark:
     def container_check(self, bundle: Path) -> dict:
         """Run the container's entry (container/predict.py in a checkout, else `fomo-nnunet fomo26`) on the
         first out-of-domain test case of every task, with the official argument names, and check the output."""
-        from fomo_nnunet.fomo26_io import check_output_file
+        from fomo_nnunet.challenge.entry_io import check_output_file
 
         script = Path(__file__).resolve().parent.parent / "container" / "predict.py"
         results = {}
@@ -392,8 +392,8 @@ def save_random_init(pretrained_checkpoint: str, out: Path, seed: int, corpus: P
     pretrained checkpoint's embedding pooling, so both arms are pooled alike too."""
     import torch
 
-    from fomo_nnunet.embedding_stats import POOLING_KEY, STATS_KEY, EmbeddingStats, corpus_embedding_stats, pooling_of
-    from fomo_nnunet.transfer import PretrainMetadata, load_checkpoint_safely
+    from fomo_nnunet.models.embedding_stats import POOLING_KEY, STATS_KEY, EmbeddingStats, corpus_embedding_stats, pooling_of
+    from fomo_nnunet.models.transfer import PretrainMetadata, load_checkpoint_safely
 
     ckpt = load_checkpoint_safely(pretrained_checkpoint)
     meta = PretrainMetadata.from_dict(ckpt["fomo_metadata"])  # keeps no embedding statistics

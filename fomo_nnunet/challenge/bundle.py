@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fomo_nnunet.checkpoints import file_sha256
+from fomo_nnunet.models.checkpoints import file_sha256
 from fomo_nnunet.tasks import EMBEDDING, TASKS_BY_NUMBER, Task
 
 MANIFEST = "manifest.json"
@@ -54,7 +54,7 @@ def _folds(model_dir: Path, folds: list[str] | None, checkpoint: str) -> list[st
 
 
 def _slim_checkpoint(src: Path, dst: Path) -> None:
-    from fomo_nnunet.transfer import load_checkpoint_safely
+    from fomo_nnunet.models.transfer import load_checkpoint_safely
 
     import torch
 
@@ -63,7 +63,7 @@ def _slim_checkpoint(src: Path, dst: Path) -> None:
     if "init_args" in slim:
         slim["init_args"] = {"configuration": slim["init_args"]["configuration"], "fold": slim["init_args"]["fold"]}
     if "fomo_network" not in slim:
-        from fomo_nnunet.network_record import NETWORK_KEY, network_record, trainer_class
+        from fomo_nnunet.models.network_record import NETWORK_KEY, network_record, trainer_class
 
         record = network_record(trainer_class(ckpt["trainer_name"]))
         if record:  # how to build the network at prediction time, without the trainer search
@@ -135,7 +135,7 @@ def _read_json(path: Path, what: str) -> dict:
     except FileNotFoundError:
         raise BundleError(f"{path}: missing ({what}); {REBUILD}") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        from fomo_nnunet.nifti_checks import first_line
+        from fomo_nnunet.io.nifti_checks import first_line
 
         raise BundleError(f"{path}: broken {what}, not readable JSON ({first_line(e)}); {REBUILD}") from None
     if not isinstance(data, dict):
@@ -197,6 +197,6 @@ def loading_model(model_dir: Path, task: Task):
     except BundleError:
         raise
     except Exception as e:
-        from fomo_nnunet.nifti_checks import first_line
+        from fomo_nnunet.io.nifti_checks import first_line
 
         raise BundleError(f"{model_dir}: the {task.key} model does not load ({first_line(e, 300)}); {REBUILD}") from e

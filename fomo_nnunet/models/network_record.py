@@ -30,18 +30,18 @@ BUILDER_ATTRIBUTE = "fomo_network_builder"
 def build_plans_network(configuration_manager, num_input_channels: int, num_outputs: int,
                         deep_supervision: bool = False, initialize: bool = True):
     """nnU-Net's network of the plans (what nnUNetTrainer.build_network_architecture builds, with its 3-D
-    convolutions on oneDNN on a CPU: fomo_nnunet.cpu_convolution). `initialize`
+    convolutions on oneDNN on a CPU: fomo_nnunet.models.cpu_convolution). `initialize`
     False skips nnU-Net's He initialisation (seconds for a 100M-parameter U-Net on a CPU), for a network
     whose weights are loaded next."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from fomo_nnunet.cpu_convolution import for_this_machine
+    from fomo_nnunet.models.cpu_convolution import for_this_machine
 
     cm = configuration_manager
     network = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                      cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
                                      allow_init=initialize, deep_supervision=deep_supervision)
-    return for_this_machine(network)  # oneDNN's kernels and layout on a CPU (fomo_nnunet.cpu_convolution)
+    return for_this_machine(network)  # oneDNN's kernels and layout on a CPU (fomo_nnunet.models.cpu_convolution)
 
 
 def build_image_level_network(plans: Mapping, configuration_manager, num_input_channels: int,
@@ -50,7 +50,7 @@ def build_image_level_network(plans: Mapping, configuration_manager, num_input_c
     """The plans' U-Net encoder with a pooling head for the plans' task (classification or regression)."""
     import torch
 
-    from fomo_nnunet.heads import EncoderClassifier, PoolingHead, encoder_stage_widths
+    from fomo_nnunet.models.heads import EncoderClassifier, PoolingHead, encoder_stage_widths
     from fomo_nnunet.image_level import image_level_outputs, task_from_plans
     from fomo_nnunet.tasks import CLASSIFICATION
 
