@@ -319,7 +319,7 @@ class Benchmark:
         first out-of-domain test case of every task, with the official argument names, and check the output."""
         from fomo_nnunet.challenge.entry_io import check_output_file
 
-        script = Path(__file__).resolve().parent.parent / "container" / "predict.py"
+        script = Path(__file__).resolve().parents[2] / "container" / "predict.py"
         results = {}
         for n in self.tasks:
             task = TASKS_BY_NUMBER[n]

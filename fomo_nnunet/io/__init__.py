@@ -1,0 +1,1 @@
+"""Files in and out, shared by every stage: NIfTI header checks."""
