@@ -14,7 +14,7 @@ import surface_distance
 
 from fomo_nnunet.evaluation import metrics as M
 from fomo_nnunet.cli import main
-from fomo_nnunet.commands.evaluate import evaluate_task
+from fomo_nnunet.evaluation.scoring import evaluate_task
 from fomo_nnunet.tasks import get_task
 
 

@@ -15,7 +15,7 @@ import torch
 
 from fomo_nnunet.cli import main
 from fomo_nnunet.exit_codes import BAD_INPUT
-from fomo_nnunet.commands.evaluate import probe_folder
+from fomo_nnunet.evaluation.scoring import probe_folder
 from fomo_nnunet.evaluation.probe import (LEARNING_RATES, FairnessVariable, _SGDCosine, linear_probe, split_class, split_sizes, stratum,
                                torchmetrics_macro_auroc)
 

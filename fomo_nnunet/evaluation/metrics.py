@@ -2,7 +2,7 @@
 
 Every function follows the organisers' metric package `fomo_challenge_metrics` (repository
 fomo26/fomo-metrics; the files are named beside each function) including its edge cases; the readers
-and writers around them live in `fomo_nnunet.commands.evaluate`. Where the organisers' behaviour is
+and writers around them live in `fomo_nnunet.evaluation.scoring`. Where the organisers' behaviour is
 surprising it is followed for the official number and said so here:
 
 - Binary AUROC: an invalid score is replaced by 0.0 for a positive case and 1.0 for a negative case
