@@ -96,8 +96,8 @@ def plot_mae_reconstruction(path: str | os.PathLike, example: dict[str, np.ndarr
 
 
 def _save(fig, path) -> None:
-    # write then rename: a viewer never sees half a PNG
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    from fomo_nnunet.io.atomic import replacing
+
+    with replacing(path, suffix=".tmp.png") as tmp:  # a viewer never sees half a PNG; matplotlib reads the suffix
+        fig.savefig(tmp, dpi=100)
     _pyplot().close(fig)

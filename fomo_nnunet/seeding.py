@@ -83,11 +83,10 @@ def use_deterministic_algorithms() -> None:
 
 def write_seed_record(folder: str, record: dict) -> None:
     """seed.json in the fold folder: the seed and what it seeded (read by people and by the benchmark)."""
+    from fomo_nnunet.io.atomic import write_text
+
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, SEED_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, os.path.join(folder, SEED_FILE))
+    write_text(json.dumps(record, indent=1), os.path.join(folder, SEED_FILE))
 
 
 @contextlib.contextmanager

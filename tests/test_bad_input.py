@@ -22,6 +22,7 @@ from helpers import run_cli
 from fomo_nnunet import exit_codes as X
 from fomo_nnunet.cli import main
 from fomo_nnunet.data import convert as C
+from fomo_nnunet.io import atomic as A
 from fomo_nnunet.tasks import get_task
 
 ENTRY_INPUTS = {"task2": ("flair", "dwi", "swi"), "task3": ("t1",), "task6": ("input",)}
@@ -535,6 +536,23 @@ def test_task_channel_grid_note_says_what_differs(tmp_path, raw):
     assert any("same shape (20, 20, 20)" in n and "origin shifted by 1 mm" in n for n in notes), notes
 
 
+@pytest.mark.parametrize("shift_mm, same", [(5e-4, True), (5e-3, False)])
+def test_conversion_and_entry_agree_whether_two_channels_share_a_grid(shift_mm, same, tmp_path, raw):
+    # 5e-4 mm lies between the tolerances the two used before they shared one (entry 1e-4, conversion 1e-3)
+    from fomo_nnunet.challenge.entry_io import read_input, resample_onto
+
+    src = _task_tree(tmp_path / "src", "task2", seg=_seg(),
+                     channels={"dwi": lambda p: B.save(p, B.brain(seed=3), _shifted_affine(shift_mm))})
+    notes = C.convert_task("task2", src, progress=False).report["notes"].get("sub_1_ses_1", [])
+    converted_as_same = not any("resampled" in n for n in notes)
+    ses = src / "preprocessed" / "sub_1" / "ses_1"
+    first, dwi_channel = get_task("task2").channels[:2]
+    assert dwi_channel.name == "dwi"
+    ref, dwi = (read_input(ch.cli_args[0], str(ses / f"{ch.file_stems[0]}.nii.gz")) for ch in (first, dwi_channel))
+    entry_as_same = resample_onto(dwi, ref) is dwi
+    assert converted_as_same == entry_as_same == same, (notes, shift_mm)
+
+
 def test_task_unreadable_session_folder_is_reported(tmp_path, raw, monkeypatch):                  # item 11
     src = _task_tree(tmp_path / "src", "task3", label_text={"sub_1": b"40", "sub_2": b"50"})
     locked = str(src / "preprocessed" / "sub_2" / "ses_1")
@@ -689,10 +707,10 @@ def test_rerun_removes_leftovers_of_dead_runs_only(tmp_path, raw):              
     folder = C.convert_pretrain(src, progress=False).folder
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    dead_file = folder / "imagesTr" / f".x_0000.nii.gz.{C._HOST}-{dead}.abc123{C.TMP_SUFFIX}"
-    live_file = folder / "labelsTr" / f".x.nii.gz.{C._HOST}-{os.getpid()}.def456{C.TMP_SUFFIX}"
-    old_file = folder / f".dataset.json.q1w2e3{C.TMP_SUFFIX}"              # an older run's name, hours old
-    young_foreign = folder / "imagesTr" / f".y_0000.nii.gz.otherhost-1.zz{C.TMP_SUFFIX}"
+    dead_file = folder / "imagesTr" / f".x_0000.nii.gz.{A.process_tag(int(dead))}.abc123{A.TMP_SUFFIX}"
+    live_file = folder / "labelsTr" / f".x.nii.gz.{A.process_tag()}.def456{A.TMP_SUFFIX}"
+    old_file = folder / f".dataset.json.q1w2e3{A.TMP_SUFFIX}"              # an older run's name, hours old
+    young_foreign = folder / "imagesTr" / f".y_0000.nii.gz.otherhost-1.zz{A.TMP_SUFFIX}"
     for f in (dead_file, live_file, old_file, young_foreign):
         f.write_bytes(b"half a file")
     os.utime(old_file, (time.time() - 2 * C.STALE_TMP_SECONDS,) * 2)

@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fomo_nnunet.io.atomic import write_text
+
 PRETRAIN_DATASET_ID = 950
 PARTS = ("steps", "entry", "loader", "pretrain")
 CHECKPOINT_LIMIT_BYTES = 16 * 1024 * 1024  # what comes back from a lent machine per file
@@ -131,9 +133,7 @@ class Campaign:
 
     def write(self) -> None:
         self.results["elapsed_seconds"] = round(time.monotonic() - self.t0, 1)
-        tmp = self.out / (RESULT_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1, default=str))
-        os.replace(tmp, self.out / RESULT_FILE)
+        write_text(json.dumps(self.results, indent=1, default=str), self.out / RESULT_FILE)
         (self.out / REPORT_FILE).write_text(format_report(self.results))
 
     def run(self) -> dict:
@@ -248,9 +248,7 @@ class PartWriter:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, default=str))
-        os.replace(tmp, self.path)
+        write_text(json.dumps(self.data, default=str), self.path)
 
 
 def prepare(work: Path, sizes: CampaignSizes) -> None:

@@ -47,6 +47,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from fomo_nnunet.evaluation.probe import nan_to_none
+from fomo_nnunet.io.atomic import write_json
 from fomo_nnunet.tasks import CLASSIFICATION, EMBEDDING, PRETRAIN_DATASET_ID, REGRESSION, TASKS, Task
 
 N_TRAIN = 100
@@ -434,9 +435,7 @@ def cached(folder: Path, name: str, fingerprint: str, compute: Callable[[], dict
             return kept
     result = {"fingerprint": fingerprint, **compute()}
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(nan_to_none(result), indent=1) + "\n")
-    os.replace(tmp, f)
+    write_json(nan_to_none(result), f)
     return result
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fomo_nnunet.paths import nnunet_defaults, trainers_dir
+from fomo_nnunet.io.atomic import write_text
 
 
 class StepFailed(RuntimeError):
@@ -59,9 +60,7 @@ class Pipeline:
         t0 = time.time()
         result = fn() or {}
         record = {"name": name, "seconds": time.time() - t0, "result": result}
-        tmp = self._marker(name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, self._marker(name))
+        write_text(json.dumps(record, indent=1, default=str), self._marker(name))
         self.log(f"[done] {name} in {record['seconds']:.0f} s")
         return record
 

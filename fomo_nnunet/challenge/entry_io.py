@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import nibabel as nib
 import numpy as np
 
-from fomo_nnunet.io.nifti_checks import (SHEAR_TOL, Header, NiftiProblem, clean_intensities, describe_grid_difference,
-                                      fov_overlap, read_header, read_voxels)
+from fomo_nnunet.io.grids import describe_grid_difference, fov_overlap, resample_linear, same_grid
+from fomo_nnunet.io.nifti_checks import SHEAR_TOL, Header, NiftiProblem, clean_intensities, read_header, read_voxels
 from fomo_nnunet.tasks import Task
 
 MIN_SLICES = 2
@@ -77,7 +77,7 @@ def check_fields_of_view(headers: list[tuple[str, Header]]) -> list[str]:
     """Every channel must overlap the reference (first) channel's field of view; notes for partial cover."""
     (ref_arg, ref), notes = headers[0], []
     for arg, h in headers[1:]:
-        if h.shape == ref.shape and np.allclose(h.affine, ref.affine, atol=1e-4):
+        if same_grid(h.shape, h.affine, ref.shape, ref.affine):
             continue
         cover = fov_overlap(h.shape, h.affine, ref.shape, ref.affine)
         if cover <= 0:
@@ -108,19 +108,11 @@ def is_oblique(affine: np.ndarray, tol: float = 1e-3) -> bool:
     return bool(np.any(np.abs(np.abs(rot).max(axis=0) - 1) > tol))
 
 
-def same_grid(a: InputImage, b: InputImage, tol: float = 1e-4) -> bool:
-    return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=tol)
-
-
 def resample_onto(image: InputImage, reference: InputImage) -> InputImage:
     """`image` resampled (linear) onto the reference's voxel grid through world coordinates."""
-    if same_grid(image, reference):
+    if same_grid(image.shape, image.affine, reference.shape, reference.affine):
         return image
-    from nibabel.processing import resample_from_to
-
-    src = nib.Nifti1Image(image.data, image.affine)
-    out = resample_from_to(src, (reference.shape, reference.affine), order=1, mode="constant", cval=0.0)
-    data = np.asarray(out.dataobj, dtype=np.float32)
+    data = resample_linear(nib.Nifti1Image(image.data, image.affine), reference.shape, reference.affine)
     if not np.any(data):
         raise FomoInputError(f"--{image.arg} {image.path}: nothing of it lies in --{reference.arg}'s field of view "
                              f"after resampling; the images are not co-registered")

@@ -37,6 +37,7 @@ from fomo_nnunet.models.embedding_stats import (DEFAULT_POOLING, POOLING_KEY, PO
                                          check_pooling, compute_embedding_stats, embedding_length,
                                          pooled_embedding, pooling_of)
 from fomo_nnunet.image_level import crop_or_pad, decode_outputs, task_from_plans
+from fomo_nnunet.io.atomic import replacing
 from fomo_nnunet.challenge.mirroring import MIRRORING_DEFAULT, mirroring_note
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
 
@@ -193,12 +194,10 @@ def predict_folder(images: str | os.PathLike, output: str | os.PathLike, model_d
         o = model.predict_files(files, mirror)
         value = model.value(o) if not (classes and len(classes) > 2) else int(np.argmax(o))
         rows.append([case, f"{value:.6g}", *(f"{p:.6g}" for p in (o if classes else []))])
-    tmp = out / "predictions.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with replacing(out / "predictions.csv") as tmp, open(tmp, "x", newline="") as f:
         w = csv.writer(f)
         w.writerow(["case_id", "prediction", *(f"p_{c}" for c in classes)])
         w.writerows(rows)
-    os.replace(tmp, out / "predictions.csv")
     return out / "predictions.csv"
 
 
@@ -359,10 +358,8 @@ def embed_folder(images: str | os.PathLike, output: str | os.PathLike, checkpoin
         except Exception as e:  # one bad image must not stop a folder of thousands
             report["failed"][f] = f"{type(e).__name__}: {e}"
             continue
-        tmp = out / f".{case}.npy.tmp"
-        with open(tmp, "wb") as fh:
+        with replacing(target) as tmp, open(tmp, "xb") as fh:
             np.save(fh, vector, allow_pickle=False)
-        os.replace(tmp, target)
         report["written"] += 1
     return report
 

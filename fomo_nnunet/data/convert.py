@@ -22,14 +22,14 @@ import gzip
 import json
 import math
 import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fomo_nnunet.io import atomic as A
+from fomo_nnunet.io import grids as G
 from fomo_nnunet.io import nifti_checks as NC
 from fomo_nnunet import tasks as T
 from fomo_nnunet.data import fomo_layout as L
@@ -41,7 +41,6 @@ COPY, REFERENCE = "copy", "reference"     # how a pretraining corpus keeps its s
 REPORT = "conversion_report.json"
 FILE_ENDING = ".nii.gz"
 BRAIN_LABELS = {"background": 0, "brain": 1}
-AFFINE_ATOL = 1e-3
 
 
 class ScanError(Exception):
@@ -131,25 +130,18 @@ def reasons_to_copy(path: Path, header, notes: list[str]) -> list[str]:
     if hasattr(hdr, "get_qform"):
         q, qc = hdr.get_qform(coded=True)
         s_, sc = hdr.get_sform(coded=True)
-        if qc and sc and not np.allclose(q, s_, rtol=0, atol=AFFINE_ATOL):
+        if qc and sc and not G.same_affine(q, s_):
             why.append("its qform and sform disagree (readers differ on which to use)")
     if "$" in str(path):
         why.append("'$' in its path (nnU-Net expands it as an environment variable)")
     return why
 
 
-def same_grid(a, b) -> bool:
-    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and np.allclose(a.affine, b.affine, rtol=0, atol=AFFINE_ATOL)
-
-
 def resample_onto(img, ref):
     """`img` resampled (linear) onto the grid of `ref`."""
     import nibabel as nib
-    from nibabel.processing import resample_from_to
 
-    res = resample_from_to(img, (ref.shape[:3], ref.affine), order=1, cval=0.0)
-    data = np.asarray(res.dataobj, dtype=np.float32)
-    return nib.Nifti1Image(data, ref.affine, ref.header.copy())
+    return nib.Nifti1Image(G.resample_linear(img, ref.shape, ref.affine), ref.affine, ref.header.copy())
 
 
 def brain_mask(img):
@@ -163,17 +155,7 @@ def brain_mask(img):
 
 
 # ------------------------------------------------------------------------------------ writing
-TMP_SUFFIX = ".tmp"
 STALE_TMP_SECONDS = 3600        # another machine's temporary file older than this is a leftover
-_HOST = socket.gethostname().replace(".", "_").replace("/", "_") or "host"
-
-
-def _tmp_path(final: Path) -> Path:
-    """A fresh name beside `final` (the file is created by the caller, inside its cleanup block, so
-    that a signal arriving at any moment leaves nothing behind). Hidden and not ending in .nii.gz:
-    nnU-Net never mistakes a leftover for a case. The host and process id in the name let a rerun
-    tell a dead run's leftover from a live shard's file."""
-    return final.parent / f".{final.name}.{_HOST}-{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
 
 
 def save_nifti(img, final: Path) -> None:
@@ -183,38 +165,10 @@ def save_nifti(img, final: Path) -> None:
     import nibabel as nib
 
     level = 6 if img.get_data_dtype() == np.uint8 else 1
-    tmp = _tmp_path(final)
-    try:
+    with A.replacing(final) as tmp:
         with open(tmp, "xb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=level,
                                                    mtime=0) as gz:
             img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(obj, final: Path) -> None:
-    """Write JSON atomically (a temporary file in the same folder, then os.replace)."""
-    final = Path(final)
-    tmp = _tmp_path(final)
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_leftovers(folder: Path) -> list[str]:
@@ -230,16 +184,10 @@ def remove_leftovers(folder: Path) -> list[str]:
         if not d.is_dir():
             continue
         with os.scandir(d) as it:
-            candidates = [e for e in it if e.name.startswith(".") and e.name.endswith(TMP_SUFFIX) and e.is_file()]
+            candidates = [e for e in it if e.name.startswith(".") and e.name.endswith(A.TMP_SUFFIX) and e.is_file()]
         for e in candidates:
-            owner = e.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
-            host, _, pid = owner[-2].rpartition("-") if len(owner) == 3 else ("", "", "")
             try:
-                if host == _HOST and pid.isdigit():
-                    stale = not _pid_alive(int(pid))
-                else:
-                    stale = now - e.stat().st_mtime > STALE_TMP_SECONDS
-                if stale:
+                if A.is_leftover(A.tag_of_temporary(e.name), e.stat().st_mtime, STALE_TMP_SECONDS, now):
                     os.unlink(e.path)
                     removed.append(e.path)
             except FileNotFoundError:
@@ -256,7 +204,7 @@ def _write_case(folder: Path, images: list[tuple[object, str]], record: dict) ->
             save_nifti(img, final)
             done.append(final)
         record["outputs"] = [rel for _, rel in images]
-        write_json(record, folder / RECORDS / f"{record['case']}.json")
+        A.write_json(record, folder / RECORDS / f"{record['case']}.json")
     except BaseException:
         for p in done:
             p.unlink(missing_ok=True)
@@ -265,7 +213,7 @@ def _write_case(folder: Path, images: list[tuple[object, str]], record: dict) ->
 
 def _skip_record(folder: Path, record: dict, reason: str, path) -> dict:
     record.update(status="skipped", reason=reason, path=str(path))
-    write_json(record, folder / RECORDS / f"{record['case']}.json")
+    A.write_json(record, folder / RECORDS / f"{record['case']}.json")
     return record
 
 
@@ -446,7 +394,7 @@ def _summarise(folder: Path, result: ConvertResult, records: dict[str, dict], ex
     fixed = {c: r["fixed_copy"] for c, r in sorted(ok.items()) if r.get("fixed_copy")}
     report = {"dataset": folder.name, **extra, "converted": len(ok), "skipped": result.listing + skipped,
               "removed": removed, "notes": notes, **({"fixed_copies": fixed} if fixed else {})}
-    write_json(report, folder / REPORT)
+    A.write_json(report, folder / REPORT)
     result.report = report
     return report
 
@@ -469,7 +417,7 @@ def reconcile(folder: Path, records: dict[str, dict], case_ids: set[str], listin
                    "the source is gone (deleted or renamed since an earlier conversion)")
         new = {"case": case, "status": REMOVED, "path": path,
                "reason": f"{why}; {'its files were removed' if rec.get('status') == 'ok' else 'it had been skipped'}"}
-        write_json(new, folder / RECORDS / f"{case}.json")
+        A.write_json(new, folder / RECORDS / f"{case}.json")
         for rel in rec.get("outputs", []):
             (folder / rel).unlink(missing_ok=True)
         records[case] = new
@@ -582,8 +530,8 @@ def finalize_pretrain(folder: Path, result: ConvertResult | None = None, layout:
                                   "label": f"labelsTr/{c}{FILE_ENDING}"} for c, r in ok.items()}
     else:
         dataset["fomo_storage"] = COPY
-    write_json(subjects, folder / "subjects.json")
-    write_json(dataset, folder / "dataset.json")
+    A.write_json(subjects, folder / "subjects.json")
+    A.write_json(dataset, folder / "dataset.json")
     return _summarise(folder, result, records, {"role": "pretrain", **({"layout": layout} if layout else {})})
 
 
@@ -635,9 +583,9 @@ def _task_job(job: tuple) -> dict:
         notes += [f"{ch.name}: {x}" for x in n]
         if ref is None:
             ref = img
-        elif not same_grid(img, ref):
+        elif not G.same_grid(img.shape, img.affine, ref.shape, ref.affine):  # the entry's rule too
             notes.append(f"{ch.name}: grid differs from {task.channels[0].name} ("
-                         f"{NC.describe_grid_difference(img.shape[:3], img.affine, ref.shape[:3], ref.affine)}); "
+                         f"{G.describe_grid_difference(img.shape[:3], img.affine, ref.shape[:3], ref.affine)}); "
                          f"resampled (linear) onto it")
             img = resample_onto(img, ref)
             if not np.any(np.asanyarray(img.dataobj)):
@@ -650,9 +598,9 @@ def _task_job(job: tuple) -> dict:
         except ScanError as e:
             return _skip_record(folder, rec, f"segmentation: {e}", case.label)
         notes += [f"segmentation: {x}" for x in n]
-        if not same_grid(seg, ref):
+        if not G.same_grid(seg.shape, seg.affine, ref.shape, ref.affine):
             return _skip_record(folder, rec, "segmentation grid differs from the images' ("
-                                + NC.describe_grid_difference(seg.shape[:3], seg.affine, ref.shape[:3], ref.affine)
+                                + G.describe_grid_difference(seg.shape[:3], seg.affine, ref.shape[:3], ref.affine)
                                 + ")", case.label)
         bad = sorted(set(np.unique(np.asanyarray(seg.dataobj)).tolist()) - set(task.labels.values()))
         if bad:
@@ -718,14 +666,14 @@ def finalize_task(folder: Path, task: T.Task, result: ConvertResult | None = Non
         dataset["fomo_classes"] = list(task.classes)
     if task.kind == T.REGRESSION:
         dataset["fomo_unit"] = task.unit
-    write_json(dataset, folder / "dataset.json")
+    A.write_json(dataset, folder / "dataset.json")
     if task.kind != T.SEGMENTATION:
-        write_json({c: r.get("target") for c, r in train.items()}, folder / "targets.json")
+        A.write_json({c: r.get("target") for c, r in train.items()}, folder / "targets.json")
         if test:
-            write_json({c: r.get("target") for c, r in test.items()}, folder / "targetsTs.json")
-    write_json({c: {**(r.get("attributes") or {}), "split": r["split"]} for c, r in ok.items()},
+            A.write_json({c: r.get("target") for c, r in test.items()}, folder / "targetsTs.json")
+    A.write_json({c: {**(r.get("attributes") or {}), "split": r["split"]} for c, r in ok.items()},
                folder / "attributes.json")
-    write_json({c: {"subject": r["subject"], "session": r["session"], "split": r["split"], "files": r["files"],
+    A.write_json({c: {"subject": r["subject"], "session": r["session"], "split": r["split"], "files": r["files"],
                     **({"label": r["label"]} if task.kind == T.SEGMENTATION else {})}
                 for c, r in ok.items()}, folder / "subjects.json")
     return _summarise(folder, result, records, {"task": task.key, "kind": task.kind,

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fomo_nnunet.data import workers as W
-from fomo_nnunet.data.convert import _HOST, _pid_alive, _tmp_path, parse_shard, write_json
+from fomo_nnunet.data.convert import parse_shard
+from fomo_nnunet.io import atomic as A
 
 PARTIAL = ".fomo_partial"
 STAMP = ".fomo_preprocess.json"
@@ -72,7 +73,7 @@ class CaseJob:
     def __call__(self, job: tuple) -> str:
         case, images, label = job
         pp = self._preprocessor()
-        partial = self.output / PARTIAL / f"{_HOST}-{os.getpid()}"
+        partial = self.output / PARTIAL / A.process_tag()
         partial.mkdir(parents=True, exist_ok=True)
         tmp = [partial / p.name for p in _case_files(self.output, case)]
         try:
@@ -99,13 +100,8 @@ def _copy_newer(src: Path, dst: Path) -> None:
             return
     except FileNotFoundError:
         pass
-    tmp = _tmp_path(dst)
-    try:
+    with A.replacing(dst) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def remove_partials(output: Path) -> list[str]:
@@ -116,10 +112,8 @@ def remove_partials(output: Path) -> list[str]:
         return removed
     now = time.time()
     for d in root.iterdir():
-        host, _, pid = d.name.rpartition("-")
         try:
-            stale = (not _pid_alive(int(pid))) if host == _HOST and pid.isdigit() else \
-                now - d.stat().st_mtime > STALE_SECONDS
+            stale = A.is_leftover(d.name, d.stat().st_mtime, STALE_SECONDS, now)
         except FileNotFoundError:
             continue
         if stale:
@@ -152,7 +146,7 @@ def _check_stamp(output: Path, stamp: dict) -> None:
     if any(output.glob("*.b2nd")):
         raise PreprocessError(f"{output} already holds arrays not written by `fomo-nnunet preprocess` (by "
                               f"nnUNetv2_preprocess?): delete it, or keep using nnUNetv2_preprocess")
-    write_json(stamp, f)
+    A.write_json(stamp, f)
 
 
 def dataset_name(dataset: int | str) -> str:
@@ -258,7 +252,7 @@ def preprocess(dataset: int | str, plans_name: str, configuration: str = "3d_ful
         done = W.run_jobs(job, jobs, num_processes, progress, f"preprocess {name} {configuration}",
                           on_killed=lambda pids: remove_partials(output))
     finally:
-        shutil.rmtree(output / PARTIAL / f"{_HOST}-{os.getpid()}", ignore_errors=True)
+        shutil.rmtree(output / PARTIAL / A.process_tag(), ignore_errors=True)
     result.done = len(done)
     return result
 

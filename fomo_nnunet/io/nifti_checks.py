@@ -1,6 +1,6 @@
 """Checks on a NIfTI file from its header alone, before a voxel is read or memory allocated.
 
-Shared by the challenge entry (`fomo26_io`) and the converters (`data/convert`), which wrap a
+Shared by the challenge entry (`challenge/entry_io`) and the converters (`data/convert`), which wrap a
 `NiftiProblem` (a one-line reason) into their own errors. What the header promises bounds the
 memory a read can take: the voxel count is capped (`MAX_VOXELS`), and a header that promises more
 voxel data than the file can hold is refused without decompressing anything (an uncompressed file
@@ -198,49 +198,3 @@ def clean_intensities(data: np.ndarray) -> tuple[np.ndarray, list[str]]:
         notes.append(f"{n_ext} voxels with |value| > {MAX_ABS_INTENSITY:g} (up to {peak:.3g}) set to 0, they would "
                      f"overflow the normalisation")
     return data, notes
-
-
-# ----------------------------------------------------------------------------- two grids
-def describe_grid_difference(shape: tuple, affine: np.ndarray, ref_shape: tuple, ref_affine: np.ndarray,
-                             atol: float = 1e-3) -> str:
-    """What differs between two voxel grids, e.g. 'same shape (40, 44, 40), spacing (6, 6, 6) vs (4, 4, 4) mm'."""
-    import nibabel as nib
-
-    parts = [f"shape {tuple(shape)} vs {tuple(ref_shape)}" if tuple(shape) != tuple(ref_shape)
-             else f"same shape {tuple(shape)}"]
-    sp, ref_sp = np.linalg.norm(affine[:3, :3], axis=0), np.linalg.norm(ref_affine[:3, :3], axis=0)
-    if not np.allclose(sp, ref_sp, atol=atol):
-        parts.append(f"spacing {_fmt(sp)} vs {_fmt(ref_sp)} mm")
-    rot, ref_rot = affine[:3, :3] / sp, ref_affine[:3, :3] / ref_sp
-    if not np.allclose(rot, ref_rot, atol=atol):
-        codes, ref_codes = "".join(nib.aff2axcodes(affine)), "".join(nib.aff2axcodes(ref_affine))
-        angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(rot.T @ ref_rot) - 1) / 2))))
-        parts.append(f"orientation {codes} vs {ref_codes}" if codes != ref_codes else f"axes rotated by {angle:.2g} deg")
-    shift = float(np.linalg.norm(affine[:3, 3] - ref_affine[:3, 3]))
-    if shift > atol:
-        parts.append(f"origin shifted by {shift:.3g} mm")
-    if len(parts) == 1 and tuple(shape) == tuple(ref_shape):
-        parts.append("affines differ by less than the tolerance")
-    return ", ".join(parts)
-
-
-def _fmt(v) -> str:
-    return "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
-
-
-def fov_overlap(shape: tuple, affine: np.ndarray, ref_shape: tuple, ref_affine: np.ndarray) -> float:
-    """Fraction of the reference grid's box that the other image's field of view covers.
-
-    The other image's corners are mapped into the reference's voxel coordinates and their bounding
-    box intersected with the reference box: exact for grids with parallel axes, an upper bound for
-    oblique ones (a zero is always right).
-    """
-    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
-                        for k in (-0.5, shape[2] - 0.5)])
-    world = corners @ affine[:3, :3].T + affine[:3, 3]
-    inv = np.linalg.inv(ref_affine)
-    in_ref = world @ inv[:3, :3].T + inv[:3, 3]
-    lo = np.maximum(in_ref.min(axis=0), -0.5)
-    hi = np.minimum(in_ref.max(axis=0), np.asarray(ref_shape) - 0.5)
-    inter = np.prod(np.clip(hi - lo, 0, None))
-    return float(inter / np.prod(np.asarray(ref_shape, dtype=float)))

@@ -40,6 +40,7 @@ from fomo_nnunet.models.formats.common import (InexactArchitectureError, Recogni
                                                require_affine_norm as _require_affine_norm)
 from fomo_nnunet.models.formats import asparagus_config, nnssl, primus
 from fomo_nnunet.models.formats.nnssl import ADAPTATION_KEY
+from fomo_nnunet.io.atomic import replacing
 from fomo_nnunet.models.transfer import (METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata,
                                   load_torch_file_safely, strip_prefixes)
 
@@ -752,9 +753,8 @@ def import_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = {WEIGHTS_KEY: weights, METADATA_KEY: meta.to_dict(), IMPORT_KEY: report.to_dict(),
                   "trainer_name": meta.trainer_name, "current_epoch": meta.epochs_trained}
-    tmp = out / (CHECKPOINT_FILE + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, out / CHECKPOINT_FILE)
+    with replacing(out / CHECKPOINT_FILE) as tmp:
+        torch.save(checkpoint, tmp)
     (out / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=1))
     (out / REPORT_TEXT).write_text(render_report(report))
     return report

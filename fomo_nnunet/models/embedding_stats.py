@@ -31,6 +31,7 @@ import torch
 from fomo_nnunet.models.embedding_pooling import (DEFAULT_POOLING, POOLING_KEY, POOLING_MEANING, POOLINGS,  # noqa: F401
                                            check_pooling, pooling_of)
 from fomo_nnunet.image_level import crop_or_pad
+from fomo_nnunet.io.atomic import replacing
 from fomo_nnunet.models.transfer import METADATA_KEY
 
 STATS_KEY = "embedding_stats"  # in a checkpoint's fomo_metadata
@@ -220,7 +221,6 @@ def save_with_stats(checkpoint: str | os.PathLike, stats: EmbeddingStats, out: s
     ckpt[METADATA_KEY] = {**ckpt[METADATA_KEY], STATS_KEY: stats.to_dict(), POOLING_KEY: pooling}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        torch.save(ckpt, tmp)
     return out

@@ -13,11 +13,11 @@ dicts, so a worker pool of any start method can run them. Files are written atom
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from fomo_nnunet.io import atomic as A
 from fomo_nnunet.tasks import REGRESSION, SEGMENTATION, TASKS_BY_NUMBER, Task
 
 from .acquisition import out_grid, render
@@ -47,16 +47,13 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    tmp = path.with_name(f".{path.name[:-7]}.tmp{os.getpid()}.nii.gz")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with A.replacing(path, suffix=".tmp.nii.gz") as tmp:  # nibabel picks the format by the name
+        nib.save(img, str(tmp))
 
 
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    A.write_text(text, path)
 
 
 def write_tsv(path: Path, columns: list[str], rows: list[dict]) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from fomo_nnunet.models.formats import nnssl
+from fomo_nnunet.io.atomic import replacing
 from fomo_nnunet.models.formats.nnssl import ADAPTATION_KEY, RESENC_UNET
 from fomo_nnunet.models.transfer import METADATA_KEY, WEIGHTS_KEY, CheckpointError, PretrainMetadata
 
@@ -112,9 +113,8 @@ def _hydra_config(meta: PretrainMetadata, preset: str) -> str:
 
 def _write(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _unique_state(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
