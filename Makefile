@@ -29,9 +29,9 @@ TEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest -x -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-# the edit loop: everything but the tests that plan, preprocess, train or synthesise (marked slow)
+# the edit loop: the tests that carry no tier marker (slow, subprocess, stress: pyproject.toml, tests/conftest.py)
 test-fast: install
-	$(BIN)/python -m pytest -x -q -m "not slow"
+	$(BIN)/python -m pytest -x -q -m "not slow and not subprocess and not stress"
 
 demo: install
 	$(BIN)/fomo-nnunet benchmark --preset tiny --work $(WORK)

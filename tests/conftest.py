@@ -35,9 +35,13 @@ TARGETS = {
 PREPROCESSED = (901, 902, 903, 904)
 PRETRAIN_DATASET = 990
 
-# Fixtures that plan, preprocess, train or synthesise through nnU-Net's commands (tens of seconds to
-# minutes on two cores): every test that uses one, directly or through another fixture, is `slow`.
-# `make test-fast` (pytest -m "not slow") leaves them out for the edit loop; `make test` runs all.
+# Each test says its tier with a marker (registered in pyproject.toml): `slow` (plans, preprocesses, trains or
+# synthesises, or builds a full-size or compiled network), `subprocess` (starts fomo-nnunet, nnU-Net or Python
+# in child processes) and `stress` (signals, worker pools and deadlines, sensitive to a loaded machine).
+# `make test-fast` runs the unmarked tier; `make test` runs all. The fixtures below build workspaces through
+# nnU-Net's commands (tens of seconds to minutes on two cores): a test that uses one, directly or through another
+# fixture, and is not marked `slow` stops the collection with its name, so the marker cannot drift from what the
+# test does.
 HEAVY_FIXTURES = {"pretrain_corpus", "tasks_ws", "synth", "tiny_bundle", "busy_corpus", "converted_corpus"}
 
 
@@ -50,10 +54,18 @@ LONGEST_FIRST = ("test_benchmark.py", "test_quick_path.py", "test_campaign.py", 
                  "test_checkpoint_import.py", "test_finetune_seg.py")
 
 
+def unmarked_heavy_tests(items) -> list[str]:
+    """The tests that use a HEAVY_FIXTURES workspace without saying `slow`."""
+    return [item.nodeid for item in items
+            if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+    unmarked = unmarked_heavy_tests(items)
+    if unmarked:
+        raise pytest.UsageError("these tests build a workspace through nnU-Net's commands "
+                                f"({', '.join(sorted(HEAVY_FIXTURES))}); mark them @pytest.mark.slow:\n  "
+                                + "\n  ".join(unmarked))
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
 

@@ -110,6 +110,7 @@ def _args(inputs: dict[str, str]) -> list[str]:
     return [x for a, p in inputs.items() for x in (f"--{a}", p)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(INPUT_KINDS))
 def test_entry_bad_input_is_one_line_and_writes_nothing(kind, tiny_bundle, tmp_path, capsys):
     task, makers, code, named, fragment = INPUT_KINDS[kind]
@@ -148,6 +149,7 @@ def _touch(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
 def test_entry_bad_output_is_refused_before_inference(kind, tiny_bundle, tmp_path, capsys, monkeypatch):
     make, code, fragment = OUTPUT_KINDS[kind]
@@ -207,6 +209,7 @@ def _truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[:5000])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BUNDLE_KINDS))
 def test_entry_broken_bundle_exits_3_naming_the_file(kind, tiny_bundle, tmp_path, capsys):
     task, how, named = BUNDLE_KINDS[kind]
@@ -254,6 +257,7 @@ SUCCESS_KINDS = {  # kind: (maker, a fragment of the note on stderr, or None)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SUCCESS_KINDS))
 def test_entry_recoverable_input_runs_and_says_what_it_did(kind, tiny_bundle, tmp_path, capsys):
     maker, note = SUCCESS_KINDS[kind]
@@ -264,6 +268,7 @@ def test_entry_recoverable_input_runs_and_says_what_it_did(kind, tiny_bundle, tm
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_extreme_voxel_does_not_change_the_result(tiny_bundle, tmp_path, capsys):
     """One 3e38 voxel is treated as a corrupt voxel (set to 0), not allowed to overflow the z-score."""
     extreme, _, _ = _embed(tiny_bundle, tmp_path, capsys, B.one_extreme_voxel, "a")
@@ -277,6 +282,7 @@ def test_extreme_voxel_does_not_change_the_result(tiny_bundle, tmp_path, capsys)
     assert np.allclose(extreme, clean, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_output_gets_the_umask_mode(tiny_bundle, tmp_path, capsys):                                 # item 5
     old = os.umask(0o022)
     try:
@@ -286,6 +292,7 @@ def test_output_gets_the_umask_mode(tiny_bundle, tmp_path, capsys):             
     assert (output.stat().st_mode & 0o777) == 0o644
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [("SIGTERM", X.TERMINATED), ("SIGINT", X.INTERRUPTED)])
 def test_entry_signal_during_inference_leaves_nothing(sig, code, tiny_bundle, tmp_path, capsys, monkeypatch):
     import signal
@@ -323,6 +330,7 @@ def test_grid_note_says_what_differs(tmp_path):
     assert "same shape (20, 20, 20)" in note and "origin shifted by 1 mm" in note, note
 
 
+@pytest.mark.subprocess
 def test_help_does_not_import_torch():                                                               # item 17
     import subprocess
     import sys
@@ -419,6 +427,7 @@ def converted_corpus(tmp_path_factory):
     return res, report, src
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(FILE_KINDS))
 def test_converter_skips_bad_file_with_its_reason(kind, converted_corpus):
     res, report, _ = converted_corpus
@@ -429,6 +438,7 @@ def test_converter_skips_bad_file_with_its_reason(kind, converted_corpus):
     assert not list(res.folder.rglob(f"*{stem}*.nii.gz"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(NOTE_KINDS))
 def test_converter_converts_recoverable_file_with_a_note(kind, converted_corpus):
     res, report, _ = converted_corpus
@@ -441,6 +451,7 @@ def test_converter_converts_recoverable_file_with_a_note(kind, converted_corpus)
         assert any(note in n for n in report["notes"].get(case, [])), report["notes"].get(case)
 
 
+@pytest.mark.slow
 def test_converter_reports_folders_and_duplicates(converted_corpus):                                # item 11
     res, report, src = converted_corpus
     by_path = {s["path"]: s["reason"] for s in report["skipped"]}
@@ -451,6 +462,7 @@ def test_converter_reports_folders_and_duplicates(converted_corpus):            
     assert not list(res.folder.rglob("*t1_*_0000.nii.gz"))  # no second case from t1.nii
 
 
+@pytest.mark.slow
 def test_converter_outputs_get_the_umask_mode(converted_corpus):                                   # item 15
     res, _, _ = converted_corpus
     files = [res.folder / "dataset.json", *res.folder.glob("imagesTr/*"), *res.folder.glob("labelsTr/*")]
@@ -666,6 +678,7 @@ def _start_and_wait_for_output(src: Path, raw: Path):
     return p, workers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [("SIGINT", X.INTERRUPTED), ("SIGTERM", X.TERMINATED)])
 def test_signal_to_the_main_process_stops_workers_and_leaves_no_temp_files(sig, code, busy_corpus, tmp_path):
     import signal                                                                                    # items 8, 16
@@ -681,6 +694,7 @@ def test_signal_to_the_main_process_stops_workers_and_leaves_no_temp_files(sig, 
     assert leftovers(raw) == []
 
 
+@pytest.mark.slow
 def test_killed_parent_leaves_no_living_worker(busy_corpus, tmp_path, monkeypatch):                # item 9
     import signal
 
@@ -697,6 +711,7 @@ def test_killed_parent_leaves_no_living_worker(busy_corpus, tmp_path, monkeypatc
     assert res.report["converted"] == 60 and res.already_done + res.converted == 60
 
 
+@pytest.mark.subprocess
 def test_rerun_removes_leftovers_of_dead_runs_only(tmp_path, raw):                                 # items 8, 16
     import subprocess
     import sys
@@ -747,6 +762,7 @@ PEAK = ("import resource, subprocess, sys\n"
         "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("who", ["fomo26", "convert"])
 def test_header_claims_are_refused_without_the_memory_they_claim(who, tmp_path, tiny_bundle):       # items 1, 14
     """Peak memory (max RSS of the process) stays far below the 4 GB and 256 GB the headers claim."""
@@ -775,6 +791,7 @@ def test_header_claims_are_refused_without_the_memory_they_claim(who, tmp_path, 
             "the header claims shape (1024, 1024, 1024)", "the header claims shape (4096, 4096, 4096)"]
 
 
+@pytest.mark.stress
 def test_forked_pool_workers_die_on_sigterm_without_running_our_handler(tmp_path):
     """nnU-Net's fork pools are terminated with SIGTERM: the workers must not inherit the CLI's handler."""
     import subprocess
@@ -801,6 +818,7 @@ def test_forked_pool_workers_die_on_sigterm_without_running_our_handler(tmp_path
     assert "Terminated" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
 
 
+@pytest.mark.stress
 def test_converter_pool_finishes_every_time(tmp_path):
     """The converter's worker pool ends cleanly after its last case, run after run. Before the fix it
     called terminate() after close(): SIGTERM raised in workers already leaving, and one run in 16-65
@@ -833,6 +851,7 @@ STUCK_POOL = ("import os, signal, sys, time\n"
               "    sys.exit(130)\n")
 
 
+@pytest.mark.stress
 def test_convert_stop_is_bounded_even_when_a_worker_ignores_sigterm(tmp_path):
     """SIGINT to the parent: workers get SIGTERM, and those still alive after STOP_GRACE_SECONDS are
     killed, so the stop takes the grace period plus a moment, whatever the workers are doing."""
@@ -857,6 +876,7 @@ def test_convert_stop_is_bounded_even_when_a_worker_ignores_sigterm(tmp_path):
     assert _wait_gone(workers, 2) == []
 
 
+@pytest.mark.slow
 def test_convert_sigint_under_load_stops_within_the_bound(busy_corpus, tmp_path):                   # issue 38
     """Three SIGINTs to `convert -np 2` at random moments while four busy loops load the two cores:
     each run ends within STOP_GRACE_SECONDS plus 4 s, with exit 130, no worker left, no temporary file."""

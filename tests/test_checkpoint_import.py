@@ -148,6 +148,7 @@ def _decoder_block(n: int):
     return MultiLayerConvDropoutNormNonlin.get_block_constructor(n)
 
 
+@pytest.mark.slow
 def test_full_size_resenc_b_maps_every_encoder_tensor_by_name_and_shape(tmp_path):
     from fomo_nnunet.models.checkpoints import metadata_from_preset
     from fomo_nnunet.models.transfer import _model_tensors

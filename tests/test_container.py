@@ -18,6 +18,8 @@ from fomo_nnunet.challenge.entry_io import check_output_file
 from fomo_nnunet.tasks import TASKS_BY_NUMBER, get_task
 from helpers import run, save_fake_pretraining
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 PREDICT = ROOT / "container" / "predict.py"
 

@@ -94,6 +94,7 @@ def mae_run(pretrain_corpus, tmp_path_factory):
     return fold, killed_at, logs_before, _probe_ranks(probe)
 
 
+@pytest.mark.slow
 def test_two_ranks_end_with_identical_weights_on_their_share_of_the_batch(mae_run):
     fold, _, _, ranks = mae_run
     r0, r1 = ranks
@@ -108,6 +109,7 @@ def test_two_ranks_end_with_identical_weights_on_their_share_of_the_batch(mae_ru
     assert not torch.equal(r0["mask_stream"], r1["mask_stream"])
 
 
+@pytest.mark.slow
 def test_losses_are_gathered_once_per_epoch_and_rank_0_alone_writes(mae_run):
     fold, _, logs_before, ranks = mae_run
     r0, r1 = ranks
@@ -125,6 +127,7 @@ def test_losses_are_gathered_once_per_epoch_and_rank_0_alone_writes(mae_run):
     assert json.loads((fold / "seed.json").read_text())["seed"] == 0
 
 
+@pytest.mark.slow
 def test_killed_run_continues_from_its_checkpoint(mae_run):
     fold, killed_at, logs_before, _ = mae_run
     assert killed_at in (1, 2)
@@ -154,6 +157,7 @@ def _transfer_loaded(fold: Path) -> int:
     return len(json.loads((fold / "transfer_report.json").read_text())["loaded"])
 
 
+@pytest.mark.slow
 def test_two_process_pretraining_loads_into_one_process_finetune(seg_from_ddp_pretraining):
     tmp, env = seg_from_ddp_pretraining
     run(["nnUNetv2_train", "902", "3d_fullres", "all", "-p", "fomoPlansDDP", "-tr", SEG, "-device", "cpu"],
@@ -162,6 +166,7 @@ def test_two_process_pretraining_loads_into_one_process_finetune(seg_from_ddp_pr
     assert _transfer_loaded(fold) > 0 and (fold / "checkpoint_final.pth").is_file()
 
 
+@pytest.mark.slow
 def test_two_process_finetune_keeps_ranks_identical_and_writes_once(seg_from_ddp_pretraining):
     tmp, env = seg_from_ddp_pretraining
     probe = tmp / "probe"
@@ -178,6 +183,7 @@ def test_two_process_finetune_keeps_ranks_identical_and_writes_once(seg_from_ddp
     assert len(list(fold.glob("training_log_*.txt"))) == 1 and not list(fold.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_torchrun_refuses_nnunets_own_trainer_on_cpu(pretrain_corpus, tmp_path):
     _, env = pretrain_corpus
     p = subprocess.run(TORCHRUN[:-1] + ["1", "-m", "fomo_nnunet.cli", "train", str(PRETRAIN_DATASET), "3d_fullres",

@@ -10,6 +10,8 @@ import torch
 
 from helpers import run, save_fake_pretraining
 
+pytestmark = pytest.mark.slow
+
 MENINGIOMA = 902
 TRIGEMINAL = 904
 SMOKE = "nnUNetTrainerFomoSeg_tiny_smoke"

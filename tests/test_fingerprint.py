@@ -6,10 +6,12 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from helpers import make_raw_dataset, nnunet_env, run
 
 
+@pytest.mark.slow
 def test_bounded_draws_keep_nnunets_shapes_and_the_foreground_statistics(tmp_path):
     env = nnunet_env(tmp_path)
     folder = make_raw_dataset(tmp_path / "raw", 977, "Fingerprint", n_cases=3, n_channels=2, seed=3)

@@ -57,6 +57,7 @@ def test_regression_target_mapping_round_trips():
     np.testing.assert_allclose(decode_outputs(out, "regression", (s.mean, s.std)), ages, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_batches_carry_the_right_targets_and_classes_are_balanced(ws, monkeypatch):
     root, env, _ = ws
     from fomo_nnunet.image_level import ImageLevelDataLoader, load_targets
@@ -81,6 +82,7 @@ def test_batches_carry_the_right_targets_and_classes_are_balanced(ws, monkeypatc
     assert np.mean(drawn["plain"]) > 0.65                    # the raw set is 75 % positive
 
 
+@pytest.mark.slow
 def test_without_augmentation_a_training_batch_is_the_centred_crop(ws, monkeypatch):
     _, env, _ = ws
     from fomo_nnunet.image_level import crop_or_pad
@@ -98,6 +100,7 @@ def test_without_augmentation_a_training_batch_is_the_centred_crop(ws, monkeypat
                for k, x in zip(batch["keys"], batch["data"].numpy()))
 
 
+@pytest.mark.slow
 def test_intensity_augmentation_keeps_the_geometry_of_the_centred_crop(ws, monkeypatch):
     """augment = "intensity": nnU-Net's intensity transforms change the crop's values, never where the
     anatomy is (no rotation, scaling or mirroring); an unknown value is refused."""
@@ -131,6 +134,7 @@ def test_intensity_augmentation_keeps_the_geometry_of_the_centred_crop(ws, monke
         trainer.get_dataloaders()
 
 
+@pytest.mark.slow
 def test_classifier_loads_pretrained_encoder_and_fresh_head(ws, monkeypatch):
     _, env, ckpt = ws
     trainer = _trainer(env, monkeypatch, INFARCT, "nnUNetTrainerFomoCls_tiny_smoke")
@@ -201,6 +205,7 @@ def test_predict_refuses_segmentation_models(tmp_path):
         ImageLevelModel.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_embeddings_are_deterministic_and_differ_between_images(ws, tmp_path):
     root, env, ckpt = ws
     images = root / "raw" / "Dataset903_FOMO3Brainage" / "imagesTr"

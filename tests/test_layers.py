@@ -69,30 +69,38 @@ def modules() -> dict[str, Path]:
 
 def import_edges() -> dict[str, set[str]]:
     mods = modules()
+    return {module: found for module, path in mods.items()
+            if (found := imports_of(module, path.name == "__init__.py", path.read_text()))}
+
+
+def imports_of(module: str, is_package: bool, source: str) -> set[str]:
+    """The modules of the tree that `source` (the text of `module`) imports, in any form: absolute, relative
+    (`from . import x`, `from .x import y`, `from ..x import y`, `from .. import x`), at module level or inside a
+    function. A name imported from a module resolves to the module itself unless it is a submodule."""
+    mods = modules()
 
     def resolve(name: str) -> str | None:
         while name and name not in mods:
             name = name.rpartition(".")[0]
         return name or None
 
-    edges: dict[str, set[str]] = {}
-    for module, path in mods.items():
-        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:  # from . import x, from ..a import b
-                base = package
-                for _ in range(node.level - 1):
-                    base = base.rpartition(".")[0]
-                base = f"{base}.{node.module}" if node.module else base
-                targets = [resolve(f"{base}.{a.name}") for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fomo_nnunet"):
-                targets = [resolve(f"{node.module}.{a.name}") for a in node.names]
-            elif isinstance(node, ast.Import):
-                targets = [resolve(a.name) for a in node.names if a.name.startswith("fomo_nnunet")]
-            else:
-                continue
-            edges.setdefault(module, set()).update(t for t in targets if t and t != module)
-    return edges
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level:  # from . import x, from ..a import b
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            base = f"{base}.{node.module}" if node.module else base
+            targets = [resolve(f"{base}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fomo_nnunet"):
+            targets = [resolve(f"{node.module}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [resolve(a.name) for a in node.names if a.name.startswith("fomo_nnunet")]
+        else:
+            continue
+        found.update(t for t in targets if t and t != module)
+    return found
 
 
 def test_the_source_tree_is_what_the_layer_map_describes():
@@ -123,6 +131,20 @@ def test_the_layer_map_parser_sees_a_missing_module():
 def test_relative_imports_are_edges():
     edges = import_edges()
     assert "fomo_nnunet.data.synth.acquisition" in edges["fomo_nnunet.data.synth.layouts"]  # from .acquisition import
+
+
+def test_every_form_of_relative_import_is_read():
+    source = ("from . import acquisition\n"            # a sibling module
+              "from .cases import draw_case_recipe\n"  # a name from a sibling
+              "from .. import workers\n"               # a module of the parent package
+              "from ..convert import save_nifti\n"     # a name from a module of the parent package
+              "def f():\n    from ...io import grids\n")  # inside a function, two packages up
+    assert imports_of("fomo_nnunet.data.synth.layouts", False, source) == {
+        "fomo_nnunet.data.synth.acquisition", "fomo_nnunet.data.synth.cases", "fomo_nnunet.data.workers",
+        "fomo_nnunet.data.convert", "fomo_nnunet.io.grids"}
+    # in a package's __init__.py, `.` is the package itself
+    assert imports_of("fomo_nnunet.data.synth", True, "from .corpus import generate\n") == {
+        "fomo_nnunet.data.synth.corpus"}
 
 
 def test_no_module_imports_a_higher_layer():

@@ -57,6 +57,7 @@ def test_trainer_on_its_own_kind_or_on_plans_without_a_task_passes():
     check_trainer_fits_task("nnUNetTrainerFomoSeg", (SEGMENTATION,), {"plans_name": "nnUNetPlans"})
 
 
+@pytest.mark.slow
 def test_nnunet_train_with_cls_on_brain_age_exits_2_before_training(tasks_ws, tmp_path):
     import subprocess
 
@@ -125,6 +126,7 @@ def test_predict_before_training_says_which_training_to_run(tmp_path, capsys):
                     "run `nnUNetv2_train 901 3d_fullres all -p fomoPlans -tr nnUNetTrainerFomoCls_tiny` first")
 
 
+@pytest.mark.slow
 def test_nnunet_predict_on_an_image_level_model_points_to_fomo_predict_and_writes_nothing(tasks_ws, tmp_path, capsys):
     import subprocess
 
@@ -187,6 +189,7 @@ def test_validation_problem_names_a_fold_of_one_class():
     assert validation_problem(CLASSIFICATION, [], "AUROC") == "the validation fold has no cases"
 
 
+@pytest.mark.slow
 def test_a_fold_that_cannot_score_warns_and_picks_checkpoint_best_by_the_validation_loss(tasks_ws, monkeypatch):
     root, env, _ = tasks_ws
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):

@@ -16,6 +16,7 @@ def _shapes(net) -> dict:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset, trainer, builder", [
     ("Dataset902_FOMO2Meningioma", "nnUNetTrainerFomoSeg_tiny", PLANS),
     ("Dataset903_FOMO3Brainage", "nnUNetTrainerFomoReg_tiny", IMAGE_LEVEL),
@@ -39,6 +40,7 @@ def test_record_rebuilds_the_trainers_network(tasks_ws, dataset, trainer, builde
     assert _shapes(network_for_prediction({"trainer_name": trainer}, pm, cm, n_in, n_out)) == _shapes(expected)
 
 
+@pytest.mark.slow
 def test_unknown_builder_is_refused(tasks_ws):
     with pytest.raises(ValueError, match="unknown network builder 'magic'"):
         build_from_record({"builder": "magic"}, None, None, 1, 1)

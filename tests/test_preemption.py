@@ -104,6 +104,7 @@ def _assert_identical(run: dict, reference: dict) -> None:
     assert run["current_epoch"] == reference["current_epoch"] == 3
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_epoch_checkpoints_within_one_step_and_exits_75(runs):
     report, _ = runs
     assert report["sigterm_rc"] == PREEMPTED == 75
@@ -116,12 +117,14 @@ def test_sigterm_during_an_epoch_checkpoints_within_one_step_and_exits_75(runs):
     assert (marker["signal"], marker["epoch"], marker["step"], marker["exit_code"]) == ("SIGTERM", 1, 2, 75)
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_gives_the_weights_and_losses_of_an_uninterrupted_run(runs):
     report, final = runs
     assert report["sigterm_resume_rc"] == 0 and not report["sigterm_marker_after_resume"]
     _assert_identical(final["sigterm_fold"], final["reference_fold"])
 
 
+@pytest.mark.slow
 def test_ten_sigkills_in_a_row_end_with_the_weights_of_an_uninterrupted_run(runs):
     report, final = runs
     kills = report["kills"]
@@ -130,6 +133,7 @@ def test_ten_sigkills_in_a_row_end_with_the_weights_of_an_uninterrupted_run(runs
     _assert_identical(final["sigkill_fold"], final["reference_fold"])
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_latest_resumes_from_the_previous_one_with_a_message(runs):
     report, final = runs
     err = report["corrupt_stderr"]

@@ -14,6 +14,8 @@ import torch
 from conftest import PRETRAIN_DATASET as DATASET
 from helpers import run
 
+pytestmark = pytest.mark.slow
+
 TRAINER = "nnUNetTrainerFomoMAE_tiny_smoke"
 
 

@@ -36,6 +36,7 @@ def _stems(task: int, case_dir: Path) -> set[str]:
     return {f.name[:-7] for f in case_dir.glob("*.nii.gz")}
 
 
+@pytest.mark.slow
 def test_layout_every_task(synth: Path):
     summary = json.loads((synth / "synth.json").read_text())
     for t, task in TASKS_BY_NUMBER.items():
@@ -80,6 +81,7 @@ def test_layout_every_task(synth: Path):
     assert len(list((synth / "previews").glob("*.png"))) == 8
 
 
+@pytest.mark.slow
 def test_pretrain_layout(synth: Path):
     pre = synth / "pretrain"
     parts = _tsv(pre / "participants.tsv")
@@ -98,6 +100,7 @@ def test_pretrain_layout(synth: Path):
         assert all(im.shape == ims[0].shape and np.allclose(im.affine, ims[0].affine) for im in ims)
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed(synth: Path, tmp_path: Path):
     b = tmp_path / "b"
     generate(b, preset="tiny", seed=0, num_processes=1, tasks=[2], pretrain=False, n_train=N_TRAIN,
@@ -116,6 +119,7 @@ def test_deterministic_for_a_seed(synth: Path, tmp_path: Path):
     assert a1.shape != c1.shape or not np.array_equal(a1, c1)
 
 
+@pytest.mark.slow
 def test_meningioma_is_bright_on_flair(synth: Path):
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         for i in range(1, n + 1):
@@ -127,6 +131,7 @@ def test_meningioma_is_bright_on_flair(synth: Path):
             assert flair[seg].mean() > 1.1 * flair[shell].mean(), (split, i)
 
 
+@pytest.mark.slow
 def test_trigeminal_labels(synth: Path):
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         for i in range(1, n + 1):
@@ -135,6 +140,7 @@ def test_trigeminal_labels(synth: Path):
             assert (seg == 1).sum() >= 10 and (seg == 2).sum() >= 10
 
 
+@pytest.mark.slow
 def test_infarct_masks_follow_labels(synth: Path):
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         for i in range(1, n + 1):
@@ -150,6 +156,7 @@ def test_infarct_masks_follow_labels(synth: Path):
                 assert adc[seg].mean() < np.median(adc[brain])
 
 
+@pytest.mark.slow
 def test_brain_age_follows_atrophy(tmp_path: Path):
     generate(tmp_path, preset="tiny", seed=3, num_processes=2, tasks=[3], pretrain=False, n_train=1, n_test=9,
              previews=False, progress=False)

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SETTINGS = dict(preset="tiny", seed=18, num_processes=2, n_train=3, n_test=1, n_pretrain_sources=2,
                 n_pretrain_subjects=3, previews=False, progress=False)
@@ -295,6 +296,7 @@ EXPECTED: dict[str, str] = {
 }
 
 
+@pytest.mark.slow
 def test_golden_output_is_bit_identical(tmp_path: Path):
     got = golden_digests(tmp_path / "golden")
     assert sorted(got) == sorted(EXPECTED), "the set of written files changed"

@@ -56,6 +56,7 @@ def test_training_step_clips_the_gradient_norm_at_the_class_attribute(clip):
     assert float(torch.linalg.vector_norm(net.weight.detach() - before)) == pytest.approx(clip, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_unwrap_reaches_the_module_inside_compile_and_data_parallel_wrappers():
     net = torch.nn.Linear(2, 2)
     assert unwrap(torch.nn.DataParallel(torch.compile(net))) is net
