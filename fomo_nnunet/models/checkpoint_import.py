@@ -5,11 +5,11 @@ Three frameworks are understood, every file read as data only (`load_torch_file_
 - `asparagus`: the FOMO26 organisers' framework (github.com/Sllambias/asparagus), whose networks come
   from the gardening-tools package: `ResidualEncoderUNet` (ResEnc-B and its S/L/H/G siblings), `UNet`,
   `Primus`. A Lightning checkpoint (`state_dict` under `model.`, `hyper_parameters`) or a bare state
-  dict; the run's Hydra config beside `checkpoints/` gives patch and masking (checkpoints_io.asparagus_config).
+  dict; the run's Hydra config beside `checkpoints/` gives patch and masking (models.formats.asparagus_config).
 - `fomo25-baseline`: the yucca-based FOMO25 baseline codebase and AMAES (github.com/asbjrnmunk/amaes),
   whose `UNet` (U-Net B: 32 filters, U-Net XL: 64) halves the resolution by max-pooling.
 - `nnssl`: github.com/MIC-DKFZ/nnssl (the OpenMind models): `checkpoint_final.pth` with its adaptation
-  plan; ResEnc-L in dynamic-network-architectures' own names, Primus (checkpoints_io.nnssl, .primus).
+  plan; ResEnc-L in dynamic-network-architectures' own names, Primus (models.formats.nnssl, .primus).
 
 The architecture is recognised from the tensors themselves (widths, depths, kernel and stride,
 input channels, bias, whether the decoder takes skip connections); the framework from the file, and a
