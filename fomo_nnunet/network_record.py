@@ -76,9 +76,9 @@ def network_record(trainer_class) -> dict[str, Any] | None:
     if builder == PLANS:
         return {"builder": PLANS}
     if builder == IMAGE_LEVEL:
-        return {"builder": IMAGE_LEVEL, "head_stages": [int(s) for s in trainer_class.head_stages],
-                "head_hidden": int(trainer_class.head_hidden), "head_dropout": float(trainer_class.head_dropout),
-                "head_pooling": str(trainer_class.head_pooling)}
+        head = trainer_class.recipe.head  # fomo_nnunet.training.recipes.HeadSpec
+        return {"builder": IMAGE_LEVEL, "head_stages": [int(s) for s in head.stages], "head_hidden": int(head.hidden),
+                "head_dropout": float(head.dropout), "head_pooling": str(head.pooling)}
     return None
 
 

@@ -1,6 +1,8 @@
 """Classification and regression heads on nnU-Net's pipeline, prediction to CSV, embeddings."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import csv
 import json
 
@@ -88,11 +90,11 @@ def test_without_augmentation_a_training_batch_is_the_centred_crop(ws, monkeypat
     trainer = _trainer(env, monkeypatch, INFARCT, "nnUNetTrainerFomoCls_tiny_smoke", fold="all")
     patch = tuple(trainer.configuration_manager.patch_size)
     dataset_tr, _ = trainer.get_tr_and_val_datasets()
-    trainer.augment, trainer.crop_jitter_fraction = False, 0.0
+    trainer.recipe = replace(trainer.recipe, augment=False, crop_jitter_fraction=0.0)
     batch = next(trainer.get_dataloaders()[0])
     for key, x in zip(batch["keys"], batch["data"].numpy()):
         np.testing.assert_array_equal(x, crop_or_pad(np.asarray(dataset_tr.load_case(key)[0]), patch))
-    trainer.augment = True  # nnU-Net's augmentation changes the same crops
+    trainer.recipe = replace(trainer.recipe, augment=True)  # nnU-Net's augmentation changes the same crops
     batch = next(trainer.get_dataloaders()[0])
     assert any(not np.array_equal(x, crop_or_pad(np.asarray(dataset_tr.load_case(k)[0]), patch))
                for k, x in zip(batch["keys"], batch["data"].numpy()))
@@ -110,7 +112,7 @@ def test_intensity_augmentation_keeps_the_geometry_of_the_centred_crop(ws, monke
     trainer = _trainer(env, monkeypatch, BRAINAGE, "nnUNetTrainerFomoReg_tiny_smoke", fold="all")
     patch = tuple(trainer.configuration_manager.patch_size)
     dataset_tr, _ = trainer.get_tr_and_val_datasets()
-    trainer.augment, trainer.crop_jitter_fraction = "intensity", 0.0
+    trainer.recipe = replace(trainer.recipe, augment="intensity", crop_jitter_fraction=0.0)
     loader = trainer.get_dataloaders()[0]
     steps = loader.data_loader.transforms.transforms  # nnUNet_n_proc_DA=0: a SingleThreadedAugmenter
     spatial = [t for t in steps if isinstance(t, SpatialTransform)]
@@ -126,9 +128,8 @@ def test_intensity_augmentation_keeps_the_geometry_of_the_centred_crop(ws, monke
             assert np.corrcoef(x.ravel(), ref.ravel())[0, 1] > 0.8, key  # the same anatomy, in the same place
             changed += not np.allclose(x, ref)
     assert changed > 0
-    trainer.augment = "spatial"
-    with pytest.raises(ValueError, match="augment must be"):
-        trainer.get_dataloaders()
+    with pytest.raises(ValueError, match="augment must be"):  # refused where the recipe is made
+        replace(trainer.recipe, augment="spatial")
 
 
 def test_classifier_loads_pretrained_encoder_and_fresh_head(ws, monkeypatch):

@@ -111,14 +111,22 @@ MAE = ("autocast_dtype", "compile_network", "channels_last", "mask_ratio", "bloc
        "embedding_pooling", "objective")
 
 
+# settings renamed to nnU-Net's names by the recipes refactor: the dump keeps the old key
+RENAMED = {"oversample_foreground": "oversample_foreground_percent"}
+
+
 def _setting(trainer, name: str):
-    """A setting as the trainer reads it: an attribute, else a field of one of its recipe dataclasses."""
+    """A setting as the trainer reads it: an attribute, else a field of its recipe (a dataclass), of the
+    recipe's head (`head_<field>`) or of the recipe's objective."""
     if hasattr(trainer, name):
         return getattr(trainer, name)
-    for recipe_name in ("recipe", "objective_recipe", "head"):
-        recipe = getattr(trainer, recipe_name, None)
-        if dataclasses.is_dataclass(recipe) and hasattr(recipe, name):
-            return getattr(recipe, name)
+    recipe = getattr(trainer, "recipe", None)
+    if dataclasses.is_dataclass(recipe):
+        for owner, field_name in ((recipe, RENAMED.get(name, name)),
+                                  (getattr(recipe, "head", None), name.removeprefix("head_")),
+                                  (getattr(recipe, "objective", None), name)):
+            if dataclasses.is_dataclass(owner) and hasattr(owner, field_name):
+                return getattr(owner, field_name)
     raise AttributeError(f"{type(trainer).__name__} has no setting {name!r}")
 
 
