@@ -106,11 +106,12 @@ class Finetuning:
 
     nnU-Net builds the network and then calls `configure_optimizers`: the one moment the network
     exists and the optimiser does not, so the weights are loaded there and the parameter groups
-    know which tensors are pretrained. Whether there are any is the plans' choice (`loads_pretrained`).
+    know which tensors are pretrained. Whether there are any is the plans' choice (`loads_pretrained`):
+    plans written by `fomo-nnunet plan transfer --from-scratch` name no checkpoint, and the run starts from a
+    random initialisation with the same network and recipe.
     """
 
     recipe: FinetuneRecipe = FinetuneRecipe()
-    use_pretrained: bool = True  # False: the _scratch twins
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -118,7 +119,7 @@ class Finetuning:
         self._resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.transfer_report = None
-        self.loads_pretrained = self.use_pretrained
+        self.loads_pretrained = pretrained_checkpoint_from_plans(self.plans_manager.plans) is not None
         if self.recipe.progress_plot_every > 1:
             self._throttle_progress_plot()
 
@@ -166,7 +167,9 @@ class Finetuning:
                 names = pretrained_names(self.transfer_report)
             pretrained = {self._transfer_prefix() + n for n in names}
         else:
-            self.print_to_log_file("training from scratch: random initialisation (the _scratch twin)")
+            self.print_to_log_file(f"training from scratch: random initialisation (plans "
+                                   f"'{self.plans_manager.plans_name}' name no pretrained checkpoint: written by "
+                                   f"`fomo-nnunet plan transfer --from-scratch`)")
         schedule = EpochSchedule(self.num_epochs, recipe.warmup_epochs,
                                  fresh_only_epochs=recipe.fresh_only_epochs if pretrained else 0)
         return build_optimizer(self.network, pretrained, self.initial_lr, self.weight_decay,

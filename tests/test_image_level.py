@@ -192,6 +192,37 @@ def test_train_and_predict_classification_and_regression(ws):
         imgs = [nib.load(f) for f in files]
         v = predict_case_arrays(model, ["all"], [np.asanyarray(i.dataobj) for i in imgs], imgs[0].affine, mirror=True)
         assert abs(v - values[0]) < 1e-4
+        # the run's record: the recipe and that it loaded the plans' checkpoint, in the fold and every checkpoint
+        record = json.loads((fold / "recipe.json").read_text())
+        assert record["trainer"] == trainer and record["loads_pretrained"] and record["recipe"]["num_epochs"] == 2
+        saved = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")
+        assert saved["fomo_recipe"] == record
+        if d == INFARCT:
+            _old_scratch_folder_still_predicts(model, saved, files, imgs, values[0])
+
+
+def _old_scratch_folder_still_predicts(model, saved, files, imgs, expected):
+    """A fold folder of a retired `_scratch` trainer (from before from-scratch became the plans' setting): its
+    checkpoint names the retired trainer and has no recipe record. It predicts with the trainer it was a variant
+    of (fomo-nnunet predict, the container entry's arrays, a bundle's network record); a bundle refuses it, as
+    it refused every from-scratch model."""
+    import shutil
+
+    from fomo_nnunet.bundle import BundleError, _slim_checkpoint, build_bundle
+    from fomo_nnunet.inference import predict_case_arrays
+
+    retired = "nnUNetTrainerFomoCls_tiny_smoke_scratch"
+    old = model.parent / f"{retired}__fomoPlans__3d_fullres"
+    shutil.copytree(model, old, dirs_exist_ok=True)
+    (old / "fold_all" / "recipe.json").unlink()
+    torch.save({**{k: v for k, v in saved.items() if k != "fomo_recipe"}, "trainer_name": retired},
+               old / "fold_all" / "checkpoint_final.pth")
+    v = predict_case_arrays(old, ["all"], [np.asanyarray(i.dataobj) for i in imgs], imgs[0].affine, mirror=True)
+    assert abs(v - expected) < 1e-4
+    _slim_checkpoint(old / "fold_all" / "checkpoint_final.pth", old / "slim.pth")
+    assert torch.load(old / "slim.pth", weights_only=False)["fomo_network"]["head_pooling"] == "avgmax"
+    with pytest.raises(BundleError, match="trained from scratch"):
+        build_bundle(old.parent / "bundle", {1: str(old)}, None)
 
 
 def test_predict_refuses_segmentation_models(tmp_path):

@@ -196,17 +196,9 @@ class nnUNetTrainerFomoReg(nnUNetTrainerFomoImageLevel):
 
 
 # ---- variants: one recipe each (fomo_nnunet.training.recipes) -------------------------------------------
-class nnUNetTrainerFomoCls_scratch(nnUNetTrainerFomoCls):
-    use_pretrained = False
-
-
 class nnUNetTrainerFomoCls_tiny(nnUNetTrainerFomoCls):
     """CPU-sized budget for the demo (tiny-preset plans): 90 steps (TINY_CLS: why each setting)."""
     recipe = TINY_CLS
-
-
-class nnUNetTrainerFomoCls_tiny_scratch(nnUNetTrainerFomoCls_tiny):
-    use_pretrained = False
 
 
 class nnUNetTrainerFomoCls_tiny_smoke(nnUNetTrainerFomoCls):
@@ -214,29 +206,13 @@ class nnUNetTrainerFomoCls_tiny_smoke(nnUNetTrainerFomoCls):
     recipe = replace(TINY_CLS, **SMOKE_FINETUNING)
 
 
-class nnUNetTrainerFomoCls_tiny_smoke_scratch(nnUNetTrainerFomoCls_tiny_smoke):
-    use_pretrained = False
-
-
 class nnUNetTrainerFomoCls_tiny_long(nnUNetTrainerFomoCls):
     """Three times the tiny budget (270 steps): the tiny-long benchmark."""
     recipe = replace(TINY_CLS, num_epochs=18)
 
 
-class nnUNetTrainerFomoCls_tiny_long_scratch(nnUNetTrainerFomoCls_tiny_long):
-    use_pretrained = False
-
-
 class nnUNetTrainerFomoCls_250epochs(nnUNetTrainerFomoCls):
     recipe = replace(IMAGE_LEVEL_RECIPE, num_epochs=250)
-
-
-class nnUNetTrainerFomoCls_250epochs_scratch(nnUNetTrainerFomoCls_250epochs):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoReg_scratch(nnUNetTrainerFomoReg):
-    use_pretrained = False
 
 
 class nnUNetTrainerFomoReg_tiny(nnUNetTrainerFomoReg):
@@ -245,17 +221,9 @@ class nnUNetTrainerFomoReg_tiny(nnUNetTrainerFomoReg):
     recipe = TINY_REG
 
 
-class nnUNetTrainerFomoReg_tiny_scratch(nnUNetTrainerFomoReg_tiny):
-    use_pretrained = False
-
-
 class nnUNetTrainerFomoReg_tiny_smoke(nnUNetTrainerFomoReg):
     """A few iterations, for tests."""
     recipe = replace(TINY_REG, **SMOKE_FINETUNING)
-
-
-class nnUNetTrainerFomoReg_tiny_smoke_scratch(nnUNetTrainerFomoReg_tiny_smoke):
-    use_pretrained = False
 
 
 class nnUNetTrainerFomoReg_tiny_long(nnUNetTrainerFomoReg):
@@ -263,13 +231,6 @@ class nnUNetTrainerFomoReg_tiny_long(nnUNetTrainerFomoReg):
     recipe = replace(TINY_REG, num_epochs=72)
 
 
-class nnUNetTrainerFomoReg_tiny_long_scratch(nnUNetTrainerFomoReg_tiny_long):
-    use_pretrained = False
-
-
 class nnUNetTrainerFomoReg_250epochs(nnUNetTrainerFomoReg):
     recipe = replace(IMAGE_LEVEL_RECIPE, num_epochs=250)
 
-
-class nnUNetTrainerFomoReg_250epochs_scratch(nnUNetTrainerFomoReg_250epochs):
-    use_pretrained = False

@@ -84,11 +84,6 @@ class nnUNetTrainerFomoSeg(Finetuning, FomoTrainer):
 
 
 # ---- variants: one recipe each (fomo_nnunet.training.recipes) -------------------------------------------
-class nnUNetTrainerFomoSeg_scratch(nnUNetTrainerFomoSeg):
-    """Identical recipe, random initialisation: the comparison that matters."""
-    use_pretrained = False
-
-
 class nnUNetTrainerFomoSeg_nodecoder(nnUNetTrainerFomoSeg):
     """Load the encoder only; the decoder starts fresh like the output layers."""
     recipe = replace(SEG, load_decoder=False)
@@ -100,17 +95,9 @@ class nnUNetTrainerFomoSeg_tiny(nnUNetTrainerFomoSeg):
     recipe = TINY_SEG
 
 
-class nnUNetTrainerFomoSeg_tiny_scratch(nnUNetTrainerFomoSeg_tiny):
-    use_pretrained = False
-
-
 class nnUNetTrainerFomoSeg_tiny_smoke(nnUNetTrainerFomoSeg):
     """A few iterations, for tests."""
     recipe = replace(TINY_SEG, **SMOKE_FINETUNING)
-
-
-class nnUNetTrainerFomoSeg_tiny_smoke_scratch(nnUNetTrainerFomoSeg_tiny_smoke):
-    use_pretrained = False
 
 
 class nnUNetTrainerFomoSeg_tiny_long(nnUNetTrainerFomoSeg):
@@ -118,21 +105,10 @@ class nnUNetTrainerFomoSeg_tiny_long(nnUNetTrainerFomoSeg):
     recipe = replace(TINY_SEG, num_epochs=36)
 
 
-class nnUNetTrainerFomoSeg_tiny_long_scratch(nnUNetTrainerFomoSeg_tiny_long):
-    use_pretrained = False
-
-
 class nnUNetTrainerFomoSeg_100epochs(nnUNetTrainerFomoSeg):
     recipe = replace(SEG, num_epochs=100)
-
-
-class nnUNetTrainerFomoSeg_100epochs_scratch(nnUNetTrainerFomoSeg_100epochs):
-    use_pretrained = False
 
 
 class nnUNetTrainerFomoSeg_500epochs(nnUNetTrainerFomoSeg):
     recipe = replace(SEG, num_epochs=500)
 
-
-class nnUNetTrainerFomoSeg_500epochs_scratch(nnUNetTrainerFomoSeg_500epochs):
-    use_pretrained = False
