@@ -17,10 +17,8 @@ Whether a run starts from pretrained weights is not part of a recipe: the plans 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 from fomo_nnunet.class_weights import SQRT_INVERSE_FREQUENCY, WEIGHTINGS
 from fomo_nnunet.heads import POOLINGS
@@ -208,19 +206,6 @@ def recipe_record(recipe) -> dict:
     if not is_dataclass(recipe):
         raise TypeError(f"a recipe is a dataclass, got {type(recipe).__name__}")
     return {"recipe_class": type(recipe).__name__, **_jsonable(asdict(recipe))}
-
-
-def recipe_fields(recipe) -> list[str]:
-    return [f.name for f in fields(recipe)]
-
-
-def write_recipe_record(folder: str, record: dict) -> None:
-    """recipe.json in the fold folder (written atomically)."""
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, RECIPE_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, os.path.join(folder, RECIPE_FILE))
 
 
 # ---- the named recipes of the trainers ------------------------------------------------------------------
