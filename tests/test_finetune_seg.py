@@ -178,7 +178,7 @@ def test_tiny_recipe_weights_cross_entropy_by_the_training_cases_label_frequenci
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys)
     counts = label_voxel_counts((dataset.load_case(k)[1][:] for k in keys), 3)
     assert counts[1] > 0 and counts[2] > 0 and counts[0] > 10 * counts[1]
-    expected = sqrt_inverse_frequency(counts, trainer.class_weight_cap)
+    expected = sqrt_inverse_frequency(counts, trainer.recipe.class_weight_cap)
     assert torch.allclose(ce_weight(trainer), torch.tensor(expected, dtype=torch.float32))
     with open(trainer.log_file) as f:
         assert f"cross-entropy class weights (sqrt_inverse_frequency over {len(keys)} training cases)" in f.read()

@@ -54,26 +54,23 @@ class nnUNetTrainerFomoImageLevel(Finetuning, AmpStep, EpochEnd, FomoTrainer):
         self._metric_name, self._val_score = "metric", float("nan")
         self._select_by_loss = False  # the validation fold cannot score the metric: the loss picks checkpoint_best
 
-    # ---- network: the pretrained U-Net's encoder and a pooling head ----------------------------
+    # ---- network: the pretrained U-Net's encoder and a pooling head; data; steps; epoch end -----------
     fomo_network_builder = IMAGE_LEVEL  # what build_network_architecture builds (fomo_nnunet.network_record)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
         refuse_nnunet_predictor(cls.__name__, task_from_plans(plans_manager.plans).kind)
-        head = cls.recipe.head
-        return build_image_level_network(plans_manager.plans, configuration_manager, num_input_channels,
-                                         head.stages, head.hidden, head.dropout, head.pooling)
+        h = cls.recipe.head
+        return build_image_level_network(plans_manager.plans, configuration_manager, num_input_channels, h.stages,
+                                         h.hidden, h.dropout, h.pooling)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # a pooling head has one output
 
     def _build_loss(self):
-        if self.kind == CLASSIFICATION:
-            return nn.CrossEntropyLoss()
-        return nn.HuberLoss(delta=self.recipe.huber_delta)
+        return nn.CrossEntropyLoss() if self.kind == CLASSIFICATION else nn.HuberLoss(delta=self.recipe.huber_delta)
 
-    # ---- data: targets from targets.json, centred crops, balanced classes -----------------------
     def get_dataloaders(self):
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
@@ -87,12 +84,7 @@ class nnUNetTrainerFomoImageLevel(Finetuning, AmpStep, EpochEnd, FomoTrainer):
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         self.targets = load_targets(self.preprocessed_dataset_folder_base,
                                     sorted({*dataset_tr.identifiers, *dataset_val.identifiers}), self.kind)
-        problem = validation_problem(self.kind, [self.targets[k] for k in dataset_val.identifiers],
-                                     "AUROC" if self.kind == CLASSIFICATION else "MAE")
-        if problem:  # the metric cannot score this fold: the validation loss picks checkpoint_best
-            self._select_by_loss = True
-            self.print_to_log_file(f"WARNING: fold {self.fold}: {problem}; checkpoint_best.pth is picked by the "
-                                   f"validation loss instead ({fold_advice(self.fold)})")
+        self._check_validation_can_score([self.targets[k] for k in dataset_val.identifiers])
         if self.kind != CLASSIFICATION:
             self._set_target_stats(TargetScaler.fit([self.targets[k] for k in dataset_tr.identifiers]))
         jitter = [int(round(self.recipe.crop_jitter_fraction * p)) for p in patch]
@@ -102,6 +94,13 @@ class nnUNetTrainerFomoImageLevel(Finetuning, AmpStep, EpochEnd, FomoTrainer):
         dl_val = ImageLevelDataLoader(dataset_val, self.batch_size, patch, patch, self.label_manager,
                                       self.targets, transforms=val_transforms)
         return self.seeded_augmenters(dl_tr, dl_val, get_allowed_n_proc_DA())
+
+    def _check_validation_can_score(self, targets: list[float]) -> None:
+        problem = validation_problem(self.kind, targets, "AUROC" if self.kind == CLASSIFICATION else "MAE")
+        if problem:  # the metric cannot score this fold: the validation loss picks checkpoint_best
+            self._select_by_loss = True
+            self.print_to_log_file(f"WARNING: fold {self.fold}: {problem}; checkpoint_best.pth is picked by the "
+                                   f"validation loss instead ({fold_advice(self.fold)})")
 
     def on_train_start(self):
         super().on_train_start()
