@@ -13,8 +13,8 @@ unchanged (including `-num_gpus`).
 
 What nnU-Net's trainer does under DDP stays: each rank trains on its share of the plans' batch size
 (`_set_batch_size_and_oversample`), losses are gathered with `all_gather_object`, rank 0 writes the
-log and the checkpoints. What our trainers add (fomo_nnunet.training.DistributedRun): the right
-device for the rank, and augmentation and mask streams of their own per rank (SeededRun).
+log and the checkpoints. What our trainers add (fomo_nnunet.training.FomoTrainer): the right
+device for the rank, and augmentation and mask streams of their own per rank (its seed).
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def init_process_group(place: Place, device_type: str) -> None:
 
 def check_trainer_supports(trainer_class, device_type: str, place: Place) -> None:
     """nnU-Net's own trainers put rank r on cuda:r: fine on one GPU node, wrong on CPU or a second node."""
-    if getattr(trainer_class, "places_ranks_on_their_devices", False):  # fomo_nnunet.training.DistributedRun
+    if getattr(trainer_class, "places_ranks_on_their_devices", False):  # fomo_nnunet.training.FomoTrainer
         return
     if device_type != "cuda" or place.multi_node:
         where = "on CPU" if device_type != "cuda" else "across nodes"

@@ -5,8 +5,11 @@
 - parameter groups that know which tensors are pretrained;
 - the schedule (fomo_nnunet.training.EpochSchedule): first only the fresh parts learn (pretrained
   groups at lr 0), then the whole network warms up linearly, then nnU-Net's polynomial decay. A
-  from-scratch twin has no pretrained group, so the same recipe reduces to warmup + poly for every
-  parameter.
+  run on from-scratch plans has no pretrained group, so the same recipe reduces to warmup + poly for
+  every parameter;
+- `Finetuning`, the mixin of the finetuning trainers: the plans decide whether the run loads pretrained
+  weights (plans written by `fomo-nnunet plan transfer --from-scratch` name no checkpoint), and the recipe
+  (fomo_nnunet.training.recipes.FinetuneRecipe) how it learns.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import os
 import torch
 from torch import nn
 
-from fomo_nnunet.training import Budget, EpochLR, EpochSchedule, every_nth_epoch, unwrap
+from fomo_nnunet.training import EpochLR, EpochSchedule, every_nth_epoch, unwrap
+from fomo_nnunet.training.recipes import OPTIMIZERS, FinetuneRecipe
 
 
 def pretrained_checkpoint_from_plans(plans: dict) -> str | None:
@@ -32,7 +36,7 @@ def load_pretrained(network: nn.Module, plans: dict, load_decoder: bool, log=pri
     path = pretrained_checkpoint_from_plans(plans)
     if path is None:
         raise ValueError(f"plans '{plans.get('plans_name')}' name no pretrained checkpoint (written with "
-                         f"--from-scratch?); use a _scratch trainer or rerun `fomo-nnunet plan transfer --pretrained`")
+                         f"--from-scratch?); rerun `fomo-nnunet plan transfer --pretrained`")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained checkpoint {path} named in plans '{plans.get('plans_name')}' "
                                 f"does not exist (moved? rerun `fomo-nnunet plan transfer`)")
@@ -79,9 +83,6 @@ def split_parameters(network: nn.Module, pretrained_names: set[str]) -> tuple[li
     return pretrained, fresh
 
 
-OPTIMIZERS = ("sgd", "adamw")
-
-
 def build_optimizer(network: nn.Module, pretrained_names: set[str], lr: float, weight_decay: float,
                     pretrained_lr_scale: float, schedule: EpochSchedule, kind: str = "sgd"):
     """A group for pretrained and one for fresh tensors; `kind` "sgd" is nnU-Net's (nesterov momentum 0.99),
@@ -99,23 +100,18 @@ def build_optimizer(network: nn.Module, pretrained_names: set[str], lr: float, w
     return optimizer, EpochLR(optimizer, schedule)
 
 
-class FinetuneRecipe(Budget):
-    """Mixin for nnU-Net trainers: pretrained initialisation from the plans and the few-shot recipe.
+class Finetuning:
+    """Mixin for nnU-Net trainers (placed before fomo_nnunet.training.FomoTrainer): pretrained initialisation
+    from the plans and the few-shot recipe (`recipe`, a FinetuneRecipe).
 
     nnU-Net builds the network and then calls `configure_optimizers`: the one moment the network
     exists and the optimiser does not, so the weights are loaded there and the parameter groups
-    know which tensors are pretrained. Attributes below (and Budget's) are the recipe; variants
-    change them.
+    know which tensors are pretrained. Whether there are any is the plans' choice (`loads_pretrained`):
+    plans written by `fomo-nnunet plan transfer --from-scratch` name no checkpoint, and the run starts from a
+    random initialisation with the same network and recipe.
     """
 
-    use_pretrained: bool = True
-    load_decoder: bool = True
-    epochs: int = 250
-    optimizer_name: str = "sgd"       # "sgd" (nnU-Net's) or "adamw"; `weight_decay_value` applies to either
-    fresh_only_epochs: int = 10       # pretrained tensors frozen (lr 0) while fresh ones start
-    warmup_epochs: int = 10           # then the whole network warms up linearly
-    pretrained_lr_scale: float = 1.0  # lr of pretrained tensors relative to fresh ones
-    test_time_mirroring: bool = True  # mirroring TTA in validation and nnUNetv2_predict (8x the forwards)
+    recipe: FinetuneRecipe = FinetuneRecipe()
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -123,8 +119,14 @@ class FinetuneRecipe(Budget):
         self._resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.transfer_report = None
-        if self.progress_plot_every > 1:
+        self.loads_pretrained = pretrained_checkpoint_from_plans(self.plans_manager.plans) is not None
+        if self.recipe.progress_plot_every > 1:
             self._throttle_progress_plot()
+
+    def run_record(self) -> dict:
+        return super().run_record() | {"loads_pretrained": self.loads_pretrained,
+                                       "pretrained_checkpoint": pretrained_checkpoint_from_plans(
+                                           self.plans_manager.plans) if self.loads_pretrained else None}
 
     def _throttle_progress_plot(self) -> None:
         """Draw nnU-Net's progress.png every `progress_plot_every` epochs and after the last one."""
@@ -132,14 +134,14 @@ class FinetuneRecipe(Budget):
 
         def maybe_draw(output_folder):
             # on_epoch_end plots before it counts the epoch
-            if every_nth_epoch(self.current_epoch, self.progress_plot_every, self.num_epochs):
+            if every_nth_epoch(self.current_epoch, self.recipe.progress_plot_every, self.num_epochs):
                 draw(output_folder)
 
         self.logger.plot_progress_png = maybe_draw
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.test_time_mirroring:
+        if not self.recipe.test_time_mirroring:
             # mirroring stays in the training augmentation; only inference skips it (saved in checkpoints)
             self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch, mirror_axes
@@ -151,56 +153,28 @@ class FinetuneRecipe(Budget):
 
     def configure_optimizers(self):
         pretrained: set[str] = set()
-        if self.use_pretrained:
+        recipe = self.recipe
+        if self.loads_pretrained:
             plans = self.plans_manager.plans
             if self._resuming:
                 # the optimiser state to restore was saved with these groups
                 names = pretrained_names_from_saved_report(self.output_folder)
             else:
-                self.transfer_report = load_pretrained(self._network_for_transfer(), plans, self.load_decoder,
+                self.transfer_report = load_pretrained(self._network_for_transfer(), plans, recipe.load_decoder,
                                                        log=self.print_to_log_file)
                 if self.local_rank == 0:  # one writer under DDP
                     save_report(self.transfer_report, self.output_folder)
                 names = pretrained_names(self.transfer_report)
             pretrained = {self._transfer_prefix() + n for n in names}
         else:
-            self.print_to_log_file("training from scratch: random initialisation (the _scratch twin)")
-        schedule = EpochSchedule(self.num_epochs, self.warmup_epochs,
-                                 fresh_only_epochs=self.fresh_only_epochs if pretrained else 0)
+            self.print_to_log_file(f"training from scratch: random initialisation (plans "
+                                   f"'{self.plans_manager.plans_name}' name no pretrained checkpoint: written by "
+                                   f"`fomo-nnunet plan transfer --from-scratch`)")
+        schedule = EpochSchedule(self.num_epochs, recipe.warmup_epochs,
+                                 fresh_only_epochs=recipe.fresh_only_epochs if pretrained else 0)
         return build_optimizer(self.network, pretrained, self.initial_lr, self.weight_decay,
-                               self.pretrained_lr_scale, schedule, self.optimizer_name)
+                               recipe.pretrained_lr_scale, schedule, recipe.optimizer_name)
 
     def _transfer_prefix(self) -> str:
         """Name prefix of the transferred module inside the trainer's network ('' when it is the network)."""
         return ""
-
-
-class TinyBudget:
-    """The CPU demo's finetuning recipe for tiny-preset plans (0.3M parameters, 32^3 patches at 4 mm).
-
-    With nnU-Net's SGD (lr 1e-2, momentum 0.99), two epochs of fresh-only training and two of warmup,
-    no demo model left its starting point (docs/results/demo-recipe.md). AdamW at 3e-3 with one epoch each
-    of fresh-only training and warmup learns within the budget; both arms use it (the scratch twin just has no fresh-only epoch). Place before the trainer.
-    """
-
-    epochs = 6
-    iterations_per_epoch = 15
-    val_iterations_per_epoch = 3
-    fresh_only_epochs = 1
-    warmup_epochs = 1
-    checkpoint_every = 5
-    progress_plot_every = 5  # progress.png every 5th epoch and after the last
-    optimizer_name = "adamw"
-    lr = 3e-3
-    weight_decay_value = 1e-4
-
-
-class SmokeBudget(TinyBudget):
-    """A few iterations, for tests."""
-
-    epochs = 2
-    iterations_per_epoch = 3
-    val_iterations_per_epoch = 1
-    fresh_only_epochs = 1
-    warmup_epochs = 0
-

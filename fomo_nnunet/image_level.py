@@ -198,3 +198,77 @@ class ImageLevelDataLoader(nnUNetDataLoader):
         batch = super().generate_train_batch()
         batch["fomo_target"] = torch.tensor([self.targets[k] for k in batch["keys"]], dtype=torch.float32)
         return batch
+
+
+# ---- what the image-level trainers do with these pieces ------------------------------------------------
+def training_crop_transforms(trainer, augment: bool | str, patch, rotation, dummy_2d, mirror_axes,
+                             initial_patch, common: dict):
+    """(training transforms, the loader's initial patch) for `augment` (fomo_nnunet.training.recipes.AUGMENTS),
+    from nnU-Net's transforms of `trainer`: True nnU-Net's augmentation; "intensity" its intensity transforms
+    only (crops cut at the patch size, no mirroring); False none (as nnU-Net's NoDA variant)."""
+    norm_mask = trainer.configuration_manager.use_mask_for_norm
+    if augment == "intensity":
+        transforms = without_spatial_augmentation(trainer.get_training_transforms(
+            patch, rotation, None, (), dummy_2d, use_mask_for_norm=norm_mask, **common))
+        trainer.print_to_log_file("training crops get nnU-Net's intensity augmentation only (augment = 'intensity')")
+        return transforms, patch
+    if augment:
+        return trainer.get_training_transforms(patch, rotation, None, mirror_axes, dummy_2d,
+                                               use_mask_for_norm=norm_mask, **common), initial_patch
+    trainer.print_to_log_file("training crops are not augmented (augment = False)")
+    return trainer.get_validation_transforms(None, **common), patch
+
+
+def centred_crop(data, patch: Sequence[int]) -> torch.Tensor:
+    """(1, C, *patch): a preprocessed case's centred crop (zero-padded where smaller), on the CPU."""
+    return torch.from_numpy(crop_or_pad(np.asarray(data), patch)[None]).float()
+
+
+def write_centred_crop_validation(folder: str | os.PathLike, rows: Sequence[tuple], kind: str) -> tuple[str, float]:
+    """predictions.csv (case_id, prediction, target) and summary.json (the task's metric) in `folder` from
+    `rows` of (case, prediction, target); returns (metric name, value)."""
+    import csv
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "predictions.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "prediction", "target"])
+        for key, p, t in rows:
+            w.writerow([key, p if np.ndim(p) == 0 else json.dumps(np.asarray(p).tolist()), t])
+    preds = np.array([r[1] for r in rows], dtype=float)
+    if kind == CLASSIFICATION and preds.ndim == 1:
+        preds = np.stack([1 - preds, preds], 1)
+    name, value, _ = validation_score(kind, preds, np.array([r[2] for r in rows], dtype=float))
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump({"metric": name, "value": value, "n_cases": len(rows)}, f, indent=1)
+    return name, value
+
+
+def centred_crop_predictions(net, dataset, patch: Sequence[int], device, kind: str, target_stats,
+                             targets: Mapping[str, float]) -> list[tuple]:
+    """(case, prediction, target) for every case of `dataset` (nnU-Net's), from its centred crop; a binary
+    classifier's prediction is the probability of class 1."""
+    net.eval()
+    rows = []
+    for key in dataset.identifiers:
+        x = centred_crop(dataset.load_case(key)[0], patch)
+        with torch.no_grad():
+            out = decode_outputs(net(x.to(device)), kind, target_stats)[0]
+        rows.append((key, float(out[1]) if kind == CLASSIFICATION and out.shape[0] == 2 else out, targets[key]))
+    return rows
+
+
+def standardise_head_inputs(net, crops) -> str:
+    """Set the pooling head's input statistics of `net` (an EncoderClassifier) from the pooled features of
+    `crops` (an iterable of (1, C, *patch) tensors on the network's device); returns the log line."""
+    was_training = net.training
+    net.eval()
+    pooled = []
+    with torch.no_grad():
+        for x in crops:
+            pooled.append(net.head.pool(net.stage_features(x)).cpu())
+    net.train(was_training)
+    summary = net.head.set_input_statistics(torch.cat(pooled))
+    return (f"head inputs standardised over the centred crops of {summary['cases']} training cases: median sd "
+            f"{summary['median_sd']:.4g} per pooled feature, {summary['floored']} of {net.head.in_features} raised "
+            "to 1 % of it (standardise_head_inputs)")

@@ -87,6 +87,11 @@ def test_miniature_benchmark_writes_the_report_and_resumes(tmp_path):
         {(0, "task3", "pretrained"), (0, "task3", "scratch")}
     seed_file = json.loads(next((work / "runs" / "seed0" / "nnUNet_results").rglob("seed.json")).read_text())
     assert seed_file["seed"] == 0
+    # one trainer for both arms; the plans decide whether it loads the checkpoint, the fold folder records it
+    for plans, loads in (("fomoPlans_seed0", True), ("fomoPlans_seed0_scratch", False)):
+        folder = next((work / "runs" / "seed0" / "nnUNet_results").rglob(f"*__{plans}__3d_fullres"))
+        record = json.loads((folder / "fold_all" / "recipe.json").read_text())
+        assert folder.name.startswith("nnUNetTrainerFomoReg_tiny_smoke__") and record["loads_pretrained"] is loads
     assert "container_task3" in results["step_seconds"] and "The submission" in text
     assert "| task" in first.stdout  # the table is printed at the end
     second = run(cmd, env, timeout=300)
@@ -163,16 +168,14 @@ def test_pipeline_runs_light_commands_in_process_with_the_work_folders_environme
         pipe.run(["fomo-nnunet", "evaluate", "--no-such-flag"])
 
 
-def test_every_trainer_a_preset_names_exists_with_its_scratch_twin():
+def test_every_trainer_a_preset_names_exists():
+    """Both arms of a task run the preset's trainer (the from-scratch arm on from-scratch plans)."""
     from fomo_nnunet.benchmarks.fomo_synth import PRESETS
     from fomo_nnunet.models.network_record import trainer_class
 
     for preset in PRESETS.values():
-        finetuners = [preset.seg_trainer, preset.cls_trainer, preset.reg_trainer]
-        assert trainer_class(preset.pretrain_trainer).__name__ == preset.pretrain_trainer
-        for name in finetuners:
-            assert trainer_class(name).use_pretrained, name
-            assert not trainer_class(name + "_scratch").use_pretrained, name + "_scratch"
+        for name in (preset.pretrain_trainer, preset.seg_trainer, preset.cls_trainer, preset.reg_trainer):
+            assert trainer_class(name).__name__ == name
 
 
 @pytest.mark.parametrize("name, message", [

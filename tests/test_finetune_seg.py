@@ -22,14 +22,26 @@ def seg_ws(tasks_ws):
     return tasks_ws
 
 
-def _trainer(env, monkeypatch, dataset, name):
+def _trainer(env, monkeypatch, dataset, name, plans="fomoPlans"):
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         monkeypatch.setenv(k, env[k])
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    t = get_trainer_from_args(str(dataset), "3d_fullres", 0, name, "fomoPlans", device=torch.device("cpu"))
+    t = get_trainer_from_args(str(dataset), "3d_fullres", 0, name, plans, device=torch.device("cpu"))
     t.initialize()
     return t
+
+
+@pytest.fixture(scope="module")
+def scratch_plans(seg_ws):
+    """`fomo-nnunet plan transfer --from-scratch` for the meningioma task, beside its pretrained plans and
+    sharing their preprocessed data: the same network, no checkpoint."""
+    root, env, ckpt = seg_ws
+    folder = next((root / "preprocessed").glob(f"Dataset{MENINGIOMA}_*"))
+    data = json.loads((folder / "fomoPlans.json").read_text())["configurations"]["3d_fullres"]["data_identifier"]
+    run(["fomo-nnunet", "plan", "transfer", "-d", str(MENINGIOMA), "--pretrained", str(ckpt), "--from-scratch",
+         "--plans-name", "fomoPlans_scratch", "--data-identifier", data, "-np", "1"], env)
+    return "fomoPlans_scratch"
 
 
 def test_transferred_plans_take_network_from_checkpoint_and_channels_from_task(seg_ws):
@@ -74,13 +86,18 @@ def test_initialisation_loads_encoder_adapts_stem_and_keeps_output_fresh(seg_ws,
     assert set(groups) == {True, False}
 
 
-def test_scratch_twin_uses_random_initialisation(seg_ws, monkeypatch):
+def test_from_scratch_plans_give_the_same_trainer_a_random_initialisation_and_record_it(seg_ws, scratch_plans,
+                                                                                         monkeypatch):
     _, env, ckpt = seg_ws
-    trainer = _trainer(env, monkeypatch, MENINGIOMA, SMOKE + "_scratch")
+    trainer = _trainer(env, monkeypatch, MENINGIOMA, SMOKE, scratch_plans)
     pre = torch.load(ckpt, weights_only=True)["network_weights"]
     k = "encoder.stages.1.blocks.0.conv1.conv.weight"
     assert not torch.equal(trainer.network.state_dict()[k], pre[k])
     assert [g["pretrained"] for g in trainer.optimizer.param_groups] == [False]
+    assert not trainer.loads_pretrained and trainer.run_record()["pretrained_checkpoint"] is None
+    assert trainer.run_record()["recipe"]["num_epochs"] == trainer.num_epochs == 2
+    with open(trainer.log_file) as f:
+        assert "training from scratch" in f.read()
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(seg_ws, monkeypatch, tmp_path):
@@ -127,9 +144,10 @@ def test_nnunet_train_and_predict_end_to_end(seg_ws, tmp_path):
     assert set(summary["mean"]) == {str(v) for v in range(1, max_label + 1)}
 
 
-def test_tiny_variants_skip_fold_all_self_validation_and_draw_progress_every_few_epochs(seg_ws, monkeypatch):
+def test_tiny_variants_skip_fold_all_self_validation_and_draw_progress_every_few_epochs(seg_ws, scratch_plans,
+                                                                                       monkeypatch):
     _, env, _ = seg_ws
-    trainer = _trainer(env, monkeypatch, MENINGIOMA, SMOKE + "_scratch")
+    trainer = _trainer(env, monkeypatch, MENINGIOMA, SMOKE, scratch_plans)
     from types import SimpleNamespace
 
     assert trainer.logger.plot_progress_png.__name__ == "maybe_draw"  # installed by the tiny recipe
@@ -162,7 +180,7 @@ def test_tiny_recipe_weights_cross_entropy_by_the_training_cases_label_frequenci
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys)
     counts = label_voxel_counts((dataset.load_case(k)[1][:] for k in keys), 3)
     assert counts[1] > 0 and counts[2] > 0 and counts[0] > 10 * counts[1]
-    expected = sqrt_inverse_frequency(counts, trainer.class_weight_cap)
+    expected = sqrt_inverse_frequency(counts, trainer.recipe.class_weight_cap)
     assert torch.allclose(ce_weight(trainer), torch.tensor(expected, dtype=torch.float32))
     with open(trainer.log_file) as f:
         assert f"cross-entropy class weights (sqrt_inverse_frequency over {len(keys)} training cases)" in f.read()

@@ -1,6 +1,8 @@
 """Classification and regression heads on nnU-Net's pipeline, prediction to CSV, embeddings."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import csv
 import json
 
@@ -90,11 +92,11 @@ def test_without_augmentation_a_training_batch_is_the_centred_crop(ws, monkeypat
     trainer = _trainer(env, monkeypatch, INFARCT, "nnUNetTrainerFomoCls_tiny_smoke", fold="all")
     patch = tuple(trainer.configuration_manager.patch_size)
     dataset_tr, _ = trainer.get_tr_and_val_datasets()
-    trainer.augment, trainer.crop_jitter_fraction = False, 0.0
+    trainer.recipe = replace(trainer.recipe, augment=False, crop_jitter_fraction=0.0)
     batch = next(trainer.get_dataloaders()[0])
     for key, x in zip(batch["keys"], batch["data"].numpy()):
         np.testing.assert_array_equal(x, crop_or_pad(np.asarray(dataset_tr.load_case(key)[0]), patch))
-    trainer.augment = True  # nnU-Net's augmentation changes the same crops
+    trainer.recipe = replace(trainer.recipe, augment=True)  # nnU-Net's augmentation changes the same crops
     batch = next(trainer.get_dataloaders()[0])
     assert any(not np.array_equal(x, crop_or_pad(np.asarray(dataset_tr.load_case(k)[0]), patch))
                for k, x in zip(batch["keys"], batch["data"].numpy()))
@@ -113,7 +115,7 @@ def test_intensity_augmentation_keeps_the_geometry_of_the_centred_crop(ws, monke
     trainer = _trainer(env, monkeypatch, BRAINAGE, "nnUNetTrainerFomoReg_tiny_smoke", fold="all")
     patch = tuple(trainer.configuration_manager.patch_size)
     dataset_tr, _ = trainer.get_tr_and_val_datasets()
-    trainer.augment, trainer.crop_jitter_fraction = "intensity", 0.0
+    trainer.recipe = replace(trainer.recipe, augment="intensity", crop_jitter_fraction=0.0)
     loader = trainer.get_dataloaders()[0]
     steps = loader.data_loader.transforms.transforms  # nnUNet_n_proc_DA=0: a SingleThreadedAugmenter
     spatial = [t for t in steps if isinstance(t, SpatialTransform)]
@@ -129,9 +131,8 @@ def test_intensity_augmentation_keeps_the_geometry_of_the_centred_crop(ws, monke
             assert np.corrcoef(x.ravel(), ref.ravel())[0, 1] > 0.8, key  # the same anatomy, in the same place
             changed += not np.allclose(x, ref)
     assert changed > 0
-    trainer.augment = "spatial"
-    with pytest.raises(ValueError, match="augment must be"):
-        trainer.get_dataloaders()
+    with pytest.raises(ValueError, match="augment must be"):  # refused where the recipe is made
+        replace(trainer.recipe, augment="spatial")
 
 
 @pytest.mark.slow
@@ -195,6 +196,37 @@ def test_train_and_predict_classification_and_regression(ws):
         imgs = [nib.load(f) for f in files]
         v = predict_case_arrays(model, ["all"], [np.asanyarray(i.dataobj) for i in imgs], imgs[0].affine, mirror=True)
         assert abs(v - values[0]) < 1e-4
+        # the run's record: the recipe and that it loaded the plans' checkpoint, in the fold and every checkpoint
+        record = json.loads((fold / "recipe.json").read_text())
+        assert record["trainer"] == trainer and record["loads_pretrained"] and record["recipe"]["num_epochs"] == 2
+        saved = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")
+        assert saved["fomo_recipe"] == record
+        if d == INFARCT:
+            _old_scratch_folder_still_predicts(model, saved, files, imgs, values[0])
+
+
+def _old_scratch_folder_still_predicts(model, saved, files, imgs, expected):
+    """A fold folder of a retired `_scratch` trainer (from before from-scratch became the plans' setting): its
+    checkpoint names the retired trainer and has no recipe record. It predicts with the trainer it was a variant
+    of (fomo-nnunet predict, the container entry's arrays, a bundle's network record); a bundle refuses it, as
+    it refused every from-scratch model."""
+    import shutil
+
+    from fomo_nnunet.challenge.bundle import BundleError, _slim_checkpoint, build_bundle
+    from fomo_nnunet.challenge.inference import predict_case_arrays
+
+    retired = "nnUNetTrainerFomoCls_tiny_smoke_scratch"
+    old = model.parent / f"{retired}__fomoPlans__3d_fullres"
+    shutil.copytree(model, old, dirs_exist_ok=True)
+    (old / "fold_all" / "recipe.json").unlink()
+    torch.save({**{k: v for k, v in saved.items() if k != "fomo_recipe"}, "trainer_name": retired},
+               old / "fold_all" / "checkpoint_final.pth")
+    v = predict_case_arrays(old, ["all"], [np.asanyarray(i.dataobj) for i in imgs], imgs[0].affine, mirror=True)
+    assert abs(v - expected) < 1e-4
+    _slim_checkpoint(old / "fold_all" / "checkpoint_final.pth", old / "slim.pth")
+    assert torch.load(old / "slim.pth", weights_only=False)["fomo_network"]["head_pooling"] == "avgmax"
+    with pytest.raises(BundleError, match="trained from scratch"):
+        build_bundle(old.parent / "bundle", {1: str(old)}, None)
 
 
 def test_predict_refuses_segmentation_models(tmp_path):

@@ -11,7 +11,7 @@ Two documented substitutions keep it within the test budget (the full path spend
 docs/results/quick-path.md):
 1. every `_tiny` trainer of the block (`nnUNetTrainerFomoMAE_tiny`, `..Seg_tiny`, `..Cls_tiny`), in commands and
    in results-folder names alike, becomes its `_tiny_smoke` twin: the same recipe and code path with a few
-   iterations per epoch (`SmokeBudget`, `SmokePretraining`);
+   iterations per epoch (`SMOKE_FINETUNING`, `SMOKE_BUDGET`);
 2. the `fomo-nnunet synth ... --preset tiny` line gets SMALLER_DATA appended: 3 test cases per task instead of 20
    and a pretraining corpus of 2 sources x 2 subjects, no preview pictures (FOMO-Synth is deterministic per case,
    so test case `sub_1`, which the block's challenge entry reads, is the same case with the same sequences).

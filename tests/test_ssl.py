@@ -331,17 +331,15 @@ def test_skip_gate_rejects_bad_settings_naming_the_allowed_values(mode, p, messa
     ("session_p_other", 1.5, "session_p_other must be a probability"),
     ("loss_region", "brain", "loss_region must be one of masked_brain, masked, all"),
 ])
-def test_mae_trainer_refuses_bad_objective_attributes(attribute, value, message):
-    from types import SimpleNamespace
+def test_mae_recipe_refuses_bad_objective_settings_where_it_is_made(attribute, value, message):
+    from fomo_nnunet.ssl.recipe import MAEObjective, PretrainRecipe
 
-    from fomo_nnunet.trainers.nnUNetTrainerFomoMAE import nnUNetTrainerFomoMAE
-
-    settings = {name: getattr(nnUNetTrainerFomoMAE, name)
-                for name in ("decoder_skips", "skip_drop_p", "vicreg_weight", "vicreg_coefficients", "embedding_pooling",
-                             "vicreg_pairs", "session_p_other", "loss_region")}
-    nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**settings))  # the defaults pass
+    PretrainRecipe(objective=MAEObjective())  # the defaults pass
     with pytest.raises(ValueError, match=message):
-        nnUNetTrainerFomoMAE._check_objective_settings(SimpleNamespace(**{**settings, attribute: value}))
+        if attribute == "embedding_pooling":
+            PretrainRecipe(embedding_pooling=value)
+        else:
+            MAEObjective(**{attribute: value})
 
 
 # ---- session pairs (fomo_nnunet.ssl.sessions) ----------------------------------------------------
@@ -446,10 +444,11 @@ def test_amaes_variant_masks_60_percent_of_4_voxel_units_per_sample_and_counts_e
     from fomo_nnunet.trainers import nnUNetTrainerFomoMAE as module
 
     trainer = getattr(module, name)
-    assert (trainer.block_size, trainer.mask_ratio, trainer.loss_region) == (4, 0.6, "all")
-    assert (trainer.lr, trainer.weight_decay_value, trainer.adamw_betas) == (1e-4, 3e-5, (0.9, 0.98))
-    assert (trainer.warmup_fraction, trainer.decoder_skips, trainer.vicreg_weight) == (0.02, "none", 0.0)
-    mask = block_mask((12, 12, 12), 3, trainer.block_size, trainer.mask_ratio,
+    recipe, objective = trainer.recipe, trainer.recipe.objective
+    assert (objective.block_size, objective.mask_ratio, objective.loss_region) == (4, 0.6, "all")
+    assert (recipe.initial_lr, recipe.weight_decay, recipe.adamw_betas) == (1e-4, 3e-5, (0.9, 0.98))
+    assert (recipe.warmup_fraction, objective.decoder_skips, objective.vicreg_weight) == (0.02, "none", 0.0)
+    mask = block_mask((12, 12, 12), 3, objective.block_size, objective.mask_ratio,
                       generator=torch.Generator().manual_seed(0))
     units = _block_values(mask, (4, 4, 4))  # asserts every unit is masked whole
     assert units.shape == (3, 27) and units.sum(1).tolist() == [16, 16, 16]
@@ -463,5 +462,5 @@ def test_amaes_variant_masks_60_percent_of_4_voxel_units_per_sample_and_counts_e
     default = module.nnUNetTrainerFomoMAE._build_loss(module.nnUNetTrainerFomoMAE)
     assert default(torch.zeros_like(target), target, mask, brain).item() == pytest.approx(9.0)  # ours: masked brain
     if name != "nnUNetTrainerFomoMAE_amaes":  # the tiny budgets keep AMAES' rate, not the tiny 3e-3
-        assert trainer.epochs == getattr(module, "nnUNetTrainerFomoMAE_tiny" + name.removeprefix(
-            "nnUNetTrainerFomoMAE_tiny_amaes")).epochs
+        assert recipe.num_epochs == getattr(module, "nnUNetTrainerFomoMAE_tiny" + name.removeprefix(
+            "nnUNetTrainerFomoMAE_tiny_amaes")).recipe.num_epochs

@@ -10,98 +10,35 @@ Predict with `fomo-nnunet predict` (nnU-Net's predictor is for segmentations).
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from torch import nn
 
-from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
-from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, crop_or_pad, decode_outputs, load_targets,
-                                     task_from_plans, validation_score, without_spatial_augmentation)
+from fomo_nnunet.finetune import Finetuning
+from fomo_nnunet.image_level import (ImageLevelDataLoader, TargetScaler, centred_crop, centred_crop_predictions,
+                                     decode_outputs, load_targets, standardise_head_inputs, task_from_plans,
+                                     training_crop_transforms, validation_score, write_centred_crop_validation)
 from fomo_nnunet.models.network_record import IMAGE_LEVEL, build_image_level_network
 from fomo_nnunet.tasks import CLASSIFICATION, REGRESSION
 from fomo_nnunet.trainer_checks import (check_trainer_fits_task, fold_advice, refuse_nnunet_predictor,
                                         validation_problem)
-from fomo_nnunet.training import AmpStep, DistributedRun, EpochEnd, PreemptibleRun, SeededRun, unwrap
+from fomo_nnunet.training import AmpStep, EpochEnd, FomoTrainer, unwrap
+from fomo_nnunet.training.recipes import IMAGE_LEVEL as IMAGE_LEVEL_RECIPE
+from fomo_nnunet.training.recipes import SMOKE_FINETUNING, TINY_CLS, TINY_REG, ImageLevelRecipe
 
 
-class CentredCropValidation:
-    """The image-level trainers' final validation (nnU-Net's segments sliding windows instead): every
-    validation case once, its centred crop, predictions to validation/predictions.csv and the task's
-    metric to validation/summary.json."""
-
-    def centred_crop(self, data) -> torch.Tensor:
-        """(1, C, *patch): a preprocessed case's centred crop (zero-padded where smaller), on the CPU."""
-        return torch.from_numpy(crop_or_pad(np.asarray(data), self.configuration_manager.patch_size)[None]).float()
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        if self.local_rank != 0:
-            return
-        _, dataset_val = self.get_tr_and_val_datasets()
-        if not self.targets:
-            self.targets = load_targets(self.preprocessed_dataset_folder_base, dataset_val.identifiers, self.kind)
-        net = unwrap(self.network)
-        net.eval()
-        rows = []
-        for key in dataset_val.identifiers:
-            data = dataset_val.load_case(key)[0]
-            x = self.centred_crop(data)
-            with torch.no_grad():
-                out = decode_outputs(net(x.to(self.device)), self.kind, self._target_stats())[0]
-            rows.append((key, float(out[1]) if self.kind == CLASSIFICATION and out.shape[0] == 2 else out,
-                         self.targets[key]))
-        folder = os.path.join(self.output_folder, "validation")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "predictions.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["case_id", "prediction", "target"])
-            for key, p, t in rows:
-                w.writerow([key, p if np.ndim(p) == 0 else json.dumps(np.asarray(p).tolist()), t])
-        preds = np.array([r[1] for r in rows], dtype=float)
-        if self.kind == CLASSIFICATION and preds.ndim == 1:
-            preds = np.stack([1 - preds, preds], 1)
-        name, value, _ = validation_score(self.kind, preds, np.array([r[2] for r in rows], dtype=float))
-        with open(os.path.join(folder, "summary.json"), "w") as f:
-            json.dump({"metric": name, "value": value, "n_cases": len(rows)}, f, indent=1)
-        self.print_to_log_file(f"final validation on {len(rows)} case(s), centred crop: {name} = {value:.4f}")
-
-
-class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, CentredCropValidation,
-                                  FinetuneRecipe, PreemptibleRun, nnUNetTrainer):
+class nnUNetTrainerFomoImageLevel(Finetuning, AmpStep, EpochEnd, FomoTrainer):
     """Shared by the classification and regression trainers; the task's kind (from the plans) decides."""
 
-    # the head (fomo_nnunet.models.heads.PoolingHead)
-    head_stages: tuple[int, ...] = (-1,)   # encoder stages pooled and concatenated; -1 is the deepest
-    head_hidden: int = 256
-    head_dropout: float = 0.2
-    head_pooling: str = "avg"              # "avg", or "avgmax" (average and maximum: focal findings survive)
-    # data
-    crop_jitter_fraction: float = 0.1      # random shift of the centred crop, as a fraction of the patch
-    augment: bool | str = True             # True: nnU-Net's augmentation of the training crops; "intensity": its
-                                           # intensity transforms only (no rotation, scaling, mirroring); False: none
-    balance_classes: bool = True           # classification: draw every class equally often
-    huber_delta: float = 1.0               # regression: Huber loss on standardised targets
-    standardise_head_inputs: bool = False  # before the first step, standardise the head's pooled features by
-                                           # their mean and sd over training cases' centred crops (saved with
-                                           # the weights)
-    standardise_cases: int = 64            # at most this many training cases for those statistics
-    # the few-shot recipe (fomo_nnunet.finetune.FinetuneRecipe) for tens of cases
-    epochs = 100
-    iterations_per_epoch = 50
-    val_iterations_per_epoch = 10
-    fresh_only_epochs = 5
-    warmup_epochs = 5
-    checkpoint_every = 20
-    grad_clip = 12.0                       # max gradient norm (nnU-Net's)
-
+    recipe: ImageLevelRecipe = IMAGE_LEVEL_RECIPE  # fomo_nnunet.training.recipes: budget, head, crops, loss
     task_kinds: tuple[str, ...] = (CLASSIFICATION, REGRESSION)  # the kinds of task this trainer trains
+    grad_clip = property(lambda self: self.recipe.grad_clip)    # AmpStep's clipping norm
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -117,25 +54,23 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         self._metric_name, self._val_score = "metric", float("nan")
         self._select_by_loss = False  # the validation fold cannot score the metric: the loss picks checkpoint_best
 
-    # ---- network: the pretrained U-Net's encoder and a pooling head ----------------------------
+    # ---- network: the pretrained U-Net's encoder and a pooling head; data; steps; epoch end -----------
     fomo_network_builder = IMAGE_LEVEL  # what build_network_architecture builds (fomo_nnunet.models.network_record)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
         refuse_nnunet_predictor(cls.__name__, task_from_plans(plans_manager.plans).kind)
-        return build_image_level_network(plans_manager.plans, configuration_manager, num_input_channels,
-                                         cls.head_stages, cls.head_hidden, cls.head_dropout, cls.head_pooling)
+        h = cls.recipe.head
+        return build_image_level_network(plans_manager.plans, configuration_manager, num_input_channels, h.stages,
+                                         h.hidden, h.dropout, h.pooling)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # a pooling head has one output
 
     def _build_loss(self):
-        if self.kind == CLASSIFICATION:
-            return nn.CrossEntropyLoss()
-        return nn.HuberLoss(delta=self.huber_delta)
+        return nn.CrossEntropyLoss() if self.kind == CLASSIFICATION else nn.HuberLoss(delta=self.recipe.huber_delta)
 
-    # ---- data: targets from targets.json, centred crops, balanced classes -----------------------
     def get_dataloaders(self):
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
@@ -143,21 +78,8 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         rotation, dummy_2d, initial_patch, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         common = dict(is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
                       ignore_label=None)
-        norm_mask = self.configuration_manager.use_mask_for_norm
-        if self.augment not in (True, False, "intensity"):
-            raise ValueError(f"augment must be True, False or 'intensity', got {self.augment!r}")
-        if self.augment == "intensity":  # crops at the patch size, as they are cut; no mirroring
-            initial_patch = patch
-            tr_transforms = without_spatial_augmentation(self.get_training_transforms(
-                patch, rotation, None, (), dummy_2d, use_mask_for_norm=norm_mask, **common))
-            self.print_to_log_file("training crops get nnU-Net's intensity augmentation only (augment = 'intensity')")
-        elif self.augment:
-            tr_transforms = self.get_training_transforms(patch, rotation, None, mirror_axes, dummy_2d,
-                                                         use_mask_for_norm=norm_mask, **common)
-        else:  # as nnU-Net's NoDA variant: the crop as it is, at the patch size
-            initial_patch = patch
-            tr_transforms = self.get_validation_transforms(None, **common)
-            self.print_to_log_file("training crops are not augmented (augment = False)")
+        tr_transforms, initial_patch = training_crop_transforms(self, self.recipe.augment, patch, rotation, dummy_2d,
+                                                                mirror_axes, initial_patch, common)
         val_transforms = self.get_validation_transforms(None, **common)
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         self.targets = load_targets(self.preprocessed_dataset_folder_base,
@@ -165,8 +87,8 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         self._check_validation_can_score([self.targets[k] for k in dataset_val.identifiers])
         if self.kind != CLASSIFICATION:
             self._set_target_stats(TargetScaler.fit([self.targets[k] for k in dataset_tr.identifiers]))
-        jitter = [int(round(self.crop_jitter_fraction * p)) for p in patch]
-        balance = self.kind == CLASSIFICATION and self.balance_classes
+        jitter = [int(round(self.recipe.crop_jitter_fraction * p)) for p in patch]
+        balance = self.kind == CLASSIFICATION and self.recipe.balance_classes
         dl_tr = ImageLevelDataLoader(dataset_tr, self.batch_size, initial_patch, patch, self.label_manager,
                                      self.targets, balance=balance, jitter=jitter, transforms=tr_transforms)
         dl_val = ImageLevelDataLoader(dataset_val, self.batch_size, patch, patch, self.label_manager,
@@ -174,35 +96,33 @@ class nnUNetTrainerFomoImageLevel(DistributedRun, SeededRun, AmpStep, EpochEnd, 
         return self.seeded_augmenters(dl_tr, dl_val, get_allowed_n_proc_DA())
 
     def _check_validation_can_score(self, targets: list[float]) -> None:
-        metric = "AUROC" if self.kind == CLASSIFICATION else "MAE"
-        problem = validation_problem(self.kind, targets, metric)
-        if problem:
+        problem = validation_problem(self.kind, targets, "AUROC" if self.kind == CLASSIFICATION else "MAE")
+        if problem:  # the metric cannot score this fold: the validation loss picks checkpoint_best
             self._select_by_loss = True
             self.print_to_log_file(f"WARNING: fold {self.fold}: {problem}; checkpoint_best.pth is picked by the "
                                    f"validation loss instead ({fold_advice(self.fold)})")
 
     def on_train_start(self):
         super().on_train_start()
-        if self.standardise_head_inputs and self.current_epoch == 0:  # a resumed run has them in its checkpoint
-            self._standardise_head_inputs()
+        if self.recipe.standardise_head_inputs and self.current_epoch == 0:  # a resumed run has them saved
+            dataset_tr, _ = self.get_tr_and_val_datasets()
+            keys = sorted(dataset_tr.identifiers)[: self.recipe.standardise_cases]
+            patch = self.configuration_manager.patch_size
+            self.print_to_log_file(standardise_head_inputs(unwrap(self.network), (
+                centred_crop(dataset_tr.load_case(k)[0], patch).to(self.device) for k in keys)))
 
-    def _standardise_head_inputs(self) -> None:
-        net = unwrap(self.network)
-        dataset_tr, _ = self.get_tr_and_val_datasets()
-        keys = sorted(dataset_tr.identifiers)[: self.standardise_cases]
-        was_training = net.training
-        net.eval()
-        pooled = []
-        with torch.no_grad():
-            for key in keys:
-                x = self.centred_crop(dataset_tr.load_case(key)[0]).to(self.device)
-                pooled.append(net.head.pool(net.stage_features(x)).cpu())
-        net.train(was_training)
-        summary = net.head.set_input_statistics(torch.cat(pooled))
-        self.print_to_log_file(
-            f"head inputs standardised over the centred crops of {summary['cases']} training cases: median sd "
-            f"{summary['median_sd']:.4g} per pooled feature, {summary['floored']} of {net.head.in_features} raised "
-            "to 1 % of it (standardise_head_inputs)")
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """Every validation case once, its centred crop (nnU-Net's segments sliding windows instead):
+        validation/predictions.csv and the task's metric in validation/summary.json."""
+        if self.local_rank != 0:
+            return
+        _, dataset_val = self.get_tr_and_val_datasets()
+        if not self.targets:
+            self.targets = load_targets(self.preprocessed_dataset_folder_base, dataset_val.identifiers, self.kind)
+        rows = centred_crop_predictions(unwrap(self.network), dataset_val, self.configuration_manager.patch_size,
+                                        self.device, self.kind, self._target_stats(), self.targets)
+        name, value = write_centred_crop_validation(os.path.join(self.output_folder, "validation"), rows, self.kind)
+        self.print_to_log_file(f"final validation on {len(rows)} case(s), centred crop: {name} = {value:.4f}")
 
     def _set_target_stats(self, scaler: TargetScaler) -> None:
         self._network_for_transfer().fomo_target_stats.copy_(torch.tensor([scaler.mean, scaler.std]))
@@ -274,104 +194,42 @@ class nnUNetTrainerFomoReg(nnUNetTrainerFomoImageLevel):
     task_kinds = (REGRESSION,)
 
 
-class TinyImageLevel(TinyBudget):
-    """The demo's image-level recipe (fomo_nnunet.finetune.TinyBudget) with a head that pools the three
-    deepest stages by average and maximum, on the centred crop without augmentation.
-
-    Why (docs/results/demo-recipe.md): with the deepest stage's average alone, neither arm's classifier
-    nor regressor left its starting point; a focal lesion is averaged away over the brain. nnU-Net's
-    augmentation and a random shift of the crop kept the regressor from fitting even its training cases.
-    Its own budget and augmentation are nnUNetTrainerFomoReg_tiny's (chosen later, on held-out training
-    cases).
-    """
-
-    head_hidden = 64
-    head_pooling = "avgmax"
-    head_stages = (-3, -2, -1)
-    augment = False
-    crop_jitter_fraction = 0.0
+# ---- variants: one recipe each (fomo_nnunet.training.recipes) -------------------------------------------
+class nnUNetTrainerFomoCls_tiny(nnUNetTrainerFomoCls):
+    """CPU-sized budget for the demo (tiny-preset plans): 90 steps (TINY_CLS: why each setting)."""
+    recipe = TINY_CLS
 
 
-# ---- variants: a subclass changes a few attributes, as nnU-Net writes them ------------------------
-class nnUNetTrainerFomoCls_scratch(nnUNetTrainerFomoCls):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoCls_tiny(TinyImageLevel, nnUNetTrainerFomoCls):
-    """CPU-sized budget for the demo (tiny-preset plans): 90 steps."""
-
-
-class nnUNetTrainerFomoCls_tiny_scratch(nnUNetTrainerFomoCls_tiny):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoCls_tiny_smoke(SmokeBudget, nnUNetTrainerFomoCls_tiny):
+class nnUNetTrainerFomoCls_tiny_smoke(nnUNetTrainerFomoCls):
     """A few iterations, for tests."""
+    recipe = replace(TINY_CLS, **SMOKE_FINETUNING)
 
 
-class nnUNetTrainerFomoCls_tiny_smoke_scratch(nnUNetTrainerFomoCls_tiny_smoke):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoCls_tiny_long(nnUNetTrainerFomoCls_tiny):
+class nnUNetTrainerFomoCls_tiny_long(nnUNetTrainerFomoCls):
     """Three times the tiny budget (270 steps): the tiny-long benchmark."""
-    epochs = 18
-
-
-class nnUNetTrainerFomoCls_tiny_long_scratch(nnUNetTrainerFomoCls_tiny_long):
-    use_pretrained = False
+    recipe = replace(TINY_CLS, num_epochs=18)
 
 
 class nnUNetTrainerFomoCls_250epochs(nnUNetTrainerFomoCls):
-    epochs = 250
+    recipe = replace(IMAGE_LEVEL_RECIPE, num_epochs=250)
 
 
-class nnUNetTrainerFomoCls_250epochs_scratch(nnUNetTrainerFomoCls_250epochs):
-    use_pretrained = False
+class nnUNetTrainerFomoReg_tiny(nnUNetTrainerFomoReg):
+    """CPU-sized budget for the demo (tiny-preset plans): 360 steps, intensity augmentation, standardised head
+    inputs (TINY_REG: why each setting; docs/results/brain-age.md)."""
+    recipe = TINY_REG
 
 
-class nnUNetTrainerFomoReg_scratch(nnUNetTrainerFomoReg):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoReg_tiny(TinyImageLevel, nnUNetTrainerFomoReg):
-    """CPU-sized budget for the demo (tiny-preset plans): 360 steps with nnU-Net's intensity augmentation,
-    the head's pooled features standardised over training cases before the first step.
-
-    Chosen on training data only (FOMO-Synth brain age, nnU-Net's fold 0 of the training cases), by the mean
-    held-out MAE of both arms; the pooled features of the encoder vary little between brains, so without
-    `standardise_head_inputs` the head's outputs stayed compressed toward the mean. The study, its figures
-    and commits: docs/results/brain-age.md.
-    """
-    epochs = 24
-    standardise_head_inputs = True
-    augment = "intensity"
-
-
-class nnUNetTrainerFomoReg_tiny_scratch(nnUNetTrainerFomoReg_tiny):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoReg_tiny_smoke(SmokeBudget, nnUNetTrainerFomoReg_tiny):
+class nnUNetTrainerFomoReg_tiny_smoke(nnUNetTrainerFomoReg):
     """A few iterations, for tests."""
+    recipe = replace(TINY_REG, **SMOKE_FINETUNING)
 
 
-class nnUNetTrainerFomoReg_tiny_smoke_scratch(nnUNetTrainerFomoReg_tiny_smoke):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoReg_tiny_long(nnUNetTrainerFomoReg_tiny):
+class nnUNetTrainerFomoReg_tiny_long(nnUNetTrainerFomoReg):
     """Three times the tiny budget (1080 steps): the tiny-long benchmark."""
-    epochs = 72
-
-
-class nnUNetTrainerFomoReg_tiny_long_scratch(nnUNetTrainerFomoReg_tiny_long):
-    use_pretrained = False
+    recipe = replace(TINY_REG, num_epochs=72)
 
 
 class nnUNetTrainerFomoReg_250epochs(nnUNetTrainerFomoReg):
-    epochs = 250
+    recipe = replace(IMAGE_LEVEL_RECIPE, num_epochs=250)
 
-
-class nnUNetTrainerFomoReg_250epochs_scratch(nnUNetTrainerFomoReg_250epochs):
-    use_pretrained = False

@@ -8,38 +8,30 @@ nnU-Net's own (`nnUNetv2_predict -tr nnUNetTrainerFomoSeg -p fomoPlans`).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
-from fomo_nnunet.class_weights import SQRT_INVERSE_FREQUENCY, WEIGHTINGS, label_voxel_counts, sqrt_inverse_frequency
-from fomo_nnunet.finetune import FinetuneRecipe, SmokeBudget, TinyBudget
+from fomo_nnunet.class_weights import label_voxel_counts, sqrt_inverse_frequency
+from fomo_nnunet.finetune import Finetuning
 from fomo_nnunet.models.network_record import PLANS, build_plans_network
 from fomo_nnunet.tasks import SEGMENTATION
 from fomo_nnunet.trainer_checks import check_trainer_fits_task
-from fomo_nnunet.training import DistributedRun, PreemptibleRun, SeededRun
+from fomo_nnunet.training import FomoTrainer
+from fomo_nnunet.training.recipes import SEG, SMOKE_FINETUNING, TINY_SEG, SegRecipe
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
-class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, PreemptibleRun, nnUNetTrainer):
-    # nnU-Net validates fold 'all' on its own training cases: a sliding window over every training
-    # case that says nothing about generalisation, and costs a tiny run's time on a CPU. False skips it.
-    validate_fold_all: bool = True
-    # share of each batch forced to contain foreground (nnU-Net: 0.33)
-    oversample_foreground: float = 0.33
-    # cross-entropy class weights: None is nnU-Net's unweighted loss; "sqrt_inverse_frequency" weighs class c
-    # by sqrt(background voxels / class-c voxels) over (at most `class_weight_cases` of) the fold's training
-    # cases, capped at `class_weight_cap` (fomo_nnunet.class_weights)
-    ce_class_weighting: str | None = None
-    class_weight_cap: float = 100.0
-    class_weight_cases: int = 200
+class nnUNetTrainerFomoSeg(Finetuning, FomoTrainer):
+    recipe: SegRecipe = SEG  # fomo_nnunet.training.recipes.SegRecipe: budget, schedule, class weights, ...
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         check_trainer_fits_task(type(self).__name__, (SEGMENTATION,), plans)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.oversample_foreground_percent = self.oversample_foreground
+        self.oversample_foreground_percent = self.recipe.oversample_foreground_percent
 
     fomo_network_builder = PLANS  # what build_network_architecture builds (fomo_nnunet.models.network_record)
 
@@ -53,11 +45,8 @@ class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, Preemptibl
 
     def _build_loss(self):
         loss = super()._build_loss()
-        if self.ce_class_weighting is None:
+        if self.recipe.ce_class_weighting is None:
             return loss
-        if self.ce_class_weighting not in WEIGHTINGS:
-            raise ValueError(f"{type(self).__name__}.ce_class_weighting = {self.ce_class_weighting!r}: "
-                             f"choose None or one of {', '.join(WEIGHTINGS)}")
         if self.label_manager.has_regions:
             raise ValueError(f"{type(self).__name__}: cross-entropy class weights need labels, but this dataset "
                              "is trained on regions (sigmoid outputs, no cross-entropy)")
@@ -73,97 +62,53 @@ class nnUNetTrainerFomoSeg(DistributedRun, SeededRun, FinetuneRecipe, Preemptibl
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         keys = sorted(self.do_split()[0])
-        if len(keys) > self.class_weight_cases:  # a sample is enough for frequencies; the seed fixes it
-            keys = sorted(np.random.RandomState(self.fomo_seed).choice(keys, self.class_weight_cases,
-                                                                        replace=False))
+        cases = self.recipe.class_weight_cases
+        if len(keys) > cases:  # a sample is enough for frequencies; the seed fixes it
+            keys = sorted(np.random.RandomState(self.fomo_seed).choice(keys, cases, replace=False))
         dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
         names = self.label_manager.all_labels
         counts = label_voxel_counts((dataset.load_case(k)[1][:] for k in keys),
                                     self.label_manager.num_segmentation_heads, self.label_manager.ignore_label)
-        weights = sqrt_inverse_frequency(counts, self.class_weight_cap)
-        self.print_to_log_file(f"cross-entropy class weights ({self.ce_class_weighting} over {len(keys)} training "
+        weights = sqrt_inverse_frequency(counts, self.recipe.class_weight_cap)
+        self.print_to_log_file(f"cross-entropy class weights ({self.recipe.ce_class_weighting} over {len(keys)} training "
                                "cases): " + ", ".join(f"label {n}: {w:.2f} ({c} voxels)"
                                                      for n, w, c in zip(names, weights, counts)))
         return weights
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        if self.fold == "all" and not self.validate_fold_all:
+        if self.fold == "all" and not self.recipe.validate_fold_all:
             self.print_to_log_file("fold 'all' trains on every case, so its validation cases are training cases: "
                                    "final validation skipped (validate_fold_all = False)")
             return
         return super().perform_actual_validation(save_probabilities)
 
 
-class nnUNetTrainerFomoSeg_scratch(nnUNetTrainerFomoSeg):
-    """Identical recipe, random initialisation: the comparison that matters."""
-    use_pretrained = False
-
-
+# ---- variants: one recipe each (fomo_nnunet.training.recipes) -------------------------------------------
 class nnUNetTrainerFomoSeg_nodecoder(nnUNetTrainerFomoSeg):
     """Load the encoder only; the decoder starts fresh like the output layers."""
-    load_decoder = False
+    recipe = replace(SEG, load_decoder=False)
 
 
-class TinySegmentation(TinyBudget):
-    """The demo's segmentation recipe for tiny-preset plans: 180 steps, a few minutes on 2 cores.
-
-    From the shared tiny recipe (fomo_nnunet.finetune.TinyBudget): AdamW, one fresh-only and one warmup
-    epoch. Every batch holds foreground (a few-shot task's structures are small: with nnU-Net's 33 % the
-    meningioma could stay background). No mirroring at inference: on a CPU it multiplies the forwards by
-    eight.
-
-    For structures of a few dozen voxels (the trigeminal nerve and vessels at 4 mm), chosen by 5-fold
-    cross-validation fold 0 on the training split (docs/results/segmentation-recipe.md): at lr 3e-3 with
-    nnU-Net's unweighted loss both arms predicted background only; lr 1e-2 with
-    cross-entropy weighted by the square root of the inverse label frequency found both classes in the
-    scratch arm, and the pretrained arm only with the MAE decoder left out (the decoder was pretrained to
-    reconstruct intensities; the encoder is what transfers). The meningioma improved in both arms too.
-    Place before the trainer."""
-    epochs = 12
-    lr = 1e-2
-    ce_class_weighting = SQRT_INVERSE_FREQUENCY
-    load_decoder = False
-    oversample_foreground = 1.0
-    test_time_mirroring = False
-    validate_fold_all = False
+class nnUNetTrainerFomoSeg_tiny(nnUNetTrainerFomoSeg):
+    """CPU-sized budget for the demo and tests (pair with tiny-preset plans): 180 steps, a few minutes on 2 cores
+    (TINY_SEG: why each setting)."""
+    recipe = TINY_SEG
 
 
-class nnUNetTrainerFomoSeg_tiny(TinySegmentation, nnUNetTrainerFomoSeg):
-    """CPU-sized budget for the demo and tests (pair with tiny-preset plans): 180 steps, a few minutes on 2 cores."""
-
-
-class nnUNetTrainerFomoSeg_tiny_scratch(nnUNetTrainerFomoSeg_tiny):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoSeg_tiny_smoke(SmokeBudget, nnUNetTrainerFomoSeg_tiny):
+class nnUNetTrainerFomoSeg_tiny_smoke(nnUNetTrainerFomoSeg):
     """A few iterations, for tests."""
+    recipe = replace(TINY_SEG, **SMOKE_FINETUNING)
 
 
-class nnUNetTrainerFomoSeg_tiny_smoke_scratch(nnUNetTrainerFomoSeg_tiny_smoke):
-    use_pretrained = False
-
-
-class nnUNetTrainerFomoSeg_tiny_long(nnUNetTrainerFomoSeg_tiny):
+class nnUNetTrainerFomoSeg_tiny_long(nnUNetTrainerFomoSeg):
     """Three times the tiny budget (540 steps): the tiny-long benchmark."""
-    epochs = 36
-
-
-class nnUNetTrainerFomoSeg_tiny_long_scratch(nnUNetTrainerFomoSeg_tiny_long):
-    use_pretrained = False
+    recipe = replace(TINY_SEG, num_epochs=36)
 
 
 class nnUNetTrainerFomoSeg_100epochs(nnUNetTrainerFomoSeg):
-    epochs = 100
-
-
-class nnUNetTrainerFomoSeg_100epochs_scratch(nnUNetTrainerFomoSeg_100epochs):
-    use_pretrained = False
+    recipe = replace(SEG, num_epochs=100)
 
 
 class nnUNetTrainerFomoSeg_500epochs(nnUNetTrainerFomoSeg):
-    epochs = 500
+    recipe = replace(SEG, num_epochs=500)
 
-
-class nnUNetTrainerFomoSeg_500epochs_scratch(nnUNetTrainerFomoSeg_500epochs):
-    use_pretrained = False

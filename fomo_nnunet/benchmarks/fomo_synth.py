@@ -1,5 +1,6 @@
 """The FOMO-Synth benchmark: synthesize, convert, plan, preprocess, pretrain ONE checkpoint, then
-finetune it and its from-scratch twin on each task, predict the out-of-domain test split and score.
+finetune it on each task and train the same trainer from scratch (plans written with `plan transfer
+--from-scratch`, which name no checkpoint), predict the out-of-domain test split and score.
 
 Every step is a command a user could type (nnU-Net's own where nnU-Net has one); the chain is
 resumable (fomo_nnunet.benchmarks.pipeline): a rerun skips finished steps. Repetitions: seed s pretrains and
@@ -25,7 +26,7 @@ class BenchmarkPreset:
     synth_preset: str
     arch: str
     pretrain_trainer: str
-    seg_trainer: str            # the _scratch twin is this name + "_scratch"
+    seg_trainer: str            # both arms: the from-scratch arm runs it on from-scratch plans
     cls_trainer: str
     reg_trainer: str
     tasks: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
@@ -96,6 +97,7 @@ class Benchmark:
         self.results.mkdir(parents=True, exist_ok=True)
         self.pipe.env.update({"nnUNet_results": str(self.results), "FOMO_SEED": str(seed)})
         self.plans = f"fomoPlans_seed{seed}"
+        self.scratch_plans = f"fomoPlans_seed{seed}_scratch"  # the same network, no pretrained checkpoint
 
     def _s(self, name: str) -> str:
         return f"{name}_seed{self.seed}"
@@ -154,35 +156,39 @@ class Benchmark:
         return {SEGMENTATION: self.p.seg_trainer, CLASSIFICATION: self.p.cls_trainer,
                 REGRESSION: self.p.reg_trainer}[task.kind]
 
-    def model_folder(self, task: Task, trainer: str) -> Path:
-        return self.results / self.dataset_name(task) / f"{trainer}__{self.plans}__3d_fullres"
+    def model_folder(self, task: Task, trainer: str, plans: str | None = None) -> Path:
+        return self.results / self.dataset_name(task) / f"{trainer}__{plans or self.plans}__3d_fullres"
 
     def finetune(self, task: Task, pretrained: Path) -> dict:
         d = str(task.default_dataset_id)
         self.pipe.step(self._s(f"plan_{task.key}"), lambda: self.pipe.run(
             ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "-np", self.np,
              "--plans-name", self.plans, "--data-identifier", TASK_PLANS_DATA]) and None)
-        # every seed's plans differ only in the checkpoint they name: one preprocessing serves all
+        self.pipe.step(self._s(f"plan_{task.key}_scratch"), lambda: self.pipe.run(
+            ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "--from-scratch",
+             "-np", self.np, "--plans-name", self.scratch_plans, "--data-identifier", TASK_PLANS_DATA]) and None)
+        # every seed's plans (and the from-scratch ones) differ only in the checkpoint they name: one
+        # preprocessing serves all
         self.pipe.step(f"preprocess_{task.key}", lambda: self.pipe.run(
             ["nnUNetv2_preprocess", "-d", d, "-plans_name", self.plans, "-c", "3d_fullres", "-np", self.np])
             and None)
         images = self.raw / self.dataset_name(task) / "imagesTs"
         scores = {}
-        base = self.trainer_for(task)
-        for variant, trainer in (("pretrained", base), ("scratch", base + "_scratch")):
+        trainer = self.trainer_for(task)
+        for variant, plans in (("pretrained", self.plans), ("scratch", self.scratch_plans)):
             for fold in self.p.folds:
-                self.pipe.step(self._s(f"train_{task.key}_{variant}_fold{fold}"), lambda trainer=trainer, fold=fold:
-                               self.pipe.run(["nnUNetv2_train", d, "3d_fullres", fold, "-p", self.plans,
+                self.pipe.step(self._s(f"train_{task.key}_{variant}_fold{fold}"), lambda plans=plans, fold=fold:
+                               self.pipe.run(["nnUNetv2_train", d, "3d_fullres", fold, "-p", plans,
                                               "-tr", trainer, "-device", "cpu"]) and None)
             out = self.run_dir / "predictions" / task.key / variant
             if task.kind == SEGMENTATION:
                 cmd = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", d, "-c", "3d_fullres",
-                       "-p", self.plans, "-tr", trainer, "-f", *self.p.folds, "-device", "cpu",
+                       "-p", plans, "-tr", trainer, "-f", *self.p.folds, "-device", "cpu",
                        "-npp", "1", "-nps", "1"]
                 pred, gt = out, self.raw / self.dataset_name(task) / "labelsTs"
             else:
                 cmd = ["fomo-nnunet", "predict", "-i", str(images), "-o", str(out),
-                       "-m", str(self.model_folder(task, trainer)), "-f", *self.p.folds]
+                       "-m", str(self.model_folder(task, trainer, plans)), "-f", *self.p.folds]
                 pred, gt = out / "predictions.csv", self.raw / self.dataset_name(task) / "targetsTs.json"
             self.pipe.step(self._s(f"predict_{task.key}_{variant}"), lambda cmd=cmd: self.pipe.run(cmd) and None)
             scores[variant] = self.pipe.step(self._s(f"evaluate_{task.key}_{variant}"),

@@ -72,6 +72,18 @@ def _slim_checkpoint(src: Path, dst: Path) -> None:
     torch.save(slim, dst)
 
 
+def _loads_pretrained(model_dir: Path, trainer: str) -> bool:
+    """Whether the model's runs loaded pretrained weights: what every fold's recipe.json records (a fold folder
+    from before recipe.json: its trainer was not one of the retired from-scratch trainers)."""
+    from fomo_nnunet.models.network_record import RETIRED_SCRATCH_TRAINERS
+    from fomo_nnunet.training.recipes import RECIPE_FILE
+
+    records = [json.loads(p.read_text()) for p in sorted(model_dir.glob(f"fold_*/{RECIPE_FILE}"))]
+    if records:
+        return all(r.get("loads_pretrained", False) for r in records)
+    return trainer not in RETIRED_SCRATCH_TRAINERS
+
+
 def build_bundle(output: str | os.PathLike, models: dict[int, str], embedding: str | None,
                  folds: list[str] | None = None, checkpoint: str = "checkpoint_final.pth") -> dict:
     """Gather `models` ({task number: results folder}) and the embedding checkpoint into `output`."""
@@ -90,9 +102,10 @@ def build_bundle(output: str | os.PathLike, models: dict[int, str], embedding: s
             raise BundleError(f"--task{number} {folder}: the model was planned for {fomo['task']}, not {task.key}")
         sha = fomo.get("pretrained_sha256")
         trainer = model_dir.name.split("__")[0]
-        if not sha or trainer.endswith("_scratch"):
-            raise BundleError(f"--task{number} {folder}: not finetuned from a pretrained checkpoint "
-                              f"(trainer {trainer}); the challenge needs one pretrained checkpoint for every task")
+        if not sha or not _loads_pretrained(model_dir, trainer):
+            raise BundleError(f"--task{number} {folder}: not finetuned from a pretrained checkpoint (trained from "
+                              f"scratch: from-scratch plans, or trainer {trainer}); the challenge needs one "
+                              f"pretrained checkpoint for every task")
         pretrained_sha[f"task{number}"] = sha
         entries[task.key] = {"kind": task.kind, "path": task.key, "trainer": trainer,
                              "folds": _folds(model_dir, folds, checkpoint), "pretrained_sha256": sha,

@@ -17,8 +17,8 @@ examples:
   fomo-nnunet benchmark --preset full --work /data/fomo_synth  # real sizes (GPU)
 
 Steps: synthesize FOMO-Synth, convert it to nnU-Net datasets, plan and preprocess, pretrain ONE MAE
-checkpoint, then per task: plan transfer, preprocess, train the pretrained model and its _scratch
-twin with the same budget, predict the out-of-domain test split and score it (tasks 6/7: a linear
+checkpoint, then per task: plan transfer, preprocess, train the pretrained model and the same trainer
+on from-scratch plans (`plan transfer --from-scratch`) with the same budget, predict the out-of-domain test split and score it (tasks 6/7: a linear
 probe on frozen embeddings, pretrained vs random-init encoder). Finally the pretrained models are
 bundled and the container's entry runs once per task. Writes WORK/report/report.md with the table
 and plots. Every finished step leaves a marker in WORK/steps: a rerun skips it (delete a marker to

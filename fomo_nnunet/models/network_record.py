@@ -76,9 +76,9 @@ def network_record(trainer_class) -> dict[str, Any] | None:
     if builder == PLANS:
         return {"builder": PLANS}
     if builder == IMAGE_LEVEL:
-        return {"builder": IMAGE_LEVEL, "head_stages": [int(s) for s in trainer_class.head_stages],
-                "head_hidden": int(trainer_class.head_hidden), "head_dropout": float(trainer_class.head_dropout),
-                "head_pooling": str(trainer_class.head_pooling)}
+        head = trainer_class.recipe.head  # fomo_nnunet.training.recipes.HeadSpec
+        return {"builder": IMAGE_LEVEL, "head_stages": [int(s) for s in head.stages], "head_hidden": int(head.hidden),
+                "head_dropout": float(head.dropout), "head_pooling": str(head.pooling)}
     return None
 
 
@@ -106,8 +106,33 @@ def network_for_prediction(checkpoint: Mapping, plans_manager, configuration_man
         plans_manager, configuration_manager, num_input_channels, num_outputs, enable_deep_supervision=False)
 
 
+# Trainers that existed only to train from scratch, retired when from-scratch became a setting of the plans
+# (`fomo-nnunet plan transfer --from-scratch`): their fold folders and checkpoints still name them, and they
+# still predict with the trainer they were a variant of (the same network and recipe).
+RETIRED_SCRATCH_TRAINERS = {
+    "nnUNetTrainerFomoSeg_scratch": "nnUNetTrainerFomoSeg",
+    "nnUNetTrainerFomoSeg_tiny_scratch": "nnUNetTrainerFomoSeg_tiny",
+    "nnUNetTrainerFomoSeg_tiny_smoke_scratch": "nnUNetTrainerFomoSeg_tiny_smoke",
+    "nnUNetTrainerFomoSeg_tiny_long_scratch": "nnUNetTrainerFomoSeg_tiny_long",
+    "nnUNetTrainerFomoSeg_100epochs_scratch": "nnUNetTrainerFomoSeg_100epochs",
+    "nnUNetTrainerFomoSeg_500epochs_scratch": "nnUNetTrainerFomoSeg_500epochs",
+    "nnUNetTrainerFomoCls_scratch": "nnUNetTrainerFomoCls",
+    "nnUNetTrainerFomoCls_tiny_scratch": "nnUNetTrainerFomoCls_tiny",
+    "nnUNetTrainerFomoCls_tiny_smoke_scratch": "nnUNetTrainerFomoCls_tiny_smoke",
+    "nnUNetTrainerFomoCls_tiny_long_scratch": "nnUNetTrainerFomoCls_tiny_long",
+    "nnUNetTrainerFomoCls_250epochs_scratch": "nnUNetTrainerFomoCls_250epochs",
+    "nnUNetTrainerFomoReg_scratch": "nnUNetTrainerFomoReg",
+    "nnUNetTrainerFomoReg_tiny_scratch": "nnUNetTrainerFomoReg_tiny",
+    "nnUNetTrainerFomoReg_tiny_smoke_scratch": "nnUNetTrainerFomoReg_tiny_smoke",
+    "nnUNetTrainerFomoReg_tiny_long_scratch": "nnUNetTrainerFomoReg_tiny_long",
+    "nnUNetTrainerFomoReg_250epochs_scratch": "nnUNetTrainerFomoReg_250epochs",
+}
+
+
 def trainer_class(name: str):
-    """The trainer class nnU-Net would use: this package's trainers first, then nnU-Net's own search."""
+    """The trainer class nnU-Net would use: this package's trainers first (a retired from-scratch trainer's
+    name gives the trainer it was a variant of), then nnU-Net's own search."""
+    name = RETIRED_SCRATCH_TRAINERS.get(name, name)
     # looked up by name in the trainers folder, as nnU-Net does (a plugin's folder, not an import of it)
     if name.startswith("nnUNetTrainerFomo"):
         for module in pkgutil.iter_modules([str(trainers_dir())]):

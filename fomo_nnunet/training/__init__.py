@@ -2,10 +2,12 @@
 
 A trainer file then reads as its recipe: class attributes and the few methods that differ.
 
-- `runs`: `SeededRun` (one seed per run, every random stream derived from it), `DistributedRun` (DDP on
-  any device and node; `from_all_ranks` gathers a value).
-- `schedules`: `Budget` (epochs, iterations, lr, weight decay, checkpoint interval as class attributes)
-  and the one learning-rate schedule, `EpochSchedule` stepped by `EpochLR` (warmup, then polynomial or
+- `recipes`: recipes as frozen, validated dataclasses (`Budget`, `FinetuneRecipe`, `SegRecipe`,
+  `ImageLevelRecipe` with its `HeadSpec`) in nnU-Net's attribute names, and the named recipes of the trainers.
+- `runs`: `FomoTrainer`, the base of every fomo trainer: its recipe (applied to nnU-Net's attributes and
+  recorded in every checkpoint and the fold folder), its seed (every random stream derived from it), DDP on
+  any device and node (`from_all_ranks` gathers a value).
+- `schedules`: the one learning-rate schedule, `EpochSchedule` stepped by `EpochLR` (warmup, then polynomial or
   cosine decay; pretrained parameter groups may start late).
 - `steps`: `AmpStep`, nnU-Net's training step (mixed precision on CUDA, gradient clipping at
   `grad_clip`) around the trainer's `training_loss`; `unwrap`, the network inside DDP / torch.compile.
@@ -21,9 +23,10 @@ imports trainers or commands.
 from fomo_nnunet.training.checkpoints import DescribedCheckpoints
 from fomo_nnunet.training.epochs import EpochEnd
 from fomo_nnunet.training.preemption import PreemptibleRun
-from fomo_nnunet.training.runs import DistributedRun, SeededRun
-from fomo_nnunet.training.schedules import COSINE, POLY, Budget, EpochLR, EpochSchedule, every_nth_epoch
+from fomo_nnunet.training.recipes import Budget
+from fomo_nnunet.training.runs import FomoTrainer
+from fomo_nnunet.training.schedules import COSINE, POLY, EpochLR, EpochSchedule, every_nth_epoch
 from fomo_nnunet.training.steps import AmpStep, unwrap
 
-__all__ = ["AmpStep", "Budget", "COSINE", "DescribedCheckpoints", "DistributedRun", "EpochEnd", "EpochLR",
-           "EpochSchedule", "POLY", "PreemptibleRun", "SeededRun", "every_nth_epoch", "unwrap"]
+__all__ = ["AmpStep", "Budget", "COSINE", "DescribedCheckpoints", "EpochEnd", "EpochLR", "EpochSchedule",
+           "FomoTrainer", "POLY", "PreemptibleRun", "every_nth_epoch", "unwrap"]

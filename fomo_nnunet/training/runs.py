@@ -1,42 +1,67 @@
-"""How a run is set up: its seed and its processes (mixins placed before nnU-Net's trainer in the bases).
+"""The trainer base: what every fomo trainer is, folded into one class placed on nnU-Net's trainer.
 
-`SeededRun`: the run's seed (fomo_nnunet.seeding) reaches the weight initialisation, the data
-loader and every augmentation worker; it is printed in the log, written to `seed.json` in the fold
-folder and stored in every checkpoint (`init_args["fomo_seed"]`, which nnU-Net saves and restores).
+`FomoTrainer` (with PreemptibleRun: stop signals as checkpoints, atomic checkpoints, mid-epoch resume):
 
-`DistributedRun`: nnU-Net's DDP code as it is, on any device and any node: under a process group
-the rank trains on the device the launcher chose (fomo_nnunet.distributed), not on `cuda:<rank>`.
+- its recipe (`recipe`, a frozen dataclass of fomo_nnunet.training.recipes): nnU-Net's budget attributes are
+  set from it after nnU-Net's `__init__`; every checkpoint carries it (`fomo_recipe`) and the fold folder has
+  `recipe.json`, beside what the trainer adds (`run_record`);
+- its seed (fomo_nnunet.seeding): it reaches the weight initialisation, the data loader and every augmentation
+  worker; it is printed in the log, written to `seed.json` in the fold folder and stored in every checkpoint
+  (`init_args["fomo_seed"]`, which nnU-Net saves and restores);
+- its processes: nnU-Net's DDP code as it is, on any device and any node: under a process group the rank trains
+  on the device the launcher chose (fomo_nnunet.distributed), not on `cuda:<rank>`.
 
-Both take exactly nnU-Net's constructor arguments: nnU-Net reads the parameter names of the trainer's
-(most derived) `__init__` to record its arguments in every checkpoint (`init_args`), so a trainer may
-leave `__init__` to these mixins.
+It takes exactly nnU-Net's constructor arguments: nnU-Net reads the parameter names of the trainer's (most
+derived) `__init__` to record its arguments in every checkpoint (`init_args`).
 """
 from __future__ import annotations
 
+import os
+
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fomo_nnunet.distributed import ddp_device, from_all_ranks
-from fomo_nnunet.training.preemption import stop_signals
+from fomo_nnunet.training.preemption import PreemptibleRun, stop_signals, write_json_atomically
+from fomo_nnunet.training.recipes import RECIPE_FILE, RECIPE_KEY, Budget, recipe_record
 from fomo_nnunet.seeding import (DETERMINISTIC_ENV, SEED_ENV, derive_seed, deterministic_requested, environment,
                                  run_seed, seed_everything, seeded_augmenters, use_deterministic_algorithms,
                                  write_seed_record)
 
 
-class SeededRun:
-    """Mixin for nnU-Net trainers: one seed per run, every random stream derived from it."""
+class FomoTrainer(PreemptibleRun, nnUNetTrainer):
+    """nnU-Net's trainer with a recipe, a seed and DDP on any device (see the module)."""
+
+    recipe: Budget = Budget()
+    # what `fomo_nnunet.distributed` asks of a trainer before launching it on CPU or across nodes
+    places_ranks_on_their_devices = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.recipe.apply(self)
         self.fomo_seed = run_seed()
         self.fomo_deterministic = deterministic_requested()
         # nnU-Net saves init_args in every checkpoint and only reads 'configuration' back from it
         self.my_init_kwargs["fomo_seed"] = self.fomo_seed
         # before nnU-Net builds the network (initialize(), at train start): the same weights for a seed
         seed_everything(derive_seed(self.fomo_seed, "init"))
+        if self.is_ddp:  # the rank keeps the device it was given (CPU, or the GPU the launcher selected)
+            self.device = ddp_device(self.my_init_kwargs["device"])
+            if self.device.type != "cuda":
+                self.grad_scaler = None  # mixed precision is for CUDA only, as in nnU-Net's single-process run
 
+    # ---- the recipe, recorded --------------------------------------------------------------------
+    def run_record(self) -> dict:
+        """What this run is: the trainer and its recipe (trainers add theirs, e.g. whether it loads weights)."""
+        return {"trainer": self.__class__.__name__, "recipe": recipe_record(self.recipe)}
+
+    def checkpoint_contents(self) -> dict:
+        return super().checkpoint_contents() | {RECIPE_KEY: self.run_record()}
+
+    # ---- the seed ----------------------------------------------------------------------------------
     def stream_seed(self, stream: str) -> int:
         """The seed of a named random stream of this run on this process (DDP ranks differ)."""
         return derive_seed(self.fomo_seed, stream, self.local_rank)
@@ -76,30 +101,13 @@ class SeededRun:
                 "trainer": self.__class__.__name__, "augmentation_workers": int(get_allowed_n_proc_DA()),
                 "seeded": ["weight initialisation", "training and validation batches (one seed per batch number)",
                            "mask and skip-drop streams (MAE)"]})
+            write_json_atomically(os.path.join(self.output_folder, RECIPE_FILE), self.run_record())
 
-
-class DistributedRun:
-    """Mixin for nnU-Net trainers: DDP on CPU (Gloo) and across nodes, not only on `cuda:<global rank>`.
-
-    nnU-Net's trainer, once a process group exists, sets its device to `cuda:<rank>` and wraps the
-    network with `device_ids=[rank]`. That is right for `-num_gpus` on one node and wrong on a CPU
-    (no GPU) or on a second node (rank 8 is GPU 0 there). Here the rank keeps the device it was given
-    (CPU, or the GPU the launcher selected) and the network is wrapped for that device. Everything
-    else is nnU-Net's: `local_rank` stays the global rank (rank 0 alone writes logs and checkpoints),
-    the batch is split over the ranks, losses are gathered (nnU-Net's, or ours with `from_all_ranks`).
-    """
-
-    # what `fomo_nnunet.distributed` asks of a trainer before launching it on CPU or across nodes
-    places_ranks_on_their_devices = True
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.is_ddp:
-            self.device = ddp_device(self.my_init_kwargs["device"])
-            if self.device.type != "cuda":
-                self.grad_scaler = None  # mixed precision is for CUDA only, as in nnU-Net's single-process run
-
+    # ---- the processes: nnU-Net's DDP, the rank on its own device --------------------------------
+    # nnU-Net's trainer, once a process group exists, sets its device to `cuda:<rank>` and wraps the network
+    # with `device_ids=[rank]`: right for `-num_gpus` on one node, wrong on a CPU or on a second node (rank 8 is
+    # GPU 0 there). Everything else is nnU-Net's: `local_rank` stays the global rank (rank 0 alone writes logs
+    # and checkpoints), the batch is split over the ranks, losses are gathered (`from_all_ranks`).
     def initialize(self):
         if not self.is_ddp or self.was_initialized:
             return super().initialize()

@@ -1,7 +1,4 @@
-"""How long and how fast a trainer learns: its budget and the one learning-rate schedule of every fomo trainer.
-
-`Budget` holds the numbers nnU-Net's trainer sets in its `__init__` (epochs, iterations, learning rate,
-weight decay, checkpoint interval) as class attributes, so that a variant is a subclass setting a few.
+"""The one learning-rate schedule of every fomo trainer (the budget is the recipe's: fomo_nnunet.training.recipes).
 
 `EpochSchedule` is a per-epoch factor on each parameter group's base learning rate: a linear warmup,
 then either nnU-Net's polynomial decay (`(1 - epoch / epochs) ** 0.9`, nnunetv2's PolyLRScheduler)
@@ -15,34 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch.optim import Optimizer
 
 POLY = "poly"
 COSINE = "cosine"
 DECAYS = (POLY, COSINE)
-
-
-class Budget:
-    """Mixin: nnU-Net's budget as class attributes (defaults: nnU-Net's), applied after nnU-Net's `__init__`."""
-
-    epochs: int = 1000
-    iterations_per_epoch: int = 250
-    val_iterations_per_epoch: int = 50
-    lr: float = 1e-2
-    weight_decay_value: float = 3e-5
-    checkpoint_every: int = 50
-    progress_plot_every: int = 1  # progress.png every this many epochs and after the last
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.epochs
-        self.num_iterations_per_epoch = self.iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
-        self.initial_lr = self.lr
-        self.weight_decay = self.weight_decay_value
-        self.save_every = self.checkpoint_every
 
 
 def every_nth_epoch(epoch: int, every: int, num_epochs: int) -> bool:
