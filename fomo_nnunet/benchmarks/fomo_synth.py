@@ -172,29 +172,35 @@ class Benchmark:
         self.pipe.step(f"preprocess_{task.key}", lambda: self.pipe.run(
             ["nnUNetv2_preprocess", "-d", d, "-plans_name", self.plans, "-c", "3d_fullres", "-np", self.np])
             and None)
-        images = self.raw / self.dataset_name(task) / "imagesTs"
-        scores = {}
         trainer = self.trainer_for(task)
-        for variant, plans in (("pretrained", self.plans), ("scratch", self.scratch_plans)):
-            for fold in self.p.folds:
-                self.pipe.step(self._s(f"train_{task.key}_{variant}_fold{fold}"), lambda plans=plans, fold=fold:
-                               self.pipe.run(["nnUNetv2_train", d, "3d_fullres", fold, "-p", plans,
-                                              "-tr", trainer, "-device", "cpu"]) and None)
-            out = self.run_dir / "predictions" / task.key / variant
-            if task.kind == SEGMENTATION:
-                cmd = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", d, "-c", "3d_fullres",
-                       "-p", plans, "-tr", trainer, "-f", *self.p.folds, "-device", "cpu",
-                       "-npp", "1", "-nps", "1"]
-                pred, gt = out, self.raw / self.dataset_name(task) / "labelsTs"
-            else:
-                cmd = ["fomo-nnunet", "predict", "-i", str(images), "-o", str(out),
-                       "-m", str(self.model_folder(task, trainer, plans)), "-f", *self.p.folds]
-                pred, gt = out / "predictions.csv", self.raw / self.dataset_name(task) / "targetsTs.json"
-            self.pipe.step(self._s(f"predict_{task.key}_{variant}"), lambda cmd=cmd: self.pipe.run(cmd) and None)
-            scores[variant] = self.pipe.step(self._s(f"evaluate_{task.key}_{variant}"),
-                                             lambda pred=pred, gt=gt, out=out: self.evaluate(task, pred, gt, out))
-            scores[variant]["result"]["learning_check"] = learning_check(task.kind, out, out.parent / f"{out.name}_scores")
-        return {v: r["result"] for v, r in scores.items()}
+        return {arm: self.train_and_score(task, arm, trainer, plans)
+                for arm, plans in (("pretrained", self.plans), ("scratch", self.scratch_plans))}
+
+    def train_and_score(self, task: Task, arm: str, trainer: str, plans: str) -> dict:
+        """Train `trainer` on `plans` for the preset's folds, predict the out-of-domain test split and score
+        it (resumable steps named by `arm`, predictions in predictions/<task>/<arm>); returns the evaluate
+        summary with its learning check. The task's plans and preprocessing must exist (`finetune`)."""
+        d = str(task.default_dataset_id)
+        images = self.raw / self.dataset_name(task) / "imagesTs"
+        for fold in self.p.folds:
+            self.pipe.step(self._s(f"train_{task.key}_{arm}_fold{fold}"), lambda fold=fold:
+                           self.pipe.run(["nnUNetv2_train", d, "3d_fullres", fold, "-p", plans,
+                                          "-tr", trainer, "-device", "cpu"]) and None)
+        out = self.run_dir / "predictions" / task.key / arm
+        if task.kind == SEGMENTATION:
+            cmd = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", d, "-c", "3d_fullres",
+                   "-p", plans, "-tr", trainer, "-f", *self.p.folds, "-device", "cpu",
+                   "-npp", "1", "-nps", "1"]
+            pred, gt = out, self.raw / self.dataset_name(task) / "labelsTs"
+        else:
+            cmd = ["fomo-nnunet", "predict", "-i", str(images), "-o", str(out),
+                   "-m", str(self.model_folder(task, trainer, plans)), "-f", *self.p.folds]
+            pred, gt = out / "predictions.csv", self.raw / self.dataset_name(task) / "targetsTs.json"
+        self.pipe.step(self._s(f"predict_{task.key}_{arm}"), lambda: self.pipe.run(cmd) and None)
+        result = self.pipe.step(self._s(f"evaluate_{task.key}_{arm}"),
+                                lambda: self.evaluate(task, pred, gt, out))["result"]
+        result["learning_check"] = learning_check(task.kind, out, out.parent / f"{out.name}_scores")
+        return result
 
     def evaluate(self, task: Task, pred: Path, gt: Path, out: Path) -> dict:
         scores = out.parent / f"{out.name}_scores"
