@@ -53,11 +53,10 @@ def save_report(report, folder: str) -> None:
     """transfer_report.json in the fold folder: what was loaded, adapted and left fresh (read on resume)."""
     from dataclasses import asdict
 
+    from fomo_nnunet.io.atomic import write_json
+
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, REPORT_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"summary": report.summary(), **asdict(report)}, f, indent=1)
-    os.replace(tmp, os.path.join(folder, REPORT_FILE))
+    write_json({"summary": report.summary(), **asdict(report)}, os.path.join(folder, REPORT_FILE))
 
 
 def pretrained_names(report) -> set[str]:

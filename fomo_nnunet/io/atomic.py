@@ -51,17 +51,23 @@ def replacing(final: str | os.PathLike, suffix: str = TMP_SUFFIX) -> Iterator[Pa
         raise
 
 
-def write_text(text: str, final: str | os.PathLike) -> Path:
-    """`text` (UTF-8) into `final`, atomically (content first, as in json.dump)."""
+def write_text(text: str, final: str | os.PathLike, durable: bool = False) -> Path:
+    """`text` (UTF-8) into `final`, atomically (content first, as in json.dump). `durable`: the content is
+    fsynced before the rename, so a machine that goes down right after (a preempted node) keeps it."""
     with replacing(final) as tmp:
         with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
     return Path(final)
 
 
-def write_json(obj: Any, final: str | os.PathLike, indent: int | None = 1, **dumps: Any) -> Path:
-    """`obj` as JSON (one trailing newline; `dumps` go to json.dumps, e.g. default=str), atomically."""
-    return write_text(json.dumps(obj, indent=indent, **dumps) + "\n", final)
+def write_json(obj: Any, final: str | os.PathLike, indent: int | None = 1, durable: bool = False,
+               **dumps: Any) -> Path:
+    """`obj` as JSON (one trailing newline; `dumps` go to json.dumps, e.g. default=str), atomically;
+    `durable` as in write_text."""
+    return write_text(json.dumps(obj, indent=indent, **dumps) + "\n", final, durable=durable)
 
 
 def process_alive(pid: int) -> bool:

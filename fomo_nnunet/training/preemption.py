@@ -21,7 +21,6 @@ epochs with `torch.save` straight onto the file; nothing stops it cleanly on a s
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -37,6 +36,7 @@ from torch import distributed as dist
 
 from fomo_nnunet.distributed import from_all_ranks
 from fomo_nnunet.exit_codes import PREEMPTED
+from fomo_nnunet.io.atomic import write_json
 from fomo_nnunet.training.loop import end_epoch
 from fomo_nnunet.models.transfer import CheckpointError, load_torch_file_safely, unwrap
 
@@ -137,15 +137,6 @@ def write_checkpoint(checkpoint: dict, filename: str, keep_previous: bool = Fals
         os.replace(staged, previous)
     os.replace(tmp, filename)
     _fsync_folder(folder)
-
-
-def write_json_atomically(path: str, record: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def previous_of(filename: str) -> str:
@@ -300,10 +291,11 @@ class PreemptibleRun:
         self._finish_augmenters()
         where = os.path.join(self.output_folder, LATEST)
         if self.local_rank == 0:  # what a job script checks to requeue (torchrun's own exit code is not ours)
-            write_json_atomically(os.path.join(self.output_folder, PREEMPTED_FILE), {
+            write_json({
                 "signal": self._stop.name or None, "epoch": int(epoch), "step": int(step),
                 "steps_per_epoch": int(self.num_iterations_per_epoch), "checkpoint": where,
-                "exit_code": int(self.preemption_exit_code), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                "exit_code": int(self.preemption_exit_code), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                os.path.join(self.output_folder, PREEMPTED_FILE), durable=True)
         hint = (f"`scontrol requeue {os.environ['SLURM_JOB_ID']}`, or " if os.environ.get("SLURM_JOB_ID") else "")
         self.print_to_log_file(f"preempted: {where} written; exit code {self.preemption_exit_code}. Continue with "
                                f"{hint}the same command plus --c (it resumes at this step; docs/preemption.md)")

@@ -24,7 +24,8 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fomo_nnunet.distributed import ddp_device, from_all_ranks
-from fomo_nnunet.training.preemption import PreemptibleRun, stop_signals, write_json_atomically
+from fomo_nnunet.io.atomic import write_json
+from fomo_nnunet.training.preemption import PreemptibleRun, stop_signals
 from fomo_nnunet.training.recipes import RECIPE_FILE, RECIPE_KEY, Budget, recipe_record
 from fomo_nnunet.seeding import (DETERMINISTIC_ENV, SEED_ENV, derive_seed, deterministic_requested, environment,
                                  run_seed, seed_everything, seeded_augmenters, use_deterministic_algorithms,
@@ -101,7 +102,7 @@ class FomoTrainer(PreemptibleRun, nnUNetTrainer):
                 "trainer": self.__class__.__name__, "augmentation_workers": int(get_allowed_n_proc_DA()),
                 "seeded": ["weight initialisation", "training and validation batches (one seed per batch number)",
                            "mask and skip-drop streams (MAE)"]})
-            write_json_atomically(os.path.join(self.output_folder, RECIPE_FILE), self.run_record())
+            write_json(self.run_record(), os.path.join(self.output_folder, RECIPE_FILE), durable=True)
 
     # ---- the processes: nnU-Net's DDP, the rank on its own device --------------------------------
     # nnU-Net's trainer, once a process group exists, sets its device to `cuda:<rank>` and wraps the network
