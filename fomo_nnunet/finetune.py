@@ -9,7 +9,8 @@
   every parameter;
 - `Finetuning`, the mixin of the finetuning trainers: the plans decide whether the run loads pretrained
   weights (plans written by `fomo-nnunet plan transfer --from-scratch` name no checkpoint), and the recipe
-  (fomo_nnunet.training.recipes.FinetuneRecipe) how it learns.
+  (fomo_nnunet.training.recipes.FinetuneRecipe) how it learns, with the plans' adaptation applied
+  (fomo_nnunet.training.adaptation; `plan transfer --adapt`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from fomo_nnunet.training import EpochLR, EpochSchedule, every_nth_epoch, unwrap
+from fomo_nnunet.training.adaptation import adaptation_from_plans, adapted_recipe
 from fomo_nnunet.training.recipes import OPTIMIZERS, FinetuneRecipe
 
 
@@ -116,6 +118,12 @@ class Finetuning:
                  device: torch.device = torch.device("cuda")):
         # resuming (--c) restores every weight from checkpoint_latest: no need to load the pretraining
         self._resuming = bool(plans.get("continue_training", False))  # nnU-Net pops it in __init__
+        # the plans' adaptation (`plan transfer --adapt`) on the class's recipe, before the base applies it
+        try:
+            self.recipe = adapted_recipe(type(self).recipe, plans)
+        except ValueError as e:
+            from fomo_nnunet.trainer_checks import refuse
+            refuse(str(e))
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.transfer_report = None
         self.loads_pretrained = pretrained_checkpoint_from_plans(self.plans_manager.plans) is not None
@@ -123,9 +131,11 @@ class Finetuning:
             self._throttle_progress_plot()
 
     def run_record(self) -> dict:
+        plans = self.plans_manager.plans
         return super().run_record() | {"loads_pretrained": self.loads_pretrained,
                                        "pretrained_checkpoint": pretrained_checkpoint_from_plans(
-                                           self.plans_manager.plans) if self.loads_pretrained else None}
+                                           plans) if self.loads_pretrained else None,
+                                       "adaptation": adaptation_from_plans(plans)}
 
     def _throttle_progress_plot(self) -> None:
         """Draw nnU-Net's progress.png every `progress_plot_every` epochs and after the last one."""

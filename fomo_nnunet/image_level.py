@@ -224,6 +224,15 @@ def centred_crop(data, patch: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(crop_or_pad(np.asarray(data), patch)[None]).float()
 
 
+def score_rows(rows: Sequence[tuple], kind: str) -> tuple[str, float, float]:
+    """validation_score of (case, prediction, target) rows; a classifier's prediction is the probability of class 1
+    (binary) or the list of class probabilities."""
+    preds = np.array([r[1] for r in rows], dtype=float)
+    if kind == CLASSIFICATION and preds.ndim == 1:
+        preds = np.stack([1 - preds, preds], 1)
+    return validation_score(kind, preds, np.array([r[2] for r in rows], dtype=float))
+
+
 def write_centred_crop_validation(folder: str | os.PathLike, rows: Sequence[tuple], kind: str) -> tuple[str, float]:
     """predictions.csv (case_id, prediction, target) and summary.json (the task's metric) in `folder` from
     `rows` of (case, prediction, target); returns (metric name, value)."""
@@ -235,10 +244,7 @@ def write_centred_crop_validation(folder: str | os.PathLike, rows: Sequence[tupl
         w.writerow(["case_id", "prediction", "target"])
         for key, p, t in rows:
             w.writerow([key, p if np.ndim(p) == 0 else json.dumps(np.asarray(p).tolist()), t])
-    preds = np.array([r[1] for r in rows], dtype=float)
-    if kind == CLASSIFICATION and preds.ndim == 1:
-        preds = np.stack([1 - preds, preds], 1)
-    name, value, _ = validation_score(kind, preds, np.array([r[2] for r in rows], dtype=float))
+    name, value, _ = score_rows(rows, kind)
     with open(os.path.join(folder, "summary.json"), "w") as f:
         json.dump({"metric": name, "value": value, "n_cases": len(rows)}, f, indent=1)
     return name, value

@@ -206,10 +206,38 @@ def test_a_work_folder_keeps_the_pretraining_trainer_it_started_with(tmp_path, c
     bench = Benchmark(new, "smoke", pretrain_trainer=hybrid)
     assert bench.p.pretrain_trainer == hybrid and bench.p.seg_trainer == "nnUNetTrainerFomoSeg_tiny_smoke"
     bench.claim_pretraining()
-    assert json.loads((new / "pretraining.json").read_text()) == {"pretrain_trainer": hybrid}
+    assert json.loads((new / "pretraining.json").read_text()) == {"pretrain_trainer": hybrid, "adapt": None}
     Benchmark(new, "smoke", pretrain_trainer=hybrid).claim_pretraining()  # the same trainer again: fine
     assert main(["benchmark", "--preset", "smoke", "--work", str(new)]) == 2  # the preset's: refused up front
     assert f"pretrained with {hybrid}" in capsys.readouterr().err
+
+
+def test_a_work_folder_keeps_the_adaptation_it_finetuned_with(tmp_path):
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
+
+    work = tmp_path / "w"
+    Benchmark(work, "smoke").claim_pretraining()
+    Benchmark(work, "smoke", adapt="auto").claim_pretraining()  # nothing finetuned yet: the folder may change
+    assert json.loads((work / "pretraining.json").read_text())["adapt"] == "auto"
+    (work / "steps" / "train_task2_pretrained_fold_all_seed0.json").write_text("{}")
+    with pytest.raises(ValueError, match="finetuning with --adapt auto.*new --work folder for --adapt \\(none\\)"):
+        Benchmark(work, "smoke").claim_pretraining()
+    Benchmark(work, "smoke", adapt="auto").claim_pretraining()
+
+
+def test_the_report_shows_each_seeds_adaptation_and_its_evidence():
+    from fomo_nnunet.benchmarks.report import adaptation_lines
+
+    auto = {"name": "gentle", "chosen_by": "auto", "evidence": {"candidates": {
+        "recipe": {"metric": "dice", "value": 0.41}, "gentle": {"metric": "dice", "value": 0.52},
+        "full": {"metric": "dice", "value": None}}}}
+    runs = {0: {"task2": {"pretrained": {"adaptation": auto}, "scratch": {}}, "task3": _run({}, {})},
+            1: {"task2": {"pretrained": {"adaptation": {"name": "full", "chosen_by": "user", "evidence": None}}}}}
+    assert adaptation_lines(runs) == [
+        "- seed 0 task2: **gentle** (chosen by auto; cross-validation on the training cases: recipe dice 0.410, "
+        "gentle dice 0.520, full dice n/a)",
+        "- seed 1 task2: **full** (chosen by user)"]
+    assert adaptation_lines({0: {"task3": _run({}, {})}}) == []
 
 
 @pytest.mark.parametrize("argv, message", [

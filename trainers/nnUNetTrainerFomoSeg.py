@@ -26,10 +26,11 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 
 class nnUNetTrainerFomoSeg(Finetuning, FomoTrainer):
     recipe: SegRecipe = SEG  # fomo_nnunet.training.recipes.SegRecipe: budget, schedule, class weights, ...
+    task_kinds = (SEGMENTATION,)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        check_trainer_fits_task(type(self).__name__, (SEGMENTATION,), plans)
+        check_trainer_fits_task(type(self).__name__, self.task_kinds, plans)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.oversample_foreground_percent = self.recipe.oversample_foreground_percent
 

@@ -68,13 +68,16 @@ class Benchmark:
                  seeds: tuple[int, ...] = (0,), num_processes: int = 2, log=print,
                  tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int | None, int | None] | None = None,
                  in_process=None, corpus: tuple[int | None, int | None] = (None, None),
-                 pretrain_trainer: str | None = None):
+                 pretrain_trainer: str | None = None, adapt: str | None = None,
+                 adapt_folds: tuple[int, ...] = (0, 1, 2, 3, 4)):
         if not seeds:
             raise ValueError("give at least one seed")
         self.p = PRESETS[preset]
         if pretrain_trainer:  # another pretraining recipe, finetuned with the preset's trainers
             self.p = replace(self.p, pretrain_trainer=pretrain_trainer)
         self.tasks = tuple(tasks or self.p.tasks)
+        # `plan transfer --adapt` for the pretrained arm's plans (None: the trainers' recipes as they are)
+        self.adapt, self.adapt_folds = adapt, tuple(adapt_folds)
         self.synth_sizes = synth_sizes
         self.corpus = corpus  # pretraining sources, subjects per source (None: the synth preset's)
         self.data_seed = data_seed
@@ -161,9 +164,9 @@ class Benchmark:
 
     def finetune(self, task: Task, pretrained: Path) -> dict:
         d = str(task.default_dataset_id)
-        self.pipe.step(self._s(f"plan_{task.key}"), lambda: self.pipe.run(
-            ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "-np", self.np,
-             "--plans-name", self.plans, "--data-identifier", TASK_PLANS_DATA]) and None)
+        plan = ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "-np", self.np,
+                "--plans-name", self.plans, "--data-identifier", TASK_PLANS_DATA]
+        self.pipe.step(self._s(f"plan_{task.key}"), lambda: self.pipe.run(plan) and None)
         self.pipe.step(self._s(f"plan_{task.key}_scratch"), lambda: self.pipe.run(
             ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "--from-scratch",
              "-np", self.np, "--plans-name", self.scratch_plans, "--data-identifier", TASK_PLANS_DATA]) and None)
@@ -173,8 +176,18 @@ class Benchmark:
             ["nnUNetv2_preprocess", "-d", d, "-plans_name", self.plans, "-c", "3d_fullres", "-np", self.np])
             and None)
         trainer = self.trainer_for(task)
-        return {arm: self.train_and_score(task, arm, trainer, plans)
-                for arm, plans in (("pretrained", self.plans), ("scratch", self.scratch_plans))}
+        if self.adapt:  # after the preprocessing, which the cross-validation of `--adapt auto` trains on
+            adapt = [*plan, "--adapt", self.adapt]
+            if self.adapt == "auto":
+                adapt += ["--adapt-trainer", trainer, "--adapt-folds", *map(str, self.adapt_folds), "-device", "cpu"]
+            self.pipe.step(self._s(f"adapt_{task.key}"), lambda: self.pipe.run(adapt) and None)
+        results = {arm: self.train_and_score(task, arm, trainer, plans)
+                   for arm, plans in (("pretrained", self.plans), ("scratch", self.scratch_plans))}
+        adaptation = (json.loads((self.pre / self.dataset_name(task) / f"{self.plans}.json").read_text())
+                      .get("fomo") or {}).get("adaptation")
+        if adaptation:
+            results["pretrained"]["adaptation"] = adaptation
+        return results
 
     def train_and_score(self, task: Task, arm: str, trainer: str, plans: str) -> dict:
         """Train `trainer` on `plans` for the preset's folds, predict the out-of-domain test split and score
@@ -252,8 +265,13 @@ class Benchmark:
         """Record which trainer pretrains in this folder, and refuse a folder pretrained with another: its
         finished steps (task plans, finetuning, predictions) build on that checkpoint and would be skipped."""
         path = self.work / PRETRAINING_RECORD
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        if record.get("adapt") != self.adapt and any(self.pipe.steps_dir.glob("train_*.json")):
+            raise ValueError(f"{self.work} holds finetuning with --adapt {record.get('adapt') or '(none)'}, and its "
+                             f"finished steps would be skipped; use a new --work folder for --adapt "
+                             f"{self.adapt or '(none)'}")
         if path.is_file():
-            had = json.loads(path.read_text())["pretrain_trainer"]
+            had = record["pretrain_trainer"]
         elif any(self.pipe.steps_dir.glob("pretrain_seed*.json")):
             had = PRESETS[self.p.name].pretrain_trainer  # a folder from before the record: the preset's trainer
         else:
@@ -261,7 +279,7 @@ class Benchmark:
         if had is not None and had != self.p.pretrain_trainer:
             raise ValueError(f"{self.work} holds a benchmark pretrained with {had}, and its finished steps build on "
                              f"that checkpoint; use a new --work folder for {self.p.pretrain_trainer}")
-        path.write_text(json.dumps({"pretrain_trainer": self.p.pretrain_trainer}, indent=1))
+        path.write_text(json.dumps({"pretrain_trainer": self.p.pretrain_trainer, "adapt": self.adapt}, indent=1))
 
     def run(self) -> Path:
         """Every step (resumable) for every seed, then report.md; returns the report's path."""
@@ -285,7 +303,11 @@ class Benchmark:
                     "synthetic data": self.p.synth_preset, "architecture": self.p.arch,
                     "pretraining trainer": self.p.pretrain_trainer, "segmentation trainer": self.p.seg_trainer,
                     "classification trainer": self.p.cls_trainer, "regression trainer": self.p.reg_trainer,
-                    "folds": " ".join(self.p.folds), "augmentation workers": self.pipe.env.get("nnUNet_n_proc_DA"),
+                    "folds": " ".join(self.p.folds),
+                    "adaptation (pretrained arm)": (f"plan transfer --adapt {self.adapt}" + (
+                        f" (cross-validation folds {' '.join(map(str, self.adapt_folds))})" if self.adapt == "auto"
+                        else "")) if self.adapt else "the trainers' recipes as they are",
+                    "augmentation workers": self.pipe.env.get("nnUNet_n_proc_DA"),
                     "tasks 6/7": "the organisers' fomo-lp linear probe (SGD heads, learning-rate sweep) on frozen "
                                  "embeddings (pretrained vs random-init encoder)"}
         container = self.container_check(self.bundle())

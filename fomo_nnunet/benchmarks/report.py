@@ -270,6 +270,32 @@ def _learning_section(checks: list[dict]) -> list[str]:
         ""]
 
 
+def adaptation_lines(runs: dict[int, dict[str, dict]]) -> list[str]:
+    """One line per seed and task whose pretrained arm ran with an adaptation from its plans
+    (`benchmark --adapt`): the choice and, for `auto`, every candidate's pooled validation score."""
+    lines = []
+    for seed, tasks in sorted(runs.items()):
+        for task, arms in tasks.items():
+            entry = (arms.get("pretrained") or {}).get("adaptation")
+            if not entry:
+                continue
+            scores = ((entry.get("evidence") or {}).get("candidates") or {})
+            detail = ", ".join(f"{c} {s['metric']} {_fmt(s['value']) if s['value'] is not None else 'n/a'}"
+                               for c, s in scores.items())
+            lines.append(f"- seed {seed} {task}: **{entry['name']}** (chosen by {entry['chosen_by']}"
+                         + (f"; cross-validation on the training cases: {detail}" if detail else "") + ")")
+    return lines
+
+
+def _adaptation_section(runs: dict[int, dict[str, dict]]) -> list[str]:
+    lines = adaptation_lines(runs)
+    if not lines:
+        return []
+    return ["## Adaptation of the pretrained arm", "",
+            "How each pretrained model used its checkpoint (`fomo-nnunet plan transfer --adapt`); `auto` chose by "
+            "cross-validation on the training cases only (the test split never took part).", "", *lines, ""]
+
+
 def _submission_section(seeds: list[int], container: dict[str, dict] | None) -> list[str]:
     """'The submission': the container's output per task (no section without container runs)."""
     if not container:
@@ -282,7 +308,8 @@ def _submission_section(seeds: list[int], container: dict[str, dict] | None) -> 
 
 
 def _report_lines(rows: list[dict], checks: list[dict], seeds: list[int], settings: dict,
-                  step_seconds: dict[str, float], container: dict[str, dict] | None, pictures: list[str]) -> list[str]:
+                  step_seconds: dict[str, float], container: dict[str, dict] | None, pictures: list[str],
+                  runs: dict[int, dict[str, dict]] | None = None) -> list[str]:
     """The lines of report.md."""
     main = [r for r in rows if r["main"]]
     counts = {v: [r["task"] for r in main if r["verdict"] == v] for v in ("better", "worse", "undecided", "tie")}
@@ -299,6 +326,7 @@ def _report_lines(rows: list[dict], checks: list[dict], seeds: list[int], settin
         f"Verdict rule: {VERDICT_RULE}", "",
         "Main metrics: " + "; ".join(f"{v} on {len(t)} ({', '.join(t)})" for v, t in counts.items() if t) + ".", "",
         *_learning_section(checks),
+        *_adaptation_section(runs or {}),
         *_submission_section(seeds, container),
         "## Settings", "",
         *(f"- {k}: `{v}`" for k, v in settings.items()), "",
@@ -320,7 +348,7 @@ def write_report(work: Path, runs: dict[int, dict[str, dict]], settings: dict, s
     checks = learning_checks(runs)
     _write_results_json(out, runs, rows, checks, settings, step_seconds)
     pictures = _draw_pictures(out, rows, pretrain_folder, overlays)
-    lines = _report_lines(rows, checks, sorted(runs), settings, step_seconds, container, pictures)
+    lines = _report_lines(rows, checks, sorted(runs), settings, step_seconds, container, pictures, runs)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -36,6 +36,7 @@ table bit for bit (same -np and nnUNet_n_proc_DA).
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fomo_nnunet.benchmarks.fomo_synth import PRESETS
+    from fomo_nnunet.training.adaptation import ADAPTATIONS, AUTO
 
     p = sub.add_parser("benchmark", help="synthesize, pretrain, finetune and score all seven tasks (report.md)",
                        description="The FOMO-Synth benchmark: does pretraining pay?", epilog=EXAMPLES,
@@ -58,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pretrain with this MAE trainer instead of the preset's (e.g. "
                         "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions); finetuning keeps the preset's "
                         "trainers. A work folder keeps the pretraining trainer it started with")
+    p.add_argument("--adapt", default=None, metavar="NAME", choices=[*ADAPTATIONS, AUTO],
+                   help=f"the pretrained arm's plans get `plan transfer --adapt NAME` ({', '.join(ADAPTATIONS)} or "
+                        f"{AUTO}: chosen per task and seed by cross-validation of the preset's trainer on the "
+                        f"training cases, shown in the report); default: the trainers' recipes as they are. A work "
+                        f"folder keeps the --adapt it finetuned with")
+    p.add_argument("--adapt-folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], metavar="FOLD",
+                   help="with --adapt auto: folds of nnU-Net's split per candidate (default: 0 1 2 3 4)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default: 2)")
     p.set_defaults(func=run)
     sub_bench = p.add_subparsers(dest="benchmark_command", metavar="SUBCOMMAND",
@@ -217,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = tuple(args.seed_list) if args.seed_list is not None else tuple(range(args.seeds))
     bench = Benchmark(args.work, args.preset, args.data_seed, seeds, args.num_processes, tasks=args.tasks,
                       synth_sizes=sizes, in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects),
-                      pretrain_trainer=args.pretrain_trainer)
+                      pretrain_trainer=args.pretrain_trainer, adapt=args.adapt, adapt_folds=tuple(args.adapt_folds))
     try:
         bench.claim_pretraining()
     except ValueError as e:

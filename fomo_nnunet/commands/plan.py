@@ -6,6 +6,7 @@ import sys
 
 from fomo_nnunet.plans.presets import ARCH_PRESETS, PRETRAIN_PLANS_NAME
 from fomo_nnunet.tasks import task_choices
+from fomo_nnunet.training.adaptation import ADAPTATIONS, AUTO, DEFAULT_CANDIDATES
 
 
 def _add_pretrain_parser(psub: argparse._SubParsersAction) -> None:
@@ -65,6 +66,28 @@ def _add_transfer_parser(psub: argparse._SubParsersAction) -> None:
                     help="processes for nnU-Net's fingerprint extraction (default: 2)")
     tr.add_argument("--verify_dataset_integrity", action="store_true",
                     help="check the raw dataset first, as nnUNetv2_plan_and_preprocess does with this flag")
+    ad = tr.add_argument_group(
+        "adaptation", "how the finetuning trainers use the pretrained weights, recorded in the plans: "
+        + "; ".join(f"{a.name}: {a.description}" + (f" ({'/'.join(a.kinds)} only)" if a.kinds else "")
+                    for a in ADAPTATIONS.values())
+        + ". auto: choose among --adapt-candidates by cross-validation of --adapt-trainer on the training cases "
+          "(the plans' data is preprocessed first; each candidate trains under plans PLANS__adapt_NAME on "
+          "--adapt-folds of nnU-Net's 5-fold split; the best pooled validation Dice / AUROC / MAE wins, ties go to "
+          "the earlier candidate); the choice and every candidate's scores are written into the plans. Without "
+          "--adapt the trainer's recipe is used as it is")
+    ad.add_argument("--adapt", default=None, metavar="NAME", choices=[*ADAPTATIONS, AUTO],
+                    help=f"{', '.join(ADAPTATIONS)} or {AUTO}")
+    ad.add_argument("--adapt-trainer", default=None, metavar="TRAINER",
+                    help="with --adapt auto: the trainer to cross-validate, with the budget you will train with "
+                         "(default: nnUNetTrainerFomoSeg / Cls / Reg for the task's kind)")
+    ad.add_argument("--adapt-candidates", nargs="+", default=list(DEFAULT_CANDIDATES), metavar="NAME",
+                    help=f"with --adapt auto: the candidates, in order of preference on ties (default: "
+                         f"{' '.join(DEFAULT_CANDIDATES)}; those that give the trainer the same recipe as an earlier "
+                         f"one, or do not apply to the task, are skipped)")
+    ad.add_argument("--adapt-folds", nargs="+", type=int, default=list(range(5)), metavar="FOLD",
+                    help="with --adapt auto: folds of nnU-Net's split to train per candidate (default: 0 1 2 3 4)")
+    ad.add_argument("-device", default=None, choices=["cpu", "cuda", "mps"],
+                    help="with --adapt auto: the device of the trainings (default: cuda when available, else cpu)")
     tr.set_defaults(func=run_transfer)
 
 
@@ -110,6 +133,10 @@ def run_transfer(args: argparse.Namespace) -> int:
     require_env("nnUNet_raw"), require_env("nnUNet_preprocessed")
     from fomo_nnunet.plans.transfer_planner import plan_transfer
 
+    if args.adapt and args.from_scratch:
+        return _refused(ValueError("--adapt chooses how pretrained weights are used; --from-scratch plans have none"))
+    if args.adapt != AUTO and (args.adapt_trainer or args.device):
+        return _refused(ValueError("--adapt-trainer and -device are for --adapt auto"))
     try:
         dataset_name(args.dataset)
         plans = plan_transfer(args.dataset, args.pretrained, args.from_scratch, args.arch, args.task, args.patch,
@@ -121,5 +148,43 @@ def run_transfer(args: argparse.Namespace) -> int:
     link = plans["fomo"]["pretrained_checkpoint"] or "none (from scratch)"
     print(f"{args.plans_name}: {plans['fomo']['task']} ({plans['fomo']['task_kind']}), patch {c['patch_size']}, "
           f"spacing {c['spacing']}, batch {c['batch_size']}, pretrained checkpoint: {link}")
+    if args.adapt:
+        rc = _adapt(args, plans["fomo"]["task_kind"])
+        if rc:
+            return rc
     print(f"next: nnUNetv2_preprocess -d {args.dataset} -plans_name {args.plans_name} -c 3d_fullres")
     return 0
+
+
+def _adapt(args: argparse.Namespace, kind: str) -> int:
+    """Record --adapt NAME, or choose one by cross-validation (--adapt auto), in the plans just written."""
+    from fomo_nnunet.plans import adapt_planner
+
+    try:
+        if args.adapt != AUTO:
+            entry = adapt_planner.record_adaptation(args.dataset, args.plans_name, args.adapt)
+        else:
+            from fomo_nnunet.trainer_checks import TRAINER_FOR_KIND
+
+            device = args.device or _default_device()
+            entry = adapt_planner.choose_adaptation(args.dataset, args.plans_name,
+                                                    args.adapt_trainer or TRAINER_FOR_KIND[kind],
+                                                    args.adapt_candidates, args.adapt_folds, device,
+                                                    args.num_processes)
+    except (ValueError, FileNotFoundError) as e:
+        return _refused(e)
+    except RuntimeError as e:  # a candidate's training failed
+        from fomo_nnunet.exit_codes import FAILED
+
+        print(f"error: {e}", file=sys.stderr)
+        return FAILED
+    print(f"adaptation: {entry['name']} ({entry['description']}), chosen by {entry['chosen_by']}")
+    for name, score in ((entry.get("evidence") or {}).get("candidates") or {}).items():
+        print(f"  {name}: {score['metric']} {score['value']} (folds {score['per_fold']})")
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

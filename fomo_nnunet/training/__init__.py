@@ -2,6 +2,8 @@
 
 A trainer file then reads as its recipe: class attributes and the few methods that differ.
 
+- `adaptation`: how a finetuning trainer uses the pretrained weights (`plan transfer --adapt`), applied to its
+  recipe from the plans.
 - `recipes`: recipes as frozen, validated dataclasses (`Budget`, `FinetuneRecipe`, `SegRecipe`,
   `ImageLevelRecipe` with its `HeadSpec`) in nnU-Net's attribute names, and the named recipes of the trainers.
 - `runs`: `FomoTrainer`, the base of every fomo trainer: its recipe (applied to nnU-Net's attributes and
@@ -20,13 +22,18 @@ A trainer file then reads as its recipe: class attributes and the few methods th
 The toolkit builds on nnU-Net and the domain modules (seeding, distributed, transfer, plots); it never
 imports trainers or commands.
 """
-from fomo_nnunet.training.checkpoints import DescribedCheckpoints
-from fomo_nnunet.training.epochs import EpochEnd
-from fomo_nnunet.training.preemption import PreemptibleRun
-from fomo_nnunet.training.recipes import Budget
-from fomo_nnunet.training.runs import FomoTrainer
-from fomo_nnunet.training.schedules import COSINE, POLY, EpochLR, EpochSchedule, every_nth_epoch
-from fomo_nnunet.training.steps import AmpStep, unwrap
+import importlib
 
-__all__ = ["AmpStep", "Budget", "COSINE", "DescribedCheckpoints", "EpochEnd", "EpochLR", "EpochSchedule",
-           "FomoTrainer", "POLY", "PreemptibleRun", "every_nth_epoch", "unwrap"]
+# the names the package offers, and the module of each: imported on first use (PEP 562), so that a light module
+# of the package (recipes, adaptation: read by the command line's parsers) does not pull in torch and nnU-Net
+_EXPORTS = {"DescribedCheckpoints": "checkpoints", "EpochEnd": "epochs", "PreemptibleRun": "preemption",
+            "Budget": "recipes", "FomoTrainer": "runs", "COSINE": "schedules", "POLY": "schedules",
+            "EpochLR": "schedules", "EpochSchedule": "schedules", "every_nth_epoch": "schedules", "AmpStep": "steps",
+            "unwrap": "steps"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
