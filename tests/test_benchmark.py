@@ -267,3 +267,27 @@ def test_benchmark_refuses_empty_splits_and_no_seeds_before_doing_anything(tmp_p
     assert main(["benchmark", "--preset", "smoke", "--work", str(work), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not work.exists()  # nothing synthesised, no folder made
+
+
+def test_with_adapt_auto_the_pretrained_plans_are_cross_validated_after_preprocessing(tmp_path, monkeypatch):
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
+    from fomo_nnunet.tasks import TASKS_BY_NUMBER
+
+    bench = Benchmark(tmp_path / "w", "smoke", adapt="auto", adapt_folds=(0, 2), log=lambda s: None)
+    task = TASKS_BY_NUMBER[4]
+    commands = []
+    monkeypatch.setattr(bench.pipe, "run", lambda cmd: commands.append(cmd) or "")
+    monkeypatch.setattr(bench, "train_and_score", lambda task, arm, trainer, plans: {"arm": arm})
+    (bench.raw / "Dataset904_FOMO4Trigeminal").mkdir(parents=True)
+    plans = bench.pre / "Dataset904_FOMO4Trigeminal" / f"{bench.plans}.json"
+    plans.parent.mkdir(parents=True)
+    entry = {"name": "gentle", "chosen_by": "auto", "evidence": {"candidates": {}}}
+    plans.write_text(json.dumps({"fomo": {"adaptation": entry}}))
+    results = bench.finetune(task, tmp_path / "pretrained")
+    assert [c[1] if c[0] == "fomo-nnunet" else c[0] for c in commands] == [
+        "plan", "plan", "nnUNetv2_preprocess", "plan"]  # pretrained, scratch, preprocessing, then the choice
+    adapt = commands[-1]
+    assert adapt[adapt.index("--plans-name") + 1] == "fomoPlans_seed0" and "--from-scratch" not in adapt
+    assert adapt[adapt.index("--adapt"):] == ["--adapt", "auto", "--adapt-trainer", bench.trainer_for(task),
+                                              "--adapt-folds", "0", "2", "-device", "cpu"]
+    assert results["pretrained"]["adaptation"] == entry and "adaptation" not in results["scratch"]
