@@ -40,18 +40,20 @@ def mean_of_halves(loss, pred, clean, mask, brain) -> torch.Tensor:
 
 
 def two_view_loss(reconstruction: torch.Tensor, pooled: torch.Tensor, objective: MAEObjective):
-    """(total, terms): `reconstruction` + vicreg_weight * VICReg of the halves' pooled bottlenecks `pooled`
-    (2n, features); `terms` are the logged parts."""
+    """(total, terms): mae_weight * `reconstruction` + vicreg_weight * VICReg of the halves' pooled features
+    `pooled` (2n, features: the bottleneck, or the objective's stages concatenated); `terms` are the logged
+    parts ("loss" the unweighted reconstruction loss)."""
     z1, z2 = pooled.chunk(2)
     v = vicreg_loss(z1, z2, *objective.vicreg_coefficients)
     terms = {"loss": reconstruction, "vicreg_losses": v.loss, "vicreg_invariance": v.invariance,
              "vicreg_variance": v.variance, "vicreg_covariance": v.covariance}
-    return reconstruction + objective.vicreg_weight * v.loss, terms
+    return objective.mae_weight * reconstruction + objective.vicreg_weight * v.loss, terms
 
 
 def epoch_lines(log, objective: MAEObjective) -> list[tuple]:
     """The epoch's log lines from the logger's `get_value`: losses, and the VICReg terms when there are any."""
-    lines = [("train_loss", np.round(log("train_losses", -1), 5)),
+    lines = [("train_loss" if objective.mae_weight == 1 else f"train_loss (reconstruction, x {objective.mae_weight})",
+              np.round(log("train_losses", -1), 5)),
              (f"val_loss ({LOSS_REGIONS[objective.loss_region]})", np.round(log("val_losses", -1), 5))]
     if objective.vicreg_weight > 0:
         lines.insert(1, (f"vicreg (x {objective.vicreg_weight})", np.round(log("vicreg_losses", -1), 5),
@@ -134,7 +136,7 @@ def initial_patch(patch, augmentation) -> np.ndarray:
 def attach_skip_gate(network, objective: MAEObjective, batch_size: int):
     """The decoder's skip gate (fomo_nnunet.ssl.skips.SkipGate) when `objective` needs one, else None. Attached
     after the network exists (and inside DDP's forward): the gate is a hook, not a module."""
-    from fomo_nnunet.ssl.skips import SkipGate
+    from fomo_nnunet.ssl.skips import SkipGate, resolve_stages
     from fomo_nnunet.training import unwrap
 
     if not objective.gates_skips:
@@ -142,7 +144,11 @@ def attach_skip_gate(network, objective: MAEObjective, batch_size: int):
     if objective.vicreg_weight > 0 and batch_size < 2:
         raise ValueError(f"vicreg_weight > 0 needs a batch of at least 2 per process (VICReg's variance is over the "
                          f"batch); this process has {batch_size}")
-    return SkipGate(objective.decoder_skips, objective.skip_drop_p).attach(unwrap(network).decoder)
+    net = unwrap(network)
+    stages = getattr(net.encoder, "stages", None)
+    if objective.vicreg_weight > 0 and stages is not None:  # fail before training, not at the first step
+        resolve_stages(objective.vicreg_stages, len(stages))
+    return SkipGate(objective.decoder_skips, objective.skip_drop_p, stages=objective.vicreg_stages).attach(net.decoder)
 
 
 def vicreg_epoch_means(train_outputs: list[dict], from_all_ranks) -> dict[str, float]:
