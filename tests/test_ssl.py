@@ -352,8 +352,26 @@ def test_two_view_loss_weighs_reconstruction_and_vicreg_and_mae_weight_zero_leav
     assert total.item() == pytest.approx(2.0 * 0.4 + 0.5 * 53.75, rel=1e-6)
     alone, terms = two_view_loss(reconstruction, pooled, MAEObjective(vicreg_weight=0.5, mae_weight=0.0))
     assert alone.item() == pytest.approx(0.5 * 53.75, rel=1e-6) and terms["loss"] is reconstruction  # logged as is
+    assert terms["vicreg_feature_variance"].item() == pytest.approx(0.99, rel=1e-6)  # no expander: the same hinge
     alone.backward()
     assert reconstruction.grad.item() == 0.0  # no gradient from the reconstruction term
+    spread = torch.tensor([[0.0, 0.0], [2.0, 2.0], [0.0, 0.0], [2.0, 2.0]])  # the pools before an expander
+    _, terms = two_view_loss(reconstruction, pooled, MAEObjective(vicreg_weight=0.5), spread)
+    assert terms["vicreg_feature_variance"].item() == 0.0 and terms["vicreg_variance"].item() == pytest.approx(0.99)
+
+
+def test_vicreg_expander_follows_the_papers_layers_and_the_gate_keeps_the_raw_pools_beside_its_output():
+    from fomo_nnunet.ssl.pretraining import vicreg_expander
+
+    expander = vicreg_expander(3, (8, 8, 5))
+    kinds = [type(m).__name__ for m in expander]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert expander[0].in_features == 3 and expander[-1].out_features == 5 and expander[-1].bias is None
+    skips = [torch.randn(4, 2, 2, 2, 2), torch.randn(4, 1, 1, 1, 1)]
+    gate = SkipGate("all", capture=True, stages="all", expander=expander)
+    gate(None, (skips,))
+    raw = torch.cat([s.mean(dim=(2, 3, 4)) for s in skips], dim=1)
+    assert torch.equal(gate.features, raw) and torch.allclose(gate.take_pooled(), expander(raw))
 
 
 def test_objective_settings_record_the_vicreg_stages_and_the_reconstruction_weight():
@@ -369,8 +387,12 @@ def test_objective_settings_record_the_vicreg_stages_and_the_reconstruction_weig
     assert alone.objective.name == "vicreg" and settings["mae_weight"] == 0.0 and settings["vicreg"]["stages"] == "all"
     assert settings["vicreg"]["features"].startswith("global average pools of every encoder stage, concatenated")
     assert settings["vicreg"]["history"]["per_epoch"]["variance"] == [1.0, 0.5]
+    assert settings["vicreg"]["history"]["per_epoch"]["feature_variance"] == [1.0, 0.5]
     assert "concatenated" in objective_settings(with_objective(alone, vicreg_stages=(1, -1)), "float32",
                                                 logged)["vicreg"]["features"]
+    expanded = objective_settings(with_objective(alone, vicreg_expander=(16, 8)), "float32", logged)["vicreg"]
+    assert expanded["expander"] == [16, 8] and expanded["features"].endswith("then an expander 16-8 "
+                                                                             "(Linear-BatchNorm-ReLU, last Linear)")
 
 
 def test_mae_objective_refuses_no_loss_at_all_and_a_weight_without_a_vicreg_term():
@@ -406,6 +428,9 @@ def test_skip_gate_rejects_bad_settings_naming_the_allowed_values(mode, p, messa
     ("vicreg_stages", (1, 1), "vicreg_stages must be 'all' or a non-empty tuple of distinct"),
     ("vicreg_stages", "every", "vicreg_stages must be 'all' or a non-empty tuple of distinct"),
     ("vicreg_stages", (0.5,), "vicreg_stages must be 'all' or a non-empty tuple of distinct"),
+    ("vicreg_expander", (0,), "vicreg_expander must be a tuple of layer widths >= 1"),
+    ("vicreg_expander", 512, "vicreg_expander must be a tuple of layer widths >= 1"),
+    ("vicreg_expander", (64,), "set vicreg_weight > 0"),
 ])
 def test_mae_recipe_refuses_bad_objective_settings_where_it_is_made(attribute, value, message):
     from fomo_nnunet.ssl.recipe import MAEObjective, PretrainRecipe

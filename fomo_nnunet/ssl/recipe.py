@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from fomo_nnunet.models.embedding_pooling import DEFAULT_POOLING, check_pooling
 from fomo_nnunet.ssl.augment import PretrainAugmentation
-from fomo_nnunet.ssl.losses import LOSS_REGIONS, RECONSTRUCTION_KINDS, VICREG_TERM_NAMES, vicreg_history
+from fomo_nnunet.ssl.losses import FEATURE_VARIANCE, LOSS_REGIONS, RECONSTRUCTION_KINDS, VICREG_TERM_NAMES, vicreg_history
 from fomo_nnunet.ssl.skips import check_skip_settings
 from fomo_nnunet.training.recipes import Budget, _flag, _number, _one_of, _whole
 
@@ -27,7 +27,9 @@ VIEW_DESCRIPTIONS = {  # checkpoint metadata: what the VICReg term compared
     "views": "two independently masked views per batch",
     "sessions": "each case and a partner from its session: another sequence with probability {p}, else the case "
                 "itself; each cropped, augmented and masked on its own"}
-VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vicreg_covariance")
+VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vicreg_covariance",
+                   "vicreg_feature_variance")
+VICREG_LOGGED_TERMS = dict(zip(VICREG_LOG_KEYS, VICREG_TERM_NAMES + (FEATURE_VARIANCE,)))  # log key -> history name
 
 
 def check_vicreg_stages(stages) -> tuple[int, ...] | str:
@@ -67,6 +69,14 @@ class MAEObjective:
     in [0, 2] (the mean over all dimensions, both branches summed). VICRegL (Bardes, Ponce & LeCun, NeurIPS
     2022) sums separate losses only because its terms act on different kinds of features (global vectors
     and local feature maps); here every stage gives one global vector.
+
+    `vicreg_expander`: widths of an expander between the pooled features and the VICReg loss, as the VICReg
+    paper trains it (its "expander", three linear layers of 8192 with batch normalisation and ReLU between them;
+    `Projector` in github.com/facebookresearch/vicreg, main_vicreg.py): Linear-BatchNorm-ReLU for every width but
+    the last, then a Linear without bias. () (the default): none, VICReg on the pooled features themselves.
+    The expander is pretraining-only: it sits on the network as the `fomo_vicreg_expander` module (saved and
+    resumed with it), and downstream loading (encoder and decoder by name) and embeddings never use it. Its
+    batch normalisation sees both views of the batch together.
     """
 
     mask_ratio: float = 0.75
@@ -82,6 +92,7 @@ class MAEObjective:
     session_p_other: float = 0.5        # "sessions": how often the partner is another sequence (else the case)
     vicreg_stages: tuple[int, ...] | str = (-1,)  # encoder stages pooled for VICReg (-1: bottleneck; "all")
     mae_weight: float = 1.0             # weight of the reconstruction term; 0: the VICReg term alone
+    vicreg_expander: tuple[int, ...] = ()  # VICReg's expander widths (the paper: 8192-8192-8192); (): none
 
     def __post_init__(self):
         _number(self, "mask_ratio", 0, 1, low_open=True, high_open=True)
@@ -111,6 +122,12 @@ class MAEObjective:
         if self.vicreg_stages != (-1,) and not w > 0:
             raise ValueError(f"vicreg_stages = {self.vicreg_stages!r} chooses the VICReg term's features; set "
                              f"vicreg_weight > 0")
+        e = self.vicreg_expander
+        if not isinstance(e, (tuple, list)) or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in e):
+            raise ValueError(f"vicreg_expander must be a tuple of layer widths >= 1 (): no expander), got {e!r}")
+        object.__setattr__(self, "vicreg_expander", tuple(e))
+        if e and not w > 0:
+            raise ValueError(f"vicreg_expander = {tuple(e)!r} feeds the VICReg term; set vicreg_weight > 0")
         m = self.mae_weight
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
             raise ValueError(f"mae_weight must be a finite number >= 0 (0: the VICReg term alone), got {m!r}")
@@ -183,12 +200,14 @@ def with_objective(recipe: PretrainRecipe, **changes) -> PretrainRecipe:
     return replace(recipe, objective=replace(recipe.objective, **changes))
 
 
-def vicreg_features(stages: tuple[int, ...] | str) -> str:
+def vicreg_features(stages: tuple[int, ...] | str, expander: tuple[int, ...] = ()) -> str:
     """What the VICReg term compares, in words (checkpoint metadata)."""
+    then = (f"then an expander {'-'.join(map(str, expander))} (Linear-BatchNorm-ReLU, last Linear)" if expander
+            else "no projector")
     if stages == (-1,):
-        return "global average pool of the bottleneck, no projector"
+        return f"global average pool of the bottleneck, {then}"
     which = "every encoder stage" if stages == ALL_STAGES else f"encoder stages {list(stages)}"
-    return f"global average pools of {which}, concatenated shallow to deep, no projector"
+    return f"global average pools of {which}, concatenated shallow to deep, {then}"
 
 
 def objective_settings(recipe: PretrainRecipe, autocast_dtype: str, logged: dict) -> dict:
@@ -207,15 +226,16 @@ def objective_settings(recipe: PretrainRecipe, autocast_dtype: str, logged: dict
     if o.vicreg_weight > 0:
         invariance, variance, covariance = (float(c) for c in o.vicreg_coefficients)
         vicreg = {"invariance": invariance, "variance": variance, "covariance": covariance,
-                  "features": vicreg_features(o.vicreg_stages),
+                  "features": vicreg_features(o.vicreg_stages, o.vicreg_expander),
+                  "expander": list(o.vicreg_expander),
                   "stages": o.vicreg_stages if o.vicreg_stages == ALL_STAGES else list(o.vicreg_stages),
                   "pairs": o.vicreg_pairs,
                   "views": VIEW_DESCRIPTIONS[o.vicreg_pairs].format(p=float(o.session_p_other))}
         if o.vicreg_pairs == "sessions":
             vicreg["session_p_other"] = float(o.session_p_other)
         # the terms per epoch (the variance hinge near its maximum: collapsed features)
-        vicreg["history"] = vicreg_history({name: logged[key] for name, key in zip(VICREG_TERM_NAMES,
-                                                                                     VICREG_LOG_KEYS)})
+        vicreg["history"] = vicreg_history({name: logged[key] for key, name in VICREG_LOGGED_TERMS.items()
+                                            if key in logged})
         settings["vicreg"] = vicreg
     return settings
 
@@ -240,6 +260,9 @@ VICREG_WEIGHT = 0.01
 TINY_VICREG_STAGES = replace(TINY_MAE, embedding_pooling="stages", objective=replace(
     TINY_MAE.objective, decoder_skips="none", vicreg_weight=VICREG_WEIGHT, vicreg_pairs="sessions",
     vicreg_stages=ALL_STAGES))
+# VICReg's expander on the tiny network: the paper's three layers at four times the representation's width
+# (2048 -> 8192 there; 120 pooled values -> 512 here).
+TINY_EXPANDER = (512, 512, 512)
 
 # The FOMO26 organisers' recipe: AMAES (Munk et al. 2024, arXiv:2408.00640) as the public asparagus configs state
 # it (github.com/Sllambias/asparagus, read at commit 338450ba; docs/pretraining-recipes.md lists each setting

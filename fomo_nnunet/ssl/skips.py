@@ -12,7 +12,8 @@ takes the list of encoder outputs, the bottleneck last) that
 - `mode="drop"`: zeros each skip of each sample with probability `drop_p`, drawn from `generator`;
 
 and, with `capture` on, keeps the global average pool of the bottleneck (B, C) for a loss on it, or of the
-encoder `stages` it is given, concatenated shallow to deep (B, C_1 + ... + C_k).
+encoder `stages` it is given, concatenated shallow to deep (B, C_1 + ... + C_k), passed through an
+`expander` module when it has one (VICReg's expander; the raw pools stay in `features`, detached).
 
 The network's modules and state dict are untouched: a checkpoint loads downstream as before. The
 hook runs inside the network's forward, so it works under DDP and torch.compile alike.
@@ -56,10 +57,12 @@ class SkipGate:
     """Forward pre-hook for a U-Net decoder: gates the skips (see the module docstring), captures the bottleneck."""
 
     def __init__(self, mode: str = "all", drop_p: float = 0.5, generator: torch.Generator | None = None,
-                 capture: bool = False, stages: tuple[int, ...] | str = (-1,)):
+                 capture: bool = False, stages: tuple[int, ...] | str = (-1,), expander: nn.Module | None = None):
         check_skip_settings(mode, drop_p)
         self.mode, self.drop_p, self.generator, self.capture = mode, float(drop_p), generator, capture
         self.stages = stages  # which encoder outputs `capture` pools (resolve_stages)
+        self.expander = expander
+        self.features: torch.Tensor | None = None  # the last captured pools before the expander, detached
         self.pooled: torch.Tensor | None = None
         self._handle = None
 
@@ -87,7 +90,9 @@ class SkipGate:
         bottleneck = skips[-1]
         if self.capture:
             chosen = [skips[i] for i in resolve_stages(self.stages, len(skips))]
-            self.pooled = torch.cat([s.mean(dim=tuple(range(2, s.ndim))) for s in chosen], dim=1)
+            pooled = torch.cat([s.mean(dim=tuple(range(2, s.ndim))) for s in chosen], dim=1)
+            self.features = pooled.detach()
+            self.pooled = pooled if self.expander is None else self.expander(pooled)
         if self.mode == "all":
             return None
         if self.mode == "none":
