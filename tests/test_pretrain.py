@@ -170,6 +170,38 @@ def test_noskip_vicreg_pretraining_records_its_objective_and_loads_downstream(pr
     report = transfer_from_checkpoint(downstream, fold / "checkpoint_final.pth")
     assert report.n_loaded > 0 and report.n_adapted == 1  # the 1-channel stem spread over 2 channels
     assert all(name.startswith("decoder.seg_layers.") for name in report.fresh)  # only the output layers
+
+
+ALONE = "nnUNetTrainerFomoMAE_tiny_vicreg_alone_stages_expander_smoke"
+
+
+def test_vicreg_alone_with_an_expander_trains_without_reconstruction_records_it_and_loads_downstream(
+        pretrain_corpus, tmp_path):
+    """mae_weight 0 with an expander on every stage's pool, through nnU-Net's command: the objective is named
+    "vicreg", stages, weights and expander are in the metadata with both variance hinges per epoch (after the
+    expander, and of the pools themselves), the log names the unweighted reconstruction loss; the expander is
+    saved with the network and left behind by downstream loading and embedding."""
+    from fomo_nnunet.challenge.inference import Embedder
+    from fomo_nnunet.models.transfer import transfer_from_checkpoint
+
+    fold, ckpt, m = _pretrain_smoke(ALONE, pretrain_corpus, tmp_path)
+    settings = m.objective_settings
+    assert m.objective == "vicreg" and settings["mae_weight"] == 0.0 and settings["vicreg_weight"] == 1.0
+    assert settings["vicreg"]["stages"] == "all" and settings["vicreg"]["expander"] == [16, 8]
+    assert ckpt["fomo_metadata"]["embedding_pooling"] == "stages"
+    history = settings["vicreg"]["history"]["per_epoch"]
+    for name in ("variance", "feature_variance"):
+        assert history[name] == pytest.approx(ckpt["logging"]["vicreg_" + name]) and len(history[name]) == 3
+        assert all(0 <= v <= 2.0 for v in history[name])
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert log.count("train_loss (reconstruction, x 0.0)") == 3 and log.count("vicreg (x 1.0)") == 3
+    assert log.count(" feature variance ") == 3
+    assert ckpt["network_weights"]["fomo_vicreg_expander.3.weight"].shape == (8, 16)
+    report = transfer_from_checkpoint(m.build_network(num_outputs=2), fold / "checkpoint_final.pth")
+    assert report.n_loaded > 0 and not any("expander" in name for name in report.loaded)
+    assert Embedder.load(str(fold / "checkpoint_final.pth")).pooling == "stages"
+
+
 AMAES = "nnUNetTrainerFomoMAE_tiny_amaes_smoke"
 
 

@@ -314,6 +314,97 @@ def test_skip_drop_without_a_generator_is_a_clear_error():
         net(_input())
 
 
+def test_skip_gate_pools_the_chosen_stages_concatenated_shallow_to_deep():
+    """Hand-checked pools: stage 0 (2 channels), stage 1 (1 channel), bottleneck (1 channel), 2 samples."""
+    s0 = torch.zeros(2, 2, 2, 2, 2)
+    s0[0, 0] = 1.0           # sample 0, channel 0: mean 1
+    s0[1, 1, 0] = 4.0        # sample 1, channel 1: half the voxels 4, mean 2
+    s1 = torch.full((2, 1, 1, 1, 1), 3.0)
+    s2 = torch.tensor([5.0, 7.0]).view(2, 1, 1, 1, 1)
+    skips = [s0, s1, s2]
+
+    def pooled(stages):
+        gate = SkipGate("all", capture=True, stages=stages)
+        gate(None, (skips,))
+        return gate.take_pooled()
+
+    assert torch.equal(pooled((-1,)), torch.tensor([[5.0], [7.0]]))  # the default: the bottleneck alone
+    expected = torch.tensor([[1.0, 0.0, 5.0], [0.0, 2.0, 7.0]])      # stage 0's two channels, then the bottleneck
+    assert torch.equal(pooled((-1, 0)), expected) and torch.equal(pooled((0, 2)), expected)
+    assert torch.equal(pooled("all"), torch.tensor([[1.0, 0.0, 3.0, 5.0], [0.0, 2.0, 3.0, 7.0]]))
+    with pytest.raises(ValueError, match=r"the encoder has 3 stages .* \[3\] do not exist"):
+        pooled((0, 3))
+    with pytest.raises(ValueError, match="names one stage twice"):
+        pooled((2, -1))
+
+
+def test_two_view_loss_weighs_reconstruction_and_vicreg_and_mae_weight_zero_leaves_vicreg_alone():
+    """VICReg of z1 = [[0, 0], [2, 2]], z2 = [[1, 1], [1, 1]] by hand: invariance 1; variance hinge 0 for z1
+    (std sqrt(2)) + (1 - sqrt(1e-4)) = 0.99 for z2; covariance (2^2 + 2^2) / 2 = 4 for z1, 0 for z2;
+    25 * 1 + 25 * 0.99 + 4 = 53.75."""
+    from fomo_nnunet.ssl.pretraining import two_view_loss
+    from fomo_nnunet.ssl.recipe import MAEObjective
+
+    pooled = torch.tensor([[0.0, 0.0], [2.0, 2.0], [1.0, 1.0], [1.0, 1.0]])
+    reconstruction = torch.tensor(0.4, requires_grad=True)
+    total, terms = two_view_loss(reconstruction, pooled, MAEObjective(vicreg_weight=0.5, mae_weight=2.0))
+    assert terms["vicreg_losses"].item() == pytest.approx(53.75, rel=1e-6)
+    assert total.item() == pytest.approx(2.0 * 0.4 + 0.5 * 53.75, rel=1e-6)
+    alone, terms = two_view_loss(reconstruction, pooled, MAEObjective(vicreg_weight=0.5, mae_weight=0.0))
+    assert alone.item() == pytest.approx(0.5 * 53.75, rel=1e-6) and terms["loss"] is reconstruction  # logged as is
+    assert terms["vicreg_feature_variance"].item() == pytest.approx(0.99, rel=1e-6)  # no expander: the same hinge
+    alone.backward()
+    assert reconstruction.grad.item() == 0.0  # no gradient from the reconstruction term
+    spread = torch.tensor([[0.0, 0.0], [2.0, 2.0], [0.0, 0.0], [2.0, 2.0]])  # the pools before an expander
+    _, terms = two_view_loss(reconstruction, pooled, MAEObjective(vicreg_weight=0.5), spread)
+    assert terms["vicreg_feature_variance"].item() == 0.0 and terms["vicreg_variance"].item() == pytest.approx(0.99)
+
+
+def test_vicreg_expander_follows_the_papers_layers_and_the_gate_keeps_the_raw_pools_beside_its_output():
+    from fomo_nnunet.ssl.pretraining import vicreg_expander
+
+    expander = vicreg_expander(3, (8, 8, 5))
+    kinds = [type(m).__name__ for m in expander]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert expander[0].in_features == 3 and expander[-1].out_features == 5 and expander[-1].bias is None
+    skips = [torch.randn(4, 2, 2, 2, 2), torch.randn(4, 1, 1, 1, 1)]
+    gate = SkipGate("all", capture=True, stages="all", expander=expander)
+    gate(None, (skips,))
+    raw = torch.cat([s.mean(dim=(2, 3, 4)) for s in skips], dim=1)
+    assert torch.equal(gate.features, raw) and torch.allclose(gate.take_pooled(), expander(raw))
+
+
+def test_objective_settings_record_the_vicreg_stages_and_the_reconstruction_weight():
+    from fomo_nnunet.ssl.recipe import (TINY_MAE, TINY_VICREG_STAGES, VICREG_LOG_KEYS, objective_settings,
+                                        with_objective)
+
+    logged = {key: [1.0, 0.5] for key in VICREG_LOG_KEYS}
+    default = objective_settings(with_objective(TINY_MAE, vicreg_weight=0.01), "float32", logged)
+    assert default["mae_weight"] == 1.0 and default["vicreg"]["stages"] == [-1]
+    assert default["vicreg"]["features"] == "global average pool of the bottleneck, no projector"
+    alone = with_objective(TINY_VICREG_STAGES, mae_weight=0.0, vicreg_weight=1.0)
+    settings = objective_settings(alone, "float32", logged)
+    assert alone.objective.name == "vicreg" and settings["mae_weight"] == 0.0 and settings["vicreg"]["stages"] == "all"
+    assert settings["vicreg"]["features"].startswith("global average pools of every encoder stage, concatenated")
+    assert settings["vicreg"]["history"]["per_epoch"]["variance"] == [1.0, 0.5]
+    assert settings["vicreg"]["history"]["per_epoch"]["feature_variance"] == [1.0, 0.5]
+    assert "concatenated" in objective_settings(with_objective(alone, vicreg_stages=(1, -1)), "float32",
+                                                logged)["vicreg"]["features"]
+    expanded = objective_settings(with_objective(alone, vicreg_expander=(16, 8)), "float32", logged)["vicreg"]
+    assert expanded["expander"] == [16, 8] and expanded["features"].endswith("then an expander 16-8 "
+                                                                             "(Linear-BatchNorm-ReLU, last Linear)")
+
+
+def test_mae_objective_refuses_no_loss_at_all_and_a_weight_without_a_vicreg_term():
+    from fomo_nnunet.ssl.recipe import MAEObjective
+
+    with pytest.raises(ValueError, match="mae_weight = 0 and vicreg_weight = 0 leave no loss"):
+        MAEObjective(mae_weight=0.0)
+    with pytest.raises(ValueError, match="leave mae_weight at 1"):
+        MAEObjective(mae_weight=0.5)
+    assert MAEObjective(vicreg_weight=1.0, mae_weight=0.0).name == "vicreg"
+
+
 @pytest.mark.parametrize("mode, p, message", [("foo", 0.5, "'all', 'none', 'drop'"), ("drop", 1.5, "skip_drop_p"),
                                               ("drop", float("nan"), "skip_drop_p")])
 def test_skip_gate_rejects_bad_settings_naming_the_allowed_values(mode, p, message):
@@ -330,6 +421,16 @@ def test_skip_gate_rejects_bad_settings_naming_the_allowed_values(mode, p, messa
     ("vicreg_pairs", "sessions", "set vicreg_weight > 0"),  # the default weight is 0: nothing to pair for
     ("session_p_other", 1.5, "session_p_other must be a probability"),
     ("loss_region", "brain", "loss_region must be one of masked_brain, masked, all"),
+    ("mae_weight", -1.0, "mae_weight must be a finite number >= 0"),
+    ("mae_weight", float("nan"), "mae_weight must be a finite number >= 0"),
+    ("vicreg_stages", (0, 1), "set vicreg_weight > 0"),  # the default weight is 0: no VICReg term to feed
+    ("vicreg_stages", (), "vicreg_stages must be 'all' or a non-empty tuple of distinct"),
+    ("vicreg_stages", (1, 1), "vicreg_stages must be 'all' or a non-empty tuple of distinct"),
+    ("vicreg_stages", "every", "vicreg_stages must be 'all' or a non-empty tuple of distinct"),
+    ("vicreg_stages", (0.5,), "vicreg_stages must be 'all' or a non-empty tuple of distinct"),
+    ("vicreg_expander", (0,), "vicreg_expander must be a tuple of layer widths >= 1"),
+    ("vicreg_expander", 512, "vicreg_expander must be a tuple of layer widths >= 1"),
+    ("vicreg_expander", (64,), "set vicreg_weight > 0"),
 ])
 def test_mae_recipe_refuses_bad_objective_settings_where_it_is_made(attribute, value, message):
     from fomo_nnunet.ssl.recipe import MAEObjective, PretrainRecipe

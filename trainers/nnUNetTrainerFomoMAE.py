@@ -14,8 +14,10 @@ Objectives that shape the deep stages (what pooling heads and embeddings read): 
 and `vicreg_weight` > 0 adds VICReg on the pooled bottleneck of two masked views of each batch
 (fomo_nnunet.ssl.losses.vicreg_loss): two masks of each patch (`vicreg_pairs = "views"`), or each case
 and a partner from its imaging session, another sequence with probability `session_p_other`
-(`"sessions"`, fomo_nnunet.ssl.sessions). Both act through a forward pre-hook on the decoder; the
-network and its state dict are unchanged, so downstream loading is too.
+(`"sessions"`, fomo_nnunet.ssl.sessions), on the bottleneck or on several encoder stages' pools
+concatenated (`vicreg_stages`); `mae_weight` weighs the reconstruction term (0: VICReg alone). Both act
+through a forward pre-hook on the decoder; the network and its state dict are unchanged, so downstream
+loading is too.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ from fomo_nnunet.ssl.augment import unpack_target
 from fomo_nnunet.ssl.pretraining import (PretrainingData, attach_skip_gate, epoch_lines, masked_views, mean_of_halves,
                                          picture_example, pretrain_optimizer, reconstruction_network, two_view_inputs,
                                          two_view_loss, vicreg_epoch_means, write_reconstruction_pictures)
-from fomo_nnunet.ssl.recipe import (AMAES, LONG_TINY_BUDGET, MAE, SMOKE_BUDGET, TINY_AMAES, TINY_MAE, VICREG_LOG_KEYS,
-                                    VICREG_WEIGHT, PretrainRecipe, objective_settings, with_objective)
+from fomo_nnunet.ssl.recipe import (AMAES, LONG_TINY_BUDGET, MAE, SMOKE_BUDGET, TINY_AMAES, TINY_EXPANDER, TINY_MAE,
+                                    TINY_VICREG_STAGES, VICREG_LOG_KEYS, VICREG_WEIGHT, PretrainRecipe, objective_settings,
+                                    with_objective)
 from fomo_nnunet.training import AmpStep, DescribedCheckpoints, EpochEnd, FomoTrainer, unwrap
 from fomo_nnunet.training.fast import StepSettings
 
@@ -102,7 +105,8 @@ class nnUNetTrainerFomoMAE(StepSettings, PretrainingData, AmpStep, EpochEnd, Des
         with self.autocast():
             pred = self.network(masked).float()
             reconstruction = mean_of_halves(self.loss, pred, clean, mask, brain)
-        total, self._step_terms = two_view_loss(reconstruction, self._skip_gate.take_pooled(), o)
+        gate = self._skip_gate
+        total, self._step_terms = two_view_loss(reconstruction, gate.take_pooled(), o, gate.features)
         return total
 
     def train_step(self, batch: dict) -> dict:
@@ -297,6 +301,49 @@ class nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions(nnUNetTrainerFomoMAE):
 class nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke(nnUNetTrainerFomoMAE):
     """A few iterations, for tests."""
     recipe = replace(nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions.recipe, **SMOKE_BUDGET)
+
+
+# ---- the VICReg weight sweep: every encoder stage pooled, session pairs, no skips (TINY_VICREG_STAGES) ------
+class nnUNetTrainerFomoMAE_tiny_vicreg_w0p01_stages(nnUNetTrainerFomoMAE):
+    recipe = TINY_VICREG_STAGES
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_w0p1_stages(nnUNetTrainerFomoMAE):
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=0.1)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_w1_stages(nnUNetTrainerFomoMAE):
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=1.0)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_alone_stages(nnUNetTrainerFomoMAE):
+    """The joint-embedding objective alone: no reconstruction term (mae_weight 0)."""
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=1.0, mae_weight=0.0)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_w0p01_stages_expander(nnUNetTrainerFomoMAE):
+    """With VICReg's expander (TINY_EXPANDER) between the pools and the loss, as the paper trains it."""
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_expander=TINY_EXPANDER)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_w0p1_stages_expander(nnUNetTrainerFomoMAE):
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=0.1, vicreg_expander=TINY_EXPANDER)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_w1_stages_expander(nnUNetTrainerFomoMAE):
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=1.0, vicreg_expander=TINY_EXPANDER)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_alone_stages_expander(nnUNetTrainerFomoMAE):
+    """VICReg alone with its expander: the paper's objective on every stage's pool."""
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=1.0, mae_weight=0.0, vicreg_expander=TINY_EXPANDER)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_alone_stages_expander_smoke(nnUNetTrainerFomoMAE):
+    """A few iterations of VICReg alone on every stage with a small expander, two masked views (no session list
+    needed), for tests."""
+    recipe = replace(with_objective(TINY_VICREG_STAGES, vicreg_weight=1.0, mae_weight=0.0, vicreg_pairs="views",
+                                    vicreg_expander=(16, 8)), **SMOKE_BUDGET)
 
 
 class nnUNetTrainerFomoMAE_tiny_block2_ratio60(nnUNetTrainerFomoMAE):

@@ -101,6 +101,15 @@ def _vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float, 
 
 
 VICREG_TERM_NAMES = ("loss", "invariance", "variance", "covariance")
+# the variance hinge of the pooled encoder features themselves, before an expander (with none: `variance`)
+FEATURE_VARIANCE = "feature_variance"
+
+
+def variance_hinge(z1: torch.Tensor, z2: torch.Tensor, target_std: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's variance term of two branches (N, D), summed, without a gradient: 0 when every dimension's batch
+    standard deviation is at least `target_std`, 2 x target_std when both branches are constant."""
+    with torch.no_grad(), torch.autocast(z1.device.type, enabled=False):
+        return _variance_term(z1.float(), target_std, eps) + _variance_term(z2.float(), target_std, eps)
 
 
 def vicreg_history(per_epoch: dict[str, list[float]], target_std: float = 1.0) -> dict:
@@ -109,11 +118,13 @@ def vicreg_history(per_epoch: dict[str, list[float]], target_std: float = 1.0) -
     `per_epoch` maps each of VICREG_TERM_NAMES to its per-epoch means (one value per epoch trained); the
     lists are cut to the epochs all four have. `variance` is the hinge summed over both branches: 0 when
     every pooled dimension has a batch standard deviation >= `target_std`, `variance_max` (2 x target_std)
-    when the features are constant over the batch (collapsed).
+    when the features are constant over the batch (collapsed). `feature_variance` (FEATURE_VARIANCE), when
+    given, is the same hinge on the pooled encoder features before an expander.
     """
     missing = [name for name in VICREG_TERM_NAMES if name not in per_epoch]
     if missing:
         raise ValueError(f"per_epoch lacks the VICReg terms {', '.join(missing)}")
-    epochs = min(len(per_epoch[name]) for name in VICREG_TERM_NAMES)
-    history = {name: [float(v) for v in per_epoch[name][:epochs]] for name in VICREG_TERM_NAMES}
+    names = VICREG_TERM_NAMES + ((FEATURE_VARIANCE,) if FEATURE_VARIANCE in per_epoch else ())
+    epochs = min(len(per_epoch[name]) for name in names)
+    history = {name: [float(v) for v in per_epoch[name][:epochs]] for name in names}
     return {"per_epoch": history, "epochs": epochs, "variance_max": 2.0 * float(target_std)}

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fomo_nnunet.plots import plot_mae_reconstruction
-from fomo_nnunet.ssl.losses import LOSS_REGIONS, vicreg_loss
+from fomo_nnunet.ssl.losses import LOSS_REGIONS, variance_hinge, vicreg_loss
 from fomo_nnunet.ssl.masking import apply_mask, block_mask
 from fomo_nnunet.ssl.recipe import VICREG_LOG_KEYS, MAEObjective, PretrainRecipe
 from fomo_nnunet.ssl.sessions import read_subjects, session_partners
@@ -39,24 +39,31 @@ def mean_of_halves(loss, pred, clean, mask, brain) -> torch.Tensor:
     return (loss(pred[:n], clean[:n], mask[:n], brain[:n]) + loss(pred[n:], clean[n:], mask[n:], brain[n:])) / 2
 
 
-def two_view_loss(reconstruction: torch.Tensor, pooled: torch.Tensor, objective: MAEObjective):
-    """(total, terms): `reconstruction` + vicreg_weight * VICReg of the halves' pooled bottlenecks `pooled`
-    (2n, features); `terms` are the logged parts."""
+def two_view_loss(reconstruction: torch.Tensor, pooled: torch.Tensor, objective: MAEObjective,
+                  features: torch.Tensor | None = None):
+    """(total, terms): mae_weight * `reconstruction` + vicreg_weight * VICReg of the halves' pooled features
+    `pooled` (2n, features: the bottleneck, or the objective's stages concatenated, through the expander if
+    there is one); `terms` are the logged parts ("loss" the unweighted reconstruction loss;
+    "vicreg_feature_variance" the variance hinge of `features`, the pools before an expander, default
+    `pooled`)."""
     z1, z2 = pooled.chunk(2)
     v = vicreg_loss(z1, z2, *objective.vicreg_coefficients)
     terms = {"loss": reconstruction, "vicreg_losses": v.loss, "vicreg_invariance": v.invariance,
-             "vicreg_variance": v.variance, "vicreg_covariance": v.covariance}
-    return reconstruction + objective.vicreg_weight * v.loss, terms
+             "vicreg_variance": v.variance, "vicreg_covariance": v.covariance,
+             "vicreg_feature_variance": variance_hinge(*(pooled if features is None else features).chunk(2))}
+    return objective.mae_weight * reconstruction + objective.vicreg_weight * v.loss, terms
 
 
 def epoch_lines(log, objective: MAEObjective) -> list[tuple]:
     """The epoch's log lines from the logger's `get_value`: losses, and the VICReg terms when there are any."""
-    lines = [("train_loss", np.round(log("train_losses", -1), 5)),
+    lines = [("train_loss" if objective.mae_weight == 1 else f"train_loss (reconstruction, x {objective.mae_weight})",
+              np.round(log("train_losses", -1), 5)),
              (f"val_loss ({LOSS_REGIONS[objective.loss_region]})", np.round(log("val_losses", -1), 5))]
     if objective.vicreg_weight > 0:
         lines.insert(1, (f"vicreg (x {objective.vicreg_weight})", np.round(log("vicreg_losses", -1), 5),
-                         *(f"{name} {np.round(log('vicreg_' + name, -1), 5)}"
-                           for name in ("invariance", "variance", "covariance"))))
+                         *(f"{name.replace('_', ' ')} {np.round(log('vicreg_' + name, -1), 5)}"
+                           for name in ("invariance", "variance", "covariance")
+                           + (("feature_variance",) if objective.vicreg_expander else ()))))
     return lines
 
 
@@ -117,9 +124,35 @@ def pretrain_optimizer(network: torch.nn.Module, recipe: PretrainRecipe, num_inp
     net = unwrap(network)
     if recipe.objective.learned_mask_token and not hasattr(net, "fomo_mask_token"):
         net.register_parameter("fomo_mask_token", torch.nn.Parameter(torch.zeros(num_input_channels, device=device)))
+    o = recipe.objective
+    if o.vicreg_weight > 0 and o.vicreg_expander and not hasattr(net, EXPANDER):
+        net.add_module(EXPANDER, vicreg_expander(pooled_width(net, o), o.vicreg_expander).to(device))
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay,
                                   betas=tuple(recipe.adamw_betas))
     return optimizer, EpochLR(optimizer, EpochSchedule(num_epochs, recipe.warmup_epochs(num_epochs), decay=COSINE))
+
+
+EXPANDER = "fomo_vicreg_expander"  # the expander's module name on the network (pretraining only)
+
+
+def vicreg_expander(in_features: int, widths: tuple[int, ...]) -> torch.nn.Sequential:
+    """VICReg's expander (Bardes, Ponce & LeCun, ICLR 2022; `Projector` in github.com/facebookresearch/vicreg):
+    Linear-BatchNorm-ReLU to each width but the last, then a Linear to the last width without bias."""
+    sizes = [in_features, *widths]
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        layers += [torch.nn.Linear(a, b), torch.nn.BatchNorm1d(b), torch.nn.ReLU(inplace=True)]
+    layers.append(torch.nn.Linear(sizes[-2], sizes[-1], bias=False))
+    return torch.nn.Sequential(*layers)
+
+
+def pooled_width(network, objective: MAEObjective) -> int:
+    """The length of the pooled VICReg features of `network`'s encoder: the chosen stages' widths summed."""
+    from fomo_nnunet.models.heads import encoder_stage_widths
+    from fomo_nnunet.ssl.skips import resolve_stages
+
+    widths = encoder_stage_widths(network)
+    return sum(widths[i] for i in resolve_stages(objective.vicreg_stages, len(widths)))
 
 
 def initial_patch(patch, augmentation) -> np.ndarray:
@@ -134,7 +167,7 @@ def initial_patch(patch, augmentation) -> np.ndarray:
 def attach_skip_gate(network, objective: MAEObjective, batch_size: int):
     """The decoder's skip gate (fomo_nnunet.ssl.skips.SkipGate) when `objective` needs one, else None. Attached
     after the network exists (and inside DDP's forward): the gate is a hook, not a module."""
-    from fomo_nnunet.ssl.skips import SkipGate
+    from fomo_nnunet.ssl.skips import SkipGate, resolve_stages
     from fomo_nnunet.training import unwrap
 
     if not objective.gates_skips:
@@ -142,7 +175,12 @@ def attach_skip_gate(network, objective: MAEObjective, batch_size: int):
     if objective.vicreg_weight > 0 and batch_size < 2:
         raise ValueError(f"vicreg_weight > 0 needs a batch of at least 2 per process (VICReg's variance is over the "
                          f"batch); this process has {batch_size}")
-    return SkipGate(objective.decoder_skips, objective.skip_drop_p).attach(unwrap(network).decoder)
+    net = unwrap(network)
+    stages = getattr(net.encoder, "stages", None)
+    if objective.vicreg_weight > 0 and stages is not None:  # fail before training, not at the first step
+        resolve_stages(objective.vicreg_stages, len(stages))
+    return SkipGate(objective.decoder_skips, objective.skip_drop_p, stages=objective.vicreg_stages,
+                    expander=getattr(net, EXPANDER, None)).attach(net.decoder)
 
 
 def vicreg_epoch_means(train_outputs: list[dict], from_all_ranks) -> dict[str, float]:

@@ -16,23 +16,68 @@ from dataclasses import dataclass, field, replace
 
 from fomo_nnunet.models.embedding_pooling import DEFAULT_POOLING, check_pooling
 from fomo_nnunet.ssl.augment import PretrainAugmentation
-from fomo_nnunet.ssl.losses import LOSS_REGIONS, RECONSTRUCTION_KINDS, VICREG_TERM_NAMES, vicreg_history
+from fomo_nnunet.ssl.losses import FEATURE_VARIANCE, LOSS_REGIONS, RECONSTRUCTION_KINDS, VICREG_TERM_NAMES, vicreg_history
 from fomo_nnunet.ssl.skips import check_skip_settings
 from fomo_nnunet.training.recipes import Budget, _flag, _number, _one_of, _whole
 
 
 VICREG_PAIRS = ("views", "sessions")
+ALL_STAGES = "all"  # vicreg_stages: every encoder stage (the vector embedding_pooling "stages" writes)
 VIEW_DESCRIPTIONS = {  # checkpoint metadata: what the VICReg term compared
     "views": "two independently masked views per batch",
     "sessions": "each case and a partner from its session: another sequence with probability {p}, else the case "
                 "itself; each cropped, augmented and masked on its own"}
-VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vicreg_covariance")
+VICREG_LOG_KEYS = ("vicreg_losses", "vicreg_invariance", "vicreg_variance", "vicreg_covariance",
+                   "vicreg_feature_variance")
+VICREG_LOGGED_TERMS = dict(zip(VICREG_LOG_KEYS, VICREG_TERM_NAMES + (FEATURE_VARIANCE,)))  # log key -> history name
+
+
+def check_vicreg_stages(stages) -> tuple[int, ...] | str:
+    """`stages` as MAEObjective keeps it: "all", or a non-empty tuple of distinct whole numbers (encoder output
+    indices, negative from the deepest); else a ValueError. Whether they exist is checked against the
+    network (fomo_nnunet.ssl.skips.resolve_stages)."""
+    if stages == ALL_STAGES:
+        return ALL_STAGES
+    try:
+        t = tuple(stages)
+    except TypeError:
+        t = None
+    if (not t or isinstance(stages, str) or any(isinstance(i, bool) or not isinstance(i, int) for i in t)
+            or len(set(t)) != len(t)):
+        raise ValueError(f"vicreg_stages must be {ALL_STAGES!r} or a non-empty tuple of distinct encoder stage "
+                         f"indices (0: the shallowest, -1: the bottleneck), got {stages!r}")
+    return t
 
 
 @dataclass(frozen=True)
 class MAEObjective:
     """What the network learns: reconstruct block-masked patches (nnssl's default: 75 % of 16^3 blocks at 1 mm),
-    optionally with the decoder's skips off or dropped and a VICReg term on the pooled bottleneck."""
+    optionally with the decoder's skips off or dropped and a VICReg term on pooled encoder stages.
+
+    total loss = mae_weight * reconstruction + vicreg_weight * VICReg(pooled features of the two views);
+    `mae_weight = 0` trains the joint-embedding objective alone (the decoder still runs, without a gradient
+    of its own; the validation loss stays the reconstruction loss, for the record).
+
+    `vicreg_stages`: which encoder stages' global average pools form the VICReg features, as indices into the
+    encoder's outputs (0 the shallowest, -1 the bottleneck, the default), or "all". The pools are CONCATENATED
+    (shallow to deep) into one vector and one VICReg loss is taken on it, rather than one VICReg loss per stage
+    summed. Why: VICReg (Bardes, Ponce & LeCun, ICLR 2022; github.com/facebookresearch/vicreg) regularises
+    one vector per view, and its covariance term is meant to decorrelate every pair of its dimensions; on the
+    concatenation it also decorrelates dimensions of different stages (a sum of per-stage losses would let
+    the stages copy each other), and the vector it shapes is exactly the embedding that `embedding_pooling =
+    "stages"` writes (every stage's pool, concatenated shallow to deep). The variance hinge stays one number
+    in [0, 2] (the mean over all dimensions, both branches summed). VICRegL (Bardes, Ponce & LeCun, NeurIPS
+    2022) sums separate losses only because its terms act on different kinds of features (global vectors
+    and local feature maps); here every stage gives one global vector.
+
+    `vicreg_expander`: widths of an expander between the pooled features and the VICReg loss, as the VICReg
+    paper trains it (its "expander", three linear layers of 8192 with batch normalisation and ReLU between them;
+    `Projector` in github.com/facebookresearch/vicreg, main_vicreg.py): Linear-BatchNorm-ReLU for every width but
+    the last, then a Linear without bias. () (the default): none, VICReg on the pooled features themselves.
+    The expander is pretraining-only: it sits on the network as the `fomo_vicreg_expander` module (saved and
+    resumed with it), and downstream loading (encoder and decoder by name) and embeddings never use it. Its
+    batch normalisation sees both views of the batch together.
+    """
 
     mask_ratio: float = 0.75
     block_size: int = 16
@@ -45,6 +90,9 @@ class MAEObjective:
     vicreg_coefficients: tuple[float, float, float] = (25.0, 25.0, 1.0)  # invariance, variance, covariance
     vicreg_pairs: str = "views"         # "views": two masks of each patch; "sessions": a case and a session partner
     session_p_other: float = 0.5        # "sessions": how often the partner is another sequence (else the case)
+    vicreg_stages: tuple[int, ...] | str = (-1,)  # encoder stages pooled for VICReg (-1: bottleneck; "all")
+    mae_weight: float = 1.0             # weight of the reconstruction term; 0: the VICReg term alone
+    vicreg_expander: tuple[int, ...] = ()  # VICReg's expander widths (the paper: 8192-8192-8192); (): none
 
     def __post_init__(self):
         _number(self, "mask_ratio", 0, 1, low_open=True, high_open=True)
@@ -70,10 +118,31 @@ class MAEObjective:
             raise ValueError(f"vicreg_coefficients must be three finite numbers >= 0 (invariance, variance, "
                              f"covariance), got {self.vicreg_coefficients!r}")
         object.__setattr__(self, "vicreg_coefficients", c)
+        object.__setattr__(self, "vicreg_stages", check_vicreg_stages(self.vicreg_stages))
+        if self.vicreg_stages != (-1,) and not w > 0:
+            raise ValueError(f"vicreg_stages = {self.vicreg_stages!r} chooses the VICReg term's features; set "
+                             f"vicreg_weight > 0")
+        e = self.vicreg_expander
+        if not isinstance(e, (tuple, list)) or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in e):
+            raise ValueError(f"vicreg_expander must be a tuple of layer widths >= 1 (): no expander), got {e!r}")
+        object.__setattr__(self, "vicreg_expander", tuple(e))
+        if e and not w > 0:
+            raise ValueError(f"vicreg_expander = {tuple(e)!r} feeds the VICReg term; set vicreg_weight > 0")
+        m = self.mae_weight
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
+            raise ValueError(f"mae_weight must be a finite number >= 0 (0: the VICReg term alone), got {m!r}")
+        if m == 0 and not w > 0:
+            raise ValueError("mae_weight = 0 and vicreg_weight = 0 leave no loss: set mae_weight > 0 (reconstruction) "
+                             "or vicreg_weight > 0 (VICReg alone)")
+        if m != 1 and not w > 0:
+            raise ValueError(f"mae_weight = {m!r} weighs the reconstruction against the VICReg term, and there is none "
+                             f"(vicreg_weight = 0): leave mae_weight at 1")
 
     @property
     def name(self) -> str:
         """The objective's name in checkpoints."""
+        if self.mae_weight == 0:
+            return "vicreg"
         return "mae+vicreg" if self.vicreg_weight > 0 else "mae"
 
     @property
@@ -131,6 +200,16 @@ def with_objective(recipe: PretrainRecipe, **changes) -> PretrainRecipe:
     return replace(recipe, objective=replace(recipe.objective, **changes))
 
 
+def vicreg_features(stages: tuple[int, ...] | str, expander: tuple[int, ...] = ()) -> str:
+    """What the VICReg term compares, in words (checkpoint metadata)."""
+    then = (f"then an expander {'-'.join(map(str, expander))} (Linear-BatchNorm-ReLU, last Linear)" if expander
+            else "no projector")
+    if stages == (-1,):
+        return f"global average pool of the bottleneck, {then}"
+    which = "every encoder stage" if stages == ALL_STAGES else f"encoder stages {list(stages)}"
+    return f"global average pools of {which}, concatenated shallow to deep, {then}"
+
+
 def objective_settings(recipe: PretrainRecipe, autocast_dtype: str, logged: dict) -> dict:
     """How the objective was trained, as JSON values (every pretraining checkpoint's fomo_metadata);
     `logged`: the trainer's logged series (the VICReg terms per epoch, when there is a VICReg term)."""
@@ -143,17 +222,20 @@ def objective_settings(recipe: PretrainRecipe, autocast_dtype: str, logged: dict
                 "grad_clip": float(recipe.grad_clip) if math.isfinite(recipe.grad_clip) else None,  # None: none
                 "autocast_dtype": autocast_dtype,
                 "decoder_skips": o.decoder_skips, "skip_drop_p": float(o.skip_drop_p),
-                "vicreg_weight": float(o.vicreg_weight)}
+                "vicreg_weight": float(o.vicreg_weight), "mae_weight": float(o.mae_weight)}
     if o.vicreg_weight > 0:
         invariance, variance, covariance = (float(c) for c in o.vicreg_coefficients)
         vicreg = {"invariance": invariance, "variance": variance, "covariance": covariance,
-                  "features": "global average pool of the bottleneck, no projector", "pairs": o.vicreg_pairs,
+                  "features": vicreg_features(o.vicreg_stages, o.vicreg_expander),
+                  "expander": list(o.vicreg_expander),
+                  "stages": o.vicreg_stages if o.vicreg_stages == ALL_STAGES else list(o.vicreg_stages),
+                  "pairs": o.vicreg_pairs,
                   "views": VIEW_DESCRIPTIONS[o.vicreg_pairs].format(p=float(o.session_p_other))}
         if o.vicreg_pairs == "sessions":
             vicreg["session_p_other"] = float(o.session_p_other)
         # the terms per epoch (the variance hinge near its maximum: collapsed features)
-        vicreg["history"] = vicreg_history({name: logged[key] for name, key in zip(VICREG_TERM_NAMES,
-                                                                                     VICREG_LOG_KEYS)})
+        vicreg["history"] = vicreg_history({name: logged[key] for key, name in VICREG_LOGGED_TERMS.items()
+                                            if key in logged})
         settings["vicreg"] = vicreg
     return settings
 
@@ -172,6 +254,15 @@ SMOKE_BUDGET = dict(num_epochs=3, num_iterations_per_epoch=4, num_val_iterations
 # 49 (pooled bottleneck features nearly constant across samples), so it weighs about half the initial
 # reconstruction loss.
 VICREG_WEIGHT = 0.01
+# The weight sweep's base (docs/results/vicreg-sweep.md): the tiny run without decoder skips, VICReg between
+# session partners (each partner cropped and augmented on its own, intensity and contrast included) on every
+# encoder stage's pool, concatenated, which is also the checkpoint's embedding (`embedding_pooling = "stages"`).
+TINY_VICREG_STAGES = replace(TINY_MAE, embedding_pooling="stages", objective=replace(
+    TINY_MAE.objective, decoder_skips="none", vicreg_weight=VICREG_WEIGHT, vicreg_pairs="sessions",
+    vicreg_stages=ALL_STAGES))
+# VICReg's expander on the tiny network: the paper's three layers at four times the representation's width
+# (2048 -> 8192 there; 120 pooled values -> 512 here).
+TINY_EXPANDER = (512, 512, 512)
 
 # The FOMO26 organisers' recipe: AMAES (Munk et al. 2024, arXiv:2408.00640) as the public asparagus configs state
 # it (github.com/Sllambias/asparagus, read at commit 338450ba; docs/pretraining-recipes.md lists each setting

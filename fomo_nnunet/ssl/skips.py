@@ -11,7 +11,9 @@ takes the list of encoder outputs, the bottleneck last) that
   Munk et al. 2024, arXiv:2408.00640, and the FOMO26 organisers' ResEnc-B pretraining do);
 - `mode="drop"`: zeros each skip of each sample with probability `drop_p`, drawn from `generator`;
 
-and, with `capture` on, keeps the global average pool of the bottleneck (B, C) for a loss on it.
+and, with `capture` on, keeps the global average pool of the bottleneck (B, C) for a loss on it, or of the
+encoder `stages` it is given, concatenated shallow to deep (B, C_1 + ... + C_k), passed through an
+`expander` module when it has one (VICReg's expander; the raw pools stay in `features`, detached).
 
 The network's modules and state dict are untouched: a checkpoint loads downstream as before. The
 hook runs inside the network's forward, so it works under DDP and torch.compile alike.
@@ -24,6 +26,22 @@ import torch
 from torch import nn
 
 SKIP_MODES = ("all", "none", "drop")
+
+
+def resolve_stages(stages: tuple[int, ...] | str, n_stages: int) -> list[int]:
+    """The encoder output indices `stages` names ("all", or indices, negative from the deepest), as sorted
+    non-negative indices (shallow to deep) of an encoder with `n_stages` outputs; a ValueError when one does
+    not exist or two name the same stage."""
+    if stages == "all":
+        return list(range(n_stages))
+    bad = [i for i in stages if not -n_stages <= i < n_stages]
+    if bad:
+        raise ValueError(f"vicreg_stages {tuple(stages)!r}: the encoder has {n_stages} stages (indices 0..{n_stages - 1} "
+                         f"or -{n_stages}..-1); {bad} do not exist")
+    resolved = sorted({i % n_stages for i in stages})
+    if len(resolved) != len(stages):
+        raise ValueError(f"vicreg_stages {tuple(stages)!r}: names one stage twice for an encoder with {n_stages} stages")
+    return resolved
 
 
 def check_skip_settings(mode: str, drop_p: float) -> None:
@@ -39,9 +57,12 @@ class SkipGate:
     """Forward pre-hook for a U-Net decoder: gates the skips (see the module docstring), captures the bottleneck."""
 
     def __init__(self, mode: str = "all", drop_p: float = 0.5, generator: torch.Generator | None = None,
-                 capture: bool = False):
+                 capture: bool = False, stages: tuple[int, ...] | str = (-1,), expander: nn.Module | None = None):
         check_skip_settings(mode, drop_p)
         self.mode, self.drop_p, self.generator, self.capture = mode, float(drop_p), generator, capture
+        self.stages = stages  # which encoder outputs `capture` pools (resolve_stages)
+        self.expander = expander
+        self.features: torch.Tensor | None = None  # the last captured pools before the expander, detached
         self.pooled: torch.Tensor | None = None
         self._handle = None
 
@@ -58,7 +79,7 @@ class SkipGate:
             self._handle = None
 
     def take_pooled(self) -> torch.Tensor:
-        """The pooled bottleneck of the last forward (B, C), then forgotten."""
+        """The pooled bottleneck (or stages) of the last forward (B, features), then forgotten."""
         if self.pooled is None:
             raise RuntimeError("no bottleneck captured: set capture=True and run the network first")
         pooled, self.pooled = self.pooled, None
@@ -68,7 +89,10 @@ class SkipGate:
         skips = list(args[0])
         bottleneck = skips[-1]
         if self.capture:
-            self.pooled = bottleneck.mean(dim=tuple(range(2, bottleneck.ndim)))
+            chosen = [skips[i] for i in resolve_stages(self.stages, len(skips))]
+            pooled = torch.cat([s.mean(dim=tuple(range(2, s.ndim))) for s in chosen], dim=1)
+            self.features = pooled.detach()
+            self.pooled = pooled if self.expander is None else self.expander(pooled)
         if self.mode == "all":
             return None
         if self.mode == "none":
