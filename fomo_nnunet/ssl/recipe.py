@@ -254,7 +254,7 @@ SMOKE_BUDGET = dict(num_epochs=3, num_iterations_per_epoch=4, num_val_iterations
 # 49 (pooled bottleneck features nearly constant across samples), so it weighs about half the initial
 # reconstruction loss.
 VICREG_WEIGHT = 0.01
-# The weight sweep's base (docs/results/vicreg-sweep.md): the tiny run without decoder skips, VICReg between
+# The weight sweep's base: the tiny run without decoder skips, VICReg between
 # session partners (each partner cropped and augmented on its own, intensity and contrast included) on every
 # encoder stage's pool, concatenated, which is also the checkpoint's embedding (`embedding_pooling = "stages"`).
 TINY_VICREG_STAGES = replace(TINY_MAE, embedding_pooling="stages", objective=replace(
