@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fomo_nnunet.benchmarks import features as F
 from fomo_nnunet.tasks import TASKS_BY_NUMBER
@@ -156,6 +157,8 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     assert (tmp_path / "w" / "features" / "features_own.json").read_text() == \
         (tmp_path / "w" / "features" / "features.json").read_text()
     assert out["settings"]["pooling"] == "own" and d[0]["pooling"] == "deepest"
+    assert [r["objective"] for r in out["pretraining"]["checkpoint"]] == ["mae", "mae"]  # no log: no loss
+    assert out["pretraining"]["checkpoint"][0]["val_loss"] is None
     # --pooling stages on a checkpoint whose statistics are for "deepest": both arms pooled over every stage,
     # both freshly scaled over the same corpus (raw, the tiny encoder's sd is ~0.02), kept apart from deepest
     from fomo_nnunet.models.embedding_stats import EmbeddingStats, save_with_stats
@@ -181,3 +184,33 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
                              init_seeds=(0,), log=logs.append).run()
     assert 0.3 < out["diagnostics"]["random_init"][0]["median_sd"] < 3.0
     assert d[0]["median_sd"] < 0.3  # the raw scale, for contrast
+
+
+def test_pretraining_record_reads_the_last_epochs_losses_and_hinges_and_the_report_shows_them(tmp_path):
+    """The pretraining-side measures come from the checkpoint itself: the last validation loss and, with a
+    VICReg term, the last variance hinges after and before the expander; an MAE checkpoint has no hinge."""
+    from helpers import save_fake_pretraining
+
+    mae = save_fake_pretraining(tmp_path / "mae.pth")
+    ckpt = torch.load(mae, weights_only=False)
+    ckpt["logging"] = {"val_losses": [0.9, 0.5, 0.42]}
+    ckpt["fomo_metadata"]["objective_settings"] = {"loss_region": "masked_brain", "vicreg_weight": 0.0}
+    torch.save(ckpt, mae)
+    ckpt["fomo_metadata"]["objective"] = "vicreg"
+    ckpt["fomo_metadata"]["objective_settings"] = {
+        "loss_region": "masked_brain", "vicreg_weight": 1.0, "mae_weight": 0.0,
+        "vicreg": {"history": {"per_epoch": {"variance": [1.9, 0.3], "feature_variance": [1.9, 1.2]}}}}
+    torch.save(ckpt, tmp_path / "vicreg.pth")
+    r = F.pretraining_record(str(mae))
+    assert r == {"objective": "mae", "mae_weight": 1.0, "vicreg_weight": 0.0, "loss_region": "masked_brain",
+                 "epochs": 3, "val_loss": 0.42, "variance_hinge": None, "pools_variance_hinge": None}
+    v = F.pretraining_record(str(tmp_path / "vicreg.pth"))
+    assert (v["objective"], v["mae_weight"], v["variance_hinge"], v["pools_variance_hinge"]) == ("vicreg", 0.0, 0.3, 1.2)
+    probe = {"task5": {"seeds": [0], "scores": [0.5], "ci95": [[0.4, 0.6]], "scale_free": [0.5]}}
+    summary = {"pretrained_arm": "a", "tasks": {"task5": {"metric": "auroc", "goal": F.goal("auroc", [0.5], [0.5])}},
+               "variants": {"a": probe, "b": probe}, "diagnostics": {"a": [], "b": []},
+               "settings": {"n_train": 8, "n_test": 8, "data_seed": 0, "pooling": "own"},
+               "pretraining": {"a": [r | {"seed": 0}], "b": [v | {"seed": 0}]}}
+    text = F.markdown(summary)
+    assert "| a | 0 | mae | 1 x 0 | 3 | 0.420 (masked_brain) | n/a | n/a |" in text
+    assert "| b | 0 | vicreg | 0 x 1 | 3 | 0.420 (masked_brain) | 0.300 | 1.200 |" in text

@@ -229,6 +229,29 @@ def checkpoint_pooling(checkpoint: str) -> str:
     return pooling_of(load_checkpoint_safely(checkpoint).get(METADATA_KEY), checkpoint)
 
 
+def pretraining_record(checkpoint: str) -> dict:
+    """What a checkpoint records of its own pretraining, the measures that choose among objectives without a
+    probe (docs/pretraining-recipes.md): objective and weights, epochs, the last epoch's validation loss (the
+    reconstruction loss over `loss_region`), and with a VICReg term the last epoch's variance hinge of the
+    features the term sees (`variance_hinge`, after an expander) and of the encoder's pools themselves
+    (`pools_variance_hinge`); each hinge in [0, 2], 2 when the features are the same for every sample."""
+    from fomo_nnunet.models.transfer import METADATA_KEY, load_checkpoint_safely
+
+    ckpt = load_checkpoint_safely(checkpoint)
+    meta = ckpt.get(METADATA_KEY) or {}
+    settings = meta.get("objective_settings") or {}
+    val = (ckpt.get("logging") or {}).get("val_losses") or []
+    history = ((settings.get("vicreg") or {}).get("history") or {}).get("per_epoch") or {}
+
+    def last(name: str) -> float | None:
+        return float(history[name][-1]) if history.get(name) else None
+
+    return {"objective": meta.get("objective"), "mae_weight": float(settings.get("mae_weight", 1.0)),
+            "vicreg_weight": float(settings.get("vicreg_weight", 0.0)), "loss_region": settings.get("loss_region"),
+            "epochs": len(val), "val_loss": float(val[-1]) if val else None,
+            "variance_hinge": last("variance"), "pools_variance_hinge": last("feature_variance")}
+
+
 # ---------------------------------------------------------------------------------- diagnostics
 
 def rankme(X: np.ndarray, eps: float = 1e-7) -> float:
@@ -473,6 +496,8 @@ class FeatureBenchmark:
         arms = self.probe_checkpoints(sets, cache, corpus)
         arms["random_init"] = self.probe_twins(twin_of, sets, cache, corpus)
         summary = summarise(arms, self.default, self.tasks)
+        summary["pretraining"] = {arm: [pretraining_record(ckpt) | {"seed": seed} for seed, ckpt in sorted(by_seed.items())]
+                                  for arm, by_seed in self.checkpoints.items()}
         summary["probe_sets"] = {key: {s: int(len(v)) for s, v in ps.targets.items()} | {"skipped": len(ps.skipped)}
                                  for key, ps in sets.items()}
         summary["settings"] = {"n_train": self.n_train, "n_test": self.n_test, "data_seed": self.data_seed,
@@ -634,4 +659,14 @@ def markdown(summary: dict) -> str:
         for d in summary["diagnostics"][arm]:
             lines.append(f"| {arm} | {d['seed']} | {d['dimensions']} | {d['dead_dimensions']} | {d['rankme']} | "
                          f"{d['rankme_centred']} | {d['median_sd']:.3g} | {d['seconds']} |")
+    if summary.get("pretraining"):
+        lines += ["", "Pretraining, as each checkpoint records it (last epoch; variance hinges in [0, 2], 2: the same "
+                  "features for every sample):", "",
+                  "| arm | seed | objective | reconstruction x VICReg weight | epochs | validation loss (region) | "
+                  "VICReg variance hinge | the pools' hinge |", "|---|---|---|---|---|---|---|---|"]
+        for arm in arms:
+            for r in summary["pretraining"].get(arm, []):
+                lines.append(f"| {arm} | {r['seed']} | {r['objective']} | {r['mae_weight']:g} x {r['vicreg_weight']:g} | "
+                             f"{r['epochs']} | {_f(r['val_loss'])} ({r['loss_region'] or 'n/a'}) | "
+                             f"{_f(r['variance_hinge'])} | {_f(r['pools_variance_hinge'])} |")
     return "\n".join(lines) + "\n"
