@@ -196,6 +196,7 @@ def test_vicreg_alone_with_an_expander_trains_without_reconstruction_records_it_
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert log.count("train_loss (reconstruction, x 0.0)") == 3 and log.count("vicreg (x 1.0)") == 3
     assert log.count(" feature variance ") == 3
+    assert "VICReg on 8 features at 2 samples per branch: its covariance term alone keeps the variance hinge" in log
     assert ckpt["network_weights"]["fomo_vicreg_expander.3.weight"].shape == (8, 16)
     report = transfer_from_checkpoint(m.build_network(num_outputs=2), fold / "checkpoint_final.pth")
     assert report.n_loaded > 0 and not any("expander" in name for name in report.loaded)

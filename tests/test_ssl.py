@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -565,3 +566,22 @@ def test_amaes_variant_masks_60_percent_of_4_voxel_units_per_sample_and_counts_e
     if name != "nnUNetTrainerFomoMAE_amaes":  # the tiny budgets keep AMAES' rate, not the tiny 3e-3
         assert recipe.num_epochs == getattr(module, "nnUNetTrainerFomoMAE_tiny" + name.removeprefix(
             "nnUNetTrainerFomoMAE_tiny_amaes")).recipe.num_epochs
+
+
+def test_vicreg_hinge_floor_follows_the_rank_bound_and_the_trainer_line_advises_when_it_is_reached():
+    """Batch 2 (rank 1) and 512 features: per branch 25 (1 - s) + s^4 (512 - 1) is smallest at
+    s = (25 / 2044)^(1/3) = 0.2304, so the floor is 2 (1 - 0.2304) = 1.539; the paper's 2048 x 8192 has none."""
+    from fomo_nnunet.ssl.losses import vicreg_hinge_floor
+    from fomo_nnunet.ssl.pretraining import vicreg_floor_line
+    from fomo_nnunet.ssl.recipe import MAEObjective
+
+    assert vicreg_hinge_floor(512, 2) == pytest.approx(2 * (1 - (25 / 2044) ** (1 / 3)))
+    assert vicreg_hinge_floor(8192, 2048) == 0.0 and vicreg_hinge_floor(4, 16) == 0.0  # D <= N - 1: no floor
+    assert vicreg_hinge_floor(128, 16) < 0.2 < vicreg_hinge_floor(512, 16) < 1 < vicreg_hinge_floor(120, 2)
+    assert vicreg_hinge_floor(512, 2, covariance_weight=0.0) == 0.0
+    with pytest.raises(ValueError, match="a batch of at least 2"):
+        vicreg_hinge_floor(512, 1)
+    wide = MAEObjective(vicreg_weight=1.0, vicreg_expander=(64, 512))
+    assert "at or above 1.54 (of 2): the features cannot spread at this batch" in vicreg_floor_line(None, wide, 2)
+    assert vicreg_floor_line(None, replace(wide, vicreg_expander=(64, 8)), 16).endswith("at or above 0.00 (of 2)")
+    assert vicreg_floor_line(None, MAEObjective(), 2) is None

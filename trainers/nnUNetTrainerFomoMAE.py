@@ -32,10 +32,11 @@ from fomo_nnunet.ssl import LOSS_REGIONS, SkipGate, masked_reconstruction_loss
 from fomo_nnunet.ssl.augment import unpack_target
 from fomo_nnunet.ssl.pretraining import (PretrainingData, attach_skip_gate, epoch_lines, masked_views, mean_of_halves,
                                          picture_example, pretrain_optimizer, reconstruction_network, two_view_inputs,
-                                         two_view_loss, vicreg_epoch_means, write_reconstruction_pictures)
-from fomo_nnunet.ssl.recipe import (AMAES, LONG_TINY_BUDGET, MAE, SMOKE_BUDGET, TINY_AMAES, TINY_EXPANDER, TINY_MAE,
-                                    TINY_VICREG_STAGES, VICREG_LOG_KEYS, VICREG_WEIGHT, PretrainRecipe, objective_settings,
-                                    with_objective)
+                                         two_view_loss, vicreg_epoch_means, vicreg_floor_line,
+                                         write_reconstruction_pictures)
+from fomo_nnunet.ssl.recipe import (AMAES, LONG_TINY_BUDGET, MAE, SMOKE_BUDGET, TINY_AMAES, TINY_EXPANDER,
+                                    TINY_EXPANDER_NARROW, TINY_MAE, TINY_VICREG_STAGES, VICREG_LOG_KEYS, VICREG_WEIGHT,
+                                    PretrainRecipe, objective_settings, with_objective)
 from fomo_nnunet.training import AmpStep, DescribedCheckpoints, EpochEnd, FomoTrainer, unwrap
 from fomo_nnunet.training.fast import StepSettings
 
@@ -67,6 +68,8 @@ class nnUNetTrainerFomoMAE(StepSettings, PretrainingData, AmpStep, EpochEnd, Des
         super().initialize()
         if self._skip_gate is None:
             self._skip_gate = attach_skip_gate(self.network, self.recipe.objective, self.batch_size)
+            if floor := vicreg_floor_line(self.network, self.recipe.objective, self.batch_size):
+                self.print_to_log_file(floor)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -337,6 +340,19 @@ class nnUNetTrainerFomoMAE_tiny_vicreg_w1_stages_expander(nnUNetTrainerFomoMAE):
 class nnUNetTrainerFomoMAE_tiny_vicreg_alone_stages_expander(nnUNetTrainerFomoMAE):
     """VICReg alone with its expander: the paper's objective on every stage's pool."""
     recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=1.0, mae_weight=0.0, vicreg_expander=TINY_EXPANDER)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_w0p1_stages_expander128(nnUNetTrainerFomoMAE):
+    """With the narrow expander (TINY_EXPANDER_NARROW), for a pretraining batch of 16 (the plans' batch_size)."""
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=0.1, vicreg_expander=TINY_EXPANDER_NARROW)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_w1_stages_expander128(nnUNetTrainerFomoMAE):
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=1.0, vicreg_expander=TINY_EXPANDER_NARROW)
+
+
+class nnUNetTrainerFomoMAE_tiny_vicreg_alone_stages_expander128(nnUNetTrainerFomoMAE):
+    recipe = with_objective(TINY_VICREG_STAGES, vicreg_weight=1.0, mae_weight=0.0, vicreg_expander=TINY_EXPANDER_NARROW)
 
 
 class nnUNetTrainerFomoMAE_tiny_vicreg_alone_stages_expander_smoke(nnUNetTrainerFomoMAE):

@@ -100,6 +100,29 @@ def _vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float, 
     return VICRegTerms(loss, invariance, variance, covariance)
 
 
+def vicreg_hinge_floor(dims: int, batch: int, variance_weight: float = 25.0, covariance_weight: float = 1.0,
+                       target_std: float = 1.0) -> float:
+    """The lowest variance hinge (both branches summed, 0 to 2 x target_std) that VICReg's own loss can prefer for
+    `dims`-dimensional features at `batch` samples per branch, whatever the network.
+
+    N samples centred have rank at most N - 1, so a covariance matrix with every variance s^2 has a squared
+    Frobenius norm of at least (D s^2)^2 / (N - 1) (the squared trace over the rank): its off-diagonal part, the
+    covariance term, is at least s^4 (D / (N - 1) - 1). Per branch the loss is then at least
+    variance_weight (target_std - s) + covariance_weight s^4 (D / (N - 1) - 1), smallest at
+    s = (variance_weight / (4 covariance_weight (D / (N - 1) - 1)))^(1/3). With the paper's batch of 2048
+    and 8192 dimensions the floor is 0; with a batch of 2 and 512 dimensions it is 1.5 of 2: the
+    covariance term, not the network, keeps the features from spreading. Raise the batch or narrow the
+    features (an expander's last width) until the floor is well below 1.
+    """
+    if dims < 1 or batch < 2:
+        raise ValueError(f"need dims >= 1 and a batch of at least 2 per branch, got dims={dims}, batch={batch}")
+    excess = dims / (batch - 1) - 1
+    if excess <= 0 or covariance_weight <= 0:
+        return 0.0
+    s = (variance_weight / (4 * covariance_weight * excess)) ** (1 / 3)
+    return 2.0 * max(0.0, target_std - s)
+
+
 VICREG_TERM_NAMES = ("loss", "invariance", "variance", "covariance")
 # the variance hinge of the pooled encoder features themselves, before an expander (with none: `variance`)
 FEATURE_VARIANCE = "feature_variance"

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fomo_nnunet.plots import plot_mae_reconstruction
-from fomo_nnunet.ssl.losses import LOSS_REGIONS, variance_hinge, vicreg_loss
+from fomo_nnunet.ssl.losses import LOSS_REGIONS, variance_hinge, vicreg_hinge_floor, vicreg_loss
 from fomo_nnunet.ssl.masking import apply_mask, block_mask
 from fomo_nnunet.ssl.recipe import VICREG_LOG_KEYS, MAEObjective, PretrainRecipe
 from fomo_nnunet.ssl.sessions import read_subjects, session_partners
@@ -153,6 +153,24 @@ def pooled_width(network, objective: MAEObjective) -> int:
 
     widths = encoder_stage_widths(network)
     return sum(widths[i] for i in resolve_stages(objective.vicreg_stages, len(widths)))
+
+
+def vicreg_floor_line(network, objective: MAEObjective, batch_size: int) -> str | None:
+    """The log line that says how low the variance hinge can go at this batch and feature width
+    (fomo_nnunet.ssl.losses.vicreg_hinge_floor), with advice when the floor is 1 or more; None without VICReg."""
+    from fomo_nnunet.training import unwrap
+
+    if not objective.vicreg_weight > 0:
+        return None
+    dims = objective.vicreg_expander[-1] if objective.vicreg_expander else pooled_width(unwrap(network), objective)
+    _, variance_weight, covariance_weight = objective.vicreg_coefficients
+    floor = vicreg_hinge_floor(dims, batch_size, variance_weight, covariance_weight)
+    line = (f"VICReg on {dims} features at {batch_size} samples per branch: its covariance term alone keeps the "
+            f"variance hinge at or above {floor:.2f} (of 2)")
+    if floor >= 1:
+        line += (": the features cannot spread at this batch; raise the plans' batch_size or narrow the features "
+                 "(vicreg_expander's last width)")
+    return line
 
 
 def initial_patch(patch, augmentation) -> np.ndarray:

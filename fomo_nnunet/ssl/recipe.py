@@ -263,6 +263,11 @@ TINY_VICREG_STAGES = replace(TINY_MAE, embedding_pooling="stages", objective=rep
 # VICReg's expander on the tiny network: the paper's three layers at four times the representation's width
 # (2048 -> 8192 there; 120 pooled values -> 512 here).
 TINY_EXPANDER = (512, 512, 512)
+# An expander narrow enough for a batch of 16 (16 per branch): with N samples the centred features have rank
+# N - 1, so VICReg's covariance term alone keeps the variance hinge above a floor that grows with the width
+# (fomo_nnunet.ssl.losses.vicreg_hinge_floor: 512 wide, about 0.8 at N = 16 and 1.5 at N = 2; 128 wide, 0.1 at
+# N = 16).
+TINY_EXPANDER_NARROW = (128, 128, 128)
 
 # The FOMO26 organisers' recipe: AMAES (Munk et al. 2024, arXiv:2408.00640) as the public asparagus configs state
 # it (github.com/Sllambias/asparagus, read at commit 338450ba; docs/pretraining-recipes.md lists each setting
