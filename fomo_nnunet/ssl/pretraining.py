@@ -44,13 +44,14 @@ def two_view_loss(reconstruction: torch.Tensor, pooled: torch.Tensor, objective:
     """(total, terms): mae_weight * `reconstruction` + vicreg_weight * VICReg of the halves' pooled features
     `pooled` (2n, features: the bottleneck, or the objective's stages concatenated, through the expander if
     there is one); `terms` are the logged parts ("loss" the unweighted reconstruction loss;
-    "vicreg_feature_variance" the variance hinge of `features`, the pools before an expander, default
-    `pooled`)."""
+    "vicreg_feature_variance" the variance hinge of `features`, the pools before an expander; None: no
+    expander, the hinge of `pooled`)."""
     z1, z2 = pooled.chunk(2)
     v = vicreg_loss(z1, z2, *objective.vicreg_coefficients)
     terms = {"loss": reconstruction, "vicreg_losses": v.loss, "vicreg_invariance": v.invariance,
              "vicreg_variance": v.variance, "vicreg_covariance": v.covariance,
-             "vicreg_feature_variance": variance_hinge(*(pooled if features is None else features).chunk(2))}
+             # the pools' own hinge: the variance term itself when the loss sees the pools (no expander)
+             "vicreg_feature_variance": v.variance.detach() if features is None else variance_hinge(*features.chunk(2))}
     return objective.mae_weight * reconstruction + objective.vicreg_weight * v.loss, terms
 
 

@@ -13,7 +13,7 @@ takes the list of encoder outputs, the bottleneck last) that
 
 and, with `capture` on, keeps the global average pool of the bottleneck (B, C) for a loss on it, or of the
 encoder `stages` it is given, concatenated shallow to deep (B, C_1 + ... + C_k), passed through an
-`expander` module when it has one (VICReg's expander; the raw pools stay in `features`, detached).
+`expander` module when it has one (VICReg's expander; the raw pools then stay in `features`, detached).
 
 The network's modules and state dict are untouched: a checkpoint loads downstream as before. The
 hook runs inside the network's forward, so it works under DDP and torch.compile alike.
@@ -62,7 +62,8 @@ class SkipGate:
         self.mode, self.drop_p, self.generator, self.capture = mode, float(drop_p), generator, capture
         self.stages = stages  # which encoder outputs `capture` pools (resolve_stages)
         self.expander = expander
-        self.features: torch.Tensor | None = None  # the last captured pools before the expander, detached
+        # the last captured pools before the expander, detached (None without one: the loss sees the pools)
+        self.features: torch.Tensor | None = None
         self.pooled: torch.Tensor | None = None
         self._handle = None
 
@@ -91,7 +92,7 @@ class SkipGate:
         if self.capture:
             chosen = [skips[i] for i in resolve_stages(self.stages, len(skips))]
             pooled = torch.cat([s.mean(dim=tuple(range(2, s.ndim))) for s in chosen], dim=1)
-            self.features = pooled.detach()
+            self.features = None if self.expander is None else pooled.detach()
             self.pooled = pooled if self.expander is None else self.expander(pooled)
         if self.mode == "all":
             return None
