@@ -123,6 +123,20 @@ def test_cached_results_are_recomputed_when_the_fingerprint_changes(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["value"] is None  # strict JSON
 
 
+def test_kept_results_depend_on_the_probe_sets(tmp_path):
+    """A result probed on 50/50 cases of tasks 1, 5, 6 is not reused for 100/100 cases of other tasks
+    (the data folder can be deleted and remade; the per-encoder results must follow it)."""
+    ckpt = tmp_path / "checkpoint_final.pth"
+    ckpt.write_bytes(b"x")
+    bench = lambda **kw: F.FeatureBenchmark(work=tmp_path, checkpoints={}, default="A", **kw)
+    small = bench(tasks=tuple(TASKS_BY_NUMBER[n] for n in (1, 5, 6)), n_train=50, n_test=50)
+    prints = {F._fingerprint(str(ckpt), "stages", b.probe_identity)
+              for b in (small, bench(), bench(n_train=50, n_test=50), bench(data_seed=7))}
+    assert len(prints) == 4
+    assert F._fingerprint(str(ckpt), "stages", small.probe_identity) == \
+        F._fingerprint(str(ckpt), "stages", bench(tasks=small.tasks[::-1], n_train=50, n_test=50).probe_identity)
+
+
 def test_probe_sets_made_with_other_settings_are_refused(tmp_path):
     (tmp_path / "probe_sets.json").write_text(json.dumps({"seed": 1, "n_train": 5, "n_test": 5, "tasks": [3]}))
     with pytest.raises(ValueError, match="delete it"):

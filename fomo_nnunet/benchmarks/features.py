@@ -443,9 +443,11 @@ def evaluate_encoder(embedder, probe_sets: dict[str, ProbeSet], cache: Preproces
     return {"tasks": tasks, "diagnostics": diagnostics, "seconds": round(time.time() - t0, 1)}
 
 
-def _fingerprint(path: str, pooling: str) -> str:
+def _fingerprint(path: str, pooling: str, probe: str = "") -> str:
+    """What a kept result was computed from: the checkpoint file, the pooling and the probe sets (`probe`:
+    their tasks, sizes and data seed), so that a rerun with other probe sets never reuses it."""
     st = os.stat(path)
-    return f"v{RESULT_VERSION}:{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}:pooling={pooling}"
+    return f"v{RESULT_VERSION}:{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}:pooling={pooling}:{probe}"
 
 
 def cached(folder: Path, name: str, fingerprint: str, compute: Callable[[], dict], log: Callable = print) -> dict:
@@ -484,6 +486,12 @@ class FeatureBenchmark:
     def folder(self) -> Path:
         return Path(self.work) / "features"
 
+    @property
+    def probe_identity(self) -> str:
+        """The probe sets every kept result depends on (part of its fingerprint)."""
+        return (f"tasks={','.join(str(t.number) for t in sorted(self.tasks, key=lambda t: t.number))}:"
+                f"n={self.n_train}/{self.n_test}:data_seed={self.data_seed}")
+
     def run(self) -> dict:
         sets = make_probe_sets(self.folder / "data", self.tasks, self.n_train, self.n_test, self.data_seed,
                                self.num_processes, self.log)
@@ -519,7 +527,8 @@ class FeatureBenchmark:
                 pooling = self.pooling or checkpoint_pooling(ckpt)
                 self.log(f"{arm} seed {seed} (pooling {pooling}): {ckpt}")
                 arms.setdefault(arm, {})[seed] = cached(
-                    self.folder / "results", f"{arm}_seed{seed}_{pooling}", _fingerprint(ckpt, pooling),
+                    self.folder / "results", f"{arm}_seed{seed}_{pooling}",
+                    _fingerprint(ckpt, pooling, self.probe_identity),
                     lambda ckpt=ckpt: evaluate_encoder(pooled_embedder(ckpt, self.pooling, corpus), sets, cache),
                     self.log)
         return arms
@@ -532,7 +541,8 @@ class FeatureBenchmark:
         for k in self.init_seeds:
             self.log(f"random init {k} (the architecture of {twin_of}; pooling {pooling})")
             twins[k] = cached(
-                self.folder / "results", f"random_init_{k}_{pooling}", f"{_fingerprint(twin_of, pooling)}:init{k}",
+                self.folder / "results", f"random_init_{k}_{pooling}",
+                f"{_fingerprint(twin_of, pooling, self.probe_identity)}:init{k}",
                 lambda k=k: evaluate_encoder(random_init_embedder(twin_of, k, corpus, pooling=pooling), sets, cache),
                 self.log)
         return twins
