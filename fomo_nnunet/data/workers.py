@@ -118,8 +118,12 @@ def _worker_main(conn, fn, parent_pid: int) -> None:
     global _IN_JOB
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # the parent alone decides on SIGINT
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked by the parent around the fork
+    # The stop signals are still blocked here (the parent blocks them around the fork), and a thread inherits
+    # its creator's mask: the watch thread never takes a SIGTERM, so the kernel delivers it to the main thread
+    # alone. Were the watch thread to take it, the handler would run in the main thread even where the main
+    # thread blocks SIGTERM (a job that must not be interrupted).
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="fomo-parent-watch").start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     while True:
         try:
             job = conn.recv()
