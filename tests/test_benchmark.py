@@ -291,3 +291,35 @@ def test_with_adapt_auto_the_pretrained_plans_are_cross_validated_after_preproce
     assert adapt[adapt.index("--adapt"):] == ["--adapt", "auto", "--adapt-trainer", bench.trainer_for(task),
                                               "--adapt-folds", "0", "2", "-device", "cpu"]
     assert results["pretrained"]["adaptation"] == entry and "adaptation" not in results["scratch"]
+
+
+def test_a_pretraining_batch_size_goes_to_the_plans_and_a_folder_keeps_the_batch_it_planned(tmp_path, capsys):
+    """`--pretrain-batch-size N` plans the pretraining with `plan pretrain --batch-size N`; a folder whose plans
+    hold another batch is refused before any work (its plans are shared by every seed and trainer)."""
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
+    from fomo_nnunet.cli import main
+
+    work = tmp_path / "w"
+    bench = Benchmark(work, "smoke", pretrain_batch_size=16)
+    commands = []
+    bench.pipe.run = lambda cmd, **kw: commands.append(list(cmd)) or True
+    plans = work / "nnUNet_preprocessed" / "Dataset900_FOMOPretrain" / "fomoPretrainPlans.json"
+    plans.parent.mkdir(parents=True)                           # as the conversion leaves it: no plans yet
+    bench.pretrain()
+    plan = next(c for c in commands if c[:3] == ["fomo-nnunet", "plan", "pretrain"])
+    assert plan[-2:] == ["--batch-size", "16"]
+    assert not any("--batch-size" in c for c in commands if c is not plan)
+    plans.write_text(json.dumps({"configurations": {"3d_fullres": {"batch_size": 2}}}))
+    assert bench.pretrain_plans_batch() == 2
+    with pytest.raises(ValueError, match="plans with batch size 2, not 16; use a new --work folder"):
+        bench.claim_pretraining()
+    Benchmark(work, "smoke").claim_pretraining()               # no batch asked for: the folder's own
+    Benchmark(work, "smoke", pretrain_batch_size=2).claim_pretraining()
+    args = ["benchmark", "features", "--work", str(work), "--preset", "smoke", "--pretrain", "nnUNetTrainerFomoMAE_tiny_smoke"]
+    assert main(args + ["--pretrain-batch-size", "16"]) == 2
+    assert "batch size 2, not 16" in capsys.readouterr().err
+    assert not (work / "synth").exists()                       # refused before synthesising anything
+    assert main(["benchmark", "features", "--work", str(work), "--pretrain-batch-size", "16"]) == 2
+    assert "applies to the pretraining that --pretrain runs" in capsys.readouterr().err
+    assert main(args + ["--pretrain-batch-size", "0"]) == 2
+    assert "--pretrain-batch-size must be at least 1" in capsys.readouterr().err

@@ -211,20 +211,24 @@ def test_pretraining_record_reads_the_last_epochs_losses_and_hinges_and_the_repo
     ckpt["fomo_metadata"]["objective_settings"] = {"loss_region": "masked_brain", "vicreg_weight": 0.0}
     torch.save(ckpt, mae)
     ckpt["fomo_metadata"]["objective"] = "vicreg"
+    # nnU-Net's init_args keep the plans the trainer ran with: the batch size comes from them
+    ckpt["init_args"] = {"configuration": "3d_fullres",
+                         "plans": {"configurations": {"3d_fullres": {"batch_size": 16}, "2d": {"batch_size": 99}}}}
     ckpt["fomo_metadata"]["objective_settings"] = {
         "loss_region": "masked_brain", "vicreg_weight": 1.0, "mae_weight": 0.0,
         "vicreg": {"history": {"per_epoch": {"variance": [1.9, 0.3], "feature_variance": [1.9, 1.2]}}}}
     torch.save(ckpt, tmp_path / "vicreg.pth")
     r = F.pretraining_record(str(mae))
     assert r == {"objective": "mae", "mae_weight": 1.0, "vicreg_weight": 0.0, "loss_region": "masked_brain",
-                 "epochs": 3, "val_loss": 0.42, "variance_hinge": None, "pools_variance_hinge": None}
+                 "batch_size": None, "epochs": 3, "val_loss": 0.42, "variance_hinge": None, "pools_variance_hinge": None}
     v = F.pretraining_record(str(tmp_path / "vicreg.pth"))
-    assert (v["objective"], v["mae_weight"], v["variance_hinge"], v["pools_variance_hinge"]) == ("vicreg", 0.0, 0.3, 1.2)
+    assert (v["objective"], v["mae_weight"], v["variance_hinge"], v["pools_variance_hinge"], v["batch_size"]) == \
+        ("vicreg", 0.0, 0.3, 1.2, 16)
     probe = {"task5": {"seeds": [0], "scores": [0.5], "ci95": [[0.4, 0.6]], "scale_free": [0.5]}}
     summary = {"pretrained_arm": "a", "tasks": {"task5": {"metric": "auroc", "goal": F.goal("auroc", [0.5], [0.5])}},
                "variants": {"a": probe, "b": probe}, "diagnostics": {"a": [], "b": []},
                "settings": {"n_train": 8, "n_test": 8, "data_seed": 0, "pooling": "own"},
                "pretraining": {"a": [r | {"seed": 0}], "b": [v | {"seed": 0}]}}
     text = F.markdown(summary)
-    assert "| a | 0 | mae | 1 x 0 | 3 | 0.420 (masked_brain) | n/a | n/a |" in text
-    assert "| b | 0 | vicreg | 0 x 1 | 3 | 0.420 (masked_brain) | 0.300 | 1.200 |" in text
+    assert "| a | 0 | mae | 1 x 0 | n/a | 3 | 0.420 (masked_brain) | n/a | n/a |" in text
+    assert "| b | 0 | vicreg | 0 x 1 | 16 | 3 | 0.420 (masked_brain) | 0.300 | 1.200 |" in text

@@ -232,7 +232,7 @@ def checkpoint_pooling(checkpoint: str) -> str:
 def pretraining_record(checkpoint: str) -> dict:
     """What a checkpoint records of its own pretraining, the measures that choose among objectives without a
     probe (docs/pretraining-recipes.md): objective and weights, epochs, the last epoch's validation loss (the
-    reconstruction loss over `loss_region`), and with a VICReg term the last epoch's variance hinge of the
+    reconstruction loss over `loss_region`), the batch size of its plans, and with a VICReg term the last epoch's variance hinge of the
     features the term sees (`variance_hinge`, after an expander) and of the encoder's pools themselves
     (`pools_variance_hinge`); each hinge in [0, 2], 2 when the features are the same for every sample."""
     from fomo_nnunet.models.transfer import METADATA_KEY, load_checkpoint_safely
@@ -246,8 +246,11 @@ def pretraining_record(checkpoint: str) -> dict:
     def last(name: str) -> float | None:
         return float(history[name][-1]) if history.get(name) else None
 
+    init = ckpt.get("init_args") or {}
+    configuration = ((init.get("plans") or {}).get("configurations") or {}).get(init.get("configuration")) or {}
     return {"objective": meta.get("objective"), "mae_weight": float(settings.get("mae_weight", 1.0)),
             "vicreg_weight": float(settings.get("vicreg_weight", 0.0)), "loss_region": settings.get("loss_region"),
+            "batch_size": configuration.get("batch_size"),
             "epochs": len(val), "val_loss": float(val[-1]) if val else None,
             "variance_hinge": last("variance"), "pools_variance_hinge": last("feature_variance")}
 
@@ -672,11 +675,12 @@ def markdown(summary: dict) -> str:
     if summary.get("pretraining"):
         lines += ["", "Pretraining, as each checkpoint records it (last epoch; variance hinges in [0, 2], 2: the same "
                   "features for every sample):", "",
-                  "| arm | seed | objective | reconstruction x VICReg weight | epochs | validation loss (region) | "
-                  "VICReg variance hinge | the pools' hinge |", "|---|---|---|---|---|---|---|---|"]
+                  "| arm | seed | objective | reconstruction x VICReg weight | batch | epochs | validation loss (region) | "
+                  "VICReg variance hinge | the pools' hinge |", "|---|---|---|---|---|---|---|---|---|"]
         for arm in arms:
             for r in summary["pretraining"].get(arm, []):
                 lines.append(f"| {arm} | {r['seed']} | {r['objective']} | {r['mae_weight']:g} x {r['vicreg_weight']:g} | "
-                             f"{r['epochs']} | {_f(r['val_loss'])} ({r['loss_region'] or 'n/a'}) | "
+                             f"{r.get('batch_size') or 'n/a'} | {r['epochs']} | "
+                             f"{_f(r['val_loss'])} ({r['loss_region'] or 'n/a'}) | "
                              f"{_f(r['variance_hinge'])} | {_f(r['pools_variance_hinge'])} |")
     return "\n".join(lines) + "\n"

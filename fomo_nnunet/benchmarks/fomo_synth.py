@@ -69,7 +69,7 @@ class Benchmark:
                  tasks: tuple[int, ...] | None = None, synth_sizes: tuple[int | None, int | None] | None = None,
                  in_process=None, corpus: tuple[int | None, int | None] = (None, None),
                  pretrain_trainer: str | None = None, adapt: str | None = None,
-                 adapt_folds: tuple[int, ...] = (0, 1, 2, 3, 4)):
+                 adapt_folds: tuple[int, ...] = (0, 1, 2, 3, 4), pretrain_batch_size: int | None = None):
         if not seeds:
             raise ValueError("give at least one seed")
         self.p = PRESETS[preset]
@@ -80,6 +80,8 @@ class Benchmark:
         self.adapt, self.adapt_folds = adapt, tuple(adapt_folds)
         self.synth_sizes = synth_sizes
         self.corpus = corpus  # pretraining sources, subjects per source (None: the synth preset's)
+        # `plan pretrain --batch-size` (None: the architecture preset's); a folder keeps the batch it planned
+        self.pretrain_batch_size = pretrain_batch_size
         self.data_seed = data_seed
         self.seeds = tuple(dict.fromkeys(int(s) for s in seeds))
         self.np = str(num_processes)
@@ -132,9 +134,11 @@ class Benchmark:
         """Plan, preprocess and pretrain (this seed) with the preset's trainer or another one (a variant)."""
         trainer = trainer or self.p.pretrain_trainer
         d = str(PRETRAIN_DATASET_ID)
+        batch = ("--batch-size", str(self.pretrain_batch_size)) if self.pretrain_batch_size is not None else ()
         self.pipe.step("plan_pretrain", lambda: self.pipe.run(
             ["fomo-nnunet", "plan", "pretrain", "-d", d, "--arch", self.p.arch, "-np", self.np,
-             *self.p.extra_plan_args]) and None)
+             *self.p.extra_plan_args, *batch]) and None)
+        self.check_pretrain_batch()
         self.pipe.step("preprocess_pretrain", lambda: self.pipe.run(
             ["nnUNetv2_preprocess", "-d", d, "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
              "-np", self.np]) and None)
@@ -143,6 +147,21 @@ class Benchmark:
             ["nnUNetv2_train", d, "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", trainer,
              "-device", "cpu"]) and None)
         return self.pretrain_folder(trainer)
+
+    def pretrain_plans_batch(self) -> int | None:
+        """The batch size in this folder's pretraining plans (None before they are planned)."""
+        plans = next(self.pre.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*/fomoPretrainPlans.json"), None)
+        if plans is None:
+            return None
+        return int(json.loads(plans.read_text())["configurations"]["3d_fullres"]["batch_size"])
+
+    def check_pretrain_batch(self) -> None:
+        """Refuse to pretrain at another batch than asked for: the plans are shared by every seed and trainer
+        of the folder, and a planning step already done is not repeated."""
+        have = self.pretrain_plans_batch()
+        if self.pretrain_batch_size is not None and have is not None and have != self.pretrain_batch_size:
+            raise ValueError(f"{self.work} holds pretraining plans with batch size {have}, not "
+                             f"{self.pretrain_batch_size}; use a new --work folder for another batch size")
 
     def pretrain_data(self) -> Path:
         return pretrain_data(self.pre)
@@ -252,6 +271,7 @@ class Benchmark:
     def pretrain_variants(self, trainers: tuple[str, ...]) -> None:
         """The data, its pretraining plans and every seed's checkpoint for each trainer (resumable): what
         the feature benchmark compares."""
+        self.check_pretrain_batch()
         self.synthesize()
         self.convert(())
         for seed in self.seeds:
@@ -264,6 +284,7 @@ class Benchmark:
     def claim_pretraining(self) -> None:
         """Record which trainer pretrains in this folder, and refuse a folder pretrained with another: its
         finished steps (task plans, finetuning, predictions) build on that checkpoint and would be skipped."""
+        self.check_pretrain_batch()
         path = self.work / PRETRAINING_RECORD
         record = json.loads(path.read_text()) if path.is_file() else {}
         if record.get("adapt") != self.adapt and any(self.pipe.steps_dir.glob("train_*.json")):

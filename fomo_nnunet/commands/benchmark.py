@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("benchmark", help="synthesize, pretrain, finetune and score all seven tasks (report.md)",
                        description="The FOMO-Synth benchmark: does pretraining pay?", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       # argparse checks every option of the command line against this parser's prefixes, the
+                       # subcommand's too: `features --pretrain` would be an ambiguous --pretrain-* here
+                       allow_abbrev=False)
     p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="size and budget preset (default: tiny)")
     p.add_argument("--work", default="fomo_work", help="work folder (nnU-Net folders, steps, report); default fomo_work")
     seeds = p.add_mutually_exclusive_group()
@@ -78,6 +81,11 @@ def add_corpus_options(p: argparse.ArgumentParser) -> None:
                    help="pretraining corpus: this many sources (scanners) instead of the preset's (tiny: 3)")
     p.add_argument("--corpus-subjects", type=int, default=None, metavar="N",
                    help="pretraining corpus: subjects per source (tiny: 4; each 1-2 sessions of 2 scans)")
+    p.add_argument("--pretrain-batch-size", type=int, default=None, metavar="N",
+                   help="pretraining batch size (`plan pretrain --batch-size N`) instead of the architecture "
+                        "preset's (tiny: 2). Joint-embedding terms need it: at N samples per branch VICReg's "
+                        "variance hinge cannot fall below vicreg_hinge_floor(D, N). A work folder keeps the "
+                        "batch it planned")
 
 
 FEATURES_EXAMPLES = """\
@@ -148,8 +156,9 @@ def run_features(args: argparse.Namespace) -> int:
 
     # refused before minutes of pretraining or synthesis: each probe is chosen by FOLDS-fold cross-validation
     for flag, size, least in (("--n-train", args.n_train, FOLDS), ("--n-test", args.n_test, FOLDS),
-                              ("--seeds", args.seeds, 1), ("--init-seeds", args.init_seeds, 1)):
-        if size < least:
+                              ("--seeds", args.seeds, 1), ("--init-seeds", args.init_seeds, 1),
+                              ("--pretrain-batch-size", args.pretrain_batch_size, 1)):
+        if size is not None and size < least:
             print(f"error: {flag} must be at least {least} (got {size})", file=sys.stderr)
             return 2
     if args.pretrain:
@@ -158,12 +167,20 @@ def run_features(args: argparse.Namespace) -> int:
         from fomo_nnunet.benchmarks.pipeline import StepFailed
 
         bench = Benchmark(args.work, args.preset, seeds=tuple(range(args.seeds)), num_processes=args.num_processes,
-                          in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects))
+                          in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects),
+                          pretrain_batch_size=args.pretrain_batch_size)
         try:
             bench.pretrain_variants(tuple(args.pretrain))
         except StepFailed as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    elif args.pretrain_batch_size is not None:
+        print("error: --pretrain-batch-size applies to the pretraining that --pretrain runs; without --pretrain "
+              "the checkpoints are probed as they are", file=sys.stderr)
+        return 2
     if args.checkpoint:
         found = {"checkpoint": dict(enumerate(args.checkpoint))}
     else:
@@ -212,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed_list is None and args.seeds < 1:
         print(f"error: --seeds must be at least 1 (got {args.seeds})", file=sys.stderr)
         return 2
-    for flag, size in (("--n-train", args.n_train), ("--n-test", args.n_test)):
+    for flag, size in (("--n-train", args.n_train), ("--n-test", args.n_test),
+                       ("--pretrain-batch-size", args.pretrain_batch_size)):
         if size is not None and size < 1:  # every task needs cases to finetune on and to score
             print(f"error: {flag} must be at least 1 (got {size})", file=sys.stderr)
             return 2
@@ -225,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     seeds = tuple(args.seed_list) if args.seed_list is not None else tuple(range(args.seeds))
     bench = Benchmark(args.work, args.preset, args.data_seed, seeds, args.num_processes, tasks=args.tasks,
                       synth_sizes=sizes, in_process=cli_main, corpus=(args.corpus_sources, args.corpus_subjects),
-                      pretrain_trainer=args.pretrain_trainer, adapt=args.adapt, adapt_folds=tuple(args.adapt_folds))
+                      pretrain_trainer=args.pretrain_trainer, adapt=args.adapt, adapt_folds=tuple(args.adapt_folds),
+                      pretrain_batch_size=args.pretrain_batch_size)
     try:
         bench.claim_pretraining()
     except ValueError as e:
