@@ -232,3 +232,30 @@ def test_pretraining_record_reads_the_last_epochs_losses_and_hinges_and_the_repo
     text = F.markdown(summary)
     assert "| a | 0 | mae | 1 x 0 | n/a | 3 | 0.420 (masked_brain) | n/a | n/a |" in text
     assert "| b | 0 | vicreg | 0 x 1 | 16 | 3 | 0.420 (masked_brain) | 0.300 | 1.200 |" in text
+
+
+def test_rule_step2_names_every_criterion_an_arm_misses():
+    """The default-objective rule's step 2: +0.05 AUROC on tasks 1 and 5 and +0.10 on task 6 over random init
+    (means over seeds), a task-3 MAE no higher, no dead dimension, 3 pretraining seeds."""
+    def arm(t1, t3, t5, t6, seeds=3):
+        return {k: {"scores": [v] * seeds} for k, v in (("task1", t1), ("task3", t3), ("task5", t5), ("task6", t6))}
+
+    healthy = [{"dead_dimensions": 0}] * 3
+    summary = {"variants": {"random_init": arm(0.80, 10.0, 0.50, 0.50),
+                            "good": arm(0.85, 10.0, 0.56, 0.61),                   # exactly at or over each margin
+                            "short": arm(0.84, 10.5, 0.56, 0.59, seeds=2),
+                            "dead": arm(0.90, 9.0, 0.60, 0.70)},
+               "diagnostics": {"good": healthy, "short": healthy[:2], "dead": healthy[:2] + [{"dead_dimensions": 4}]}}
+    summary["variants"]["good"]["task1"]["scores"] = [0.84, 0.85, 0.86]            # the mean is what counts
+    rule = F.rule_step2(summary)
+    assert set(rule) == {"good", "short", "dead"}
+    assert rule["good"]["qualifies"] and rule["good"]["misses"] == []
+    assert rule["good"]["checks"]["task6"]["auroc_difference"] == pytest.approx(0.11)
+    assert rule["short"]["misses"] == ["task1", "task6", "task3", "2 of 3 seeds"]
+    assert rule["short"]["checks"]["task3"]["relative_mae_difference"] == pytest.approx(0.05)
+    assert rule["dead"]["misses"] == ["dead dimensions"]
+    del summary["variants"]["good"]["task3"]
+    assert F.rule_step2(summary)["good"]["misses"] == ["task3 not probed"]
+    text = "\n".join(F._rule_lines(F.rule_step2(summary)))
+    assert "| short | 2 | +0.040 | +0.060 | +0.090 | +5.0% | 0 | misses: task1, task6, task3, 2 of 3 seeds |" in text
+    assert "| good | 3 | +0.050 | +0.060 | +0.110 | not probed | 0 | misses: task3 not probed |" in text

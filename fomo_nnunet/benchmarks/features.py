@@ -66,6 +66,12 @@ RESULT_VERSION = 2  # 2: embeddings standardised with the checkpoint's statistic
 # the goals the pretraining work is measured against: AUROC gain, relative MAE reduction
 GOAL_AUROC_GAIN = 0.10
 GOAL_MAE_REDUCTION = 0.20
+# Step 2 of the rule that chooses the default pretraining objective (docs/pretraining-recipes.md, "How the
+# default objective is chosen"), stated before its runs: with RULE_SEEDS pretraining seeds, the mean probe AUROC
+# at least random init's + the margin on each AUROC task, a task-3 probe MAE no higher, no dead dimension
+RULE_AUROC_MARGINS = {"task1": 0.05, "task5": 0.05, "task6": 0.10}
+RULE_MAE_TASK = "task3"
+RULE_SEEDS = 3
 
 
 def feature_tasks() -> tuple[Task, ...]:
@@ -507,6 +513,7 @@ class FeatureBenchmark:
         arms = self.probe_checkpoints(sets, cache, corpus)
         arms["random_init"] = self.probe_twins(twin_of, sets, cache, corpus)
         summary = summarise(arms, self.default, self.tasks)
+        summary["rule_step2"] = rule_step2(summary)
         summary["pretraining"] = {arm: [pretraining_record(ckpt) | {"seed": seed} for seed, ckpt in sorted(by_seed.items())]
                                   for arm, by_seed in self.checkpoints.items()}
         summary["probe_sets"] = {key: {s: int(len(v)) for s, v in ps.targets.items()} | {"skipped": len(ps.skipped)}
@@ -609,6 +616,64 @@ def goal(metric: str, pretrained: Sequence[float], random_init: Sequence[float])
     return {"auroc_gain": p - r, "target": GOAL_AUROC_GAIN, "met": bool(p - r >= GOAL_AUROC_GAIN)}
 
 
+def rule_step2(summary: dict) -> dict:
+    """Per pretrained arm, step 2 of the default-objective rule against random init: each criterion's measured
+    difference of the means, its requirement and whether it is met; `misses` names every criterion not met
+    (a task the run did not probe, or fewer than RULE_SEEDS seeds, is a miss: the rule cannot pass on it)."""
+    out = {}
+    random_init = summary["variants"]["random_init"]
+    for arm, by_task in summary["variants"].items():
+        if arm == "random_init":
+            continue
+        checks, misses = {}, []
+        for key, margin in [*RULE_AUROC_MARGINS.items(), (RULE_MAE_TASK, None)]:
+            if key not in by_task:
+                misses.append(f"{key} not probed")
+                continue
+            arm_mean, init_mean = float(np.mean(by_task[key]["scores"])), float(np.mean(random_init[key]["scores"]))
+            if margin is None:   # regression: the probe's MAE may not be higher than random init's
+                diff = arm_mean / init_mean - 1.0 if init_mean > 0 else float("nan")
+                met = bool(diff <= 0.0)
+                checks[key] = {"relative_mae_difference": diff, "required": "<= 0", "met": met}
+            else:
+                diff = arm_mean - init_mean
+                met = bool(diff >= margin - 1e-9)   # a difference exactly at the margin meets it
+                checks[key] = {"auroc_difference": diff, "required": f">= +{margin:g}", "met": met}
+            if not met:
+                misses.append(key)
+        dead = max((int(d["dead_dimensions"]) for d in summary["diagnostics"].get(arm, [])), default=0)
+        checks["dead_dimensions"] = {"most_in_one_seed": dead, "required": "0", "met": dead == 0}
+        if dead:
+            misses.append("dead dimensions")
+        seeds = len(next(iter(by_task.values()))["scores"]) if by_task else 0
+        if seeds < RULE_SEEDS:
+            misses.append(f"{seeds} of {RULE_SEEDS} seeds")
+        out[arm] = {"seeds": seeds, "checks": checks, "qualifies": not misses, "misses": misses}
+    return out
+
+
+def _rule_lines(rule: dict) -> list[str]:
+    keys = [*RULE_AUROC_MARGINS, RULE_MAE_TASK]
+    head = [f"{k} (AUROC >= +{m:g})" for k, m in RULE_AUROC_MARGINS.items()] + [f"{RULE_MAE_TASK} (MAE not higher)"]
+    lines = ["", "Step 2 of the default-objective rule (docs/pretraining-recipes.md): each arm's mean against random "
+             f"init's, with {RULE_SEEDS} pretraining seeds:", "",
+             "| arm | seeds | " + " | ".join(head) + " | dead | step 2 |", "|---|---|" + "---|" * (len(keys) + 2)]
+    for arm, r in rule.items():
+        cells = []
+        for k in keys:
+            c = r["checks"].get(k)
+            if c is None:
+                cells.append("not probed")
+            elif "auroc_difference" in c:
+                cells.append(f"{c['auroc_difference']:+.3f}")
+            else:
+                cells.append(f"{c['relative_mae_difference']:+.1%}")
+        verdict = "qualifies" if r["qualifies"] else "misses: " + ", ".join(r["misses"])
+        lines.append(f"| {arm} | {r['seeds']} | " + " | ".join(cells) +
+                     f" | {r['checks']['dead_dimensions']['most_in_one_seed']} | {verdict} |")
+    return lines
+
+
 def _ms(values: Sequence[float | None]) -> str:
     v = [x for x in values if x is not None and math.isfinite(x)]
     if not v:
@@ -659,6 +724,8 @@ def markdown(summary: dict) -> str:
         else:
             what = f"AUROC {g['auroc_gain']:+.3f} over random init (target +{g['target']:.2f})"
         lines.append(f"- {t}: {what}: {'met' if g['met'] else 'not met'}")
+    if summary.get("rule_step2"):
+        lines += _rule_lines(summary["rule_step2"])
     lines += ["", "Per encoder, the test score and its bootstrap 95 % interval:", "",
               "| arm | seed | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     for arm in arms:
