@@ -124,6 +124,11 @@ def read_probe_set(task: Task, folder: str | os.PathLike) -> ProbeSet:
     return out
 
 
+def probe_set_identity(tasks: Sequence[Task], n_train: int, n_test: int, seed: int) -> dict:
+    """What probe sets are made from: the stamp of their folder, and part of every kept result's fingerprint."""
+    return {"seed": seed, "n_train": n_train, "n_test": n_test, "tasks": sorted(t.number for t in tasks)}
+
+
 def make_probe_sets(folder: str | os.PathLike, tasks: Sequence[Task], n_train: int = N_TRAIN,
                     n_test: int = N_TEST, seed: int = DATA_SEED_OFFSET, num_processes: int = 2,
                     log: Callable = print) -> dict[str, ProbeSet]:
@@ -132,7 +137,7 @@ def make_probe_sets(folder: str | os.PathLike, tasks: Sequence[Task], n_train: i
     from fomo_nnunet.data.synth import generate
 
     folder = Path(folder)
-    want = {"seed": seed, "n_train": n_train, "n_test": n_test, "tasks": sorted(t.number for t in tasks)}
+    want = probe_set_identity(tasks, n_train, n_test, seed)
     stamp = folder / "probe_sets.json"
     if stamp.is_file():
         have = json.loads(stamp.read_text())
@@ -498,8 +503,7 @@ class FeatureBenchmark:
     @property
     def probe_identity(self) -> str:
         """The probe sets every kept result depends on (part of its fingerprint)."""
-        return (f"tasks={','.join(str(t.number) for t in sorted(self.tasks, key=lambda t: t.number))}:"
-                f"n={self.n_train}/{self.n_test}:data_seed={self.data_seed}")
+        return json.dumps(probe_set_identity(self.tasks, self.n_train, self.n_test, self.data_seed), sort_keys=True)
 
     def run(self) -> dict:
         sets = make_probe_sets(self.folder / "data", self.tasks, self.n_train, self.n_test, self.data_seed,

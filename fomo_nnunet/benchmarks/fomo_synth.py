@@ -150,10 +150,10 @@ class Benchmark:
 
     def pretrain_plans_batch(self) -> int | None:
         """The batch size in this folder's pretraining plans (None before they are planned)."""
-        plans = next(self.pre.glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*/fomoPretrainPlans.json"), None)
-        if plans is None:
+        try:
+            return int(pretrain_configuration(self.pre)[1]["batch_size"])
+        except (StopIteration, FileNotFoundError):
             return None
-        return int(json.loads(plans.read_text())["configurations"]["3d_fullres"]["batch_size"])
 
     def check_pretrain_batch(self) -> None:
         """Refuse to pretrain at another batch than asked for: the plans are shared by every seed and trainer
@@ -398,11 +398,18 @@ class Benchmark:
         return results
 
 
-def pretrain_data(preprocessed: Path) -> Path:
-    """The preprocessed pretraining cases: nnUNet_preprocessed/Dataset900_*/<its plans' data identifier>."""
+def pretrain_configuration(preprocessed: Path) -> tuple[Path, dict]:
+    """The pretraining dataset's folder in nnUNet_preprocessed and its plans' 3d_fullres configuration
+    (StopIteration without the dataset, FileNotFoundError before it is planned)."""
     folder = next(Path(preprocessed).glob(f"Dataset{PRETRAIN_DATASET_ID:03d}_*"))
     plans = json.loads((folder / "fomoPretrainPlans.json").read_text())
-    return folder / plans["configurations"]["3d_fullres"]["data_identifier"]
+    return folder, plans["configurations"]["3d_fullres"]
+
+
+def pretrain_data(preprocessed: Path) -> Path:
+    """The preprocessed pretraining cases: nnUNet_preprocessed/Dataset900_*/<its plans' data identifier>."""
+    folder, configuration = pretrain_configuration(preprocessed)
+    return folder / configuration["data_identifier"]
 
 
 def case_arguments(task: Task, session_folder: Path) -> list[str]:
