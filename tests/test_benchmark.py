@@ -196,9 +196,12 @@ def test_a_work_folder_keeps_the_pretraining_trainer_it_started_with(tmp_path, c
     from fomo_nnunet.cli import main
 
     hybrid = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke"
-    old = tmp_path / "old"  # a folder pretrained before the record existed: the preset's trainer
+    old = tmp_path / "old"  # a folder finetuned before the record existed: the preset's trainer
     (old / "steps").mkdir(parents=True)
     (old / "steps" / "pretrain_seed0.json").write_text("{}")
+    Benchmark(old, "smoke", pretrain_trainer=hybrid).claim_pretraining()  # pretrainings alone: may be shared
+    (old / "pretraining.json").unlink()
+    (old / "steps" / "plan_task1_seed0.json").write_text("{}")
     Benchmark(old, "smoke").claim_pretraining()
     with pytest.raises(ValueError, match=f"pretrained with nnUNetTrainerFomoMAE_tiny_smoke.*new --work folder for {hybrid}"):
         Benchmark(old, "smoke", pretrain_trainer=hybrid).claim_pretraining()
@@ -210,6 +213,34 @@ def test_a_work_folder_keeps_the_pretraining_trainer_it_started_with(tmp_path, c
     Benchmark(new, "smoke", pretrain_trainer=hybrid).claim_pretraining()  # the same trainer again: fine
     assert main(["benchmark", "--preset", "smoke", "--work", str(new)]) == 2  # the preset's: refused up front
     assert f"pretrained with {hybrid}" in capsys.readouterr().err
+
+
+def test_benchmark_reuses_the_checkpoints_benchmark_features_pretrained(tmp_path):
+    """`benchmark features --pretrain X` and `benchmark --pretrain-trainer X` name X's pretraining step alike, so
+    either reuses the other's checkpoints in one folder; the preset's own trainer keeps `pretrain`; a folder
+    benchmarked with --pretrain-trainer X before this naming keeps its `pretrain` step."""
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
+
+    hybrid = "nnUNetTrainerFomoMAE_tiny_noskip_vicreg_sessions_smoke"
+    work = tmp_path / "w"
+    features = Benchmark(work, "smoke")  # what `benchmark features` uses: the preset's trainer plus variants
+    assert features.pretrain_step("nnUNetTrainerFomoMAE_tiny_smoke") == "pretrain"
+    assert features.pretrain_step(hybrid) == f"pretrain_{hybrid}"
+    bench = Benchmark(work, "smoke", pretrain_trainer=hybrid)
+    bench.claim_pretraining()
+    assert bench.pretrain_step(hybrid) == f"pretrain_{hybrid}"
+    # the preset's trainer pretrained here first: its `pretrain` step is not the hybrid's
+    (work / "steps" / "pretrain_seed0.json").write_text(json.dumps({"seconds": 1}))
+    dataset = work / "nnUNet_preprocessed" / "Dataset900_FOMOPretrain"
+    dataset.mkdir(parents=True)
+    assert bench.pretrain_step(hybrid) == f"pretrain_{hybrid}"
+    # ... but where the hybrid's checkpoint sits under `pretrain` (the old naming), that step is its own
+    final = bench.pretrain_folder(hybrid) / "fold_all" / "checkpoint_final.pth"
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b"")
+    assert bench.pretrain_step(hybrid) == "pretrain"
+    (work / "steps" / f"pretrain_{hybrid}_seed0.json").write_text(json.dumps({"seconds": 1}))
+    assert bench.pretrain_step(hybrid) == f"pretrain_{hybrid}"
 
 
 def test_a_work_folder_keeps_the_adaptation_it_finetuned_with(tmp_path):

@@ -142,11 +142,25 @@ class Benchmark:
         self.pipe.step("preprocess_pretrain", lambda: self.pipe.run(
             ["nnUNetv2_preprocess", "-d", d, "-plans_name", "fomoPretrainPlans", "-c", "3d_fullres",
              "-np", self.np]) and None)
-        step = "pretrain" if trainer == self.p.pretrain_trainer else f"pretrain_{trainer}"
-        self.pipe.step(self._s(step), lambda: self.pipe.run(
+        self.pipe.step(self._s(self.pretrain_step(trainer)), lambda: self.pipe.run(
             ["nnUNetv2_train", d, "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", trainer,
              "-device", "cpu"]) and None)
         return self.pretrain_folder(trainer)
+
+    def pretrain_step(self, trainer: str) -> str:
+        """The step that pretrains `trainer` (before the seed suffix): `pretrain` for the preset's own trainer,
+        `pretrain_<trainer>` for any other, whether `benchmark features` or `benchmark --pretrain-trainer`
+        asked for it, so the one reuses the checkpoints the other pretrained in the same folder. A folder
+        benchmarked with --pretrain-trainer before this naming (its record names `trainer`, its `pretrain`
+        step is done and `trainer`'s checkpoint is there) keeps its `pretrain` steps."""
+        own = f"pretrain_{trainer}"
+        if trainer == PRESETS[self.p.name].pretrain_trainer:
+            return "pretrain"
+        path = self.work / PRETRAINING_RECORD
+        legacy = (path.is_file() and json.loads(path.read_text()).get("pretrain_trainer") == trainer
+                  and self.pipe.done(self._s(own)) is None and self.pipe.done(self._s("pretrain")) is not None
+                  and (self.pretrain_folder(trainer) / "fold_all" / "checkpoint_final.pth").is_file())
+        return "pretrain" if legacy else own
 
     def pretrain_plans_batch(self) -> int | None:
         """The batch size in this folder's pretraining plans (None before they are planned)."""
@@ -293,10 +307,11 @@ class Benchmark:
                              f"{self.adapt or '(none)'}")
         if path.is_file():
             had = record["pretrain_trainer"]
-        elif any(self.pipe.steps_dir.glob("pretrain_seed*.json")):
+        elif any(self.pipe.steps_dir.glob("plan_*_seed*.json")):
             had = PRESETS[self.p.name].pretrain_trainer  # a folder from before the record: the preset's trainer
         else:
-            had = None
+            had = None  # nothing finetuned yet (pretrainings alone, as `benchmark features` leaves them, are kept
+            # apart by trainer and reused)
         if had is not None and had != self.p.pretrain_trainer:
             raise ValueError(f"{self.work} holds a benchmark pretrained with {had}, and its finished steps build on "
                              f"that checkpoint; use a new --work folder for {self.p.pretrain_trainer}")
