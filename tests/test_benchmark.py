@@ -191,6 +191,21 @@ def test_benchmark_refuses_a_pretraining_trainer_that_is_not_one(tmp_path, capsy
     assert not work.exists()
 
 
+def test_every_pretraining_trainer_is_accepted_and_no_finetuning_one():
+    """--pretrain-trainer takes every trainer whose recipe is a pretraining recipe (the presets', the variants',
+    the organisers' AMAES) and no finetuning trainer."""
+    from fomo_nnunet.benchmarks.fomo_synth import PRESETS
+    from fomo_nnunet.commands.benchmark import pretraining_trainer_problem
+
+    for name in {p.pretrain_trainer for p in PRESETS.values()} | {
+            "nnUNetTrainerFomoMAE_tiny_amaes", "nnUNetTrainerFomoMAE_tiny_vicreg_w0p1_stages_expander128",
+            "nnUNetTrainerFomoMAE_tiny_vicreg_alone_stages_expander128"}:
+        assert pretraining_trainer_problem(name) is None, name
+    for p in PRESETS.values():
+        for name in (p.seg_trainer, p.cls_trainer, p.reg_trainer):
+            assert "not a pretraining trainer" in pretraining_trainer_problem(name), name
+
+
 def test_a_work_folder_keeps_the_pretraining_trainer_it_started_with(tmp_path, capsys):
     from fomo_nnunet.benchmarks.fomo_synth import Benchmark
     from fomo_nnunet.cli import main

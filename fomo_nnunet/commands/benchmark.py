@@ -272,6 +272,8 @@ def pretraining_trainer_problem(name: str) -> str | None:
         cls = None
     if cls is None:
         return "no such trainer (not in fomo_nnunet's trainers nor nnU-Net's)"
-    if not hasattr(cls, "mask_ratio"):
-        return "not a pretraining trainer (no masked-reconstruction settings)"
+    from fomo_nnunet.ssl.recipe import PretrainRecipe
+
+    if not isinstance(getattr(cls, "recipe", None), PretrainRecipe):
+        return "not a pretraining trainer (its recipe is not a PretrainRecipe)"
     return None
