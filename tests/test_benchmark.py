@@ -339,6 +339,28 @@ def test_with_adapt_auto_the_pretrained_plans_are_cross_validated_after_preproce
     assert results["pretrained"]["adaptation"] == entry and "adaptation" not in results["scratch"]
 
 
+@pytest.mark.parametrize("pretrain_batch, finetune_batch", [(None, None), (16, "2")])
+def test_a_pretraining_batch_size_leaves_the_finetuning_batch_at_the_presets(tmp_path, monkeypatch, pretrain_batch,
+                                                                            finetune_batch):
+    """Both arms' task plans take the architecture preset's batch (tiny: 2) when only the pretraining batch was
+    changed; without --pretrain-batch-size `plan transfer` keeps its default (the checkpoint's batch)."""
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
+    from fomo_nnunet.tasks import TASKS_BY_NUMBER
+
+    bench = Benchmark(tmp_path / "w", "smoke", pretrain_batch_size=pretrain_batch, log=lambda s: None)
+    commands = []
+    monkeypatch.setattr(bench.pipe, "run", lambda cmd: commands.append(cmd) or "")
+    monkeypatch.setattr(bench, "train_and_score", lambda task, arm, trainer, plans: {"arm": arm})
+    (bench.pre / "Dataset904_FOMO4Trigeminal").mkdir(parents=True)
+    (bench.pre / "Dataset904_FOMO4Trigeminal" / f"{bench.plans}.json").write_text("{}")
+    (bench.raw / "Dataset904_FOMO4Trigeminal").mkdir(parents=True)
+    bench.finetune(TASKS_BY_NUMBER[4], tmp_path / "pretrained")
+    plans = [c for c in commands if c[:3] == ["fomo-nnunet", "plan", "transfer"]]
+    assert len(plans) == 2  # the pretrained arm's and the scratch arm's
+    for c in plans:
+        assert (c[c.index("--batch-size") + 1] if "--batch-size" in c else None) == finetune_batch
+
+
 def test_a_pretraining_batch_size_goes_to_the_plans_and_a_folder_keeps_the_batch_it_planned(tmp_path, capsys):
     """`--pretrain-batch-size N` plans the pretraining with `plan pretrain --batch-size N`; a folder whose plans
     hold another batch is refused before any work (its plans are shared by every seed and trainer)."""

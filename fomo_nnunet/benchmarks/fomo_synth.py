@@ -198,11 +198,12 @@ class Benchmark:
     def finetune(self, task: Task, pretrained: Path) -> dict:
         d = str(task.default_dataset_id)
         plan = ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "-np", self.np,
-                "--plans-name", self.plans, "--data-identifier", TASK_PLANS_DATA]
+                "--plans-name", self.plans, "--data-identifier", TASK_PLANS_DATA, *self.finetune_batch()]
         self.pipe.step(self._s(f"plan_{task.key}"), lambda: self.pipe.run(plan) and None)
         self.pipe.step(self._s(f"plan_{task.key}_scratch"), lambda: self.pipe.run(
             ["fomo-nnunet", "plan", "transfer", "-d", d, "--pretrained", str(pretrained), "--from-scratch",
-             "-np", self.np, "--plans-name", self.scratch_plans, "--data-identifier", TASK_PLANS_DATA]) and None)
+             "-np", self.np, "--plans-name", self.scratch_plans, "--data-identifier", TASK_PLANS_DATA,
+             *self.finetune_batch()]) and None)
         # every seed's plans (and the from-scratch ones) differ only in the checkpoint they name: one
         # preprocessing serves all
         self.pipe.step(f"preprocess_{task.key}", lambda: self.pipe.run(
@@ -221,6 +222,16 @@ class Benchmark:
         if adaptation:
             results["pretrained"]["adaptation"] = adaptation
         return results
+
+    def finetune_batch(self) -> tuple[str, ...]:
+        """`plan transfer`'s batch option: none by default (the checkpoint's pretraining batch, which is the
+        architecture preset's); with --pretrain-batch-size, the preset's batch, so that only the pretraining
+        changes and both arms finetune as in a folder pretrained at the preset's batch."""
+        if self.pretrain_batch_size is None:
+            return ()
+        from fomo_nnunet.plans.presets import ARCH_PRESETS
+
+        return ("--batch-size", str(ARCH_PRESETS[self.p.arch].default_batch_size))
 
     def train_and_score(self, task: Task, arm: str, trainer: str, plans: str) -> dict:
         """Train `trainer` on `plans` for the preset's folds, predict the out-of-domain test split and score

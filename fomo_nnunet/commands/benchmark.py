@@ -85,7 +85,7 @@ def add_corpus_options(p: argparse.ArgumentParser) -> None:
                    help="pretraining batch size (`plan pretrain --batch-size N`) instead of the architecture "
                         "preset's (tiny: 2). Joint-embedding terms need it: at N samples per branch VICReg's "
                         "variance hinge cannot fall below vicreg_hinge_floor(D, N). A work folder keeps the "
-                        "batch it planned")
+                        "batch it planned. Finetuning (both arms) keeps the preset's batch")
 
 
 FEATURES_EXAMPLES = """\
