@@ -391,3 +391,22 @@ def test_a_pretraining_batch_size_goes_to_the_plans_and_a_folder_keeps_the_batch
     assert "applies to the pretraining that --pretrain runs" in capsys.readouterr().err
     assert main(args + ["--pretrain-batch-size", "0"]) == 2
     assert "--pretrain-batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_a_training_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """The benchmark's nnUNetv2_train steps add `--c` where the fold folder holds a checkpoint (a run killed before
+    its step finished), and nothing where there is none (nnU-Net would only warn)."""
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
+
+    bench = Benchmark(tmp_path / "w", "smoke", log=lambda s: None)
+    commands = []
+    monkeypatch.setattr(bench.pipe, "run", lambda cmd: commands.append(cmd) or "")
+    (bench.pre / "Dataset900_FOMOPretrain").mkdir(parents=True)
+    bench.pretrain()
+    assert commands[-1][0] == "nnUNetv2_train" and "--c" not in commands[-1]
+    fold = bench.pretrain_folder() / "fold_all"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_latest.pth").write_bytes(b"")
+    (bench.work / "steps" / "pretrain_seed0.json").unlink()
+    bench.pretrain()
+    assert commands[-1][0] == "nnUNetv2_train" and commands[-1][-1] == "--c"

@@ -3,7 +3,8 @@ finetune it on each task and train the same trainer from scratch (plans written 
 --from-scratch`, which name no checkpoint), predict the out-of-domain test split and score.
 
 Every step is a command a user could type (nnU-Net's own where nnU-Net has one); the chain is
-resumable (fomo_nnunet.benchmarks.pipeline): a rerun skips finished steps. Repetitions: seed s pretrains and
+resumable (fomo_nnunet.benchmarks.pipeline): a rerun skips finished steps, and a training cut short continues
+from its last checkpoint (`nnUNetv2_train --c`). Repetitions: seed s pretrains and
 finetunes both arms with FOMO_SEED=s (fomo_nnunet.seeding), so on a CPU a fresh run in a new folder
 gives the same table for the same seeds, and the report states mean, sd and paired differences.
 """
@@ -144,7 +145,7 @@ class Benchmark:
              "-np", self.np]) and None)
         self.pipe.step(self._s(self.pretrain_step(trainer)), lambda: self.pipe.run(
             ["nnUNetv2_train", d, "3d_fullres", "all", "-p", "fomoPretrainPlans", "-tr", trainer,
-             "-device", "cpu"]) and None)
+             "-device", "cpu", *continue_option(self.pretrain_folder(trainer) / "fold_all")]) and None)
         return self.pretrain_folder(trainer)
 
     def pretrain_step(self, trainer: str) -> str:
@@ -242,7 +243,8 @@ class Benchmark:
         for fold in self.p.folds:
             self.pipe.step(self._s(f"train_{task.key}_{arm}_fold{fold}"), lambda fold=fold:
                            self.pipe.run(["nnUNetv2_train", d, "3d_fullres", fold, "-p", plans,
-                                          "-tr", trainer, "-device", "cpu"]) and None)
+                                          "-tr", trainer, "-device", "cpu", *continue_option(
+                                              self.model_folder(task, trainer, plans) / f"fold_{fold}")]) and None)
         out = self.run_dir / "predictions" / task.key / arm
         if task.kind == SEGMENTATION:
             cmd = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", d, "-c", "3d_fullres",
@@ -422,6 +424,14 @@ class Benchmark:
 
             results[task.key] = self.pipe.step(f"container_{task.key}", go)["result"]
         return results
+
+
+def continue_option(fold_folder: Path) -> tuple[str, ...]:
+    """`--c` where a training of this fold was cut short (a checkpoint and no finished step): nnU-Net continues
+    it, and the fomo trainers do so bit for bit on a CPU (docs/preemption.md). Without a checkpoint: nothing,
+    as nnU-Net would only warn that there is none to continue from."""
+    return ("--c",) if any((fold_folder / f).is_file() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")) \
+        else ()
 
 
 def pretrain_configuration(preprocessed: Path) -> tuple[Path, dict]:
