@@ -86,14 +86,6 @@ def test_resampled_scores_are_the_official_scores():
     assert F.resample_score("mae", np.array([1.0, 2.0]), np.array([2.0, 4.0])) == 1.5
 
 
-def test_goals():
-    assert F.goal("auroc", [0.80, 0.82], [0.70, 0.69])["met"]
-    assert not F.goal("auroc", [0.75], [0.70, 0.69])["met"]
-    g = F.goal("mae", [8.0, 8.0], [10.0, 10.0])
-    assert g["relative_mae_reduction"] == pytest.approx(0.2) and g["met"]
-    assert not F.goal("mae", [9.0], [10.0])["met"]
-
-
 def test_work_checkpoints_finds_finished_runs_only(tmp_path):
     def make(seed, trainer, name):
         fold = (tmp_path / "runs" / seed / "nnUNet_results" / "Dataset900_FOMOPretrain"
@@ -167,7 +159,9 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in t5["pretrained"] + t5["random_init"])
     d = out["diagnostics"]["checkpoint"]
     assert len(d) == 2 and d[0]["dimensions"] == 64 and d[0]["cases"] == 16 * 2
-    assert "RankMe" in (tmp_path / "w" / "features" / "features.md").read_text()
+    md = (tmp_path / "w" / "features" / "features.md").read_text()
+    assert "RankMe" in md and f"task3: predicting the train split's mean gives MAE {t3['mean_predictor']:.3f}" in md
+    assert "Step 2 of the default-objective rule" in md and "Goals" not in md
     assert (tmp_path / "w" / "features" / "features_own.json").read_text() == \
         (tmp_path / "w" / "features" / "features.json").read_text()
     assert out["settings"]["pooling"] == "own" and d[0]["pooling"] == "deepest"
@@ -225,7 +219,7 @@ def test_pretraining_record_reads_the_last_epochs_losses_and_hinges_and_the_repo
     assert (v["objective"], v["mae_weight"], v["variance_hinge"], v["pools_variance_hinge"], v["batch_size"]) == \
         ("vicreg", 0.0, 0.3, 1.2, 16)
     probe = {"task5": {"seeds": [0], "scores": [0.5], "ci95": [[0.4, 0.6]], "scale_free": [0.5]}}
-    summary = {"pretrained_arm": "a", "tasks": {"task5": {"metric": "auroc", "goal": F.goal("auroc", [0.5], [0.5])}},
+    summary = {"pretrained_arm": "a", "tasks": {"task5": {"metric": "auroc"}},
                "variants": {"a": probe, "b": probe}, "diagnostics": {"a": [], "b": []},
                "settings": {"n_train": 8, "n_test": 8, "data_seed": 0, "pooling": "own"},
                "pretraining": {"a": [r | {"seed": 0}], "b": [v | {"seed": 0}]}}
