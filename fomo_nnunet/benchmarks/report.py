@@ -168,7 +168,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_bars(path: Path, rows: list[dict]) -> None:
+def plot_bars(path: Path, rows: list[dict], pretrained_label: str = "pretrained") -> None:
     """Main metric per task, mean over seeds with the sd as error bar; scores in [0, 1] share a panel,
     errors in their own units (MAE) get their own."""
     plt = _pyplot()
@@ -181,7 +181,7 @@ def plot_bars(path: Path, rows: list[dict]) -> None:
                              gridspec_kw={"width_ratios": [len(p) + 0.5 for p in panels]})
     for ax, panel in zip(axes[0], panels):
         x = np.arange(len(panel))
-        for offset, arm, label in ((-0.2, "pretrained", "pretrained (MAE)"), (0.2, "scratch", "from scratch")):
+        for offset, arm, label in ((-0.2, "pretrained", pretrained_label), (0.2, "scratch", "from scratch")):
             sd = [0.0 if math.isnan(r[f"{arm}_sd"]) else r[f"{arm}_sd"] for r in panel]
             ax.bar(x + offset, [r[f"{arm}_mean"] for r in panel], 0.4, yerr=sd, capsize=3, label=label)
         ax.set_xticks(x)
@@ -234,10 +234,11 @@ def _write_results_json(out: Path, runs: dict[int, dict[str, dict]], rows: list[
         "settings": settings, "step_seconds": step_seconds}, indent=1, default=str))
 
 
-def _draw_pictures(out: Path, rows: list[dict], pretrain_folder: Path | None, overlays: list[dict] | None) -> list[str]:
+def _draw_pictures(out: Path, rows: list[dict], pretrain_folder: Path | None, overlays: list[dict] | None,
+                   pretrained_label: str = "pretrained") -> list[str]:
     """The bar plot, the pretraining pictures (copied from its first fold) and the overlays, in report/;
     returns their file names. An overlay that cannot be drawn is skipped with a printed line."""
-    plot_bars(out / "pretrained_vs_scratch.png", rows)
+    plot_bars(out / "pretrained_vs_scratch.png", rows, pretrained_label)
     pictures = ["pretrained_vs_scratch.png"]
     if pretrain_folder is not None:
         fold = next(iter(sorted(pretrain_folder.glob("fold_*"))), None)
@@ -347,7 +348,9 @@ def write_report(work: Path, runs: dict[int, dict[str, dict]], settings: dict, s
     rows = table_rows(runs)
     checks = learning_checks(runs)
     _write_results_json(out, runs, rows, checks, settings, step_seconds)
-    pictures = _draw_pictures(out, rows, pretrain_folder, overlays)
+    trainer = settings.get("pretraining trainer")
+    pictures = _draw_pictures(out, rows, pretrain_folder, overlays,
+                              f"pretrained ({trainer})" if trainer else "pretrained")
     lines = _report_lines(rows, checks, sorted(runs), settings, step_seconds, container, pictures, runs)
     path = out / "report.md"
     path.write_text("\n".join(lines))
