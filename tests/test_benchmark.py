@@ -410,3 +410,19 @@ def test_a_training_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatc
     (bench.work / "steps" / "pretrain_seed0.json").unlink()
     bench.pretrain()
     assert commands[-1][0] == "nnUNetv2_train" and commands[-1][-1] == "--c"
+
+
+def test_the_report_times_only_this_benchmarks_steps(tmp_path):
+    """A folder that also holds other trainers' pretrainings (left by `benchmark features --pretrain`): the
+    report's time counts this run's pretraining and every other step, not theirs."""
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
+
+    bench = Benchmark(tmp_path / "w", "smoke", seeds=(0, 1), log=lambda s: None)
+    for name in ("synth", "pretrain_seed0", "pretrain_seed1", "pretrain_nnUNetTrainerFomoMAE_tiny_amaes_seed0",
+                 "train_task1_pretrained_foldall_seed0", "plan_pretrain"):
+        (bench.work / "steps" / f"{name}.json").write_text(json.dumps({"seconds": 2.0}))
+    assert set(bench.own_step_seconds()) == {"synth", "pretrain_seed0", "pretrain_seed1",
+                                             "train_task1_pretrained_foldall_seed0", "plan_pretrain"}
+    amaes = Benchmark(tmp_path / "w", "smoke", pretrain_trainer="nnUNetTrainerFomoMAE_tiny_amaes", log=lambda s: None)
+    assert "pretrain_nnUNetTrainerFomoMAE_tiny_amaes_seed0" in amaes.own_step_seconds()
+    assert "pretrain_seed0" not in amaes.own_step_seconds()

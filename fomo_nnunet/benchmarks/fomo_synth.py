@@ -360,10 +360,16 @@ class Benchmark:
                     "tasks 6/7": "the organisers' fomo-lp linear probe (SGD heads, learning-rate sweep) on frozen "
                                  "embeddings (pretrained vs random-init encoder)"}
         container = self.container_check(self.bundle())
-        report = write_report(self.work, runs, settings, self.pipe.seconds(), self.pretrain_folder(),
+        report = write_report(self.work, runs, settings, self.own_step_seconds(), self.pretrain_folder(),
                               self.overlays(), container)
         self.log(f"report: {report}")
         return report
+
+    def own_step_seconds(self) -> dict[str, float]:
+        """The seconds of this benchmark's steps: a folder may also hold other trainers' pretrainings (what
+        `benchmark features --pretrain` left), which are not part of this run's cost."""
+        own = tuple(f"{self.pretrain_step(self.p.pretrain_trainer)}_seed{s}" for s in self.seeds)
+        return {k: v for k, v in self.pipe.seconds().items() if not k.startswith("pretrain") or k in own}
 
     def overlays(self) -> list[dict]:
         """One segmentation overlay per segmentation task: the first out-of-domain test case, first seed."""
