@@ -359,6 +359,10 @@ def test_a_pretraining_batch_size_leaves_the_finetuning_batch_at_the_presets(tmp
     assert len(plans) == 2  # the pretrained arm's and the scratch arm's
     for c in plans:
         assert (c[c.index("--batch-size") + 1] if "--batch-size" in c else None) == finetune_batch
+    # a folder planned at batch 16 by `benchmark features`, benchmarked without the option: still the preset's
+    monkeypatch.setattr(bench, "pretrain_plans_batch", lambda: 16)
+    bench.pretrain_batch_size = None
+    assert bench.finetune_batch() == ("--batch-size", "2")
 
 
 def test_a_pretraining_batch_size_goes_to_the_plans_and_a_folder_keeps_the_batch_it_planned(tmp_path, capsys):

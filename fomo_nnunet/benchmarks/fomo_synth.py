@@ -225,14 +225,16 @@ class Benchmark:
         return results
 
     def finetune_batch(self) -> tuple[str, ...]:
-        """`plan transfer`'s batch option: none by default (the checkpoint's pretraining batch, which is the
-        architecture preset's); with --pretrain-batch-size, the preset's batch, so that only the pretraining
-        changes and both arms finetune as in a folder pretrained at the preset's batch."""
-        if self.pretrain_batch_size is None:
-            return ()
+        """`plan transfer`'s batch option: none where the folder pretrained at the architecture preset's batch
+        (`plan transfer` takes the checkpoint's, the same); with --pretrain-batch-size, or in a folder whose
+        pretraining plans hold another batch (`benchmark features --pretrain-batch-size` planned it), the
+        preset's batch, so that only the pretraining changes and both arms finetune as at the preset's batch."""
         from fomo_nnunet.plans.presets import ARCH_PRESETS
 
-        return ("--batch-size", str(ARCH_PRESETS[self.p.arch].default_batch_size))
+        default = ARCH_PRESETS[self.p.arch].default_batch_size
+        if self.pretrain_batch_size is None and self.pretrain_plans_batch() in (None, default):
+            return ()
+        return ("--batch-size", str(default))
 
     def train_and_score(self, task: Task, arm: str, trainer: str, plans: str) -> dict:
         """Train `trainer` on `plans` for the preset's folds, predict the out-of-domain test split and score
