@@ -62,8 +62,34 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: raised like Ctrl-C so that cleanups (`finally`, `except BaseException`) run."""
 
 
+_interrupted = False
+
+
+def _quiet_after_interrupt(unraisable) -> None:
+    """`sys.unraisablehook` while a command runs: after an interrupt, a half-built object's `__del__` stays quiet.
+
+    The signal's exception can cut any `__init__` short, a library's included: nibabel's `OrderedSet` then
+    lacks its `map` and its `__del__` printed "Exception ignored ... Traceback ... AttributeError" above our
+    one-line "interrupted (SIGTERM)" (seen once in CI, in a conversion stopped by SIGTERM). Such a
+    traceback says nothing about the user's data or the run, so it is dropped once an interrupt is on its
+    way; before that, every unraisable exception is reported as Python reports it.
+    """
+    if _interrupted:
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _terminate(signum, frame):
+    global _interrupted
+    _interrupted = True
     raise Terminated()
+
+
+def _interrupt(signum, frame):
+    """SIGINT as Python's own handler treats it (KeyboardInterrupt), noting that an interrupt is on its way."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt()
 
 
 def _default_sigterm_in_forked_child() -> None:
@@ -79,6 +105,11 @@ def _default_sigterm_in_forked_child() -> None:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         except ValueError:  # not the child's main thread: nothing to reset there
+            pass
+    if signal.getsignal(signal.SIGINT) is _interrupt:
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        except ValueError:
             pass
 
 
@@ -96,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return exit_codes.BAD_INPUT
+    global _interrupted
+    _interrupted = False
     previous = signal.signal(signal.SIGTERM, _terminate)
+    # only where Ctrl-C would raise KeyboardInterrupt anyway (a background job keeps SIGINT ignored)
+    previous_int = signal.signal(signal.SIGINT, _interrupt) \
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_after_interrupt
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
@@ -105,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         return exit_codes.for_signal(signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+        if not _interrupted:  # a cycle holding a half-built object may still be collected on the way out
+            sys.unraisablehook = previous_hook
 
 
 if __name__ == "__main__":

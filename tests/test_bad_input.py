@@ -694,6 +694,45 @@ def test_signal_to_the_main_process_stops_workers_and_leaves_no_temp_files(sig, 
     assert leftovers(raw) == []
 
 
+HALF_BUILT = """
+import argparse, os, signal, sys, time
+import fomo_nnunet.cli as cli
+
+class HalfBuilt:                       # like nibabel's OrderedSet: __del__ needs what __init__ sets last
+    def __init__(self):
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))   # the handler raises here, before self.map exists
+        time.sleep(5)
+        self.map = {}
+    def __del__(self):
+        len(self.map)
+
+def run(args):
+    HalfBuilt()
+
+def build_parser():
+    p = argparse.ArgumentParser()
+    p.set_defaults(func=run)
+    return p
+
+cli.build_parser = build_parser
+sys.exit(cli.main([]))
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("sig,code", [("SIGTERM", X.TERMINATED), ("SIGINT", X.INTERRUPTED)])
+def test_signal_inside_a_half_built_object_prints_one_line(sig, code):
+    """CI once printed nibabel's `OrderedSet.__del__` traceback above "interrupted (SIGTERM)"."""
+    import signal
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", HALF_BUILT, sig], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert out.returncode == code, out.stderr
+    assert out.stderr.strip() == f"interrupted ({sig})", out.stderr
+
+
 @pytest.mark.slow
 def test_killed_parent_leaves_no_living_worker(busy_corpus, tmp_path, monkeypatch):                # item 9
     import signal
