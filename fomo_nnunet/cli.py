@@ -63,6 +63,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _interrupted = False
+_outer_unraisablehook = sys.__unraisablehook__
 
 
 def _quiet_after_interrupt(unraisable) -> None:
@@ -72,11 +73,11 @@ def _quiet_after_interrupt(unraisable) -> None:
     lacks its `map` and its `__del__` printed "Exception ignored ... Traceback ... AttributeError" above our
     one-line "interrupted (SIGTERM)" (seen once in CI, in a conversion stopped by SIGTERM). Such a
     traceback says nothing about the user's data or the run, so it is dropped once an interrupt is on its
-    way; before that, every unraisable exception is reported as Python reports it.
+    way; before that, every unraisable exception goes to the hook that was in place when the command started.
     """
     if _interrupted:
         return
-    sys.__unraisablehook__(unraisable)
+    _outer_unraisablehook(unraisable)
 
 
 def _terminate(signum, frame):
@@ -127,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return exit_codes.BAD_INPUT
-    global _interrupted
+    global _interrupted, _outer_unraisablehook
     _interrupted = False
     previous = signal.signal(signal.SIGTERM, _terminate)
     # only where Ctrl-C would raise KeyboardInterrupt anyway (a background job keeps SIGINT ignored)
     previous_int = signal.signal(signal.SIGINT, _interrupt) \
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
-    previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_after_interrupt
+    previous_hook = sys.unraisablehook
+    if previous_hook is not _quiet_after_interrupt:  # a command run in-process by another keeps the outer hook
+        _outer_unraisablehook = previous_hook
+    sys.unraisablehook = _quiet_after_interrupt
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:

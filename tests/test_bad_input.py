@@ -733,6 +733,31 @@ def test_signal_inside_a_half_built_object_prints_one_line(sig, code):
     assert out.stderr.strip() == f"interrupted ({sig})", out.stderr
 
 
+def test_unraisable_hook_passes_on_and_comes_back_with_nested_commands(monkeypatch):
+    """The benchmark runs commands in-process through `main`: an unraisable exception before any interrupt
+    reaches the hook in place before the outer command, and that hook is back afterwards."""
+    import argparse
+    import sys
+
+    import fomo_nnunet.cli as cli
+
+    seen, depth = [], []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    outer = sys.unraisablehook
+
+    def run(args):
+        depth.append(1)
+        if len(depth) == 1:
+            assert cli.main([]) == 0
+        sys.unraisablehook("unraisable")
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=run)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main([]) == 0
+    assert seen == ["unraisable", "unraisable"] and sys.unraisablehook is outer
+
+
 @pytest.mark.slow
 def test_killed_parent_leaves_no_living_worker(busy_corpus, tmp_path, monkeypatch):                # item 9
     import signal
