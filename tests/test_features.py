@@ -48,6 +48,29 @@ def test_sgd_probe_separates_separable_classes_and_not_random_labels():
     assert F.score("auroc", yte, P) < 0.8
 
 
+def test_train_cv_scores_the_train_split_alone_by_nested_cross_validation():
+    """probe_task's train_cv: high on separable train classes, near chance on shuffled ones, untouched by the
+    test split (a different test split changes the test score, never train_cv), None when the train split
+    is too small for the nesting."""
+    task = TASKS_BY_NUMBER[5]
+    Xtr, ytr = _blobs(40, 3.0, 0)
+    Xte, yte = _blobs(40, 3.0, 1)
+    r = F.probe_task(task, {"train": Xtr, "test": Xte}, {"train": ytr, "test": yte})
+    assert r["train_cv"] > 0.9
+    other = F.probe_task(task, {"train": Xtr, "test": Xte[:20] * 0.1}, {"train": ytr, "test": 1 - yte[:20]})
+    assert other["train_cv"] == r["train_cv"] and other["score"] != r["score"]
+    shuffled = np.random.default_rng(2).permutation(ytr)
+    assert F.probe_task(task, {"train": Xtr, "test": Xte}, {"train": shuffled, "test": yte})["train_cv"] < 0.8
+    # 2 cases per class: each outer fold leaves 1 per class, too few for the probe's inner folds: None, not an error
+    X4, y4 = _blobs(4, 3.0, 0)
+    assert F.train_cv_score("auroc", lambda a, b, c: F.sgd_probe(a, b, c, 2)[0], X4, y4, True) is None
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 10)) * 30.0
+    y = 50.0 + X[:, 0] * 0.5 + rng.normal(size=60)
+    reg = F.probe_task(TASKS_BY_NUMBER[3], {"train": X, "test": X[:10]}, {"train": y, "test": y[:10]})
+    assert reg["train_cv"] < 0.2 * F.score("mae", y, np.full(60, y.mean()))
+
+
 def test_logistic_reference_handles_three_classes():
     Xtr, ytr = _blobs(60, 3.0, 0, classes=3)
     Xte, yte = _blobs(30, 3.0, 1, classes=3)
@@ -162,6 +185,9 @@ def test_feature_benchmark_end_to_end_with_two_checkpoints(tmp_path):
     md = (tmp_path / "w" / "features" / "features.md").read_text()
     assert "RankMe" in md and f"task3: predicting the train split's mean gives MAE {t3['mean_predictor']:.3f}" in md
     assert "Step 2 of the default-objective rule" in md and "Goals" not in md
+    assert "nested 5-fold cross-validation on the train split alone" in md
+    assert all(len(v["train_cv"]) == 2 for v in out["variants"]["checkpoint"].values())
+    assert all(v is not None and 0.0 <= v <= 1.0 for v in out["variants"]["checkpoint"]["task5"]["train_cv"])
     assert (tmp_path / "w" / "features" / "features_own.json").read_text() == \
         (tmp_path / "w" / "features" / "features.json").read_text()
     assert out["settings"]["pooling"] == "own" and d[0]["pooling"] == "deepest"

@@ -22,7 +22,9 @@ Probes (hyper-parameters chosen on the train split only, never on the test split
   on the train split. Metric: mean absolute error.
 - beside each, a scale-free reference on standardised features (logistic regression / ridge with
   cross-validated strength), so that a bad embedding scale can be told from bad content.
-Each score carries a bootstrap 95 % confidence interval over the test cases.
+Each score carries a bootstrap 95 % confidence interval over the test cases. Beside it, `train_cv`: the same
+probe's score by nested cross-validation on the train split alone (features.md's second table), the measure
+to choose poolings or objectives on without the test split taking part.
 
 Pooling: each checkpoint is embedded with its own pooling (fomo_metadata "embedding_pooling": the
 deepest stage's global average, or every stage's, concatenated), or every encoder with the one given
@@ -62,7 +64,7 @@ DEAD_RELATIVE_SPREAD = 1e-3    # a dimension whose sd is below this fraction of 
 PRETRAIN_PLANS = "fomoPretrainPlans"
 # part of every kept result's fingerprint: raise it when the embedding or the probes change, so that
 # results computed the old way are recomputed rather than mixed with new ones
-RESULT_VERSION = 2  # 2: embeddings standardised with the checkpoint's statistics (twins: their own)
+RESULT_VERSION = 3  # 2: embeddings standardised with the checkpoint's statistics (twins: their own); 3: train_cv
 # Step 2 of the rule that chooses the default pretraining objective (docs/pretraining-recipes.md, "How the
 # default objective is chosen"), stated before its runs: with RULE_SEEDS pretraining seeds, the mean probe AUROC
 # at least random init's + the margin on each AUROC task, a task-3 probe MAE no higher, no dead dimension
@@ -400,21 +402,47 @@ def bootstrap_ci(metric: str, y: np.ndarray, pred: np.ndarray, n: int = BOOTSTRA
     return float(lo), float(hi)
 
 
+def train_cv_score(metric: str, probe: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+                   X: np.ndarray, y: np.ndarray, classification: bool, seed: int = 0) -> float | None:
+    """The probe's score by cross-validation on the TRAIN split alone, nested: each of FOLDS outer folds is
+    predicted by the whole probe procedure (its own inner cross-validation included) fitted on the other
+    folds, and the metric is taken over the pooled out-of-fold predictions. A measure that never sees a test
+    case, so choices between poolings or objectives can be made on it; None where the train split is too
+    small for the nesting (a class with too few cases for the inner folds)."""
+    try:
+        outer = _folds(y, classification, seed + 1)   # other fold assignments than the inner ones
+        pred: np.ndarray | None = None
+        for fit, held in outer:
+            p = np.asarray(probe(X[fit], y[fit], X[held]))
+            if pred is None:
+                pred = np.zeros((len(y), *p.shape[1:]))
+            pred[held] = p
+    except ValueError:
+        return None
+    return score(metric, y, pred)
+
+
 def probe_task(task: Task, emb: dict[str, np.ndarray], targets: dict[str, np.ndarray], seed: int = 0) -> dict:
     """Fit the task's probe on the train embeddings, score the test split (with a bootstrap CI) and the
-    scale-free reference."""
+    scale-free reference; `train_cv`: the same probe's nested cross-validated score on the train split."""
     metric, _ = metric_of(task)
     Xtr, Xte, ytr, yte = emb["train"], emb["test"], targets["train"], targets["test"]
     if task.kind == REGRESSION:
+        def probe(Xf, yf, Xp):
+            return ridge_probe(Xf, yf, Xp, seed)[0]
         pred, info = ridge_probe(Xtr, ytr, Xte, seed)
         ref, ref_info = ridge_probe(Xtr, ytr, Xte, seed, standardise=True)
         info["mean_predictor_mae"] = score("mae", yte, np.full(len(yte), ytr.mean()))
     else:
         n_classes = int(max(ytr.max(), yte.max())) + 1
+
+        def probe(Xf, yf, Xp):
+            return sgd_probe(Xf, yf, Xp, n_classes, seed)[0]
         pred, info = sgd_probe(Xtr, ytr, Xte, n_classes, seed)
         ref, ref_info = logistic_probe(Xtr, ytr, Xte, n_classes, seed)
+    train_cv = train_cv_score(metric, probe, Xtr, ytr, task.kind != REGRESSION, seed)
     return {"metric": metric, "score": score(metric, yte, pred), "ci95": bootstrap_ci(metric, yte, pred, seed=seed),
-            "scale_free": score(metric, yte, ref), **info, "scale_free_settings": ref_info}
+            "scale_free": score(metric, yte, ref), "train_cv": train_cv, **info, "scale_free_settings": ref_info}
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -584,7 +612,8 @@ def _arm_entry(runs: dict[int, dict], key: str) -> dict:
     seeds = sorted(runs)
     return {"seeds": seeds, "scores": [runs[s]["tasks"][key]["score"] for s in seeds],
             "ci95": [runs[s]["tasks"][key]["ci95"] for s in seeds],
-            "scale_free": [runs[s]["tasks"][key]["scale_free"] for s in seeds]}
+            "scale_free": [runs[s]["tasks"][key]["scale_free"] for s in seeds],
+            "train_cv": [runs[s]["tasks"][key].get("train_cv") for s in seeds]}
 
 
 def summarise(arms: dict[str, dict[int, dict]], default: str, tasks: Sequence[Task]) -> dict:
@@ -710,6 +739,14 @@ def markdown(summary: dict) -> str:
         if e.get("mean_predictor") is not None:
             lines += ["", f"{t}: predicting the train split's mean gives MAE {e['mean_predictor']:.3f} (a probe at or "
                       f"above it found nothing in the features)."]
+    if any(x is not None for arm in arms for t in tasks for x in summary["variants"][arm][t].get("train_cv", [])):
+        lines += ["", f"The same probes by nested {FOLDS}-fold cross-validation on the train split alone (no test case "
+                  "takes part: the score to choose a pooling or an objective on), mean ± sd:", "",
+                  "| arm | " + " | ".join(f"{t} ({summary['tasks'][t]['metric']})" for t in tasks) + " |",
+                  "|---|" + "---|" * len(tasks)]
+        for arm in arms:
+            lines.append(f"| {arm} | " + " | ".join(_ms(summary["variants"][arm][t].get("train_cv", []))
+                                                    for t in tasks) + " |")
     if summary.get("rule_step2"):
         lines += _rule_lines(summary["rule_step2"])
     lines += ["", "Per encoder, the test score and its bootstrap 95 % interval:", "",
