@@ -87,6 +87,22 @@ def choose(scores: dict[str, dict]) -> str | None:
     return best
 
 
+def tied_with(scores: dict[str, dict], winner: str) -> list[str]:
+    """Every candidate whose score equals the winner's, the winner first (in candidate order): more than one
+    means the cross-validation did not tell them apart and the winner won by RULE's order alone."""
+    best = scores[winner]["score"]
+    return [name for name, s in scores.items() if s["score"] is not None and s["score"] == best]
+
+
+def choice_words(entry: dict) -> str:
+    """How an adaptation entry was chosen, in words: "user", "auto", or "auto: a tie among recipe, gentle,
+    full, so the first" when the cross-validation could not tell the candidates apart."""
+    tie = (entry.get("evidence") or {}).get("tie")
+    if tie:
+        return f"{entry['chosen_by']}: a tie among {', '.join(tie)}, so the first (undecided)"
+    return entry["chosen_by"]
+
+
 def nnunet_train_command() -> str:
     """nnU-Net's training command of this environment (beside this Python first)."""
     found = shutil.which("nnUNetv2_train", path=os.path.dirname(sys.executable)) or shutil.which("nnUNetv2_train")
@@ -199,6 +215,10 @@ def choose_adaptation(dataset_id: int, plans_name: str, trainer: str,
     if winner is None:
         raise ValueError(f"no candidate could be scored on folds {list(folds)} of {name} (e.g. one class only among "
                          f"the validation cases): add folds, or name an adaptation")
+    tie = tied_with(evidence["candidates"], winner)
+    if len(tie) > 1:
+        evidence["tie"] = tie
+        log(f"  undecided: {', '.join(tie)} scored the same; {winner} comes first in the candidates' order")
     return _record(plans_file, plans, plans_entry(winner, "auto", evidence))
 
 

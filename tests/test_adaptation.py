@@ -93,6 +93,18 @@ def test_the_best_score_wins_and_a_tie_goes_to_the_earlier_candidate():
     assert choose({"recipe": {"score": None}}) is None
 
 
+def test_a_tie_is_recorded_and_said_as_undecided():
+    from fomo_nnunet.plans.adapt_planner import choice_words, tied_with
+
+    scores = {"recipe": {"score": 0.6}, "gentle": {"score": 0.7}, "full": {"score": 0.7}, "encoder": {"score": None}}
+    assert tied_with(scores, "gentle") == ["gentle", "full"]
+    assert tied_with({"recipe": {"score": 0.6}, "full": {"score": 0.7}}, "full") == ["full"]
+    assert choice_words({"chosen_by": "auto", "evidence": {"tie": ["recipe", "gentle", "full"]}}) == \
+        "auto: a tie among recipe, gentle, full, so the first (undecided)"
+    assert choice_words({"chosen_by": "auto", "evidence": {"candidates": {}}}) == "auto"
+    assert choice_words({"chosen_by": "user", "evidence": None}) == "user"
+
+
 # ---- the chooser, with a stand-in for the trainings ---------------------------------------------------
 @pytest.fixture
 def seg_plans(tmp_path, monkeypatch):
@@ -150,7 +162,17 @@ def test_auto_trains_each_distinct_candidate_on_each_fold_and_records_the_winner
     del saved["fomo"]["adaptation"]
     (pre / "fomoPlans.json").write_text(json.dumps(saved))
     choose_adaptation(904, "fomoPlans", "nnUNetTrainerFomoSeg_tiny", folds=(0, 1), run=fake_train, log=lambda s: None)
-    assert len(calls) == 6
+    assert len(calls) == 6 and "tie" not in ev
+    # every candidate scores the same: the recipe (first) is kept, and the plans and the log say it was a tie
+    dice.update(gentle=0.4, full=0.4)
+    saved = json.loads((pre / "fomoPlans.json").read_text())
+    saved["fomo"]["pretrained_checkpoint"] = "/third.pth"
+    (pre / "fomoPlans.json").write_text(json.dumps(saved))
+    log = []
+    entry = choose_adaptation(904, "fomoPlans", "nnUNetTrainerFomoSeg_tiny", folds=(0, 1), run=fake_train,
+                              log=log.append)
+    assert entry["name"] == "recipe" and entry["evidence"]["tie"] == ["recipe", "gentle", "full"]
+    assert "  undecided: recipe, gentle, full scored the same; recipe comes first in the candidates' order" in log
 
 
 def test_auto_refuses_from_scratch_plans_a_wrong_trainer_and_bad_folds(seg_plans):

@@ -284,6 +284,11 @@ def test_the_report_shows_each_seeds_adaptation_and_its_evidence():
         "gentle dice 0.520, full dice n/a)",
         "- seed 1 task2: **full** (chosen by user)"]
     assert adaptation_lines({0: {"task3": _run({}, {})}}) == []
+    tie = {"name": "recipe", "chosen_by": "auto", "evidence": {"tie": ["recipe", "full"], "candidates": {
+        "recipe": {"metric": "auroc", "value": 1.0}, "full": {"metric": "auroc", "value": 1.0}}}}
+    assert adaptation_lines({2: {"task5": {"pretrained": {"adaptation": tie}}}}) == [
+        "- seed 2 task5: **recipe** (chosen by auto: a tie among recipe, full, so the first (undecided); "
+        "cross-validation on the training cases: recipe auroc 1.000, full auroc 1.000)"]
 
 
 @pytest.mark.parametrize("argv, message", [

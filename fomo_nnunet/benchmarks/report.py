@@ -274,6 +274,8 @@ def _learning_section(checks: list[dict]) -> list[str]:
 def adaptation_lines(runs: dict[int, dict[str, dict]]) -> list[str]:
     """One line per seed and task whose pretrained arm ran with an adaptation from its plans
     (`benchmark --adapt`): the choice and, for `auto`, every candidate's pooled validation score."""
+    from fomo_nnunet.plans.adapt_planner import choice_words
+
     lines = []
     for seed, tasks in sorted(runs.items()):
         for task, arms in tasks.items():
@@ -283,7 +285,7 @@ def adaptation_lines(runs: dict[int, dict[str, dict]]) -> list[str]:
             scores = ((entry.get("evidence") or {}).get("candidates") or {})
             detail = ", ".join(f"{c} {s['metric']} {_fmt(s['value']) if s['value'] is not None else 'n/a'}"
                                for c, s in scores.items())
-            lines.append(f"- seed {seed} {task}: **{entry['name']}** (chosen by {entry['chosen_by']}"
+            lines.append(f"- seed {seed} {task}: **{entry['name']}** (chosen by {choice_words(entry)}"
                          + (f"; cross-validation on the training cases: {detail}" if detail else "") + ")")
     return lines
 

@@ -178,7 +178,7 @@ def _adapt(args: argparse.Namespace, kind: str) -> int:
 
         print(f"error: {e}", file=sys.stderr)
         return FAILED
-    print(f"adaptation: {entry['name']} ({entry['description']}), chosen by {entry['chosen_by']}")
+    print(f"adaptation: {entry['name']} ({entry['description']}), chosen by {adapt_planner.choice_words(entry)}")
     for name, score in ((entry.get("evidence") or {}).get("candidates") or {}).items():
         print(f"  {name}: {score['metric']} {score['value']} (folds {score['per_fold']})")
     return 0
