@@ -213,6 +213,7 @@ def test_amaes_smoke_trains_through_nnunet_and_records_the_recipe(pretrain_corpu
     optimiser nnU-Net saved, the loss logged over every voxel."""
     fold, ckpt, m = _pretrain_smoke(AMAES, pretrain_corpus, tmp_path)
     assert m.objective == "mae" and m.trainer_name == AMAES and m.epochs_trained == 3
+    assert ckpt["fomo_metadata"]["embedding_pooling"] == "deepest"  # the deepest stage's pool, not ours
     settings = m.objective_settings
     assert {k: settings[k] for k in ("block_size", "mask_ratio", "loss", "loss_region", "lr", "weight_decay",
                                      "adamw_betas", "warmup_fraction", "grad_clip", "decoder_skips")} == {
@@ -275,16 +276,18 @@ def test_final_checkpoint_standardises_the_corpus_embeddings(pretrain_ws, corpus
 
     _, _, fold = pretrain_ws
     stored = load_checkpoint_safely(fold / "checkpoint_final.pth")["fomo_metadata"]
-    assert stored[STATS_KEY]["n_cases"] == 6 and len(stored[STATS_KEY]["std"]) == 64
-    assert "pooled deepest stage" in stored[STATS_KEY]["what"]
+    # our recipes pool every stage: 8 + 16 + 32 + 64 values for the tiny network
+    assert stored["embedding_pooling"] == "stages"
+    assert stored[STATS_KEY]["n_cases"] == 6 and len(stored[STATS_KEY]["std"]) == 120
+    assert "every stage pooled" in stored[STATS_KEY]["what"]
     # checkpoint_best was written before the end, with other weights: it carries none
     best = load_checkpoint_safely(fold / "checkpoint_best.pth")["fomo_metadata"]
     assert STATS_KEY not in best
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
-    assert re.search(r"embedding statistics over 6 cases: median std \S+, \d+ of 64 dimensions dead", log)
+    assert re.search(r"embedding statistics over 6 cases: median std \S+, \d+ of 120 dimensions dead", log)
     embedder, vectors = corpus_embeddings
-    assert embedder.stats is not None and vectors.shape == (6, 64)
-    alive = np.setdiff1d(np.arange(64), embedder.stats.dead)
+    assert embedder.stats is not None and vectors.shape == (6, 120)
+    alive = np.setdiff1d(np.arange(120), embedder.stats.dead)
     std = vectors[:, alive].std(axis=0)
     assert np.all((std >= 0.5) & (std <= 2)), std  # raw, the tiny encoder's dimensions have std ~1e-2
 

@@ -550,6 +550,8 @@ def test_amaes_variant_masks_60_percent_of_4_voxel_units_per_sample_and_counts_e
     assert (objective.block_size, objective.mask_ratio, objective.loss_region) == (4, 0.6, "all")
     assert (recipe.initial_lr, recipe.weight_decay, recipe.adamw_betas) == (1e-4, 3e-5, (0.9, 0.98))
     assert (recipe.warmup_fraction, objective.decoder_skips, objective.vicreg_weight) == (0.02, "none", 0.0)
+    assert recipe.embedding_pooling == "deepest"  # ours pool every stage (nnUNetTrainerFomoMAE below)
+    assert module.nnUNetTrainerFomoMAE.recipe.embedding_pooling == "stages"
     mask = block_mask((12, 12, 12), 3, objective.block_size, objective.mask_ratio,
                       generator=torch.Generator().manual_seed(0))
     units = _block_values(mask, (4, 4, 4))  # asserts every unit is masked whole

@@ -170,8 +170,11 @@ class PretrainRecipe(Budget):
     picture_every: int = 10
     # probe-ready embeddings: checkpoint_final carries embedding statistics over this many pretraining cases
     embedding_stats_cases: int = 512
-    # the embedding's pooling, recorded in every checkpoint: "deepest" stage or every encoder "stages"
-    embedding_pooling: str = DEFAULT_POOLING
+    # the embedding's pooling, recorded in every checkpoint: "deepest" stage or every encoder "stages". Our
+    # recipes pool every stage: the rule stated in docs/pretraining-recipes.md ("How the default embedding pooling
+    # is chosen") picked it on the probes' cross-validated scores over the train split (tasks 6 and 7, 3 seeds:
+    # 0.617 against 0.550 for the deepest stage). A checkpoint that records none is "deepest" (DEFAULT_POOLING).
+    embedding_pooling: str = "stages"
 
     def __post_init__(self):
         super().__post_init__()
@@ -292,8 +295,10 @@ TINY_EXPANDER_NARROW = (128, 128, 128)
 # not ours; masks are drawn with round() instead of floor() (at most one unit apart).
 AMAES_OBJECTIVE = MAEObjective(mask_ratio=0.6, block_size=4, learned_mask_token=False, loss_kind="mse",
                                loss_region="all", decoder_skips="none", vicreg_weight=0.0)
+# - the embedding of tasks 6 and 7 stays the global average pool of the deepest stage (DEFAULT_POOLING, what a
+#   checkpoint without a record gets), not the every-stage pooling our recipes chose.
 AMAES_OPTIMISATION = dict(initial_lr=1e-4, weight_decay=3e-5, adamw_betas=(0.9, 0.98), warmup_fraction=0.02,
-                          grad_clip=float("inf"), objective=AMAES_OBJECTIVE)
+                          grad_clip=float("inf"), objective=AMAES_OBJECTIVE, embedding_pooling=DEFAULT_POOLING)
 AMAES = replace(MAE, **AMAES_OPTIMISATION)
 # AMAES on the tiny budget: the mask unit stays 4 voxels, not scaled (asparagus states it in voxels, the ResEnc
 # patch-embedding size; at the tiny plans' 4 mm spacing it covers 16 mm instead of 4 mm, but 4 mm would be single
