@@ -168,6 +168,73 @@ def test_pipeline_runs_light_commands_in_process_with_the_work_folders_environme
         pipe.run(["fomo-nnunet", "evaluate", "--no-such-flag"])
 
 
+# a benchmark step's command: it says where its pid is, then waits; on SIGTERM it leaves a mark and exits 75 (what
+# a fomo trainer does after writing checkpoint_latest.pth), or, with IGNORE, it ignores SIGTERM
+_STEP_CHILD = """
+import os, signal, sys, time
+out = sys.argv[1]
+stop = []
+signal.signal(signal.SIGTERM, signal.SIG_IGN if sys.argv[2] == "IGNORE" else lambda *a: stop.append(1))
+open(out + ".pid", "w").write(str(os.getpid()))
+print("child ready", flush=True)
+while not stop:
+    time.sleep(0.05)
+print("child stopping after SIGTERM", flush=True)
+open(out + ".stopped", "w").write("checkpoint")
+sys.exit(75)
+"""
+# the benchmark's side: the CLI's SIGTERM handler, a Pipeline running the step
+_STEP_DRIVER = """
+import signal, sys
+from fomo_nnunet import cli
+from fomo_nnunet.benchmarks.pipeline import Pipeline
+signal.signal(signal.SIGTERM, cli._terminate)
+Pipeline.STOP_GRACE_S = float(sys.argv[4])
+pipe = Pipeline(sys.argv[1], log=lambda line: print(line, flush=True))
+try:
+    pipe.run([sys.executable, "-c", sys.argv[2], sys.argv[3], sys.argv[5]])
+except KeyboardInterrupt:
+    print("benchmark interrupted", flush=True)
+    sys.exit(143)
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("child", ["STOPS", "IGNORE"])
+def test_a_stopped_benchmark_stops_its_running_command_and_waits_for_it(child, tmp_path):
+    """SIGTERM to the benchmark alone (a `kill PID`, not the process group) used to end it while its
+    nnUNetv2_train ran on, orphaned, writing into the work folder. Now the command gets SIGTERM and the benchmark
+    waits for it (a fomo trainer: checkpoint, exit 75); one that ignores SIGTERM is killed after the grace."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    mark = tmp_path / "child"
+    driver = subprocess.Popen([sys.executable, "-c", _STEP_DRIVER, str(tmp_path / "work"), _STEP_CHILD, str(mark),
+                               "2", child], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in driver.stdout:
+        lines.append(line)
+        if line.strip() == "child ready":  # the child's own line (the logged command holds the words too)
+            break
+    pid = int((tmp_path / "child.pid").read_text())
+    t0 = time.monotonic()
+    driver.send_signal(signal.SIGTERM)  # the benchmark only
+    out = "".join(lines) + driver.stdout.read()
+    assert driver.wait(timeout=60) == 143, out
+    with pytest.raises(ProcessLookupError):  # the command ended and was reaped: nothing left running
+        os.kill(pid, 0)
+    assert "stopping `" in out and "SIGTERM, waiting up to 2 s" in out
+    if child == "STOPS":
+        assert (tmp_path / "child.stopped").is_file() and "child stopping after SIGTERM" in out
+        assert "ended with exit code 75" in out and out.index("exit code 75") < out.index("benchmark interrupted")
+    else:
+        assert not (tmp_path / "child.stopped").exists() and "ended with exit code -9" in out
+        assert time.monotonic() - t0 >= 2  # killed only after the grace
+
+
 def test_every_trainer_a_preset_names_exists():
     """Both arms of a task run the preset's trainer (the from-scratch arm on from-scratch plans)."""
     from fomo_nnunet.benchmarks.fomo_synth import PRESETS

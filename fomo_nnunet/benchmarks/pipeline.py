@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,15 +88,48 @@ class Pipeline:
                                 text=True, bufsize=1)
         lines = []
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if not any(p in line for p in quiet_patterns):
-                self.log("    " + line.rstrip("\n"))
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if not any(p in line for p in quiet_patterns):
+                    self.log("    " + line.rstrip("\n"))
+            rc = proc.wait()
+        except BaseException:  # a stop signal (the CLI raises it: Ctrl-C, SIGTERM) or an error in the reading
+            self._stop(proc, cmd)
+            raise
         if rc != 0:
             tail = "".join(lines[-40:])
             raise StepFailed(f"`{shlex.join(cmd)}` exited with {rc}; last output:\n{tail}")
         return "".join(lines)
+
+    # how long a stopped command may take to end before SIGKILL: a fomo trainer ends within one training step
+    # (a validation: at the epoch's end) after writing checkpoint_latest.pth (docs/preemption.md)
+    STOP_GRACE_S = 300.0
+
+    def _stop(self, proc: subprocess.Popen, cmd: list[str]) -> None:
+        """When the benchmark stops, its running command stops with it, never left behind writing into the work
+        folder (where a rerun would start a second training on the same files): SIGTERM, which a fomo trainer
+        turns into checkpoint_latest.pth and exit code 75 (the rerun continues it with --c) and which ends
+        nnU-Net's other commands; its output is read on meanwhile (a full pipe would block it), and after
+        STOP_GRACE_S seconds, or at a second interrupt, SIGKILL (checkpoints are written atomically)."""
+        if proc.poll() is None:
+            self.log(f"  stopping `{shlex.join(cmd[:2])} ...` (pid {proc.pid}): SIGTERM, waiting up to "
+                     f"{self.STOP_GRACE_S:.0f} s for it to end")
+            proc.terminate()
+
+        def drain():
+            for line in proc.stdout:
+                self.log("    " + line.rstrip("\n"))
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        try:
+            rc = proc.wait(timeout=self.STOP_GRACE_S)
+        except BaseException:  # the grace ran out, or a second interrupt
+            proc.kill()
+            rc = proc.wait()
+        reader.join(timeout=5)
+        self.log(f"  `{shlex.join(cmd[:2])} ...` ended with exit code {rc}")
 
     def _run_in_process(self, cmd: list[str]) -> str:
         self.log(f"  $ {shlex.join(cmd)}")
