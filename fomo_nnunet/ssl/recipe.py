@@ -295,8 +295,8 @@ TINY_EXPANDER_NARROW = (128, 128, 128)
 # not ours; masks are drawn with round() instead of floor() (at most one unit apart).
 AMAES_OBJECTIVE = MAEObjective(mask_ratio=0.6, block_size=4, learned_mask_token=False, loss_kind="mse",
                                loss_region="all", decoder_skips="none", vicreg_weight=0.0)
-# - the embedding of tasks 6 and 7 stays the global average pool of the deepest stage (DEFAULT_POOLING, what a
-#   checkpoint without a record gets), not the every-stage pooling our recipes chose.
+# Its embedding (tasks 6 and 7) stays the global average pool of the deepest stage (DEFAULT_POOLING, what a
+# checkpoint without a record gets), not the every-stage pooling our recipes chose.
 AMAES_OPTIMISATION = dict(initial_lr=1e-4, weight_decay=3e-5, adamw_betas=(0.9, 0.98), warmup_fraction=0.02,
                           grad_clip=float("inf"), objective=AMAES_OBJECTIVE, embedding_pooling=DEFAULT_POOLING)
 AMAES = replace(MAE, **AMAES_OPTIMISATION)
