@@ -142,3 +142,48 @@ def test_corrupt_checkpoint_latest_resumes_from_the_previous_one_with_a_message(
     assert report["corrupt_resume_rc"] == 0
     # the predecessor (written after epoch 0) carries the whole state too: the run still ends bit for bit the same
     _assert_identical(final["corrupt_fold"], final["reference_fold"])
+
+
+# a training whose third step fails, as `nnUNetv2_train` runs it (get_trainer_from_args, run_training), exiting
+# normally (atexit handlers run, as after any uncaught error)
+_FAILING_RUN = """
+import sys, torch
+from nnunetv2.run.run_training import get_trainer_from_args
+torch.set_num_threads(1)
+t = get_trainer_from_args(sys.argv[1], "3d_fullres", "all", sys.argv[2], "fomoPretrainPlans", device=torch.device("cpu"))
+t.write_pictures = lambda epoch: None
+t.embedding_stats_cases = 0
+inner, steps = t.train_step, []
+def train_step(batch):
+    steps.append(1)
+    if len(steps) == 3:
+        raise RuntimeError("the third step failed")
+    return inner(batch)
+t.train_step = train_step
+t.run_training()
+"""
+
+
+@pytest.mark.slow
+def test_a_training_that_fails_exits_with_its_error_and_leaves_no_worker(pretrain_corpus, tmp_path):
+    """The augmentation workers ignore the stop signals (they serve batches until the stop checkpoint), so an
+    error that ended the training used to leave multiprocessing's exit handler waiting for ever on workers its
+    SIGTERM does not stop: the failed training never exited. Now it exits at once with the error."""
+    import os
+    import time
+
+    _, env = pretrain_corpus
+    env = {**env, "nnUNet_results": str(tmp_path), "nnUNet_n_proc_DA": "2", "OMP_NUM_THREADS": "1"}
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-c", _FAILING_RUN, str(PRETRAIN_DATASET), TRAINER], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # the run and its workers
+        p.communicate()
+        pytest.fail("the failed training did not exit within 120 s")
+    assert p.returncode == 1 and "RuntimeError: the third step failed" in err, err[-3000:]
+    assert time.monotonic() - t0 < 120
+    with pytest.raises(ProcessLookupError):  # nothing of the process group is left
+        os.killpg(p.pid, 0)

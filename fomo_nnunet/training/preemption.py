@@ -270,8 +270,23 @@ class PreemptibleRun:
                 if self.current_epoch < self.num_epochs and self._stop_agreed():
                     self._preempt(self.current_epoch, 0, [])
             self.on_train_end()
+        except BaseException as error:
+            if not isinstance(error, SystemExit):  # _preempt has stopped them already
+                self._stop_augmenters_after(error)
+            raise
         finally:
             self._stop.uninstall()
+
+    def _stop_augmenters_after(self, error: BaseException) -> None:
+        """An error ends the training (a failing step, a full disk, an out-of-memory): the augmentation workers
+        ignore the stop signals (they serve batches until the stop checkpoint), so multiprocessing's exit
+        handler, which sends daemonic workers SIGTERM and then joins them, would wait for ever and the failed
+        training would never exit. They are stopped through their own event here; the error itself goes on."""
+        try:
+            self._finish_augmenters()
+        except Exception as e:  # never hide the error that ended the training
+            print(f"stopping the augmentation workers after {type(error).__name__} failed too: {e!r}",
+                  file=sys.stderr)
 
     def _stop_agreed(self) -> bool:
         """Whether any rank received a stop signal (every rank must ask at the same step under DDP)."""
