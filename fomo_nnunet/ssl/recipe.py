@@ -172,8 +172,8 @@ class PretrainRecipe(Budget):
     embedding_stats_cases: int = 512
     # the embedding's pooling, recorded in every checkpoint: "deepest" stage or every encoder "stages". Our
     # recipes pool every stage: the rule stated in docs/pretraining-recipes.md ("How the default embedding pooling
-    # is chosen") picked it on the probes' cross-validated scores over the train split (tasks 6 and 7, 3 seeds:
-    # 0.617 against 0.550 for the deepest stage). A checkpoint that records none is "deepest" (DEFAULT_POOLING).
+    # is chosen") picked it on the probes' cross-validated scores over the train split (tasks 6 and 7, 3 seeds;
+    # the figures: docs/results/objectives.md). A checkpoint that records none is "deepest" (DEFAULT_POOLING).
     embedding_pooling: str = "stages"
 
     def __post_init__(self):
