@@ -91,11 +91,10 @@ class Pipeline:
         try:
             for line in proc.stdout:
                 lines.append(line)
-                if not any(p in line for p in quiet_patterns):
-                    self.log("    " + line.rstrip("\n"))
+                self._echo(line, quiet_patterns)
             rc = proc.wait()
         except BaseException:  # a stop signal (the CLI raises it: Ctrl-C, SIGTERM) or an error in the reading
-            self._stop(proc, cmd)
+            self._stop(proc, cmd, quiet_patterns)
             raise
         if rc != 0:
             tail = "".join(lines[-40:])
@@ -106,7 +105,12 @@ class Pipeline:
     # (a validation: at the epoch's end) after writing checkpoint_latest.pth (docs/preemption.md)
     STOP_GRACE_S = 300.0
 
-    def _stop(self, proc: subprocess.Popen, cmd: list[str]) -> None:
+    def _echo(self, line: str, quiet_patterns: tuple[str, ...]) -> None:
+        """One line of a command's output into the log, indented, unless it holds a quiet pattern."""
+        if not any(p in line for p in quiet_patterns):
+            self.log("    " + line.rstrip("\n"))
+
+    def _stop(self, proc: subprocess.Popen, cmd: list[str], quiet_patterns: tuple[str, ...]) -> None:
         """When the benchmark stops, its running command stops with it, never left behind writing into the work
         folder (where a rerun would start a second training on the same files): SIGTERM, which a fomo trainer
         turns into checkpoint_latest.pth and exit code 75 (the rerun continues it with --c) and which ends
@@ -119,7 +123,7 @@ class Pipeline:
 
         def drain():
             for line in proc.stdout:
-                self.log("    " + line.rstrip("\n"))
+                self._echo(line, quiet_patterns)
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
