@@ -187,3 +187,53 @@ def test_a_training_that_fails_exits_with_its_error_and_leaves_no_worker(pretrai
     assert time.monotonic() - t0 < 120
     with pytest.raises(ProcessLookupError):  # nothing of the process group is left
         os.killpg(p.pid, 0)
+
+
+# a training whose console goes away during its third step (the reader of its stdout pipe is gone, as when
+# the `| tee` of a job step is killed by the same SIGTERM) and which receives SIGTERM in that step
+_CONSOLE_LOST_RUN = """
+import os, signal, sys, torch
+from nnunetv2.run.run_training import get_trainer_from_args
+torch.set_num_threads(1)
+t = get_trainer_from_args(sys.argv[1], "3d_fullres", "all", sys.argv[2], "fomoPretrainPlans", device=torch.device("cpu"))
+t.write_pictures = lambda epoch: None
+t.embedding_stats_cases = 0
+inner, steps = t.train_step, []
+def train_step(batch):
+    steps.append(1)
+    if len(steps) == 3:
+        r, w = os.pipe()
+        os.dup2(w, sys.stdout.fileno())  # stdout: a pipe nobody reads any more
+        os.close(w)
+        os.close(r)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return inner(batch)
+t.train_step = train_step
+t.run_training()
+print("after the training")  # as nnUNetv2_train goes on printing: never reached after a stop
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+def test_a_stop_after_the_console_went_away_still_checkpoints_and_exits_75(pretrain_corpus, tmp_path, buffered):
+    """A print into a pipe whose reader is gone raises BrokenPipeError (Python ignores SIGPIPE): before, the
+    stop's first log line raised it after reaching the log file, so no checkpoint was written (unbuffered
+    output), or the interpreter's last flush turned exit code 75 into 120 (buffered output). Either way a
+    scheduler's requeue lost the run."""
+    _, env = pretrain_corpus
+    env = {**env, "nnUNet_results": str(tmp_path), "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    p = subprocess.run([sys.executable, "-c", _CONSOLE_LOST_RUN, str(PRETRAIN_DATASET), TRAINER], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == PREEMPTED, (p.returncode, p.stderr[-3000:])
+    fold = next(tmp_path.glob(f"*/{TRAINER}__fomoPretrainPlans__3d_fullres/fold_all"))
+    assert read_checkpoint(str(fold / "checkpoint_latest.pth"))["current_epoch"] == 0
+    marker = json.loads((fold / "preempted.json").read_text())
+    assert (marker["signal"], marker["step"], marker["exit_code"]) == ("SIGTERM", 3, 75)
+    log = "".join(f.read_text() for f in fold.glob("training_log_*.txt"))
+    assert "SIGTERM received" in log and "preempted:" in log
+    assert "the console went away" in log
+    assert "BrokenPipeError" not in p.stderr

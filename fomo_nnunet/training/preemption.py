@@ -21,6 +21,7 @@ epochs with `torch.save` straight onto the file; nothing stops it cleanly on a s
 """
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import shutil
@@ -99,6 +100,40 @@ class StopRequest:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+# ---- the console -------------------------------------------------------------------------------------
+
+def detach_console() -> None:
+    """Point stdout at os.devnull because its reader is gone (a killed `| tee`, a closed terminal): every later
+    print, and the interpreter's last flush (which turns the exit code into 120), would raise BrokenPipeError
+    (Python ignores SIGPIPE). What a trainer logs still reaches its log file."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+def flush_console() -> bool:
+    """Flush stdout, detaching it if its reader is gone; True if it was detached."""
+    try:
+        sys.stdout.flush()
+        return False
+    except BrokenPipeError:
+        detach_console()
+        return True
+
+
+_flush_at_exit = []
+
+
+def flush_console_at_exit() -> None:
+    """Flush (or detach) stdout from an exit handler, which runs before the interpreter's own last flush: a
+    console lost after the last print then no longer changes the exit code (75 after a stop, 0 or an error's)."""
+    if not _flush_at_exit:
+        atexit.register(flush_console)
+        _flush_at_exit.append(True)
 
 
 # ---- atomic checkpoint files -------------------------------------------------------------------------
@@ -250,6 +285,7 @@ class PreemptibleRun:
     def run_training(self):
         self._stop = StopRequest()
         self._stop.install(stop_signals())
+        flush_console_at_exit()
         try:
             self.on_train_start()
             marker = os.path.join(self.output_folder, PREEMPTED_FILE)
@@ -314,7 +350,25 @@ class PreemptibleRun:
         hint = (f"`scontrol requeue {os.environ['SLURM_JOB_ID']}`, or " if os.environ.get("SLURM_JOB_ID") else "")
         self.print_to_log_file(f"preempted: {where} written; exit code {self.preemption_exit_code}. Continue with "
                                f"{hint}the same command plus --c (it resumes at this step; docs/preemption.md)")
+        if flush_console():
+            self._say_console_went_away()
         raise SystemExit(self.preemption_exit_code)
+
+    # ---- the console -----------------------------------------------------------------------------
+    def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
+        """nnU-Net's: the line goes to the log file, then to the console. A console whose reader is gone
+        (BrokenPipeError, raised after the file has the line) is detached instead of ending the run: a stop
+        signal that also killed the job's `| tee` still gets its checkpoint and exit code 75."""
+        try:
+            super().print_to_log_file(*args, also_print_to_console=also_print_to_console,
+                                      add_timestamp=add_timestamp)
+        except BrokenPipeError:
+            detach_console()
+            self._say_console_went_away()
+
+    def _say_console_went_away(self) -> None:
+        super().print_to_log_file("the console went away (nothing reads its output any more): this run goes on, "
+                                  "logging to this file only", also_print_to_console=False)
 
     def on_train_end(self):
         super().on_train_end()  # nnU-Net: checkpoint_final written, checkpoint_latest removed
