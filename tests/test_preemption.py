@@ -189,11 +189,17 @@ def test_a_training_that_fails_exits_with_its_error_and_leaves_no_worker(pretrai
         os.killpg(p.pid, 0)
 
 
-# a training whose console goes away during its third step (the reader of its stdout pipe is gone, as when
-# the `| tee` of a job step is killed by the same SIGTERM) and which receives SIGTERM in that step
+# a training whose console goes away (the reader of its stdout pipe is gone, as when the `| tee` of a job step
+# is killed by the same SIGTERM): "stop": in its third step, which also receives SIGTERM; "end": after the
+# training, before nnUNetv2_train's last prints
 _CONSOLE_LOST_RUN = """
 import os, signal, sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args
+def lose_console():
+    r, w = os.pipe()
+    os.dup2(w, sys.stdout.fileno())  # stdout: a pipe nobody reads any more
+    os.close(w)
+    os.close(r)
 torch.set_num_threads(1)
 t = get_trainer_from_args(sys.argv[1], "3d_fullres", "all", sys.argv[2], "fomoPretrainPlans", device=torch.device("cpu"))
 t.write_pictures = lambda epoch: None
@@ -201,39 +207,41 @@ t.embedding_stats_cases = 0
 inner, steps = t.train_step, []
 def train_step(batch):
     steps.append(1)
-    if len(steps) == 3:
-        r, w = os.pipe()
-        os.dup2(w, sys.stdout.fileno())  # stdout: a pipe nobody reads any more
-        os.close(w)
-        os.close(r)
+    if len(steps) == 3 and sys.argv[3] == "stop":
+        lose_console()
         os.kill(os.getpid(), signal.SIGTERM)
     return inner(batch)
 t.train_step = train_step
 t.run_training()
-print("after the training")  # as nnUNetv2_train goes on printing: never reached after a stop
+lose_console()
+print("validation done")  # as nnUNetv2_train goes on printing after the training
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
-def test_a_stop_after_the_console_went_away_still_checkpoints_and_exits_75(pretrain_corpus, tmp_path, buffered):
+@pytest.mark.parametrize("when, buffered", [("stop", False), ("stop", True), ("end", True)],
+                         ids=["stop-unbuffered", "stop-buffered", "end-buffered"])
+def test_a_training_whose_console_went_away_still_checkpoints_and_exits_with_its_code(
+        pretrain_corpus, tmp_path, when, buffered):
     """A print into a pipe whose reader is gone raises BrokenPipeError (Python ignores SIGPIPE): before, the
     stop's first log line raised it after reaching the log file, so no checkpoint was written (unbuffered
-    output), or the interpreter's last flush turned exit code 75 into 120 (buffered output). Either way a
-    scheduler's requeue lost the run."""
+    output), or the interpreter's last flush turned exit code 75 (or 0, after a finished training) into 120
+    (buffered output). Either way a scheduler's requeue or a job script's check lost the run."""
     _, env = pretrain_corpus
     env = {**env, "nnUNet_results": str(tmp_path), "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONUNBUFFERED", None)
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
-    p = subprocess.run([sys.executable, "-c", _CONSOLE_LOST_RUN, str(PRETRAIN_DATASET), TRAINER], env=env,
+    p = subprocess.run([sys.executable, "-c", _CONSOLE_LOST_RUN, str(PRETRAIN_DATASET), TRAINER, when], env=env,
                        capture_output=True, text=True, timeout=300)
-    assert p.returncode == PREEMPTED, (p.returncode, p.stderr[-3000:])
+    assert "BrokenPipeError" not in p.stderr, p.stderr[-3000:]
     fold = next(tmp_path.glob(f"*/{TRAINER}__fomoPretrainPlans__3d_fullres/fold_all"))
+    if when == "end":
+        assert p.returncode == 0 and (fold / "checkpoint_final.pth").is_file()
+        return
+    assert p.returncode == PREEMPTED, (p.returncode, p.stderr[-3000:])
     assert read_checkpoint(str(fold / "checkpoint_latest.pth"))["current_epoch"] == 0
     marker = json.loads((fold / "preempted.json").read_text())
     assert (marker["signal"], marker["step"], marker["exit_code"]) == ("SIGTERM", 3, 75)
     log = "".join(f.read_text() for f in fold.glob("training_log_*.txt"))
-    assert "SIGTERM received" in log and "preempted:" in log
-    assert "the console went away" in log
-    assert "BrokenPipeError" not in p.stderr
+    assert "SIGTERM received" in log and "preempted:" in log and "the console went away" in log

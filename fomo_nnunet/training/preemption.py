@@ -17,11 +17,14 @@ epochs with `torch.save` straight onto the file; nothing stops it cleanly on a s
   (fomo_nnunet.seeding: a batch is a function of its number), the trainer's generators (MAE masks,
   skip drops) and the global torch / numpy / Python states, of every rank;
 - `--c` on a checkpoint that cannot be read (as data only) or lacks nnU-Net's keys says so and falls back to
-  checkpoint_latest.prev.pth, then checkpoint_best.pth (both carry the full state).
+  checkpoint_latest.prev.pth, then checkpoint_best.pth (both carry the full state);
+- a console that goes away (nothing reads stdout any more: a job's `| tee` killed by the same signal) is
+  pointed at /dev/null instead of ending the run with BrokenPipeError; the log file goes on.
 """
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import random
 import shutil
@@ -125,15 +128,11 @@ def flush_console() -> bool:
         return True
 
 
-_flush_at_exit = []
-
-
+@functools.cache  # once per process
 def flush_console_at_exit() -> None:
     """Flush (or detach) stdout from an exit handler, which runs before the interpreter's own last flush: a
     console lost after the last print then no longer changes the exit code (75 after a stop, 0 or an error's)."""
-    if not _flush_at_exit:
-        atexit.register(flush_console)
-        _flush_at_exit.append(True)
+    atexit.register(flush_console)
 
 
 # ---- atomic checkpoint files -------------------------------------------------------------------------
