@@ -144,16 +144,19 @@ def test_corrupt_checkpoint_latest_resumes_from_the_previous_one_with_a_message(
     _assert_identical(final["corrupt_fold"], final["reference_fold"])
 
 
-# a training whose third step fails, as `nnUNetv2_train` runs it (get_trainer_from_args, run_training), exiting
-# normally (atexit handlers run, as after any uncaught error)
-_FAILING_RUN = """
-import sys, torch
+# the smoke trainer as nnUNetv2_train builds it (get_trainer_from_args), its train_step wrapped by the script
+# that follows
+_SMOKE_TRAINING = """
+import os, signal, sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args
 torch.set_num_threads(1)
 t = get_trainer_from_args(sys.argv[1], "3d_fullres", "all", sys.argv[2], "fomoPretrainPlans", device=torch.device("cpu"))
 t.write_pictures = lambda epoch: None
 t.embedding_stats_cases = 0
 inner, steps = t.train_step, []
+"""
+# a training whose third step fails, exiting normally (atexit handlers run, as after any uncaught error)
+_FAILING_RUN = _SMOKE_TRAINING + """
 def train_step(batch):
     steps.append(1)
     if len(steps) == 3:
@@ -192,19 +195,12 @@ def test_a_training_that_fails_exits_with_its_error_and_leaves_no_worker(pretrai
 # a training whose console goes away (the reader of its stdout pipe is gone, as when the `| tee` of a job step
 # is killed by the same SIGTERM): "stop": in its third step, which also receives SIGTERM; "end": after the
 # training, before nnUNetv2_train's last prints
-_CONSOLE_LOST_RUN = """
-import os, signal, sys, torch
-from nnunetv2.run.run_training import get_trainer_from_args
+_CONSOLE_LOST_RUN = _SMOKE_TRAINING + """
 def lose_console():
     r, w = os.pipe()
     os.dup2(w, sys.stdout.fileno())  # stdout: a pipe nobody reads any more
     os.close(w)
     os.close(r)
-torch.set_num_threads(1)
-t = get_trainer_from_args(sys.argv[1], "3d_fullres", "all", sys.argv[2], "fomoPretrainPlans", device=torch.device("cpu"))
-t.write_pictures = lambda epoch: None
-t.embedding_stats_cases = 0
-inner, steps = t.train_step, []
 def train_step(batch):
     steps.append(1)
     if len(steps) == 3 and sys.argv[3] == "stop":
