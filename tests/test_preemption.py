@@ -192,6 +192,19 @@ def test_a_training_that_fails_exits_with_its_error_and_leaves_no_worker(pretrai
         os.killpg(p.pid, 0)
 
 
+@pytest.mark.parametrize("stdout", ["None", "closed"])
+def test_the_exit_flush_of_the_console_keeps_quiet_without_a_stdout(stdout):
+    """A process without a stdout (None under pythonw, or one a library closed) has nothing to flush: the exit
+    handler must not add an "Exception ignored in atexit callback" traceback to a run's last lines."""
+    script = ("import sys\n"
+              "from fomo_nnunet.training.preemption import flush_console_at_exit\n"
+              "flush_console_at_exit()\n"
+              + ("sys.stdout = None\n" if stdout == "None" else "sys.stdout.close()\n")
+              + "raise SystemExit(75)\n")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 75 and p.stderr == "", (p.returncode, p.stderr)
+
+
 # a training whose console goes away (the reader of its stdout pipe is gone, as when the `| tee` of a job step
 # is killed by the same SIGTERM): "stop": in its third step, which also receives SIGTERM; "end": after the
 # training, before nnUNetv2_train's last prints

@@ -119,7 +119,10 @@ def detach_console() -> None:
 
 
 def flush_console() -> bool:
-    """Flush stdout, detaching it if its reader is gone; True if it was detached."""
+    """Flush stdout, detaching it if its reader is gone; True if it was detached. Without a stdout (None, as
+    under pythonw or after a library closed it) there is nothing to flush."""
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        return False
     try:
         sys.stdout.flush()
         return False
