@@ -502,3 +502,31 @@ def test_the_report_times_only_this_benchmarks_steps(tmp_path):
     amaes = Benchmark(tmp_path / "w", "smoke", pretrain_trainer="nnUNetTrainerFomoMAE_tiny_amaes", log=lambda s: None)
     assert "pretrain_nnUNetTrainerFomoMAE_tiny_amaes_seed0" in amaes.own_step_seconds()
     assert "pretrain_seed0" not in amaes.own_step_seconds()
+
+
+def test_a_folder_benchmarked_again_with_more_tasks_bundles_them_all(tmp_path, monkeypatch):
+    """The bundle step of a folder first run with `--tasks 4 5` held those two models only, so a later run with
+    every task stopped at its container check ("the bundle has no model for task1"): a bundle made for other
+    models is made again, and the container checked again on it; the same run again reuses it."""
+    from fomo_nnunet.benchmarks.fomo_synth import Benchmark
+    from fomo_nnunet.models import checkpoints
+
+    monkeypatch.setattr(checkpoints, "find_checkpoint", lambda folder: str(folder / "checkpoint_final.pth"))
+    commands = []
+    for name in ("Dataset901_FOMO1Infarct", "Dataset904_FOMO4Trigeminal", "Dataset905_FOMO5Polymicrogyria"):
+        (tmp_path / "w" / "nnUNet_raw" / name).mkdir(parents=True)
+    (tmp_path / "w" / "nnUNet_preprocessed" / "Dataset900_FOMOPretrain").mkdir(parents=True)
+
+    def bundles(tasks):
+        bench = Benchmark(tmp_path / "w", "smoke", tasks=tasks, log=lambda s: None)
+        assert bench.raw == tmp_path / "w" / "nnUNet_raw"
+        monkeypatch.setattr(bench.pipe, "run", lambda cmd: commands.append(cmd) or "")
+        bench.bundle()
+        return [c for c in commands if c[:2] == ["fomo-nnunet", "bundle"]]
+
+    assert len(bundles((4, 5))) == 1
+    (tmp_path / "w" / "steps" / "container_task4.json").write_text(json.dumps({"seconds": 1.0, "result": {}}))
+    again = bundles((1, 4, 5))
+    assert len(again) == 2 and "--task1" in again[-1] and "--task4" in again[-1]
+    assert not (tmp_path / "w" / "steps" / "container_task4.json").exists()  # checked again on the new bundle
+    assert len(bundles((1, 4, 5))) == 2  # the same models: the bundle is kept

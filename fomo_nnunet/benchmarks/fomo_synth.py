@@ -402,7 +402,19 @@ class Benchmark:
             if task.kind != EMBEDDING:
                 args += [f"--task{n}", str(self.model_folder(task, self.trainer_for(task)))]
         args += ["--embedding", find_checkpoint(self.pretrain_folder())]
-        self.pipe.step("bundle", lambda: self.pipe.run(args) and None)
+        previous = self.pipe.done("bundle")
+        if previous is not None and previous["result"].get("command") != args:
+            # the folder was bundled for other tasks or seeds (an earlier run with other --tasks): bundle this
+            # run's models, and check the container again on that bundle
+            self.log("[redo] bundle: it holds another run's models; bundling this run's, and checking the "
+                     "container on them again")
+            self.pipe.forget("bundle", *(f"container_{task.key}" for task in TASKS_BY_NUMBER.values()))
+
+        def bundle():
+            self.pipe.run(args)
+            return {"command": args}
+
+        self.pipe.step("bundle", bundle)
         return out
 
     def container_check(self, bundle: Path) -> dict:

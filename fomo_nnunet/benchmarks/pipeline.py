@@ -51,6 +51,11 @@ class Pipeline:
         m = self._marker(name)
         return json.loads(m.read_text()) if m.is_file() else None
 
+    def forget(self, *names: str) -> None:
+        """Drop the markers of finished steps (those that exist), so the next run does them again."""
+        for name in names:
+            self._marker(name).unlink(missing_ok=True)
+
     def step(self, name: str, fn: Callable[[], dict | None]) -> dict:
         """Run `fn` unless a previous run finished this step; returns the step's record."""
         previous = self.done(name)
