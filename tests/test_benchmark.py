@@ -519,7 +519,6 @@ def test_a_folder_benchmarked_again_with_more_tasks_bundles_them_all(tmp_path, m
 
     def bundles(tasks):
         bench = Benchmark(tmp_path / "w", "smoke", tasks=tasks, log=lambda s: None)
-        assert bench.raw == tmp_path / "w" / "nnUNet_raw"
         monkeypatch.setattr(bench.pipe, "run", lambda cmd: commands.append(cmd) or "")
         bench.bundle()
         return [c for c in commands if c[:2] == ["fomo-nnunet", "bundle"]]
